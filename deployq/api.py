@@ -1,0 +1,133 @@
+"""The Python API; the CLI is a thin layer over these same verbs.
+
+    import deployq
+    deployq.export("onnx-int8")                        # built-in model and data
+    deployq.evaluate(["onnx-int8"], model="zoo:dsnet-digits")
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import backends, calibrate, data as D, graph as G, models, plan as P, targets as T
+from .errors import InputError
+from .io import StagedDir, atomic_write
+
+log = logging.getLogger("deployq")
+DEFAULT_OUT = Path("deployq-out")
+CALIB_SAMPLES = 512
+
+
+@dataclass
+class Session:
+    """A model, its dataset and its captured graph, with calibration statistics
+    collected once and shared by every target."""
+    model: models.Model
+    dataset: D.Dataset
+    data_spec: str
+    graph: G.Graph
+    seed: int = 0
+    calib_samples: int = CALIB_SAMPLES
+    _stats: dict | None = None
+
+    @property
+    def stats(self) -> dict:
+        if self._stats is None:
+            x = self.dataset.calibration(self.calib_samples, self.seed)
+            log.info("calibrating on %d %s training samples", len(x), self.dataset.name)
+            self._stats = calibrate.collect(self.graph, x)
+        return self._stats
+
+
+def open_session(model: str = models.DEFAULT_MODEL, weights: str | None = None,
+                 data: str | None = None, seed: int = 0,
+                 calib_samples: int = CALIB_SAMPLES) -> Session:
+    if calib_samples < 1:
+        raise InputError(f"calibration needs at least 1 sample, got {calib_samples}")
+    m = models.load(model, weights)
+    spec = data or m.default_data or "digits"
+    ds = D.load(spec, seed)
+    graph = G.capture(m.module, ds.input_shape, m.program)
+    return Session(m, ds, spec, graph, seed, calib_samples)
+
+
+@dataclass
+class Exported:
+    target: T.Target
+    path: Path          # the artifact
+    plan: P.QuantPlan
+
+
+def export(target: str, session: Session | None = None, out: str | Path = DEFAULT_OUT,
+           calibration: str | None = None, targets_dir=None, **session_args) -> Exported:
+    """Write OUT/TARGET/{artifact, plan.json} and return where they are."""
+    session = session or open_session(**session_args)
+    tgt = T.get(target, targets_dir)
+    config = P.PlanConfig(default={"calibration": calibration} if calibration else {})
+    provenance = {"model": session.model.spec, "model_sha256": session.model.fingerprint(),
+                  "data": session.data_spec, "seed": session.seed,
+                  "calibration_samples": session.calib_samples}
+    plan = P.make(session.graph, session.stats, tgt, config, provenance)
+    backend = backends.get(tgt.backend)
+    final = Path(out) / tgt.name
+    with StagedDir(final, session.model.files) as tmp:
+        artifact = backend.export(session.graph, plan, tgt, tmp)
+        plan.save(tmp / "plan.json")
+    log.info("exported %s to %s", tgt.name, final)
+    return Exported(tgt, final / artifact.name, plan)
+
+
+def load_runner(exported: Exported):
+    return backends.get(exported.target.backend).load(exported.path, exported.target)
+
+
+def evaluate(targets: list[str], session: Session | None = None,
+             out: str | Path = DEFAULT_OUT, samples: int | None = None,
+             calibration: str | None = None, targets_dir=None, **session_args) -> dict:
+    """Export each target, then score float and integer models on the test split."""
+    targets_or_fail(targets, targets_dir)
+    session = session or open_session(**session_args)
+    if samples is not None and samples < 1:
+        raise InputError(f"--samples must be at least 1, got {samples}")
+    x, y = session.dataset.test(samples)
+    float_pred = session.model.logits(x).argmax(1)
+    rows = [{"target": "float", "accuracy": _acc(float_pred, y), "agreement": 1.0}]
+    for name in targets:
+        exported = export(name, session, out, calibration, targets_dir)
+        pred = load_runner(exported).run(x).argmax(1)
+        rows.append({"target": name, "accuracy": _acc(pred, y),
+                     "agreement": float((pred == float_pred).mean()),
+                     "artifact": str(exported.path)})
+    return {"model": session.model.spec, "data": session.data_spec,
+            "samples": int(len(x)), "seed": session.seed, "results": rows}
+
+
+def _acc(pred: np.ndarray, y: np.ndarray) -> float:
+    return float((pred == y).mean())
+
+
+def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
+    """Check target names before any slow work starts."""
+    return [T.get(n, targets_dir) for n in names]
+
+
+def results_table(result: dict) -> str:
+    head = f"{result['model']} on {result['data']} ({result['samples']} test samples)"
+    rows = [("target", "accuracy", "agreement with float")]
+    rows += [(r["target"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['agreement']:.2f}%")
+             for r in result["results"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join([head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                               for r in rows])
+
+
+def list_targets(targets_dir=None) -> list[T.Target]:
+    return sorted(T.all_targets(targets_dir).values(), key=lambda t: t.name)
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    atomic_write(Path(path), (json.dumps(result, indent=1) + "\n").encode())

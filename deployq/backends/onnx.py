@@ -1,0 +1,200 @@
+"""ONNX QDQ backend: the float graph with QuantizeLinear/DequantizeLinear pairs written
+from the plan, run by ONNX Runtime, whose graph optimizer fuses each pattern into an
+integer kernel (QLinearConv, QGemm, QLinearAdd, ...). export() checks the optimized
+graph and refuses a model in which a conv or matmul would still run in float."""
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from .. import graph as G
+from ..errors import ExportError, UnsupportedOpError
+from ..io import atomic_write
+from ..plan import QParams, QuantPlan, quantized_bias
+
+ARTIFACT = "model.onnx"
+OUTPUT = "logits"
+FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
+# Activations are stored as uint8 with zero point = plan zero point + 128: the same grid
+# and the same real values as the plan's int8, and the form ORT's x86 kernels run (its
+# own s8->u8 rewrite skips a QuantizeLinear with several consumers, leaving the
+# neighbouring ops in float). Weights stay int8 (the U8S8 kernels).
+U8_SHIFT = 128
+
+
+def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path) -> Path:
+    model = build(graph, plan, int(target.options.get("opset", 17)))
+    path = Path(out_dir) / ARTIFACT
+    atomic_write(path, model.SerializeToString())
+    float_ops = sorted(FLOAT_COMPUTE & set(kernels(path)))
+    if float_ops:
+        raise ExportError(f"ONNX Runtime would run {', '.join(float_ops)} in float after "
+                          "optimization; the QDQ pattern was not fused")
+    return path
+
+
+def load(path: Path, target=None, threads: int = 1) -> "Runner":
+    return Runner(Path(path), threads)
+
+
+class Runner:
+    def __init__(self, path: Path, threads: int = 1):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.path = path
+
+    def run(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
+        x = np.ascontiguousarray(x, np.float32)
+        return np.concatenate([self.session.run([OUTPUT], {G.INPUT: x[i:i + batch]})[0]
+                               for i in range(0, len(x), batch)])
+
+
+def kernels(path: Path) -> Counter:
+    """Op types of the graph ONNX Runtime executes after its optimizations."""
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.log_severity_level = 3          # silence the NchwcTransformer warning
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(opts.optimized_model_filepath)
+    return Counter(n.op_type for n in optimized.graph.node)
+
+
+# --- building the QDQ graph ----------------------------------------------------------
+
+class _Builder:
+    def __init__(self, plan: QuantPlan):
+        self.plan = plan
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def dequant(self, name: str, q: np.ndarray, scale: np.ndarray, axis: int | None,
+                dtype) -> str:
+        """An integer initializer and the DequantizeLinear that reads it."""
+        per_channel = axis is not None
+        s = scale.astype(np.float32) if per_channel else np.float32(scale[0])
+        z = np.zeros(len(scale) if per_channel else (), dtype)
+        args = [self.const(f"{name}:q", q.astype(dtype)), self.const(f"{name}:scale", s),
+                self.const(f"{name}:zp", z)]
+        extra = {"axis": axis} if per_channel else {}
+        return self.node("DequantizeLinear", args, f"{name}:dq", **extra)
+
+    def qdq(self, src: str, qp: QParams, out: str) -> str:
+        """Quantize then dequantize the float tensor src with per-tensor parameters."""
+        s = self.const(f"{out}:scale", np.float32(qp.scale[0]))
+        z = self.const(f"{out}:zp", np.uint8(qp.zero_point[0] + U8_SHIFT))
+        q = self.node("QuantizeLinear", [src, s, z], f"{out}:q")
+        return self.node("DequantizeLinear", [q, s, z], out)
+
+    def weights(self, node: G.Node) -> tuple[str, str]:
+        lp = self.plan.layers[node.name]
+        w = self.dequant(f"{node.name}.weight", lp.weight.quantize(node.weight),
+                         lp.weight.scale, lp.weight.axis, np.int8)
+        bscale = self.plan.bias_scale(node.name, node.inputs[0])
+        bq = quantized_bias(node.bias, np.broadcast_to(bscale, node.bias.shape))
+        b = self.dequant(f"{node.name}.bias", bq, bscale, lp.weight.axis, np.int32)
+        return w, b
+
+    def act(self, node: G.Node, y: str) -> str:
+        act = node.attrs.get("act")
+        if act is None:
+            return y
+        lo, hi = act
+        if lo == 0 and math.isinf(hi):
+            return self.node("Relu", [y], f"{node.name}:relu")
+        return self.clip(y, lo, hi, f"{node.name}:clip")
+
+    def clip(self, y: str, lo: float, hi: float, out: str) -> str:
+        lo_name = self.const(f"{out}:min", np.float32(lo)) if math.isfinite(lo) else ""
+        hi_name = self.const(f"{out}:max", np.float32(hi)) if math.isfinite(hi) else ""
+        return self.node("Clip", [y, lo_name, hi_name], out)
+
+
+def _pads(p) -> list[int]:
+    return [p[0], p[1], p[0], p[1]]
+
+
+def _conv(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    w, bias = b.weights(n)
+    a = n.attrs
+    y = b.node("Conv", [xs[0], w, bias], f"{n.name}:conv", strides=list(a["stride"]),
+               pads=_pads(a["padding"]), dilations=list(a["dilation"]), group=a["groups"],
+               kernel_shape=list(n.weight.shape[2:]))
+    return b.act(n, y)
+
+
+def _linear(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    w, bias = b.weights(n)
+    return b.act(n, b.node("Gemm", [xs[0], w, bias], f"{n.name}:gemm", transB=1))
+
+
+def _maxpool(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    a = n.attrs
+    return b.node("MaxPool", xs, f"{n.name}:maxpool", kernel_shape=list(a["kernel"]),
+                  strides=list(a["stride"]), pads=_pads(a["padding"]),
+                  dilations=list(a["dilation"]), ceil_mode=int(a["ceil_mode"]))
+
+
+def _avgpool(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    a = n.attrs
+    return b.node("AveragePool", xs, f"{n.name}:avgpool", kernel_shape=list(a["kernel"]),
+                  strides=list(a["stride"]), pads=_pads(a["padding"]),
+                  ceil_mode=int(a["ceil_mode"]),
+                  count_include_pad=int(a["count_include_pad"]))
+
+
+def _reshape(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    shape = b.const(f"{n.name}:shape", np.array([-1, *n.shape], np.int64))
+    return b.node("Reshape", [xs[0], shape], f"{n.name}:reshape")
+
+
+OPS = {
+    "conv2d": _conv,
+    "linear": _linear,
+    "add": lambda b, n, xs: b.act(n, b.node("Add", xs, f"{n.name}:add")),
+    "concat": lambda b, n, xs: b.node("Concat", xs, f"{n.name}:concat", axis=1),
+    "maxpool": _maxpool,
+    "avgpool": _avgpool,
+    "gap": lambda b, n, xs: b.node("GlobalAveragePool", xs, f"{n.name}:gap"),
+    "reshape": _reshape,
+    "clamp": lambda b, n, xs: b.clip(xs[0], n.attrs["lo"], n.attrs["hi"], f"{n.name}:clip"),
+}
+
+
+def build(graph: G.Graph, plan: QuantPlan, opset: int = 17) -> onnx.ModelProto:
+    b = _Builder(plan)
+    names = {G.INPUT: b.qdq(G.INPUT, plan.input, f"{G.INPUT}:dq")}
+    for node in graph.nodes:
+        if node.op not in OPS:
+            raise UnsupportedOpError(node.op, node.name, "onnx backend", OPS)
+        y = OPS[node.op](b, node, [names[i] for i in node.inputs])
+        out = OUTPUT if node.name == graph.output else f"{node.name}:dq"
+        names[node.name] = b.qdq(y, plan.tensor(node.name), out)
+    inp = helper.make_tensor_value_info(G.INPUT, TensorProto.FLOAT, ["N", *graph.input_shape])
+    out = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT,
+                                        ["N", *graph.node(graph.output).shape])
+    g = helper.make_graph(b.nodes, "deployq", [inp], [out], b.inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="deployq")
+    model.ir_version = min(model.ir_version, 9)
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,144 @@
+"""The deployq command line: parse, call the API, print. Every user error ends in one
+line on stderr and exit code 2."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .errors import DeployqError
+
+log = logging.getLogger("deployq")
+
+
+def _model_options(f):
+    options = [
+        click.option("--model", "-m", default="zoo:lenet-digits", show_default=True,
+                     help="zoo:NAME, path/file.py:factory, or a torch.export .pt2 file."),
+        click.option("--weights", "-w", default=None,
+                     help="state_dict for --model (.pt/.pth via torch.load(weights_only=True), "
+                          "or .safetensors)."),
+        click.option("--data", "-d", default=None,
+                     help="digits, fashion-mnist[:DIR], an IDX directory or an .npz "
+                          "(default: the zoo model's dataset, else digits)."),
+        click.option("--out", "-o", default="deployq-out", show_default=True,
+                     help="Output directory; each target writes OUT/TARGET/."),
+        click.option("--calibration", default=None,
+                     type=click.Choice(["minmax", "percentile", "mse", "entropy"]),
+                     help="Activation range method (default: the target's)."),
+        click.option("--calib-samples", default=512, show_default=True, type=click.IntRange(1),
+                     help="Training samples used for calibration."),
+        click.option("--seed", default=0, show_default=True, type=int,
+                     help="Seed for data splits and sampling."),
+        click.option("--targets-dir", default=None,
+                     help="Extra directory of target TOML files (searched first)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _session(model, weights, data, seed, calib_samples):
+    from . import api
+    return api.open_session(model, weights, data, seed, calib_samples)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quiet", "-q", is_flag=True, help="Only print results and errors.")
+@click.version_option(package_name="deployq")
+def cli(quiet):
+    """deployq: PyTorch models to integer edge runtimes, with their accuracy and
+    robustness measured on those runtimes."""
+    logging.basicConfig(format="deployq: %(message)s", stream=sys.stderr,
+                        level=logging.WARNING if quiet else logging.INFO)
+
+
+@cli.command()
+@click.option("--targets-dir", default=None, help="Extra directory of target TOML files.")
+def targets(targets_dir):
+    """List every target with its constraints and defaults."""
+    from .api import list_targets
+    rows = [("target", "backend", "weight bits", "act bits", "granularity", "scale",
+             "calibration", "description")]
+    for t in list_targets(targets_dir):
+        a, d = t.allowed, t.defaults
+        rows.append((t.name, t.backend, _allowed(a, d, "weight_bits"),
+                     _allowed(a, d, "activation_bits"), _allowed(a, d, "granularity"),
+                     _allowed(a, d, "scale"), _allowed(a, d, "calibration"), t.description))
+    click.echo(_table(rows))
+
+
+def _allowed(allowed: dict, defaults: dict, key: str) -> str:
+    """'8' or 'per-channel*|per-tensor': allowed values, the default starred."""
+    values = allowed.get(key, [defaults[key]])
+    if len(values) == 1:
+        return str(values[0])
+    return "|".join(f"{v}*" if v == defaults[key] else str(v) for v in values)
+
+
+@cli.command()
+@click.option("--target", "-t", default="onnx-int8", show_default=True,
+              help="Target name (see 'deployq targets').")
+@_model_options
+def export(target, model, weights, data, out, calibration, calib_samples, seed, targets_dir):
+    """Quantize the model for TARGET and write OUT/TARGET/ (artifact and plan.json)."""
+    from . import api
+    api.targets_or_fail([target], targets_dir)
+    session = _session(model, weights, data, seed, calib_samples)
+    result = api.export(target, session, out, calibration, targets_dir)
+    click.echo(f"{result.path}\n{result.path.parent / 'plan.json'}")
+
+
+@cli.command(name="eval")
+@click.option("--targets", "-t", "target_list", default="onnx-int8", show_default=True,
+              help="Comma-separated target names.")
+@_model_options
+@click.option("--samples", "-n", default=None, type=click.IntRange(1),
+              help="Test samples to score (default: the whole test split).")
+@click.option("--json", "json_path", default=None, help="Also write the results as JSON.")
+def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,
+          targets_dir, samples, json_path):
+    """Export to each target and compare float and integer accuracy on the test split."""
+    from . import api
+    names = _split(target_list)
+    api.targets_or_fail(names, targets_dir)
+    session = _session(model, weights, data, seed, calib_samples)
+    result = api.evaluate(names, session, out, samples, calibration, targets_dir)
+    click.echo(api.results_table(result))
+    if json_path:
+        api.write_json(result, json_path)
+
+
+def _split(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise click.BadParameter("give at least one target", param_hint="--targets")
+    return names
+
+
+def _table(rows) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+                     for r in rows)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except DeployqError as e:
+        click.echo(f"deployq: error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("deployq: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""The graph IR every later stage reads, and its capture from PyTorch.
+
+A Graph is a topologically ordered list of Nodes. Each node produces one tensor named
+like the node; the graph input is the tensor 'input'. Shapes exclude the batch and are
+NCHW, as in PyTorch. Capture goes through torch.export, so a module and a saved .pt2
+program take the same path. After capture BatchNorm is folded into the conv or linear
+before it, and ReLU / ReLU6 / Hardtanh / clamp are folded into the producer's 'act'
+range [lo, hi] when it is the producer's only consumer.
+
+IR ops and their attrs:
+  conv2d   stride, padding, dilation, groups, act   weight (O, I/g, kh, kw), bias (O,)
+  linear   act                                      weight (O, I), bias (O,)
+  add      act                                      two inputs
+  concat   (channel axis)                           two or more inputs
+  maxpool  kernel, stride, padding, dilation, ceil_mode
+  avgpool  kernel, stride, padding, ceil_mode, count_include_pad
+  gap      global average pool to (C, 1, 1)
+  reshape  (target shape is the node's shape)
+  clamp    lo, hi
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError, UnsupportedOpError
+
+INPUT = "input"
+WEIGHTED = ("conv2d", "linear")
+ACT_HOSTS = ("conv2d", "linear", "add")
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list[str]
+    shape: tuple[int, ...]
+    attrs: dict = field(default_factory=dict)
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+
+@dataclass
+class Graph:
+    input_shape: tuple[int, ...]
+    nodes: list[Node]
+
+    @property
+    def output(self) -> str:
+        return self.nodes[-1].name
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return self.input_shape if name == INPUT else self.node(name).shape
+
+
+# --- capture ------------------------------------------------------------------------
+
+def capture(module: torch.nn.Module, input_shape: tuple[int, ...],
+            program: torch.export.ExportedProgram | None = None) -> Graph:
+    """The IR of a module (exported here) or of an already exported program."""
+    if program is None:
+        example = torch.zeros((1, *input_shape))
+        try:
+            program = torch.export.export(module.eval(), (example,))
+        except Exception as e:
+            raise InputError(f"torch.export could not trace the model with input shape "
+                             f"{(1, *input_shape)}: {type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0][:200]}") from None
+    graph = _from_program(program)
+    _check_input_shape(graph, input_shape)
+    return _fuse_activations(_fold_batchnorm(graph))
+
+
+def _check_input_shape(graph: Graph, input_shape: tuple[int, ...]) -> None:
+    if tuple(graph.input_shape) != tuple(input_shape):
+        raise InputError(f"the model takes input {graph.input_shape} but the data is "
+                         f"{tuple(input_shape)}; choose --data that matches the model")
+
+
+def _from_program(program) -> Graph:
+    sig = program.graph_signature
+    consts = {**program.state_dict, **getattr(program, "constants", {})}
+    tensors = {**{k: consts[v] for k, v in sig.inputs_to_parameters.items()},
+               **{k: consts[v] for k, v in sig.inputs_to_buffers.items()},
+               **{k: consts[v] for k, v in sig.inputs_to_lifted_tensor_constants.items()}}
+    user_inputs = [n for n in program.graph.nodes
+                   if n.op == "placeholder" and n.name not in tensors]
+    if len(user_inputs) != 1:
+        raise InputError(f"the model must take exactly one tensor input, it takes "
+                         f"{len(user_inputs)}")
+    names = {user_inputs[0].name: INPUT}
+    ctx = _Capture(tensors, names, [], set())
+    for fx_node in program.graph.nodes:
+        if fx_node.op == "call_function":
+            ctx.add(fx_node)
+        elif fx_node.op == "output":
+            outs = fx_node.args[0]
+            if len(outs) != 1:
+                raise InputError(f"the model must return one tensor, it returns {len(outs)}")
+            ctx.finish(outs[0])
+    shape = tuple(user_inputs[0].meta["val"].shape[1:])
+    return Graph(shape, ctx.nodes)
+
+
+@dataclass
+class _Capture:
+    tensors: dict            # placeholder name -> parameter/buffer tensor
+    names: dict              # fx node name -> IR tensor name (aliases resolved)
+    nodes: list
+    used: set
+
+    def add(self, fx_node) -> None:
+        key = str(fx_node.target)
+        handler = ATEN.get(key)
+        layer = self.layer_name(fx_node)
+        if handler is None:
+            raise UnsupportedOpError(key, layer, "capture", SUPPORTED_TORCH)
+        result = handler(self, fx_node, layer)
+        if isinstance(result, Node):
+            self.nodes.append(result)
+            self.names[fx_node.name] = result.name
+        else:                                   # an alias of an existing tensor
+            self.names[fx_node.name] = result
+
+    def finish(self, out) -> None:
+        if not self.nodes or self.names.get(out.name) != self.nodes[-1].name:
+            raise InputError("the model output must be the last computed tensor")
+
+    def layer_name(self, fx_node) -> str:
+        stack = fx_node.meta.get("nn_module_stack") or {}
+        path, cls = list(stack.values())[-1] if stack else ("", "")
+        cls = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        leaf = cls.startswith("torch.nn.")           # a torch layer: its path names it
+        name = path if (leaf and path) else (f"{path}.{fx_node.name}" if path else fx_node.name)
+        base, i = name, 1
+        while name in self.used or name == INPUT:
+            name, i = f"{base}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+    def arg(self, a) -> str:
+        return self.names[a.name]
+
+    def param(self, a) -> np.ndarray | None:
+        if a is None:
+            return None
+        if a.name not in self.tensors:
+            raise InputError(f"'{a.name}' must be a parameter, not a computed tensor")
+        return self.tensors[a.name].detach().cpu().numpy().astype(np.float32)
+
+
+def _shape(fx_node) -> tuple[int, ...]:
+    return tuple(int(d) for d in fx_node.meta["val"].shape[1:])
+
+
+def _pair(v) -> tuple[int, int]:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return (int(v[0]), int(v[-1]))
+
+
+def _get(args, i, default):
+    return args[i] if len(args) > i else default
+
+
+def _conv(c, n, layer):
+    a = n.args
+    return _conv_node(c, n, layer, a[1], _get(a, 2, None), _get(a, 3, 1), _get(a, 4, 0),
+                      _get(a, 5, 1), _get(a, 6, 1))
+
+
+def _convolution(c, n, layer):
+    a = n.args           # input, weight, bias, stride, padding, dilation, transposed, ...
+    if a[6]:
+        raise UnsupportedOpError("transposed convolution", layer, "capture", SUPPORTED_TORCH)
+    return _conv_node(c, n, layer, a[1], a[2], a[3], a[4], a[5], a[8])
+
+
+def _conv_node(c, n, layer, weight, bias, stride, padding, dilation, groups):
+    weight, bias = c.param(weight), c.param(bias)
+    if weight.ndim != 4:
+        raise UnsupportedOpError(f"conv with {weight.ndim - 2}-d kernel", layer, "capture",
+                                 SUPPORTED_TORCH)
+    attrs = dict(stride=_pair(stride), padding=_conv_padding(padding, layer),
+                 dilation=_pair(dilation), groups=int(groups), act=None)
+    bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
+    return Node(layer, "conv2d", [c.arg(n.args[0])], _shape(n), attrs, weight, bias)
+
+
+def _conv_padding(p, layer):
+    if isinstance(p, str):
+        raise UnsupportedOpError(f"conv padding='{p}'", layer, "capture", SUPPORTED_TORCH)
+    return _pair(p)
+
+
+def _linear(c, n, layer):
+    weight = c.param(n.args[1])
+    bias = c.param(_get(n.args, 2, None))
+    bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
+    if len(_shape(n)) != 1:
+        raise UnsupportedOpError("linear on a non-flat input", layer, "capture",
+                                 SUPPORTED_TORCH)
+    return Node(layer, "linear", [c.arg(n.args[0])], _shape(n), {"act": None}, weight, bias)
+
+
+def _batchnorm(c, n, layer):
+    a = n.args
+    w, b, mean, var = (c.param(x) for x in a[1:5])
+    eps = float(a[7] if str(n.target) == "aten.batch_norm.default" else a[6])  # schemas differ
+    scale = (w if w is not None else 1.0) / np.sqrt(var + eps)
+    shift = (b if b is not None else 0.0) - mean * scale
+    return Node(layer, "batchnorm", [c.arg(a[0])], _shape(n),
+                {"scale": scale.astype(np.float32), "shift": shift.astype(np.float32)})
+
+
+def _clamp_node(c, n, layer, lo, hi):
+    lo = -math.inf if lo is None else float(lo)
+    hi = math.inf if hi is None else float(hi)
+    return Node(layer, "clamp", [c.arg(n.args[0])], _shape(n), {"lo": lo, "hi": hi})
+
+
+def _maxpool(c, n, layer):
+    a = n.args
+    k = _pair(a[1])
+    attrs = dict(kernel=k, stride=_pair(_get(a, 2, None) or k), padding=_pair(_get(a, 3, 0)),
+                 dilation=_pair(_get(a, 4, 1)), ceil_mode=bool(_get(a, 5, False)))
+    return Node(layer, "maxpool", [c.arg(a[0])], _shape(n), attrs)
+
+
+def _avgpool(c, n, layer):
+    a = n.args
+    if _get(a, 6, None) is not None:
+        raise UnsupportedOpError("avg_pool2d with divisor_override", layer, "capture",
+                                 SUPPORTED_TORCH)
+    k = _pair(a[1])
+    attrs = dict(kernel=k, stride=_pair(_get(a, 2, None) or k), padding=_pair(_get(a, 3, 0)),
+                 ceil_mode=bool(_get(a, 4, False)), count_include_pad=bool(_get(a, 5, True)))
+    return Node(layer, "avgpool", [c.arg(a[0])], _shape(n), attrs)
+
+
+def _adaptive_avgpool(c, n, layer):
+    if tuple(_pair(n.args[1])) != (1, 1):
+        raise UnsupportedOpError(f"adaptive_avg_pool2d to {tuple(n.args[1])} (only 1x1)",
+                                 layer, "capture", SUPPORTED_TORCH)
+    return Node(layer, "gap", [c.arg(n.args[0])], _shape(n))
+
+
+def _mean(c, n, layer):
+    dims = sorted(d % 4 for d in n.args[1])
+    if dims != [2, 3] or len(n.args[0].meta["val"].shape) != 4:
+        raise UnsupportedOpError(f"mean over dims {list(n.args[1])} (only spatial H, W)",
+                                 layer, "capture", SUPPORTED_TORCH)
+    gap = Node(layer, "gap", [c.arg(n.args[0])], _shape(n.args[0])[:1] + (1, 1))
+    if _get(n.args, 2, False):
+        return gap
+    c.nodes.append(gap)
+    return Node(c.layer_name(n), "reshape", [gap.name], _shape(n))
+
+
+def _reshape(c, n, layer):
+    src = c.arg(n.args[0])
+    if _shape(n) == _shape(n.args[0]):
+        return src
+    return Node(layer, "reshape", [src], _shape(n))
+
+
+def _add(c, n, layer):
+    a, b = n.args[:2]
+    if not all(hasattr(x, "name") and x.name in c.names for x in (a, b)):
+        raise UnsupportedOpError("add with a constant", layer, "capture", SUPPORTED_TORCH)
+    if n.kwargs.get("alpha", 1) != 1 or _shape(a) != _shape(b):
+        raise UnsupportedOpError("add with alpha or broadcasting", layer, "capture",
+                                 SUPPORTED_TORCH)
+    return Node(layer, "add", [c.arg(a), c.arg(b)], _shape(n), {"act": None})
+
+
+def _cat(c, n, layer):
+    dim = _get(n.args, 1, 0)
+    if dim % len(n.meta["val"].shape) != 1:
+        raise UnsupportedOpError(f"cat on dim {dim} (only channels, dim 1)", layer,
+                                 "capture", SUPPORTED_TORCH)
+    return Node(layer, "concat", [c.arg(x) for x in n.args[0]], _shape(n))
+
+
+def _identity(c, n, layer):
+    return c.arg(n.args[0])
+
+
+def _getitem(c, n, layer):
+    src, index = n.args
+    if index != 0 or "batch_norm" not in str(src.target):
+        raise UnsupportedOpError("a tuple-returning op", layer, "capture", SUPPORTED_TORCH)
+    return c.arg(src)
+
+
+ATEN = {
+    "aten.conv2d.default": _conv,
+    "aten.convolution.default": _convolution,
+    "aten.linear.default": _linear,
+    "aten.batch_norm.default": _batchnorm,
+    "aten._native_batch_norm_legit_no_training.default": _batchnorm,
+    "aten.relu.default": lambda c, n, l: _clamp_node(c, n, l, 0.0, None),
+    "aten.relu_.default": lambda c, n, l: _clamp_node(c, n, l, 0.0, None),
+    "aten.relu6.default": lambda c, n, l: _clamp_node(c, n, l, 0.0, 6.0),
+    "aten.hardtanh.default": lambda c, n, l: _clamp_node(
+        c, n, l, _get(n.args, 1, -1.0), _get(n.args, 2, 1.0)),
+    "aten.hardtanh_.default": lambda c, n, l: _clamp_node(
+        c, n, l, _get(n.args, 1, -1.0), _get(n.args, 2, 1.0)),
+    "aten.clamp.default": lambda c, n, l: _clamp_node(
+        c, n, l, _get(n.args, 1, None), _get(n.args, 2, None)),
+    "aten.max_pool2d.default": _maxpool,
+    "aten.avg_pool2d.default": _avgpool,
+    "aten.adaptive_avg_pool2d.default": _adaptive_avgpool,
+    "aten.mean.dim": _mean,
+    "aten.flatten.using_ints": _reshape,
+    "aten.view.default": _reshape,
+    "aten.reshape.default": _reshape,
+    "aten._unsafe_view.default": _reshape,
+    "aten.add.Tensor": _add,
+    "aten.cat.default": _cat,
+    "aten.dropout.default": _identity,
+    "aten.contiguous.default": _identity,
+    "aten.clone.default": _identity,
+    "aten.alias.default": _identity,
+    "aten.detach.default": _identity,
+    "<built-in function getitem>": _getitem,
+}
+SUPPORTED_TORCH = ["Conv2d", "Linear", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "clamp",
+                   "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "mean(H,W)",
+                   "flatten/view/reshape", "add", "cat(dim=1)", "Dropout", "Identity"]
+
+
+# --- graph passes ---------------------------------------------------------------
+
+def _fold_batchnorm(graph: Graph) -> Graph:
+    nodes = []
+    for node in graph.nodes:
+        if node.op != "batchnorm":
+            nodes.append(node)
+            continue
+        prev = next((p for p in nodes if p.name == node.inputs[0]), None)
+        if prev is None or prev.op not in WEIGHTED or len(graph.consumers(prev.name)) != 1:
+            raise UnsupportedOpError("BatchNorm not after a conv or linear", node.name,
+                                     "capture", SUPPORTED_TORCH)
+        s, t = node.attrs["scale"], node.attrs["shift"]
+        prev.weight = (prev.weight * s.reshape((-1,) + (1,) * (prev.weight.ndim - 1))
+                       ).astype(np.float32)
+        prev.bias = (prev.bias * s + t).astype(np.float32)
+        _rename_input(graph.nodes, node.name, prev.name)
+    return Graph(graph.input_shape, nodes)
+
+
+def _fuse_activations(graph: Graph) -> Graph:
+    nodes = []
+    for node in graph.nodes:
+        prev = next((p for p in nodes if p.name == node.inputs[0]), None)
+        if (node.op == "clamp" and prev is not None and prev.op in ACT_HOSTS
+                and len(graph.consumers(prev.name)) == 1):
+            lo, hi = prev.attrs["act"] or (-math.inf, math.inf)
+            prev.attrs["act"] = (max(lo, node.attrs["lo"]), min(hi, node.attrs["hi"]))
+            _rename_input(graph.nodes, node.name, prev.name)
+        else:
+            nodes.append(node)
+    return Graph(graph.input_shape, nodes)
+
+
+def _rename_input(nodes: list[Node], old: str, new: str) -> None:
+    for n in nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+
+
+# --- float execution (calibration and checks) -------------------------------------
+
+def run(graph: Graph, x: torch.Tensor, keep: bool = False) -> dict[str, torch.Tensor]:
+    """Float forward pass of the IR. Returns {'output': logits}, plus every tensor
+    by name when keep is True."""
+    values = {INPUT: x}
+    for node in graph.nodes:
+        values[node.name] = FLOAT_OPS[node.op](node, [values[i] for i in node.inputs])
+    out = values[graph.output]
+    return values | {"output": out} if keep else {"output": out}
+
+
+def _act(node: Node, y: torch.Tensor) -> torch.Tensor:
+    act = node.attrs.get("act")
+    return y if act is None else torch.clamp(y, act[0], act[1])
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a)
+
+
+FLOAT_OPS = {
+    "conv2d": lambda n, xs: _act(n, F.conv2d(xs[0], _t(n.weight), _t(n.bias), n.attrs["stride"],
+                                             n.attrs["padding"], n.attrs["dilation"],
+                                             n.attrs["groups"])),
+    "linear": lambda n, xs: _act(n, F.linear(xs[0], _t(n.weight), _t(n.bias))),
+    "add": lambda n, xs: _act(n, xs[0] + xs[1]),
+    "concat": lambda n, xs: torch.cat(xs, 1),
+    "maxpool": lambda n, xs: F.max_pool2d(xs[0], n.attrs["kernel"], n.attrs["stride"],
+                                          n.attrs["padding"], n.attrs["dilation"],
+                                          ceil_mode=n.attrs["ceil_mode"]),
+    "avgpool": lambda n, xs: F.avg_pool2d(xs[0], n.attrs["kernel"], n.attrs["stride"],
+                                          n.attrs["padding"], n.attrs["ceil_mode"],
+                                          n.attrs["count_include_pad"]),
+    "gap": lambda n, xs: xs[0].mean((2, 3), keepdim=True),
+    "reshape": lambda n, xs: xs[0].reshape((xs[0].shape[0], *n.shape)),
+    "clamp": lambda n, xs: torch.clamp(xs[0], n.attrs["lo"], n.attrs["hi"]),
+}

@@ -1,0 +1,155 @@
+"""Model input: 'zoo:NAME', 'path/file.py:factory' (+ weights), or a torch.export .pt2.
+
+Weights are read with torch.load(weights_only=True) or safetensors: nothing the user
+gives is ever unpickled as arbitrary objects."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import pickle
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import zoo
+from .errors import InputError
+
+DEFAULT_MODEL = "zoo:lenet-digits"
+
+
+@dataclass
+class Model:
+    spec: str
+    module: nn.Module                       # float reference, eval mode
+    program: torch.export.ExportedProgram | None = None   # given as .pt2
+    default_data: str | None = None
+    files: tuple[Path, ...] = ()            # the user's input files (never overwritten)
+
+    def logits(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([self.module(torch.from_numpy(x[i:i + batch])).numpy()
+                                   for i in range(0, len(x), batch)])
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights: identifies the model a plan was made for."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def load(spec: str = DEFAULT_MODEL, weights: str | None = None) -> Model:
+    if spec.startswith("zoo:"):
+        name = spec[4:]
+        module = zoo.load(name) if weights is None else _with_weights(zoo.build(name), weights)
+        files = (Path(weights),) if weights else ()
+        return Model(spec, module, default_data=zoo.default_data(name), files=files)
+    if spec.endswith(".pt2"):
+        return _program(Path(spec), weights)
+    file, sep, factory = spec.rpartition(":")
+    if sep and file.endswith(".py"):
+        module = _from_factory(Path(file), factory)
+        if weights is not None:
+            module = _with_weights(module, weights)
+        files = (Path(file),) + ((Path(weights),) if weights else ())
+        return Model(spec, module.eval(), files=files)
+    raise InputError(f"cannot read model '{spec}': use zoo:NAME ({', '.join(zoo.MODELS)}), "
+                     "path/to/file.py:factory, or a torch.export program saved as .pt2")
+
+
+def _program(path: Path, weights: str | None) -> Model:
+    if weights is not None:
+        raise InputError(f"{path} is a .pt2 program that carries its own weights; "
+                         "drop --weights")
+    _must_exist(path, "model")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:  # torch raises many types for a corrupt archive
+        raise InputError(f"{path} is not a readable torch.export program "
+                         f"({type(e).__name__}: {_first_line(e)}); save it with "
+                         "torch.export.save(torch.export.export(model, (x,)), path)") from None
+    return Model(str(path), program.module(), program=program, files=(path,))
+
+
+def _from_factory(file: Path, factory: str) -> nn.Module:
+    _must_exist(file, "model")
+    name = f"deployq_user_{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        raise InputError(f"importing {file} failed: {type(e).__name__}: {_first_line(e)}") from None
+    fn = getattr(mod, factory, None)
+    if not callable(fn):
+        raise InputError(f"{file} has no function '{factory}'; pass file.py:NAME where "
+                         "NAME() returns the nn.Module")
+    module = fn()
+    if not isinstance(module, nn.Module):
+        raise InputError(f"{file}:{factory}() returned {type(module).__name__}, "
+                         "not a torch.nn.Module")
+    return module
+
+
+def _with_weights(module: nn.Module, weights: str) -> nn.Module:
+    state = read_state_dict(Path(weights))
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"missing {_few(missing)}" if missing else "",
+                 f"unexpected {_few(unexpected)}" if unexpected else "",
+                 f"wrong shape {_few(wrong)}" if wrong else ""]
+        raise InputError(f"weights {weights} do not fit the model: "
+                         f"{'; '.join(p for p in parts if p)}")
+    module.load_state_dict(state)
+    return module.eval()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state_dict from .safetensors, or from torch.save's format without unpickling
+    anything but tensors (a {'state_dict': ...} checkpoint is unwrapped)."""
+    _must_exist(path, "weights")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise InputError("reading .safetensors needs the 'safetensors' package: "
+                         "pip install safetensors") from None
+    except pickle.UnpicklingError:
+        raise InputError(f"cannot read weights {path}: not a torch.save file of tensors "
+                         "(deployq never unpickles other objects); save them with "
+                         "torch.save(model.state_dict(), path)") from None
+    except Exception as e:  # corrupt zip, truncated file, bad safetensors header...
+        raise InputError(f"cannot read weights {path} ({type(e).__name__}: {_first_line(e)}); "
+                         "save them with torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path} does not hold a state_dict (name -> tensor); "
+                         "save it with torch.save(model.state_dict(), path)")
+    return state
+
+
+def _must_exist(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise InputError(f"{what} file {path} does not exist")
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]

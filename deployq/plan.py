@@ -1,0 +1,250 @@
+"""QuantPlan: the one object every exporter and runtime consumes (saved as plan.json).
+
+It holds, per layer, the resolved settings (bits, granularity, scheme, scale rule,
+calibration, rounding) and the resulting quantization parameters of the layer's weight
+and output tensor, plus those of the graph input. Settings resolve layer name >
+layer type (IR op) > model default, and every value is checked against the target.
+
+Conventions (shared by every backend):
+  real = scale * (q - zero_point); q = clamp(round(real / scale) + zero_point)
+  weights are symmetric (zero point 0), narrow range [-(2^(b-1) - 1), 2^(b-1) - 1],
+  per output channel (axis 0) or per tensor; activations use the full range
+  [-2^(b-1), 2^(b-1) - 1]; bias is int32 with scale input_scale * weight_scale
+  (float32 product), zero point 0. 'pow2' scales are 2^-frac_bits.
+  maxpool, avgpool, reshape, clamp and concat keep their inputs' parameters (one set
+  for all tensors they connect), as TFLite's int8 kernels require.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import calibrate, graph as G
+from .errors import InputError, TargetError
+from .targets import SETTINGS, Target
+
+FORMAT, VERSION = "deployq-plan", 1
+SHARED_PARAMS = ("maxpool", "avgpool", "reshape", "clamp", "concat")
+BIAS_BITS = 32
+
+
+@dataclass
+class QParams:
+    bits: int
+    scale: np.ndarray                 # float32, shape (1,) or (channels,)
+    zero_point: np.ndarray            # int64, same shape
+    axis: int | None = None           # channel axis when per-channel
+    narrow: bool = False              # symmetric weights omit the lowest code
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) + int(self.narrow)
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1
+
+    def _bcast(self, a: np.ndarray, ndim: int) -> np.ndarray:
+        if self.axis is None:
+            return a.reshape(())
+        return a.reshape([-1 if d == self.axis else 1 for d in range(ndim)])
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Integers for x, rounding half to even (numpy.round, ONNX QuantizeLinear)."""
+        s, z = self._bcast(self.scale, x.ndim), self._bcast(self.zero_point, x.ndim)
+        return np.clip(np.round(x / s) + z, self.qmin, self.qmax).astype(np.int32)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        s, z = self._bcast(self.scale, q.ndim), self._bcast(self.zero_point, q.ndim)
+        return ((q - z) * s).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"bits": self.bits, "scale": [float(v) for v in self.scale],
+                "zero_point": [int(v) for v in self.zero_point], "axis": self.axis,
+                "narrow": self.narrow}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "QParams":
+        return cls(int(d["bits"]), np.asarray(d["scale"], np.float32),
+                   np.asarray(d["zero_point"], np.int64), d.get("axis"), bool(d.get("narrow")))
+
+
+@dataclass
+class LayerPlan:
+    op: str
+    settings: dict
+    output: QParams
+    weight: QParams | None = None
+
+    def to_json(self) -> dict:
+        d = {"op": self.op, "settings": self.settings, "output": self.output.to_json()}
+        if self.weight is not None:
+            d["weight"] = self.weight.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LayerPlan":
+        w = d.get("weight")
+        return cls(d["op"], d["settings"], QParams.from_json(d["output"]),
+                   QParams.from_json(w) if w else None)
+
+
+@dataclass
+class PlanConfig:
+    """Settings overrides, resolved layer name > layer type (IR op) > default."""
+    default: dict = field(default_factory=dict)
+    by_type: dict = field(default_factory=dict)
+    by_name: dict = field(default_factory=dict)
+
+    def resolve(self, target: Target, layer: str, op: str) -> dict:
+        settings = {**target.defaults, **self.default, **self.by_type.get(op, {}),
+                    **self.by_name.get(layer, {})}
+        for key in SETTINGS:
+            target.check(key, settings[key], f"layer '{layer}'")
+        return settings
+
+    def check_names(self, graph: G.Graph) -> None:
+        unknown = set(self.by_name) - {n.name for n in graph.nodes}
+        if unknown:
+            raise InputError(f"plan settings name unknown layers {sorted(unknown)}; "
+                             f"layers: {', '.join(n.name for n in graph.nodes)}")
+
+    def to_json(self) -> dict:
+        return {"default": self.default, "by_type": self.by_type, "by_name": self.by_name}
+
+
+@dataclass
+class QuantPlan:
+    target: str
+    input: QParams
+    layers: dict[str, LayerPlan]
+    config: PlanConfig = field(default_factory=PlanConfig)
+    provenance: dict = field(default_factory=dict)
+
+    def tensor(self, name: str) -> QParams:
+        return self.input if name == G.INPUT else self.layers[name].output
+
+    def bias_scale(self, layer: str, input_name: str) -> np.ndarray:
+        w = self.layers[layer].weight
+        return (self.tensor(input_name).scale.astype(np.float32)
+                * w.scale.astype(np.float32)).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "target": self.target,
+                "provenance": self.provenance, "config": self.config.to_json(),
+                "input": self.input.to_json(),
+                "layers": {k: v.to_json() for k, v in self.layers.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "QuantPlan":
+        if d.get("format") != FORMAT or d.get("version") != VERSION:
+            raise InputError(f"not a deployq plan of version {VERSION} "
+                             f"(format={d.get('format')!r}, version={d.get('version')!r})")
+        cfg = d.get("config", {})
+        return cls(d["target"], QParams.from_json(d["input"]),
+                   {k: LayerPlan.from_json(v) for k, v in d["layers"].items()},
+                   PlanConfig(cfg.get("default", {}), cfg.get("by_type", {}),
+                              cfg.get("by_name", {})), d.get("provenance", {}))
+
+    def save(self, path: Path) -> None:
+        from .io import atomic_write
+        atomic_write(Path(path), json.dumps(self.to_json(), indent=1).encode())
+
+    @classmethod
+    def load(cls, path: Path) -> "QuantPlan":
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"cannot read plan {path}: {type(e).__name__}: {e}") from None
+
+
+# --- making a plan ---------------------------------------------------------------
+
+def make(graph: G.Graph, stats: dict[str, calibrate.TensorStats], target: Target,
+         config: PlanConfig | None = None, provenance: dict | None = None) -> QuantPlan:
+    config = config or PlanConfig()
+    config.check_names(graph)
+    settings = {n.name: config.resolve(target, n.name, n.op) for n in graph.nodes}
+    settings[G.INPUT] = config.resolve(target, G.INPUT, "input")
+    ranges = {name: _range(stats[name], s) for name, s in settings.items()}
+    acts = {}
+    for members in _shared_classes(graph):
+        head = members[0]
+        lo = min(ranges[m][0] for m in members)
+        hi = max(ranges[m][1] for m in members)
+        qp = activation_params(lo, hi, settings[head])
+        acts.update({m: qp for m in members})
+    layers = {n.name: LayerPlan(n.op, settings[n.name], acts[n.name],
+                                weight_params(n.weight, settings[n.name])
+                                if n.op in G.WEIGHTED else None)
+              for n in graph.nodes}
+    return QuantPlan(target.name, acts[G.INPUT], layers, config, provenance or {})
+
+
+def _range(stats: calibrate.TensorStats, s: dict) -> tuple[float, float]:
+    return calibrate.tensor_range(stats, s["calibration"], s["activation_bits"],
+                                  s["activation_scheme"] == "symmetric",
+                                  s.get("percentile", 99.99))
+
+
+def _shared_classes(graph: G.Graph) -> list[list[str]]:
+    """Tensors that must share parameters, as lists headed by their first producer."""
+    parent = {G.INPUT: G.INPUT} | {n.name: n.name for n in graph.nodes}
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for n in graph.nodes:
+        if n.op in SHARED_PARAMS:
+            for i in n.inputs:
+                ra, rb = find(i), find(n.name)
+                if ra != rb:
+                    parent[rb] = ra
+    order = [G.INPUT] + [n.name for n in graph.nodes]
+    classes: dict[str, list[str]] = {}
+    for name in order:
+        classes.setdefault(find(name), []).append(name)
+    return sorted(classes.values(), key=lambda m: order.index(m[0]))
+
+
+def activation_params(lo: float, hi: float, s: dict) -> QParams:
+    bits = s["activation_bits"]
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if s["activation_scheme"] == "symmetric":
+        scale = _scale(max(-lo, hi, 1e-8) / qmax, s)
+        return QParams(bits, np.array([scale], np.float32), np.array([0]))
+    scale = _scale(max(hi - lo, 1e-8) / (qmax - qmin), s)
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return QParams(bits, np.array([scale], np.float32), np.array([zp]))
+
+
+def weight_params(w: np.ndarray, s: dict) -> QParams:
+    bits = s["weight_bits"]
+    if s["weight_scheme"] != "symmetric":
+        raise TargetError(f"weight_scheme {s['weight_scheme']!r} is not implemented; "
+                          "use 'symmetric'")
+    qmax = 2 ** (bits - 1) - 1
+    per_channel = s["granularity"] == "per-channel"
+    absmax = (np.abs(w).reshape(len(w), -1).max(1) if per_channel
+              else np.array([np.abs(w).max()]))
+    scale = np.array([_scale(max(a, 1e-8) / qmax, s) for a in absmax], np.float32)
+    return QParams(bits, scale, np.zeros(len(scale), np.int64),
+                   axis=0 if per_channel else None, narrow=True)
+
+
+def _scale(scale: float, s: dict) -> float:
+    """The scale as stored: float32, or the power of two at or above it."""
+    if s["scale"] == "pow2":
+        return float(2.0 ** math.ceil(math.log2(scale)))
+    return float(np.float32(scale))
+
+
+def quantized_bias(bias: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    lim = 2 ** (BIAS_BITS - 1) - 1
+    return np.clip(np.round(bias / scale.astype(np.float64)), -lim, lim).astype(np.int32)

@@ -1,0 +1,93 @@
+"""Targets are data: one TOML file each (the built-in ones in targets/, a user's own
+in --targets-dir). A target names its backend module, what it allows per quantization
+setting ([allowed]), what it uses when nobody says otherwise ([defaults]), and options
+for its backend ([options])."""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import TargetError
+
+SETTINGS = ("weight_bits", "activation_bits", "granularity", "weight_scheme",
+            "activation_scheme", "scale", "calibration", "rounding")
+EXTRA_DEFAULTS = ("percentile",)
+BACKENDS = ("onnx",)
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+@dataclass
+class Target:
+    name: str
+    backend: str
+    description: str
+    allowed: dict
+    defaults: dict
+    options: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def check(self, key: str, value, where: str) -> None:
+        if key in self.allowed and value not in self.allowed[key]:
+            raise TargetError(f"target {self.name} does not allow {key}={value!r} "
+                              f"({where}); allowed: {self.allowed[key]}")
+
+
+def search_path(targets_dir: str | os.PathLike | None = None) -> list[Path]:
+    extra = [Path(targets_dir)] if targets_dir else []
+    env = [Path(p) for p in os.environ.get("DEPLOYQ_TARGETS", "").split(os.pathsep) if p]
+    return extra + env + [BUILTIN_DIR]
+
+
+def all_targets(targets_dir=None) -> dict[str, Target]:
+    """Every target by name; earlier directories in the search path win."""
+    found: dict[str, Target] = {}
+    for folder in search_path(targets_dir):
+        if targets_dir and folder == Path(targets_dir) and not folder.is_dir():
+            raise TargetError(f"targets directory {folder} does not exist")
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            target = read(path)
+            found.setdefault(target.name, target)
+    return found
+
+
+def get(name: str, targets_dir=None) -> Target:
+    targets = all_targets(targets_dir)
+    if name not in targets:
+        raise TargetError(f"unknown target '{name}'; known: {', '.join(sorted(targets))} "
+                          "(see 'deployq targets'; add one with a TOML file in --targets-dir)")
+    return targets[name]
+
+
+def read(path: Path) -> Target:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise TargetError(f"cannot read target file {path}: {e}") from None
+    unknown = set(doc) - {"name", "backend", "description", "allowed", "defaults", "options"}
+    if unknown:
+        raise TargetError(f"{path}: unknown keys {sorted(unknown)}")
+    for key in ("name", "backend", "defaults"):
+        if key not in doc:
+            raise TargetError(f"{path}: missing '{key}'")
+    if doc["backend"] not in BACKENDS:
+        raise TargetError(f"{path}: unknown backend '{doc['backend']}'; "
+                          f"known: {', '.join(BACKENDS)}")
+    target = Target(doc["name"], doc["backend"], doc.get("description", ""),
+                    doc.get("allowed", {}), doc["defaults"], doc.get("options", {}), path)
+    _validate(target, path)
+    return target
+
+
+def _validate(target: Target, path: Path) -> None:
+    for section in ("allowed", "defaults"):
+        bad = set(getattr(target, section)) - set(SETTINGS) - set(EXTRA_DEFAULTS)
+        if bad:
+            raise TargetError(f"{path}: unknown settings in [{section}]: {sorted(bad)}; "
+                              f"known: {', '.join(SETTINGS)}")
+    missing = [k for k in SETTINGS if k not in target.defaults]
+    if missing:
+        raise TargetError(f"{path}: [defaults] must set {', '.join(missing)}")
+    for key, value in target.defaults.items():
+        target.check(key, value, f"[defaults] in {path}")

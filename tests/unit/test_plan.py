@@ -1,0 +1,92 @@
+"""The plan: resolution order, target checks, JSON round trip, parameter rules."""
+import numpy as np
+import pytest
+import torch
+
+from deployq import calibrate, graph as G, plan as P, targets as T
+from deployq.errors import TargetError
+from tests.conftest import ALL_OPS_SHAPE
+
+
+@pytest.fixture
+def made(all_ops):
+    g = G.capture(all_ops, ALL_OPS_SHAPE)
+    stats = calibrate.collect(g, np.random.default_rng(0).random((64, *ALL_OPS_SHAPE),
+                                                                 dtype=np.float32))
+    return g, stats, T.get("onnx-int8")
+
+
+def test_settings_resolve_name_over_type_over_default(made):
+    g, stats, tgt = made
+    cfg = P.PlanConfig(default={"calibration": "mse"},
+                       by_type={"conv2d": {"calibration": "percentile"}},
+                       by_name={"dil": {"calibration": "entropy"}})
+    plan = P.make(g, stats, tgt, cfg)
+    assert plan.layers["fc"].settings["calibration"] == "mse"
+    assert plan.layers["conv"].settings["calibration"] == "percentile"
+    assert plan.layers["dil"].settings["calibration"] == "entropy"
+    assert plan.layers["fc"].settings["weight_bits"] == 8          # target default
+
+
+def test_a_setting_the_target_forbids_is_refused_naming_the_layer(made):
+    g, stats, tgt = made
+    with pytest.raises(TargetError, match="weight_bits=4 .layer .conv."):
+        P.make(g, stats, tgt, P.PlanConfig(by_name={"conv": {"weight_bits": 4}}))
+
+
+def test_unknown_layer_names_are_refused(made):
+    g, stats, tgt = made
+    with pytest.raises(Exception, match="unknown layers"):
+        P.make(g, stats, tgt, P.PlanConfig(by_name={"nope": {"weight_bits": 8}}))
+
+
+def test_json_round_trip_is_exact(made, tmp_path):
+    g, stats, tgt = made
+    plan = P.make(g, stats, tgt, provenance={"model": "x"})
+    plan.save(tmp_path / "plan.json")
+    back = P.QuantPlan.load(tmp_path / "plan.json")
+    assert back.to_json() == plan.to_json()
+    for name, lp in plan.layers.items():
+        np.testing.assert_array_equal(back.layers[name].output.scale, lp.output.scale)
+
+
+def test_shared_parameter_ops_and_concat_share_one_set(made):
+    g, stats, tgt = made
+    plan = P.make(g, stats, tgt)
+    for name in ("pool", "avg", "ht"):
+        src = g.node(name).inputs[0]
+        assert plan.tensor(name).to_json() == plan.tensor(src).to_json(), name
+    cat = g.node("cat")
+    for i in cat.inputs:
+        assert plan.tensor(i).to_json() == plan.tensor("cat").to_json()
+
+
+def test_weights_are_symmetric_narrow_per_channel(made):
+    g, stats, tgt = made
+    plan = P.make(g, stats, tgt)
+    node, w = g.node("dil"), plan.layers["dil"].weight
+    assert (w.qmin, w.qmax, w.axis) == (-127, 127, 0)
+    q = w.quantize(node.weight)
+    assert np.abs(q).reshape(len(q), -1).max(1).tolist() == [127] * len(q)
+    np.testing.assert_allclose(w.dequantize(q), node.weight,
+                               atol=float(w.scale.max()) / 2 + 1e-7)
+
+
+def test_pow2_scales_are_powers_of_two(made):
+    g, stats, tgt = made
+    plan = P.make(g, stats, tgt, P.PlanConfig(default={"scale": "pow2"}))
+    for lp in plan.layers.values():
+        for qp in filter(None, (lp.output, lp.weight)):
+            assert np.all(np.log2(qp.scale) == np.round(np.log2(qp.scale)))
+
+
+def test_activation_ranges_cover_the_calibrated_range_and_zero(made):
+    g, stats, tgt = made
+    plan = P.make(g, stats, tgt)
+    for name in ["input"] + [n.name for n in g.nodes]:
+        qp = plan.tensor(name)
+        lo = (qp.qmin - qp.zero_point[0]) * qp.scale[0]
+        hi = (qp.qmax - qp.zero_point[0]) * qp.scale[0]
+        s = stats[name]
+        step = qp.scale[0]
+        assert lo <= min(s.min, 0) + step and hi >= max(s.max, 0) - step, name
