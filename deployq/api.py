@@ -74,8 +74,9 @@ def export(target: str, session: Session | None = None, out: str | Path = DEFAUL
     plan = P.make(session.graph, session.stats, tgt, config, provenance)
     backend = backends.get(tgt.backend)
     final = Path(out) / tgt.name
+    calib = session.dataset.calibration(session.calib_samples, session.seed)
     with StagedDir(final, session.model.files) as tmp:
-        artifact = backend.export(session.graph, plan, tgt, tmp)
+        artifact, plan = backend.export(session.graph, plan, tgt, tmp, calib)
         plan.save(tmp / "plan.json")
     log.info("exported %s to %s", tgt.name, final)
     return Exported(tgt, final / artifact.name, plan)

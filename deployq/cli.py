@@ -25,8 +25,10 @@ def _model_options(f):
         click.option("--out", "-o", default="deployq-out", show_default=True,
                      help="Output directory; each target writes OUT/TARGET/."),
         click.option("--calibration", default=None,
-                     type=click.Choice(["minmax", "percentile", "mse", "entropy"]),
-                     help="Activation range method (default: the target's)."),
+                     type=click.Choice(["minmax", "percentile", "mse", "entropy",
+                                        "converter"]),
+                     help="Activation range method, or 'converter' for a target that "
+                          "calibrates itself (default: the target's)."),
         click.option("--calib-samples", default=512, show_default=True, type=click.IntRange(1),
                      help="Training samples used for calibration."),
         click.option("--seed", default=0, show_default=True, type=int,

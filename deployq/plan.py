@@ -186,7 +186,9 @@ def make(graph: G.Graph, stats: dict[str, calibrate.TensorStats], target: Target
 
 
 def _range(stats: calibrate.TensorStats, s: dict) -> tuple[float, float]:
-    return calibrate.tensor_range(stats, s["calibration"], s["activation_bits"],
+    # 'converter': the target calibrates itself and its backend replaces these ranges
+    method = "minmax" if s["calibration"] == "converter" else s["calibration"]
+    return calibrate.tensor_range(stats, method, s["activation_bits"],
                                   s["activation_scheme"] == "symmetric",
                                   s.get("percentile", 99.99))
 

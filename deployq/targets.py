@@ -14,7 +14,6 @@ from .errors import TargetError
 SETTINGS = ("weight_bits", "activation_bits", "granularity", "weight_scheme",
             "activation_scheme", "scale", "calibration", "rounding")
 EXTRA_DEFAULTS = ("percentile",)
-BACKENDS = ("onnx",)
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 
 
@@ -32,6 +31,12 @@ class Target:
         if key in self.allowed and value not in self.allowed[key]:
             raise TargetError(f"target {self.name} does not allow {key}={value!r} "
                               f"({where}); allowed: {self.allowed[key]}")
+
+
+def backend_names() -> list[str]:
+    """Modules in deployq/backends/ (listed, not imported)."""
+    folder = Path(__file__).resolve().parent / "backends"
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
 
 
 def search_path(targets_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -71,9 +76,9 @@ def read(path: Path) -> Target:
     for key in ("name", "backend", "defaults"):
         if key not in doc:
             raise TargetError(f"{path}: missing '{key}'")
-    if doc["backend"] not in BACKENDS:
+    if doc["backend"] not in backend_names():
         raise TargetError(f"{path}: unknown backend '{doc['backend']}'; "
-                          f"known: {', '.join(BACKENDS)}")
+                          f"known: {', '.join(backend_names())}")
     target = Target(doc["name"], doc["backend"], doc.get("description", ""),
                     doc.get("allowed", {}), doc["defaults"], doc.get("options", {}), path)
     _validate(target, path)

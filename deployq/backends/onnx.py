@@ -29,7 +29,8 @@ FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
 U8_SHIFT = 128
 
 
-def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path) -> Path:
+def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
+           calib: np.ndarray | None = None) -> tuple[Path, QuantPlan]:
     model = build(graph, plan, int(target.options.get("opset", 17)))
     path = Path(out_dir) / ARTIFACT
     atomic_write(path, model.SerializeToString())
