@@ -38,7 +38,7 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
     if float_ops:
         raise ExportError(f"ONNX Runtime would run {', '.join(float_ops)} in float after "
                           "optimization; the QDQ pattern was not fused")
-    return path
+    return path, plan
 
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":
