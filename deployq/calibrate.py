@@ -99,7 +99,8 @@ def _mse(s, bits, symmetric, p):
 def _entropy(s, bits, symmetric, p):
     half = BINS // 2
     h = s.hist[half:] + s.hist[:half][::-1]          # histogram of |x| over [0, absmax]
-    levels = 2 ** (bits - 1)
+    h[0] = h[1]           # the spike of exact zeros (after ReLU) says nothing of the max
+    levels = 2 ** bits if s.min >= 0 else 2 ** (bits - 1)
     best_i, best_kl = half, np.inf
     for i in range(levels, half + 1, 16):
         kl = _kl_clipped(h, i, levels)
@@ -110,16 +111,17 @@ def _entropy(s, bits, symmetric, p):
 
 
 def _kl_clipped(h: np.ndarray, i: int, levels: int) -> float:
-    """KL divergence between |x|'s histogram clipped to i bins and its quantization to
-    `levels` levels (mass spread evenly over each level's non-empty bins)."""
+    """KL(P || Q): P is |x|'s histogram cut at i bins with the clipped mass added to the
+    last bin; Q is the cut histogram without that mass, quantized to `levels` levels
+    (each level's mass spread evenly over its non-empty bins)."""
     ref = h[:i].copy()
     ref[-1] += h[i:].sum()
     groups = np.array_split(np.arange(i), levels)
     q = np.zeros(i)
     for g in groups:
-        nonzero = ref[g] > 0
+        nonzero = h[g] > 0
         if nonzero.any():
-            q[g[nonzero]] = ref[g].sum() / nonzero.sum()
+            q[g[nonzero]] = h[g].sum() / nonzero.sum()
     m = ref > 0
     if ref.sum() == 0 or q[m].min() <= 0:
         return np.inf

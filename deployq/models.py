@@ -28,8 +28,13 @@ class Model:
     program: torch.export.ExportedProgram | None = None   # given as .pt2
     default_data: str | None = None
     files: tuple[Path, ...] = ()            # the user's input files (never overwritten)
+    static_batch: int | None = None         # a program exported for one batch size
 
     def logits(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
+        batch = self.static_batch or batch
+        if self.static_batch and len(x) % batch:
+            raise InputError(f"{self.spec} was exported for batch {batch}; export it with "
+                             "a dynamic batch (dynamic_shapes) to score other sizes")
         with torch.no_grad():
             return np.concatenate([self.module(torch.from_numpy(x[i:i + batch])).numpy()
                                    for i in range(0, len(x), batch)])
@@ -73,7 +78,15 @@ def _program(path: Path, weights: str | None) -> Model:
         raise InputError(f"{path} is not a readable torch.export program "
                          f"({type(e).__name__}: {_first_line(e)}); save it with "
                          "torch.export.save(torch.export.export(model, (x,)), path)") from None
-    return Model(str(path), program.module(), program=program, files=(path,))
+    batch = _input_placeholder(program).meta["val"].shape[0]
+    static = int(batch) if isinstance(batch, int) else None
+    return Model(str(path), program.module(), program=program, files=(path,),
+                 static_batch=static)
+
+
+def _input_placeholder(program):
+    user = set(program.graph_signature.user_inputs)
+    return next(n for n in program.graph.nodes if n.op == "placeholder" and n.name in user)
 
 
 def _from_factory(file: Path, factory: str) -> nn.Module:

@@ -15,23 +15,28 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import graph as G
-from ..errors import ExportError, UnsupportedOpError
+from ..errors import ExportError, TargetError, UnsupportedOpError
 from ..io import atomic_write
 from ..plan import QParams, QuantPlan, quantized_bias
 
 ARTIFACT = "model.onnx"
 OUTPUT = "logits"
 FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
-# Activations are stored as uint8 with zero point = plan zero point + 128: the same grid
-# and the same real values as the plan's int8, and the form ORT's x86 kernels run (its
-# own s8->u8 rewrite skips a QuantizeLinear with several consumers, leaving the
-# neighbouring ops in float). Weights stay int8 (the U8S8 kernels).
+# Storage types. The plan's integers are int8; a uint8 tensor with zero point + 128 is
+# the same grid with the same real values. Activations are stored as uint8, the form
+# ORT's x86 kernels run (its own s8->u8 rewrite skips a QuantizeLinear with several
+# consumers, leaving the neighbouring ops in float). Weights are stored as uint8 too by
+# default (option weight_dtype): ORT's U8S8 kernels on AVX2 CPUs without VNNI sum
+# u8*s8 products pairwise in saturating int16 (vpmaddubsw) and were measured up to 9
+# output LSBs off (tests/backends/test_onnx.py); the U8U8 kernels do not saturate.
 U8_SHIFT = 128
+WEIGHT_DTYPES = {"uint8": (np.uint8, U8_SHIFT), "int8": (np.int8, 0)}
 
 
 def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
            calib: np.ndarray | None = None) -> tuple[Path, QuantPlan]:
-    model = build(graph, plan, int(target.options.get("opset", 17)))
+    opts = target.options
+    model = build(graph, plan, int(opts.get("opset", 17)), opts.get("weight_dtype", "uint8"))
     path = Path(out_dir) / ARTIFACT
     atomic_write(path, model.SerializeToString())
     float_ops = sorted(FLOAT_COMPUTE & set(kernels(path)))
@@ -75,8 +80,12 @@ def kernels(path: Path) -> Counter:
 # --- building the QDQ graph ----------------------------------------------------------
 
 class _Builder:
-    def __init__(self, plan: QuantPlan):
+    def __init__(self, plan: QuantPlan, weight_dtype: str):
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise TargetError(f"onnx option weight_dtype={weight_dtype!r}; "
+                              f"choose one of {', '.join(WEIGHT_DTYPES)}")
         self.plan = plan
+        self.weight_dtype, self.weight_zp = WEIGHT_DTYPES[weight_dtype]
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
 
@@ -89,13 +98,13 @@ class _Builder:
         return output
 
     def dequant(self, name: str, q: np.ndarray, scale: np.ndarray, axis: int | None,
-                dtype) -> str:
-        """An integer initializer and the DequantizeLinear that reads it."""
+                dtype, zp: int = 0) -> str:
+        """An integer initializer (q + zp, stored as dtype) and its DequantizeLinear."""
         per_channel = axis is not None
         s = scale.astype(np.float32) if per_channel else np.float32(scale[0])
-        z = np.zeros(len(scale) if per_channel else (), dtype)
-        args = [self.const(f"{name}:q", q.astype(dtype)), self.const(f"{name}:scale", s),
-                self.const(f"{name}:zp", z)]
+        z = np.full(len(scale) if per_channel else (), zp, dtype)
+        args = [self.const(f"{name}:q", (q.astype(np.int64) + zp).astype(dtype)),
+                self.const(f"{name}:scale", s), self.const(f"{name}:zp", z)]
         extra = {"axis": axis} if per_channel else {}
         return self.node("DequantizeLinear", args, f"{name}:dq", **extra)
 
@@ -109,7 +118,7 @@ class _Builder:
     def weights(self, node: G.Node) -> tuple[str, str]:
         lp = self.plan.layers[node.name]
         w = self.dequant(f"{node.name}.weight", lp.weight.quantize(node.weight),
-                         lp.weight.scale, lp.weight.axis, np.int8)
+                         lp.weight.scale, lp.weight.axis, self.weight_dtype, self.weight_zp)
         bscale = self.plan.bias_scale(node.name, node.inputs[0])
         bq = quantized_bias(node.bias, np.broadcast_to(bscale, node.bias.shape))
         b = self.dequant(f"{node.name}.bias", bq, bscale, lp.weight.axis, np.int32)
@@ -181,8 +190,9 @@ OPS = {
 }
 
 
-def build(graph: G.Graph, plan: QuantPlan, opset: int = 17) -> onnx.ModelProto:
-    b = _Builder(plan)
+def build(graph: G.Graph, plan: QuantPlan, opset: int = 17,
+          weight_dtype: str = "uint8") -> onnx.ModelProto:
+    b = _Builder(plan, weight_dtype)
     names = {G.INPUT: b.qdq(G.INPUT, plan.input, f"{G.INPUT}:dq")}
     for node in graph.nodes:
         if node.op not in OPS:
