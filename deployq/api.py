@@ -6,16 +6,16 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import backends, calibrate, data as D, graph as G, models, plan as P, targets as T
-from .errors import InputError
-from .io import StagedDir, atomic_write
+from . import backends, calibrate, data as D, graph as G, models, plan as P, report
+from . import targets as T
+from .errors import InputError, TargetError
+from .io import StagedDir
 
 log = logging.getLogger("deployq")
 DEFAULT_OUT = Path("deployq-out")
@@ -89,7 +89,9 @@ def load_runner(exported: Exported):
 def evaluate(targets: list[str], session: Session | None = None,
              out: str | Path = DEFAULT_OUT, samples: int | None = None,
              calibration: str | None = None, targets_dir=None, **session_args) -> dict:
-    """Export each target, then score float and integer models on the test split."""
+    """Export each target, then score the float and integer models on the test split.
+    Between integer targets whose outputs share quantization parameters, also count
+    bit-identical int8 outputs and the largest difference in LSBs."""
     targets_or_fail(targets, targets_dir)
     session = session or open_session(**session_args)
     if samples is not None and samples < 1:
@@ -97,14 +99,35 @@ def evaluate(targets: list[str], session: Session | None = None,
     x, y = session.dataset.test(samples)
     float_pred = session.model.logits(x).argmax(1)
     rows = [{"target": "float", "accuracy": _acc(float_pred, y), "agreement": 1.0}]
+    outputs = {}
     for name in targets:
         exported = export(name, session, out, calibration, targets_dir)
-        pred = load_runner(exported).run(x).argmax(1)
+        log.info("scoring %s on %d test samples", name, len(x))
+        logits = load_runner(exported).run(x)
+        pred = logits.argmax(1)
+        outputs[name] = (exported.plan.tensor(session.graph.output), logits)
         rows.append({"target": name, "accuracy": _acc(pred, y),
                      "agreement": float((pred == float_pred).mean()),
                      "artifact": str(exported.path)})
     return {"model": session.model.spec, "data": session.data_spec,
-            "samples": int(len(x)), "seed": session.seed, "results": rows}
+            "samples": int(len(x)), "seed": session.seed, "results": rows,
+            "pairs": _pairs(outputs)}
+
+
+def _pairs(outputs: dict) -> list[dict]:
+    names, pairs = list(outputs), []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (qa, la), (qb, lb) = outputs[a], outputs[b]
+            if qa.to_json() != qb.to_json():
+                pairs.append({"a": a, "b": b, "identical": None, "max_lsb": None,
+                              "note": "different output quantization"})
+                continue
+            diff = np.abs(qa.quantize(la).astype(np.int64) - qb.quantize(lb))
+            pairs.append({"a": a, "b": b, "identical": float((diff == 0).all(1).mean()),
+                          "identical_values": float((diff == 0).mean()),
+                          "max_lsb": int(diff.max())})
+    return pairs
 
 
 def _acc(pred: np.ndarray, y: np.ndarray) -> float:
@@ -113,22 +136,54 @@ def _acc(pred: np.ndarray, y: np.ndarray) -> float:
 
 def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
     """Check target names before any slow work starts."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"targets listed more than once: {', '.join(twice)}")
     return [T.get(n, targets_dir) for n in names]
 
 
-def results_table(result: dict) -> str:
-    head = f"{result['model']} on {result['data']} ({result['samples']} test samples)"
-    rows = [("target", "accuracy", "agreement with float")]
-    rows += [(r["target"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['agreement']:.2f}%")
-             for r in result["results"]]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join([head] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
-                               for r in rows])
+RUN_DEFAULTS = {"model": models.DEFAULT_MODEL, "weights": None, "data": None,
+                "targets": None, "out": str(DEFAULT_OUT), "calibration": None,
+                "samples": None, "seed": 0, "calib_samples": CALIB_SAMPLES,
+                "targets_dir": None}
+
+
+def read_config(path: str | Path) -> dict:
+    """A deployq.toml: any of RUN_DEFAULTS' keys at top level."""
+    import tomllib
+    try:
+        config = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise InputError(f"cannot read config {path}: {e}") from None
+    unknown = sorted(set(config) - set(RUN_DEFAULTS))
+    if unknown:
+        raise InputError(f"{path}: unknown keys {unknown}; known: {', '.join(RUN_DEFAULTS)}")
+    return config
+
+
+def run(config: dict | None = None) -> tuple[dict, list[Path]]:
+    """The whole pipeline: export to every target, evaluate, write results.json and
+    report.md into OUT. Without a target list, every known target whose backend's
+    packages are installed (the others are listed as skipped in the report)."""
+    cfg = RUN_DEFAULTS | (config or {})
+    names, skipped = cfg["targets"], []
+    if names is None:
+        names = []
+        for t in list_targets(cfg["targets_dir"]):
+            try:
+                backends.get(t.backend)
+                names.append(t.name)
+            except TargetError as e:
+                skipped.append({"target": t.name, "reason": str(e)})
+    session = open_session(cfg["model"], cfg["weights"], cfg["data"], cfg["seed"],
+                           cfg["calib_samples"])
+    result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
+                      cfg["targets_dir"])
+    result["skipped"] = skipped
+    return result, report.write(result, cfg["out"])
 
 
 def list_targets(targets_dir=None) -> list[T.Target]:
     return sorted(T.all_targets(targets_dir).values(), key=lambda t: t.name)
 
 
-def write_json(result: dict, path: str | Path) -> None:
-    atomic_write(Path(path), (json.dumps(result, indent=1) + "\n").encode())

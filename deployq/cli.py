@@ -60,15 +60,16 @@ def cli(quiet):
 @click.option("--targets-dir", default=None, help="Extra directory of target TOML files.")
 def targets(targets_dir):
     """List every target with its constraints and defaults."""
-    from .api import list_targets
+    from .targets import all_targets
+    from .report import columns
     rows = [("target", "backend", "weight bits", "act bits", "granularity", "scale",
              "calibration", "description")]
-    for t in list_targets(targets_dir):
+    for t in sorted(all_targets(targets_dir).values(), key=lambda t: t.name):
         a, d = t.allowed, t.defaults
         rows.append((t.name, t.backend, _allowed(a, d, "weight_bits"),
                      _allowed(a, d, "activation_bits"), _allowed(a, d, "granularity"),
                      _allowed(a, d, "scale"), _allowed(a, d, "calibration"), t.description))
-    click.echo(_table(rows))
+    click.echo(columns(rows))
 
 
 def _allowed(allowed: dict, defaults: dict, key: str) -> str:
@@ -102,14 +103,31 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
 def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,
           targets_dir, samples, json_path):
     """Export to each target and compare float and integer accuracy on the test split."""
-    from . import api
+    from . import api, report
     names = _split(target_list)
     api.targets_or_fail(names, targets_dir)
     session = _session(model, weights, data, seed, calib_samples)
     result = api.evaluate(names, session, out, samples, calibration, targets_dir)
-    click.echo(api.results_table(result))
+    click.echo(report.text(result))
     if json_path:
-        api.write_json(result, json_path)
+        report.write_json(result, json_path)
+
+
+@cli.command()
+@click.option("--config", "-c", default=None, type=click.Path(dir_okay=False),
+              help="deployq.toml with model, weights, data, targets, out, calibration, "
+                   "samples, seed, calib_samples, targets_dir (all optional).")
+def run(config):
+    """The whole pipeline from one config: export to every target, evaluate, and write
+    OUT/results.json and OUT/report.md. Without a config: the built-in digits model
+    and every built-in target."""
+    from . import api, report
+    cfg = api.read_config(config) if config else {}
+    result, files = api.run(cfg)
+    click.echo(report.text(result))
+    for skipped in result["skipped"]:
+        click.echo(f"skipped {skipped['target']}: {skipped['reason']}")
+    click.echo("\n".join(str(f) for f in files))
 
 
 def _split(text: str) -> list[str]:
@@ -117,12 +135,6 @@ def _split(text: str) -> list[str]:
     if not names:
         raise click.BadParameter("give at least one target", param_hint="--targets")
     return names
-
-
-def _table(rows) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-                     for r in rows)
 
 
 def main() -> None:

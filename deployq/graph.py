@@ -20,6 +20,7 @@ IR ops and their attrs:
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -70,16 +71,24 @@ def capture(module: torch.nn.Module, input_shape: tuple[int, ...],
             program: torch.export.ExportedProgram | None = None) -> Graph:
     """The IR of a module (exported here) or of an already exported program."""
     if program is None:
-        example = torch.zeros((1, *input_shape))
-        try:
-            program = torch.export.export(module.eval(), (example,))
-        except Exception as e:
-            raise InputError(f"torch.export could not trace the model with input shape "
-                             f"{(1, *input_shape)}: {type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0][:200]}") from None
+        program = _export(module, input_shape)
     graph = _from_program(program)
     _check_input_shape(graph, input_shape)
     return _fuse_activations(_fold_batchnorm(graph))
+
+
+def _export(module: torch.nn.Module, input_shape: tuple[int, ...]):
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.CRITICAL)      # torch logs its own traceback on failure
+    try:
+        return torch.export.export(module.eval(), (torch.zeros((1, *input_shape)),))
+    except Exception as e:
+        raise InputError(f"torch.export could not trace the model on input {(1, *input_shape)} "
+                         f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]}); "
+                         "does --data have the shape the model takes?") from None
+    finally:
+        torch_log.setLevel(level)
 
 
 def _check_input_shape(graph: Graph, input_shape: tuple[int, ...]) -> None:
