@@ -14,7 +14,11 @@ from .errors import TargetError
 SETTINGS = ("weight_bits", "activation_bits", "granularity", "weight_scheme",
             "activation_scheme", "scale", "calibration", "rounding")
 EXTRA_DEFAULTS = ("percentile",)
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+_HERE = Path(__file__).resolve().parent
+# a source checkout (or editable install) has targets/ at the top; a wheel carries it
+# as deployq/builtin_targets/ (pyproject.toml)
+BUILTIN_DIR = next((d for d in (_HERE / "builtin_targets", _HERE.parent / "targets")
+                    if d.is_dir()), _HERE.parent / "targets")
 
 
 @dataclass
