@@ -1,0 +1,302 @@
+"""MCU int8 backend: the C reference runtime in TFLite Micro's int8 arithmetic.
+
+export() converts the graph with the TFLite backend (same plan, same converter) and
+translates that .tflite into the runtime's model file, taking every integer (weights,
+biases, zero points) from it and computing multipliers, shifts and activation ranges by
+LiteRT's reference-kernel rules (docs/tflite-int8-arithmetic.md). The runner quantizes
+its input as LiteRT's reference QUANTIZE does and runs the C library through ctypes.
+Target option 'rounding_variant': 'double' (TFLite/TFLM default) or 'single' (CMSIS-NN's
+TFLITE_SINGLE_ROUNDING build)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import graph as G
+from .. import rtformat as F
+from ..errors import ExportError, TargetError, UnsupportedOpError
+from ..io import atomic_write
+from ..plan import QParams, QuantPlan
+from . import tflite
+
+ARTIFACT = "model.dqm"
+ROUNDING = {"double": 0, "single": 1}
+
+
+def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
+    tfl_path, plan = tflite.export(graph, plan, target, out_dir, calib)
+    rounding = target.options.get("rounding_variant", "double")
+    if rounding not in ROUNDING:
+        raise TargetError(f"target {target.name}: rounding_variant={rounding!r}; "
+                          f"choose {' or '.join(ROUNDING)}")
+    blob = from_tflite(tfl_path.read_bytes(), ROUNDING[rounding])
+    path = Path(out_dir) / ARTIFACT
+    atomic_write(path, blob)
+    from .. import runtime
+    runtime.Model(blob, str(path))            # the loader's validation, once, at export
+    return path, plan
+
+
+def load(path: Path, target=None) -> "Runner":
+    return Runner(Path(path))
+
+
+class Runner:
+    """Runs model.dqm; input and output scales come from the model.tflite beside it."""
+
+    def __init__(self, path: Path):
+        from .. import runtime
+        self.model = runtime.Model(path.read_bytes(), str(path))
+        reader = _Reader((path.parent / tflite.ARTIFACT).read_bytes())
+        self.input_qp, self.output_qp = (
+            QParams(8, *reader.quant(t)) for t in (reader.graph.inputs[0], reader.graph.outputs[0]))
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """NCHW float -> NHWC int8 rows, rounded as LiteRT's reference QUANTIZE."""
+        q = tflite.quantize_input(x, self.input_qp, "reference")
+        return np.ascontiguousarray(q.transpose(0, 2, 3, 1).reshape(len(q), -1))
+
+    def run_int8(self, x: np.ndarray) -> np.ndarray:
+        return self.model.run(self.quantize(np.asarray(x, np.float32)))
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.output_qp.dequantize(self.run_int8(x).astype(np.int32))
+
+
+# --- .tflite -> runtime model ----------------------------------------------------
+
+def _schema():
+    import ai_edge_litert.schema_py_generated as S
+    return S
+
+
+class _Reader:
+    """The subgraph of a .tflite with constant buffers and op names resolved."""
+
+    def __init__(self, data: bytes):
+        S = _schema()
+        self.S = S
+        self.model = S.ModelT.InitFromPackedBuf(data, 0)
+        self.graph = self.model.subgraphs[0]
+        self.op_names = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+        self.index: dict[int, int] = {}          # tflite tensor -> runtime tensor
+        self.tensors: list[F.Tensor] = []
+        self.ops: list[F.Op] = []
+
+    def name(self, op) -> str:
+        code = self.model.operatorCodes[op.opcodeIndex]
+        return self.op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+
+    def const(self, t: int) -> np.ndarray:
+        tensor = self.graph.tensors[t]
+        data = self.model.buffers[tensor.buffer].data
+        if data is None:
+            raise ExportError(f"tensor '{tensor.name.decode()}' should be a constant")
+        dtype = {self.S.TensorType.INT8: np.int8, self.S.TensorType.INT32: np.int32,
+                 self.S.TensorType.INT64: np.int64}[tensor.type]
+        return np.frombuffer(bytes(bytearray(data)), dtype).reshape(tensor.shape)
+
+    def quant(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        q = self.graph.tensors[t].quantization
+        return np.asarray(q.scale, np.float32), np.asarray(q.zeroPoint, np.int64)
+
+    def act(self, t: int) -> int:
+        """The runtime index of activation tensor t (created on first use)."""
+        if t not in self.index:
+            tensor = self.graph.tensors[t]
+            shape = [int(d) for d in tensor.shape][1:]
+            dims = tuple([1] * (3 - len(shape)) + shape)
+            if len(dims) != 3 or tensor.type != self.S.TensorType.INT8:
+                raise ExportError(f"tensor '{tensor.name.decode()}' is not an int8 tensor of "
+                                  "rank <= 4; the MCU runtime cannot hold it")
+            self.index[t] = len(self.tensors)
+            self.tensors.append(F.Tensor(dims, int(self.quant(t)[1][0])))
+        return self.index[t]
+
+    def act_range(self, op, out: int) -> tuple[int, int]:
+        """TFLite's CalculateActivationRangeQuantized: Q(f) = zp + roundf(f / scale)."""
+        fused = getattr(op.builtinOptions, "fusedActivationFunction", 0)
+        scale, zp = self.quant(out)
+        q = lambda f: int(zp[0]) + F.round_half_away(float(np.float32(f) / scale[0]))
+        A = self.S.ActivationFunctionType
+        lo, hi = {A.NONE: (-128, 127), A.RELU: (q(0.0), 127), A.RELU6: (q(0.0), q(6.0)),
+                  A.RELU_N1_TO_1: (q(-1.0), q(1.0))}.get(fused, (None, None))
+        if lo is None:
+            raise UnsupportedOpError(f"fused activation {fused}", self.layer(out), "mcu", OPS)
+        return max(-128, lo), min(127, hi)
+
+    def layer(self, t: int) -> str:
+        return self.graph.tensors[t].name.decode()
+
+
+def _padding(S, padding: int, size: int, k: int, stride: int, dil: int) -> int:
+    """Leading padding by TFLite's rule (padding.h)."""
+    eff = (k - 1) * dil + 1
+    out = (size + stride - 1) // stride if padding == S.Padding.SAME else (size + stride - eff) // stride
+    return max((out - 1) * stride + eff - size, 0) // 2
+
+
+def _conv(r: _Reader, op, depthwise: bool) -> None:
+    x, w, b = op.inputs[:3]
+    o = op.outputs[0]
+    opt, S = op.builtinOptions, r.S
+    in_dims = r.tensors[r.act(x)].dims
+    weight = r.const(w)
+    kh, kw = weight.shape[1:3]
+    s_in, s_w, s_out = r.quant(x)[0][0], r.quant(w)[0], r.quant(o)[0][0]
+    out_ch = weight.shape[3] if depthwise else weight.shape[0]
+    s_w = np.broadcast_to(s_w, (out_ch,))
+    mult = [F.quantize_multiplier(float(s_in) * float(sw) / float(s_out)) for sw in s_w]
+    lo, hi = r.act_range(op, o)
+    params = {"stride_h": opt.strideH, "stride_w": opt.strideW,
+              "pad_top": _padding(S, opt.padding, in_dims[0], kh, opt.strideH, opt.dilationHFactor),
+              "pad_left": _padding(S, opt.padding, in_dims[1], kw, opt.strideW, opt.dilationWFactor),
+              "dilation_h": opt.dilationHFactor, "dilation_w": opt.dilationWFactor,
+              "groups": (out_ch // in_dims[2]) if depthwise else in_dims[2] // weight.shape[3],
+              "rounding": r.rounding, "act_min": lo, "act_max": hi, "kernel_h": kh, "kernel_w": kw}
+    bias = r.const(b).astype(np.int32) if b >= 0 else np.zeros(out_ch, np.int32)
+    data = [weight.reshape(-1), bias, np.array([m for m, _ in mult], np.int32),
+            np.array([s for _, s in mult], np.int32)]
+    r.ops.append(F.Op("depthwise_conv2d" if depthwise else "conv2d", [r.act(x)], r.act(o),
+                      params, data))
+
+
+def _fully_connected(r: _Reader, op) -> None:
+    x, w, b = op.inputs[:3]
+    o = op.outputs[0]
+    weight = r.const(w)
+    s_in, s_w, s_out = r.quant(x)[0][0], r.quant(w)[0], r.quant(o)[0][0]
+    s_w = np.broadcast_to(s_w, (weight.shape[0],))
+    mult = [F.quantize_multiplier(float(s_in) * float(sw) / float(s_out)) for sw in s_w]
+    lo, hi = r.act_range(op, o)
+    bias = r.const(b).astype(np.int32) if b >= 0 else np.zeros(weight.shape[0], np.int32)
+    r.ops.append(F.Op("fully_connected", [r.act(x)], r.act(o),
+                      {"rounding": r.rounding, "act_min": lo, "act_max": hi},
+                      [weight.reshape(-1), bias, np.array([m for m, _ in mult], np.int32),
+                       np.array([s for _, s in mult], np.int32)]))
+
+
+def _add(r: _Reader, op) -> None:
+    a, b = op.inputs[:2]
+    o = op.outputs[0]
+    s1, s2, so = (float(r.quant(t)[0][0]) for t in (a, b, o))
+    twice_max = 2.0 * max(s1, s2)
+    m1 = F.quantize_multiplier(s1 / twice_max)
+    m2 = F.quantize_multiplier(s2 / twice_max)
+    mo = F.quantize_multiplier(twice_max / float(np.float32((1 << 20) * np.float32(so))))
+    lo, hi = r.act_range(op, o)
+    params = {0: 20, 1: m1[0], 2: m1[1], 3: m2[0], 4: m2[1], 5: mo[0], 6: mo[1],
+              "rounding": r.rounding, "act_min": lo, "act_max": hi}
+    r.ops.append(F.Op("add", [r.act(a), r.act(b)], r.act(o), params))
+
+
+def _pool(r: _Reader, op, kind: str) -> None:
+    x, o = op.inputs[0], op.outputs[0]
+    opt, S = op.builtinOptions, r.S
+    in_dims = r.tensors[r.act(x)].dims
+    lo, hi = r.act_range(op, o)
+    params = {"stride_h": opt.strideH, "stride_w": opt.strideW,
+              "pad_top": _padding(S, opt.padding, in_dims[0], opt.filterHeight, opt.strideH, 1),
+              "pad_left": _padding(S, opt.padding, in_dims[1], opt.filterWidth, opt.strideW, 1),
+              "act_min": lo, "act_max": hi, "kernel_h": opt.filterHeight,
+              "kernel_w": opt.filterWidth}
+    r.ops.append(F.Op(kind, [r.act(x)], r.act(o), params))
+
+
+def _mean(r: _Reader, op) -> None:
+    """QuantizedMeanOrSum: QM(s_in / s_out) with 1/n folded in (reduce.h)."""
+    x, axes, o = op.inputs[0], op.inputs[1], op.outputs[0]
+    if sorted(int(a) % 4 for a in r.const(axes).reshape(-1)) != [1, 2]:
+        raise UnsupportedOpError("MEAN over other axes than H, W", r.layer(o), "mcu", OPS)
+    h, w, _ = r.tensors[r.act(x)].dims
+    m, shift = F.quantize_multiplier(float(r.quant(x)[0][0]) / float(r.quant(o)[0][0]))
+    n = h * w
+    k = min(n.bit_length() - 1, 32, 31 + shift)
+    params = {1: (m << k) // n, 2: shift - k, "rounding": r.rounding}
+    r.ops.append(F.Op("mean", [r.act(x)], r.act(o), params))
+
+
+def _axis(r: _Reader, t: int, axis: int) -> int:
+    rank = len(r.graph.tensors[t].shape)
+    return (axis % rank) - 1 + (3 - (rank - 1))
+
+
+def _concat(r: _Reader, op) -> None:
+    o = op.outputs[0]
+    axis = _axis(r, o, op.builtinOptions.axis)
+    r.ops.append(F.Op("concat", [r.act(t) for t in op.inputs], r.act(o), {0: axis}))
+
+
+def _reshape(r: _Reader, op) -> None:
+    r.ops.append(F.Op("reshape", [r.act(op.inputs[0])], r.act(op.outputs[0])))
+
+
+def _transpose(r: _Reader, op) -> None:
+    perm = [int(p) for p in r.const(op.inputs[1]).reshape(-1)]
+    if len(perm) != 4 or perm[0] != 0:
+        raise UnsupportedOpError(f"TRANSPOSE {perm}", r.layer(op.outputs[0]), "mcu", OPS)
+    r.ops.append(F.Op("transpose", [r.act(op.inputs[0])], r.act(op.outputs[0]),
+                      {i: p - 1 for i, p in enumerate(perm[1:])}))
+
+
+def _split(r: _Reader, op) -> None:
+    axis_t, x = op.inputs[:2]
+    axis = _axis(r, x, int(r.const(axis_t).reshape(-1)[0]))
+    begin = 0
+    for o in op.outputs:
+        r.ops.append(F.Op("slice", [r.act(x)], r.act(o), {0: axis, 1: begin}))
+        begin += r.tensors[r.act(o)].dims[axis]
+
+
+def _min_max(r: _Reader, op, is_min: bool) -> None:
+    x, c = op.inputs[:2]
+    o = op.outputs[0]
+    if [q.tolist() for q in r.quant(c)] != [q.tolist() for q in r.quant(x)]:
+        raise UnsupportedOpError("MINIMUM/MAXIMUM with a differently quantized constant",
+                                 r.layer(o), "mcu", OPS)
+    v = int(r.const(c).reshape(-1)[0])
+    lo, hi = (-128, v) if is_min else (v, 127)
+    r.ops.append(F.Op("clamp", [r.act(x)], r.act(o), {"act_min": lo, "act_max": hi}))
+
+
+def _pad(r: _Reader, op, mode: int) -> None:
+    x, pads_t = op.inputs[:2]
+    pads = r.const(pads_t).reshape(-1, 2)[1:]
+    if mode:
+        mode = 1 if op.builtinOptions.mode == r.S.MirrorPadMode.REFLECT else 2
+    params = {i: int(v) for i, v in enumerate(pads.reshape(-1))} | {6: mode}
+    r.ops.append(F.Op("pad", [r.act(x)], r.act(op.outputs[0]), params))
+
+
+OPS = {
+    "CONV_2D": lambda r, op: _conv(r, op, False),
+    "DEPTHWISE_CONV_2D": lambda r, op: _conv(r, op, True),
+    "FULLY_CONNECTED": _fully_connected,
+    "ADD": _add,
+    "MAX_POOL_2D": lambda r, op: _pool(r, op, "max_pool"),
+    "AVERAGE_POOL_2D": lambda r, op: _pool(r, op, "avg_pool"),
+    "MEAN": _mean,
+    "CONCATENATION": _concat,
+    "RESHAPE": _reshape,
+    "TRANSPOSE": _transpose,
+    "SPLIT": _split,
+    "MINIMUM": lambda r, op: _min_max(r, op, True),
+    "MAXIMUM": lambda r, op: _min_max(r, op, False),
+    "PAD": lambda r, op: _pad(r, op, 0),
+    "MIRROR_PAD": lambda r, op: _pad(r, op, 1),
+}
+
+
+def from_tflite(data: bytes, rounding: int = 0) -> bytes:
+    """The runtime model file for an int8 .tflite."""
+    r = _Reader(data)
+    r.rounding = rounding
+    g = r.graph
+    inp = r.act(g.inputs[0])
+    for op in g.operators:
+        name = r.name(op)
+        if name not in OPS:
+            raise UnsupportedOpError(name, r.layer(op.outputs[0]), "mcu backend", OPS)
+        OPS[name](r, op)
+    return F.pack(F.MODE_S8, r.tensors, r.ops, inp, r.index[g.outputs[0]])

@@ -1,0 +1,148 @@
+"""The one module that owns ctypes: builds the C reference runtime (runtime/*.c) into a
+shared library on first use, declares its functions once, and wraps a loaded model.
+
+The library is cached under $DEPLOYQ_CACHE (default ~/.cache/deployq), named by a hash
+of the sources, so an edited runtime is rebuilt and a stale one never loaded."""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DeployqError, InputError
+
+_HERE = Path(__file__).resolve().parent
+SOURCES = next((d for d in (_HERE / "runtime_c", _HERE.parent / "runtime")
+                if (d / "dq_runtime.h").is_file()), _HERE.parent / "runtime")
+CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC"]
+STATUS = ["DQ_OK", "DQ_ERR_ARG", "DQ_ERR_TRUNCATED", "DQ_ERR_MAGIC", "DQ_ERR_VERSION",
+          "DQ_ERR_LIMITS", "DQ_ERR_TENSOR", "DQ_ERR_OP", "DQ_ERR_DATA", "DQ_ERR_SHAPE",
+          "DQ_ERR_PARAM", "DQ_ERR_ORDER"]
+
+
+class RuntimeBuildError(DeployqError):
+    """The C runtime could not be compiled."""
+
+
+class ModelRejected(InputError):
+    """The runtime's loader refused a model file; carries the status name."""
+
+    def __init__(self, status: str, where: str):
+        self.status = status
+        super().__init__(f"the C runtime rejected {where}: {status} "
+                         "(re-export it with 'deployq export')")
+
+
+def _sources() -> list[Path]:
+    return sorted(SOURCES.glob("*.c")) + sorted(SOURCES.glob("*.h"))
+
+
+def library_path() -> Path:
+    digest = hashlib.sha256()
+    for f in _sources():
+        digest.update(f.name.encode() + f.read_bytes())
+    cache = Path(os.environ.get("DEPLOYQ_CACHE", Path.home() / ".cache" / "deployq"))
+    return cache / f"libdq-{digest.hexdigest()[:16]}.so"
+
+
+def build(extra_flags: list[str] = (), out: Path | None = None) -> Path:
+    """Compile runtime/*.c into a shared library (atomically) and return its path."""
+    out = out or library_path()
+    if out.is_file() and not extra_flags:
+        return out
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        raise RuntimeBuildError("no C compiler found for the C runtime: install one "
+                                "(e.g. 'apt-get install gcc') or set CC")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [cc, *CFLAGS, *extra_flags, "-o", tmp, *map(str, SOURCES.glob("*.c")), "-lm"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
+        raise RuntimeBuildError(f"compiling the C runtime failed: {result.stderr.strip()[:500]}")
+    os.replace(tmp, out)
+    return out
+
+
+@lru_cache(maxsize=None)
+def library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(build()))
+    u8p, i8p = ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_int8)
+    sigs = {
+        "dq_model_struct_bytes": ([], ctypes.c_size_t),
+        "dq_model_init": ([ctypes.c_void_p, u8p, ctypes.c_size_t], ctypes.c_int),
+        "dq_arena_bytes": ([ctypes.c_void_p], ctypes.c_size_t),
+        "dq_tensor_bytes": ([ctypes.c_void_p, ctypes.c_uint32], ctypes.c_size_t),
+        "dq_invoke": ([ctypes.c_void_p, u8p, i8p, i8p, ctypes.c_int32], ctypes.c_int),
+        "dq_invoke_dump": ([ctypes.c_void_p, u8p, i8p, i8p], ctypes.c_int),
+        "dq_quantize_multiplier": ([ctypes.c_double, ctypes.POINTER(ctypes.c_int32),
+                                    ctypes.POINTER(ctypes.c_int32)], None),
+    }
+    for name, (args, res) in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
+def _ptr(a: np.ndarray, ctype):
+    assert a.flags.c_contiguous, "arrays passed to the runtime must be C-contiguous"
+    return a.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+class Model:
+    """A model file loaded (and validated) by the C runtime."""
+
+    def __init__(self, blob: bytes, where: str = "the model"):
+        self.lib = library()
+        self.blob = np.frombuffer(blob, np.uint8).copy()      # numpy aligns to 16 bytes
+        self.handle = ctypes.create_string_buffer(self.lib.dq_model_struct_bytes())
+        status = self.lib.dq_model_init(self.handle, _ptr(self.blob, ctypes.c_uint8),
+                                        len(self.blob))
+        if status != 0:
+            raise ModelRejected(_status(status), where)
+        self.arena = np.zeros(max(self.lib.dq_arena_bytes(self.handle), 1), np.uint8)
+        header = np.frombuffer(self.blob[:32].tobytes(), "<u4")
+        self.n_tensors, self.input_index, self.output_index = int(header[3]), int(header[5]), int(header[6])
+        self.tensor_bytes = [self.lib.dq_tensor_bytes(self.handle, t) for t in range(self.n_tensors)]
+
+    def run(self, q: np.ndarray) -> np.ndarray:
+        """int8 inputs (N, input bytes) -> int8 outputs (N, output bytes), one call."""
+        q = np.ascontiguousarray(q, np.int8).reshape(len(q), -1)
+        if q.shape[1] != self.tensor_bytes[self.input_index]:
+            raise InputError(f"the runtime model takes {self.tensor_bytes[self.input_index]} "
+                             f"int8 values per sample, got {q.shape[1]}")
+        out = np.empty((len(q), self.tensor_bytes[self.output_index]), np.int8)
+        status = self.lib.dq_invoke(self.handle, _ptr(self.arena, ctypes.c_uint8),
+                                    _ptr(q, ctypes.c_int8), _ptr(out, ctypes.c_int8), len(q))
+        if status != 0:
+            raise DeployqError(f"the C runtime failed: {_status(status)}")
+        return out
+
+    def dump(self, q: np.ndarray) -> list[np.ndarray]:
+        """Every tensor (index order) for one int8 input sample."""
+        q = np.ascontiguousarray(q, np.int8).reshape(-1)
+        buf = np.empty(sum(self.tensor_bytes), np.int8)
+        status = self.lib.dq_invoke_dump(self.handle, _ptr(self.arena, ctypes.c_uint8),
+                                         _ptr(q, ctypes.c_int8), _ptr(buf, ctypes.c_int8))
+        if status != 0:
+            raise DeployqError(f"the C runtime failed: {_status(status)}")
+        return np.split(buf, np.cumsum(self.tensor_bytes)[:-1])
+
+
+def quantize_multiplier_c(real: float) -> tuple[int, int]:
+    m, s = ctypes.c_int32(), ctypes.c_int32()
+    library().dq_quantize_multiplier(real, ctypes.byref(m), ctypes.byref(s))
+    return m.value, s.value
+
+
+def _status(code: int) -> str:
+    return STATUS[code] if 0 <= code < len(STATUS) else f"status {code}"

@@ -1,0 +1,125 @@
+/* Loading: every check happens here, once. After dq_model_init returns DQ_OK, every
+ * index, offset, shape and parameter the kernels read is known to be in range. */
+#include <string.h>
+
+#include "dq_ops.h"
+
+#define CHECK(cond, status) do { if (!(cond)) return (status); } while (0)
+
+int64_t dq_tensor_elems(const dq_tensor *t) {
+    return (int64_t)t->dims[0] * t->dims[1] * t->dims[2];
+}
+
+static dq_status check_tensor(const dq_tensor *t, uint32_t mode) {
+    for (int i = 0; i < 3; ++i) CHECK(t->dims[i] >= 1 && t->dims[i] <= 65536, DQ_ERR_TENSOR);
+    CHECK(dq_tensor_elems(t) <= (1 << 24), DQ_ERR_TENSOR);
+    if (mode == DQ_MODE_S8) {
+        CHECK(t->bits == 8 && t->frac_bits == 0, DQ_ERR_TENSOR);
+        CHECK(t->zero_point >= -128 && t->zero_point <= 127, DQ_ERR_TENSOR);
+    } else {
+        CHECK(t->bits >= 2 && t->bits <= 8 && t->zero_point == 0, DQ_ERR_TENSOR);
+        CHECK(t->frac_bits >= -16 && t->frac_bits <= 24, DQ_ERR_TENSOR);
+    }
+    return DQ_OK;
+}
+
+static dq_status read_header(dq_model *m, const uint8_t *buffer, size_t length) {
+    CHECK(length >= sizeof(dq_header), DQ_ERR_TRUNCATED);
+    memcpy(&m->header, buffer, sizeof(dq_header));
+    const dq_header *h = &m->header;
+    CHECK(memcmp(h->magic, "DQRT", 4) == 0, DQ_ERR_MAGIC);
+    CHECK(h->version == DQ_FORMAT_VERSION, DQ_ERR_VERSION);
+    CHECK(h->mode == DQ_MODE_S8 || h->mode == DQ_MODE_FX, DQ_ERR_PARAM);
+    CHECK(h->n_tensors >= 1 && h->n_tensors <= DQ_MAX_TENSORS, DQ_ERR_LIMITS);
+    CHECK(h->n_ops >= 1 && h->n_ops <= DQ_MAX_OPS, DQ_ERR_LIMITS);
+    uint64_t need = sizeof(dq_header) + (uint64_t)h->n_tensors * sizeof(dq_tensor) +
+                    (uint64_t)h->n_ops * sizeof(dq_op) + h->data_bytes;
+    CHECK(length >= need, DQ_ERR_TRUNCATED);
+    CHECK(h->input < h->n_tensors && h->output < h->n_tensors, DQ_ERR_TENSOR);
+    m->buffer = buffer;
+    m->tensors = (const dq_tensor *)(buffer + sizeof(dq_header));
+    m->ops = (const dq_op *)((const uint8_t *)m->tensors + h->n_tensors * sizeof(dq_tensor));
+    m->data = (const uint8_t *)m->ops + h->n_ops * sizeof(dq_op);
+    return DQ_OK;
+}
+
+/* Each tensor but the input is written by exactly one op, before any op reads it. */
+static dq_status check_order(const dq_model *m) {
+    uint8_t written[DQ_MAX_TENSORS] = {0};
+    written[m->header.input] = 1;
+    for (uint32_t i = 0; i < m->header.n_ops; ++i) {
+        const dq_op *op = &m->ops[i];
+        CHECK(op->n_inputs >= 1 && op->n_inputs <= DQ_MAX_INPUTS, DQ_ERR_OP);
+        for (uint32_t k = 0; k < op->n_inputs; ++k) {
+            CHECK(op->inputs[k] < m->header.n_tensors, DQ_ERR_TENSOR);
+            CHECK(written[op->inputs[k]], DQ_ERR_ORDER);
+        }
+        CHECK(op->output < m->header.n_tensors, DQ_ERR_TENSOR);
+        CHECK(!written[op->output], DQ_ERR_ORDER);
+        written[op->output] = 1;
+    }
+    CHECK(written[m->header.output] && m->header.output != m->header.input, DQ_ERR_ORDER);
+    return DQ_OK;
+}
+
+/* Greedy arena plan: tensors live from the op that writes them to the last op that
+ * reads them; each takes the lowest offset free of every overlapping live tensor. */
+static void plan_arena(dq_model *m) {
+    int32_t first[DQ_MAX_TENSORS], last[DQ_MAX_TENSORS];
+    const uint32_t n = m->header.n_tensors;
+    for (uint32_t t = 0; t < n; ++t) { first[t] = -1; last[t] = -1; }
+    first[m->header.input] = -1;
+    for (uint32_t i = 0; i < m->header.n_ops; ++i) {
+        const dq_op *op = &m->ops[i];
+        for (uint32_t k = 0; k < op->n_inputs; ++k) last[op->inputs[k]] = (int32_t)i;
+        first[op->output] = (int32_t)i;
+        last[op->output] = (int32_t)i;
+    }
+    last[m->header.output] = (int32_t)m->header.n_ops;
+    m->arena_bytes = 0;
+    for (uint32_t t = 0; t < n; ++t) {
+        uint32_t size = (uint32_t)((dq_tensor_elems(&m->tensors[t]) + 3) & ~3LL), at = 0;
+        m->tensor_bytes[t] = (uint32_t)dq_tensor_elems(&m->tensors[t]);
+        for (int moved = 1; moved;) {
+            moved = 0;
+            for (uint32_t u = 0; u < t; ++u) {
+                int overlap_time = !(last[u] < first[t] || last[t] < first[u]);
+                uint32_t usize = (m->tensor_bytes[u] + 3) & ~3u;
+                int overlap_space = at < m->tensor_offset[u] + usize && m->tensor_offset[u] < at + size;
+                if (overlap_time && overlap_space) { at = m->tensor_offset[u] + usize; moved = 1; }
+            }
+        }
+        m->tensor_offset[t] = at;
+        if (at + size > m->arena_bytes) m->arena_bytes = at + size;
+    }
+}
+
+dq_status dq_model_init(dq_model *m, const uint8_t *buffer, size_t length) {
+    CHECK(m != NULL && buffer != NULL, DQ_ERR_ARG);
+    CHECK(((uintptr_t)buffer & 3) == 0, DQ_ERR_ARG);
+    dq_status s = read_header(m, buffer, length);
+    if (s != DQ_OK) return s;
+    for (uint32_t t = 0; t < m->header.n_tensors; ++t)
+        if ((s = check_tensor(&m->tensors[t], m->header.mode)) != DQ_OK) return s;
+    if ((s = check_order(m)) != DQ_OK) return s;
+    for (uint32_t i = 0; i < m->header.n_ops; ++i)
+        if ((s = dq_check_op(m, &m->ops[i])) != DQ_OK) return s;
+    plan_arena(m);
+    return DQ_OK;
+}
+
+size_t dq_arena_bytes(const dq_model *m) { return m->arena_bytes; }
+
+size_t dq_tensor_bytes(const dq_model *m, uint32_t t) {
+    return t < m->header.n_tensors ? m->tensor_bytes[t] : 0;
+}
+
+size_t dq_model_struct_bytes(void) { return sizeof(dq_model); }
+
+const char *dq_status_name(dq_status s) {
+    static const char *names[] = {"DQ_OK", "DQ_ERR_ARG", "DQ_ERR_TRUNCATED", "DQ_ERR_MAGIC",
+                                  "DQ_ERR_VERSION", "DQ_ERR_LIMITS", "DQ_ERR_TENSOR",
+                                  "DQ_ERR_OP", "DQ_ERR_DATA", "DQ_ERR_SHAPE", "DQ_ERR_PARAM",
+                                  "DQ_ERR_ORDER"};
+    return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "DQ_ERR_UNKNOWN";
+}
