@@ -4,6 +4,7 @@ setting ([allowed]), what it uses when nobody says otherwise ([defaults]), and o
 for its backend ([options])."""
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from .errors import TargetError
 SETTINGS = ("weight_bits", "activation_bits", "granularity", "weight_scheme",
             "activation_scheme", "scale", "calibration", "rounding")
 EXTRA_DEFAULTS = ("percentile",)
+log = logging.getLogger("deployq")
 _HERE = Path(__file__).resolve().parent
 # a source checkout (or editable install) has targets/ at the top; a wheel carries it
 # as deployq/builtin_targets/ (pyproject.toml)
@@ -49,24 +51,41 @@ def search_path(targets_dir: str | os.PathLike | None = None) -> list[Path]:
     return extra + env + [BUILTIN_DIR]
 
 
-def all_targets(targets_dir=None) -> dict[str, Target]:
-    """Every target by name; earlier directories in the search path win."""
+def scan(targets_dir=None) -> tuple[dict[str, Target], dict[Path, TargetError]]:
+    """Every readable target by name (earlier directories in the search path win), and
+    the error of each unreadable file."""
     found: dict[str, Target] = {}
+    errors: dict[Path, TargetError] = {}
     for folder in search_path(targets_dir):
         if targets_dir and folder == Path(targets_dir) and not folder.is_dir():
             raise TargetError(f"targets directory {folder} does not exist")
         for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
-            target = read(path)
+            try:
+                target = read(path)
+            except TargetError as e:
+                errors[path] = e
+                continue
             found.setdefault(target.name, target)
+    return found, errors
+
+
+def all_targets(targets_dir=None) -> dict[str, Target]:
+    """Every readable target; unreadable files are logged and left out."""
+    found, errors = scan(targets_dir)
+    for error in errors.values():
+        log.warning("skipping a target file: %s", error)
     return found
 
 
 def get(name: str, targets_dir=None) -> Target:
-    targets = all_targets(targets_dir)
-    if name not in targets:
-        raise TargetError(f"unknown target '{name}'; known: {', '.join(sorted(targets))} "
-                          "(see 'deployq targets'; add one with a TOML file in --targets-dir)")
-    return targets[name]
+    targets, errors = scan(targets_dir)
+    if name in targets:
+        return targets[name]
+    broken = [e for p, e in errors.items() if p.stem == name]
+    if broken:
+        raise broken[0]
+    raise TargetError(f"unknown target '{name}'; known: {', '.join(sorted(targets))} "
+                      "(see 'deployq targets'; add one with a TOML file in --targets-dir)")
 
 
 def read(path: Path) -> Target:
