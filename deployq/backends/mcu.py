@@ -9,6 +9,7 @@ Target option 'rounding_variant': 'double' (TFLite/TFLM default) or 'single' (CM
 TFLITE_SINGLE_ROUNDING build)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from ..plan import QParams, QuantPlan
 from . import tflite
 
 ARTIFACT = "model.dqm"
+NAMES = "tensors.json"          # the .tflite tensor name of each runtime tensor
 ROUNDING = {"double": 0, "single": 1}
 
 
@@ -30,9 +32,10 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
     if rounding not in ROUNDING:
         raise TargetError(f"target {target.name}: rounding_variant={rounding!r}; "
                           f"choose {' or '.join(ROUNDING)}")
-    blob = from_tflite(tfl_path.read_bytes(), ROUNDING[rounding])
+    blob, names = from_tflite(tfl_path.read_bytes(), ROUNDING[rounding])
     path = Path(out_dir) / ARTIFACT
     atomic_write(path, blob)
+    atomic_write(Path(out_dir) / NAMES, json.dumps(names, indent=0).encode())
     from .. import runtime
     runtime.Model(blob, str(path))            # the loader's validation, once, at export
     return path, plan
@@ -51,17 +54,24 @@ class Runner:
         reader = _Reader((path.parent / tflite.ARTIFACT).read_bytes())
         self.input_qp, self.output_qp = (
             QParams(8, *reader.quant(t)) for t in (reader.graph.inputs[0], reader.graph.outputs[0]))
+        self.names = json.loads((path.parent / NAMES).read_text())
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """NCHW float -> NHWC int8 rows, rounded as LiteRT's reference QUANTIZE."""
         q = tflite.quantize_input(x, self.input_qp, "reference")
         return np.ascontiguousarray(q.transpose(0, 2, 3, 1).reshape(len(q), -1))
 
-    def run_int8(self, x: np.ndarray) -> np.ndarray:
+    def output_codes(self, x: np.ndarray) -> np.ndarray:
+        """int8 outputs for float inputs: one call into the C runtime for the batch."""
         return self.model.run(self.quantize(np.asarray(x, np.float32)))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.output_qp.dequantize(self.run_int8(x).astype(np.int32))
+        return self.output_qp.dequantize(self.output_codes(x).astype(np.int32))
+
+    def dump(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every tensor for one float sample, by its .tflite tensor name."""
+        tensors = self.model.dump(self.quantize(np.asarray(x, np.float32)[None])[0])
+        return dict(zip(self.names, tensors))
 
 
 # --- .tflite -> runtime model ----------------------------------------------------
@@ -288,8 +298,9 @@ OPS = {
 }
 
 
-def from_tflite(data: bytes, rounding: int = 0) -> bytes:
-    """The runtime model file for an int8 .tflite."""
+def from_tflite(data: bytes, rounding: int = 0) -> tuple[bytes, list[str]]:
+    """The runtime model file for an int8 .tflite, and the .tflite name of each of its
+    tensors."""
     r = _Reader(data)
     r.rounding = rounding
     g = r.graph
@@ -299,4 +310,7 @@ def from_tflite(data: bytes, rounding: int = 0) -> bytes:
         if name not in OPS:
             raise UnsupportedOpError(name, r.layer(op.outputs[0]), "mcu backend", OPS)
         OPS[name](r, op)
-    return F.pack(F.MODE_S8, r.tensors, r.ops, inp, r.index[g.outputs[0]])
+    names = [""] * len(r.tensors)
+    for t, i in r.index.items():
+        names[i] = r.layer(t)
+    return F.pack(F.MODE_S8, r.tensors, r.ops, inp, r.index[g.outputs[0]]), names

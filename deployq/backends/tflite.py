@@ -26,6 +26,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,25 @@ class Runner:
                                np.ascontiguousarray(np.transpose(q, (0, 2, 3, 1)), np.int8))
         self.interp.invoke()
         return self.interp.get_tensor(self.output_index).copy()
+
+
+    def dump(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every int8 activation tensor for one float sample, by tensor name (a second
+        interpreter that keeps all tensors)."""
+        with warnings.catch_warnings():        # "intended for debugging": it is
+            warnings.simplefilter("ignore")
+            interp = Interpreter(model_path=str(self.path), num_threads=1,
+                                 experimental_op_resolver_type=KERNELS[self.kernels],
+                                 experimental_preserve_all_tensors=True)
+        interp.allocate_tensors()
+        q = quantize_input(np.asarray(x, np.float32)[None], self.input_qp, self.kernels)
+        interp.set_tensor(self.input_index, np.ascontiguousarray(np.transpose(q, (0, 2, 3, 1))))
+        interp.invoke()
+        produced = {i for op in interp._get_ops_details() for i in op["outputs"]}
+        produced.add(self.input_index)
+        return {d["name"]: interp.get_tensor(d["index"]).reshape(-1).copy()
+                for d in interp.get_tensor_details()
+                if d["index"] in produced and d["dtype"] == np.int8}
 
 
 def quantize_input(x: np.ndarray, qp: QParams, kernels: str = "xnnpack") -> np.ndarray:
@@ -158,7 +178,6 @@ def _tensorflow():
 
 
 def _convert(graph: G.Graph, plan: QuantPlan, mode: str, calib) -> bytes:
-    import warnings
     tf = _tensorflow()
     c, h, w = graph.input_shape
     spec = tf.TensorSpec([None, h, w, c], tf.float32, name=G.INPUT)

@@ -28,7 +28,7 @@ def _compare(graph, plan, x, tmp_path, rounding="double"):
     target = T.get("mcu-int8")
     target.options = dict(target.options, rounding_variant=rounding)
     path, plan = mcu.export(graph, plan, target, tmp_path, x[:64])
-    c_out = mcu.load(path).run_int8(x)
+    c_out = mcu.load(path).output_codes(x)
     ref = tflite.Runner(tmp_path / "model.tflite", "reference")
     ref_out = plan.tensor(graph.output).quantize(ref.run(x))
     return c_out.reshape(len(x), -1).astype(np.int32), ref_out.reshape(len(x), -1)
