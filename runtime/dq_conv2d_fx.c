@@ -77,7 +77,9 @@ dq_status dq_fully_connected_fx(const dq_requant_fx *q, int32_t n_in, const int8
 dq_status dq_add_fx(const dq_requant_fx *q, int32_t shift1, const int8_t *in1,
                     int32_t shift2, const int8_t *in2, int32_t n, int8_t *out) {
     for (int32_t i = 0; i < n; ++i) {
-        const int64_t sum = ((int64_t)in1[i] << shift1) + ((int64_t)in2[i] << shift2);
+        /* multiplications: a left shift of a negative value is undefined in C99 */
+        const int64_t sum = (int64_t)in1[i] * ((int64_t)1 << shift1) +
+                            (int64_t)in2[i] * ((int64_t)1 << shift2);
         out[i] = requant_fx(dq_fx_fit(sum, q->acc_bits, q->acc_overflow), q->shift[0], q);
     }
     return DQ_OK;

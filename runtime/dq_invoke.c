@@ -1,7 +1,6 @@
 /* Running a validated model: one dispatch table from op type to a small function
  * that unpacks the op's record and calls its kernel. No checks here (dq_model_init
  * made them); no allocation (tensors live in the caller's arena). */
-#include <math.h>
 #include <string.h>
 
 #include "dq_ops.h"
@@ -175,16 +174,4 @@ dq_status dq_invoke_dump(const dq_model *m, uint8_t *arena, const int8_t *input,
         memcpy(dump + at[op->output], tensor(m, arena, op->output), m->tensor_bytes[op->output]);
     }
     return DQ_OK;
-}
-
-/* TFLite's QuantizeMultiplier: frexp, round(q * 2^31) half away from zero. */
-void dq_quantize_multiplier(double real, int32_t *m, int32_t *shift) {
-    if (real == 0.0) { *m = 0; *shift = 0; return; }
-    int e;
-    const double q = frexp(real, &e);
-    int64_t fixed = (int64_t)round(q * (double)(1LL << 31));
-    if (fixed == (1LL << 31)) { fixed /= 2; ++e; }
-    if (e < -31) { e = 0; fixed = 0; }
-    *m = (int32_t)fixed;
-    *shift = e;
 }

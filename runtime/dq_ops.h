@@ -19,7 +19,8 @@
  *     9 act_max 10 kernel_h 11 kernel_w
  *     (AVG_POOL FX: 7 quant mode 14 out_overflow 15 reciprocal 16 reciprocal_bits)
  *   MEAN (over H and W): 1 multiplier 2 shift (1/count folded in) 7 rounding (S8);
- *     FX: 7 quant mode 14 out_overflow 15 reciprocal 16 reciprocal_bits
+ *     FX: 7 quant mode 8 act_min 9 act_max 14 out_overflow 15 reciprocal
+ *     16 reciprocal_bits
  *   CONCAT: 0 axis (0, 1 or 2)     RESHAPE: none     TRANSPOSE: 0..2 perm
  *   PAD: 0..5 before_h after_h before_w after_w before_c after_c, 6 mode
  *     (0: the zero point, 1: reflect, 2: symmetric, as TFLite's MIRROR_PAD)

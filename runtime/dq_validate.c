@@ -157,7 +157,7 @@ static dq_status check_mean(const dq_model *m, const dq_op *op) {
     CHECK(IN_RANGE(p[7], 0, 2) && IN_RANGE(p[14], 0, 1), DQ_ERR_PARAM);
     CHECK(IN_RANGE(p[15], 0, 1 << 16) && IN_RANGE(p[16], 0, 24), DQ_ERR_PARAM);
     CHECK(IN_RANGE(in->frac_bits - out->frac_bits, -8, 8), DQ_ERR_PARAM);
-    return DQ_OK;
+    return check_range(m, op);                 /* the kernel clamps to params 8, 9 */
 }
 
 static dq_status check_concat(const dq_model *m, const dq_op *op) {

@@ -1,0 +1,251 @@
+"""FPGA fixed-point backend: the C reference runtime in HLS ap_fixed arithmetic.
+
+export() writes the runtime's model file (MODE_FX) straight from the IR and the plan:
+every tensor's fractional bits are -log2 of its power-of-two plan scale, weights are
+the plan's b-bit integers, and all other integers (bias, shifts, clamp ranges,
+reciprocals) come from deployq.fixedpoint.lower, the same code the bit-exact NumPy
+model runs. Tensors are NHWC in the file; the IR is NCHW, so weights are transposed
+and a flatten gets a TRANSPOSE before it to keep PyTorch's element order.
+Beside model.dqm, tensors.json names each runtime tensor (index -> IR tensor) and
+records the input quantization. docs/fpga-fixed.md describes the arithmetic."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import fixedpoint as FX
+from .. import graph as G
+from .. import rtformat as F
+from ..errors import ExportError, TargetError
+from ..io import atomic_write
+from ..plan import QuantPlan
+
+ARTIFACT = "model.dqm"
+TENSORS = "tensors.json"
+
+
+def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
+    fx = lower(graph, plan, target)
+    blob, names = build(fx)
+    out_dir = Path(out_dir)
+    path = out_dir / ARTIFACT
+    meta = {"input_quant": fx.input_quant, "input_bits": fx.input_bits,
+            "input_frac": fx.input_frac, "output_frac": fx.layers[graph.output].frac,
+            "output_shape": list(graph.node(graph.output).shape), "tensors": names}
+    atomic_write(out_dir / TENSORS, json.dumps(meta, indent=1).encode())
+    atomic_write(path, blob)
+    from .. import runtime
+    runtime.Model(blob, str(path))            # the loader's validation, once, at export
+    return path, plan
+
+
+def lower(graph: G.Graph, plan: QuantPlan, target) -> FX.FxModel:
+    """The fixed-point integers of every layer, after the backend's checks."""
+    for node in graph.nodes:
+        FX.check_supported(graph, node)
+    quant = plan.config.resolve(target, G.INPUT, "input")["rounding"]
+    if quant not in FX.QUANT:
+        raise TargetError(f"target {target.name}: rounding={quant!r}; "
+                          f"choose one of {', '.join(FX.QUANT)}")
+    fx = FX.lower(graph, plan, FX.Options.from_target(target), quant)
+    for name, layer in fx.layers.items():
+        if layer.quant not in FX.QUANT:
+            raise TargetError(f"layer '{name}': rounding={layer.quant!r}; "
+                              f"choose one of {', '.join(FX.QUANT)}")
+    FX.check_ranges(fx)
+    return fx
+
+
+def load(path: Path, target=None) -> "Runner":
+    return Runner(Path(path))
+
+
+class Runner:
+    """Runs model.dqm. The input is quantized as the hardware's input conversion
+    would: x * 2^frac rounded by the target's quantization mode (trn: floor), then
+    saturated to the input bits."""
+
+    def __init__(self, path: Path):
+        from .. import runtime
+        self.model = runtime.Model(path.read_bytes(), str(path))
+        self.meta = json.loads((path.parent / TENSORS).read_text())
+        self.tensor_names = self.meta["tensors"]
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """NCHW float -> NHWC int8 rows."""
+        m = self.meta
+        q = FX.quantize_input(x, m["input_frac"], m["input_bits"], m["input_quant"])
+        if q.ndim == 4:
+            q = q.transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(q.reshape(len(q), -1).astype(np.int8))
+
+    def run_int(self, x: np.ndarray) -> np.ndarray:
+        """Integer outputs (N, *output shape), in the IR's NCHW order."""
+        out = self.model.run(self.quantize(np.asarray(x, np.float32))).astype(np.int64)
+        shape = self.meta["output_shape"]
+        if len(shape) == 3:
+            return out.reshape(len(out), shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
+        return out.reshape(len(out), *shape)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return FX.dequantize(self.run_int(x), self.meta["output_frac"])
+
+
+# --- IR + integers -> runtime model file ---------------------------------------
+
+class _Writer:
+    def __init__(self, fx: FX.FxModel):
+        self.fx = fx
+        self.index: dict[str, int] = {}
+        self.tensors: list[F.Tensor] = []
+        self.names: list[str] = []
+        self.ops: list[F.Op] = []
+
+    def tensor(self, name: str, dims: tuple[int, int, int] | None = None) -> int:
+        """The runtime index of IR tensor `name` (dims: an extra tensor's own shape)."""
+        if name not in self.index:
+            shape = self.fx.graph.shape_of(name)
+            self.index[name] = len(self.tensors)
+            self.tensors.append(F.Tensor(dims or hwc(shape, name), 0, self.fx.bits(name),
+                                         self.fx.frac(name)))
+            self.names.append(name)
+        return self.index[name]
+
+    def extra(self, name: str, like: str, dims: tuple[int, int, int]) -> int:
+        """A runtime-only tensor with the quantization of IR tensor `like`."""
+        self.index[name] = len(self.tensors)
+        self.tensors.append(F.Tensor(dims, 0, self.fx.bits(like), self.fx.frac(like)))
+        self.names.append(name)
+        return self.index[name]
+
+
+def hwc(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    if len(shape) == 3:
+        return (shape[1], shape[2], shape[0])
+    if len(shape) == 1:
+        return (1, 1, shape[0])
+    raise ExportError(f"tensor '{name}' has shape {shape}; the fixed-point runtime holds "
+                      "(C, H, W) or (N,) tensors")
+
+
+def _requant_params(layer: FX.FxLayer, fx: FX.FxModel) -> dict:
+    o = fx.options
+    return {"rounding": FX.QUANT[layer.quant], "act_min": layer.act[0],
+            "act_max": layer.act[1], "acc_bits": o.acc_bits,
+            "acc_overflow": FX.OVERFLOW[o.acc_overflow],
+            "out_overflow": FX.OVERFLOW[o.out_overflow]}
+
+
+def _conv(w: _Writer, layer: FX.FxLayer) -> None:
+    n, a = layer.node, layer.node.attrs
+    x = w.tensor(n.inputs[0])
+    in_ch = w.fx.graph.shape_of(n.inputs[0])[0]
+    weight = layer.weight.astype(np.int8)
+    n_out, _, kh, kw = weight.shape
+    depthwise = a["groups"] == in_ch and in_ch > 1
+    params = {"stride_h": a["stride"][0], "stride_w": a["stride"][1],
+              "pad_top": a["padding"][0], "pad_left": a["padding"][1],
+              "dilation_h": a["dilation"][0], "dilation_w": a["dilation"][1],
+              "groups": n_out // in_ch if depthwise else a["groups"],
+              "kernel_h": kh, "kernel_w": kw, **_requant_params(layer, w.fx)}
+    filt = weight[:, 0].transpose(1, 2, 0) if depthwise else weight.transpose(0, 2, 3, 1)
+    w.ops.append(F.Op("depthwise_conv2d" if depthwise else "conv2d", [x], w.tensor(n.name),
+                      params, _requant_data(filt, layer)))
+
+
+def _requant_data(filt: np.ndarray, layer: FX.FxLayer) -> list[np.ndarray]:
+    """data: filter, bias, (multiplier: unused in FX), shift."""
+    return [filt.reshape(-1), layer.bias.astype(np.int32), np.zeros(0, np.int32),
+            layer.shift.astype(np.int32)]
+
+
+def _linear(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    w.ops.append(F.Op("fully_connected", [w.tensor(n.inputs[0])], w.tensor(n.name),
+                      _requant_params(layer, w.fx),
+                      _requant_data(layer.weight.astype(np.int8), layer)))
+
+
+def _add(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    params = {0: layer.extra["common"], **_requant_params(layer, w.fx)}
+    w.ops.append(F.Op("add", [w.tensor(i) for i in n.inputs], w.tensor(n.name), params))
+
+
+def _window(layer: FX.FxLayer) -> dict:
+    a = layer.node.attrs
+    return {"stride_h": a["stride"][0], "stride_w": a["stride"][1],
+            "pad_top": a["padding"][0], "pad_left": a["padding"][1],
+            "kernel_h": a["kernel"][0], "kernel_w": a["kernel"][1],
+            "act_min": layer.act[0], "act_max": layer.act[1]}
+
+
+def _mean_params(layer: FX.FxLayer, w: _Writer) -> dict:
+    return {"rounding": FX.QUANT[layer.quant], "act_min": layer.act[0],
+            "act_max": layer.act[1], "out_overflow": FX.OVERFLOW[w.fx.options.out_overflow],
+            "reciprocal": layer.extra["reciprocal"],
+            "reciprocal_bits": layer.extra["reciprocal_bits"]}
+
+
+def _maxpool(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    w.ops.append(F.Op("max_pool", [w.tensor(n.inputs[0])], w.tensor(n.name), _window(layer)))
+
+
+def _avgpool(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    w.ops.append(F.Op("avg_pool", [w.tensor(n.inputs[0])], w.tensor(n.name),
+                      _window(layer) | _mean_params(layer, w)))
+
+
+def _gap(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    w.ops.append(F.Op("mean", [w.tensor(n.inputs[0])], w.tensor(n.name), _mean_params(layer, w)))
+
+
+def _concat(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    w.ops.append(F.Op("concat", [w.tensor(i) for i in n.inputs], w.tensor(n.name), {0: 2}))
+
+
+def _clamp(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    w.ops.append(F.Op("clamp", [w.tensor(n.inputs[0])], w.tensor(n.name),
+                      {"act_min": layer.act[0], "act_max": layer.act[1]}))
+
+
+def _reshape(w: _Writer, layer: FX.FxLayer) -> None:
+    """A reshape in NCHW element order: HWC -> CHW memory (TRANSPOSE), a RESHAPE, and
+    CHW -> HWC again when the result is a feature map. Where H*W == 1 or C == 1 both
+    orders coincide and the TRANSPOSE is left out."""
+    n = layer.node
+    src, shape = n.inputs[0], w.fx.graph.shape_of(n.inputs[0])
+    x = w.tensor(src)
+    if len(shape) == 3 and shape[0] > 1 and shape[1] * shape[2] > 1:
+        t = w.extra(f"{n.name}/chw", src, (shape[0], shape[1], shape[2]))
+        w.ops.append(F.Op("transpose", [x], t, {0: 2, 1: 0, 2: 1}))
+        x = t
+    out = n.shape
+    if len(out) == 3 and out[0] > 1 and out[1] * out[2] > 1:
+        t = w.extra(f"{n.name}/chw_out", n.name, (out[0], out[1], out[2]))
+        w.ops.append(F.Op("reshape", [x], t))
+        w.ops.append(F.Op("transpose", [t], w.tensor(n.name), {0: 1, 1: 2, 2: 0}))
+        return
+    w.ops.append(F.Op("reshape", [x], w.tensor(n.name)))
+
+
+OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "maxpool": _maxpool,
+       "avgpool": _avgpool, "gap": _gap, "concat": _concat, "clamp": _clamp,
+       "reshape": _reshape}
+
+
+def build(fx: FX.FxModel) -> tuple[bytes, list[str]]:
+    """The model file and the IR name of each runtime tensor (by index)."""
+    w = _Writer(fx)
+    inp = w.tensor(G.INPUT)
+    for node in fx.graph.nodes:
+        OPS[node.op](w, fx.layers[node.name])
+    blob = F.pack(F.MODE_FX, w.tensors, w.ops, inp, w.index[fx.graph.output])
+    return blob, w.names

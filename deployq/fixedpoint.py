@@ -1,0 +1,365 @@
+"""Bit-exact NumPy model of the FPGA fixed-point arithmetic (HLS ap_fixed semantics),
+written from the IR and the plan, independently of the C runtime (runtime/dq_common.h
+states the same rules; tests/runtime/test_fpga.py checks every output agrees).
+
+A tensor with b bits and f fractional bits holds integers q in [-2^(b-1), 2^(b-1) - 1]
+meaning q * 2^-f. Two parts:
+
+  lower(graph, plan, options) -> FxModel    the integers of every layer (weights, bias,
+                                            shifts, clamp ranges), shared with the
+                                            file writer (deployq/backends/fpga.py)
+  run_int(fx, q) -> outputs                 the integer forward pass, one function per
+                                            IR op on int64 NCHW arrays with batch
+
+Each op function takes (x..., layer, options) and uses only shift/fit/clip, so a torch
+port (straight-through rounding) can follow it line by line. docs/fpga-fixed.md has the
+formulas."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import graph as G
+from .errors import ExportError, TargetError, UnsupportedOpError
+
+QUANT = {"trn": 0, "rnd": 1, "rnd_conv": 2}        # dq_fx_quant
+OVERFLOW = {"wrap": 0, "sat": 1}                   # dq_fx_overflow
+LIMITS = {"acc_bits": (8, 32), "reciprocal_bits": (1, 16)}
+BIAS_LIMIT = 2 ** 30                               # the loader's bound on bias values
+
+
+@dataclass
+class Options:
+    """Target options (targets/fpga-fixed.toml [options])."""
+    acc_bits: int = 32
+    acc_overflow: str = "wrap"
+    out_overflow: str = "sat"
+    reciprocal_bits: int = 16
+
+    @classmethod
+    def from_target(cls, target) -> "Options":
+        opts = {k: v for k, v in target.options.items() if k in cls.__dataclass_fields__}
+        o = cls(**opts)
+        for key, (lo, hi) in LIMITS.items():
+            if not lo <= getattr(o, key) <= hi:
+                raise TargetError(f"target {target.name}: {key}={getattr(o, key)}; "
+                                  f"choose {lo}..{hi}")
+        for key in ("acc_overflow", "out_overflow"):
+            if getattr(o, key) not in OVERFLOW:
+                raise TargetError(f"target {target.name}: {key}={getattr(o, key)!r}; "
+                                  f"choose {' or '.join(OVERFLOW)}")
+        return o
+
+
+# --- the arithmetic (dq_common.h: dq_fx_shift, dq_fx_fit) ------------------------------
+
+def shift(x: np.ndarray, s, quant: str) -> np.ndarray:
+    """x / 2^s with the quantization mode (s may be an array; s <= 0 shifts left)."""
+    x = np.asarray(x, np.int64)
+    s = np.asarray(s, np.int64)
+    sp = np.maximum(s, 0)
+    floor = x >> sp                                   # arithmetic: toward -infinity
+    rem = x - (floor << sp)                           # in [0, 2^s)
+    half = (np.int64(1) << sp) >> 1
+    if quant == "trn":
+        r = floor
+    elif quant == "rnd":
+        r = floor + (rem >= half)
+    else:                                             # rnd_conv: half to even
+        r = floor + ((rem > half) | ((rem == half) & ((floor & 1) == 1)))
+    return np.where(s > 0, r, x << np.maximum(-s, 0))
+
+
+def fit(x: np.ndarray, bits: int, overflow: str) -> np.ndarray:
+    """x in `bits` bits, two's complement: saturated (sat) or low bits kept (wrap)."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    x = np.asarray(x, np.int64)
+    if overflow == "sat":
+        return np.clip(x, lo, hi)
+    return ((x - lo) & ((1 << bits) - 1)) + lo
+
+
+def quantize_input(x: np.ndarray, frac: int, bits: int, quant: str) -> np.ndarray:
+    """Float x -> integers: x * 2^frac rounded by the quantization mode, saturated."""
+    v = np.asarray(x, np.float64) * 2.0 ** frac       # exact: a power-of-two scaling
+    r = {"trn": np.floor(v), "rnd": np.floor(v + 0.5), "rnd_conv": np.round(v)}[quant]
+    r = np.clip(r, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    return r.astype(np.int64)
+
+
+def dequantize(q: np.ndarray, frac: int) -> np.ndarray:
+    return (np.asarray(q, np.float64) * 2.0 ** -frac).astype(np.float32)
+
+
+# --- lowering: the integers of each layer ---------------------------------------------
+
+@dataclass
+class FxLayer:
+    node: G.Node
+    bits: int                      # output bits
+    frac: int                      # output fractional bits
+    quant: str                     # requantization mode (plan setting 'rounding')
+    act: tuple[int, int]           # output clamp range, integers
+    weight: np.ndarray | None = None     # int64, IR layout (O, I/g, kh, kw) or (O, I)
+    bias: np.ndarray | None = None       # int64 (O,), units 2^-(frac_in + frac_w[o])
+    shift: np.ndarray | None = None      # int64 (O,) or (1,): accumulator -> output
+    extra: dict = field(default_factory=dict)   # add: common/in shifts; pools: reciprocal
+
+
+@dataclass
+class FxModel:
+    graph: G.Graph
+    options: Options
+    input_bits: int
+    input_frac: int
+    input_quant: str
+    layers: dict[str, FxLayer]
+
+    def frac(self, name: str) -> int:
+        return self.input_frac if name == G.INPUT else self.layers[name].frac
+
+    def bits(self, name: str) -> int:
+        return self.input_bits if name == G.INPUT else self.layers[name].bits
+
+
+def frac_bits(scale: np.ndarray, where: str) -> np.ndarray:
+    """-log2(scale) per element; a scale that is not a power of two is refused."""
+    s = np.asarray(scale, np.float64)
+    f = -np.log2(s)
+    if not np.all(np.isfinite(f)) or not np.array_equal(f, np.round(f)):
+        raise TargetError(f"{where}: scale {s.tolist()[:4]} is not a power of two; the "
+                          "fixed-point target needs the plan setting scale='pow2'")
+    return np.round(f).astype(np.int64)
+
+
+def act_range(act, frac: int, bits: int) -> tuple[int, int]:
+    """A real clamp range [lo, hi] as integers: the representable values inside it,
+    within the tensor's range."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if act is None:
+        return qmin, qmax
+    lo = qmin if math.isinf(act[0]) else math.ceil(act[0] * 2.0 ** frac)
+    hi = qmax if math.isinf(act[1]) else math.floor(act[1] * 2.0 ** frac)
+    lo, hi = min(max(lo, qmin), qmax), min(max(hi, qmin), qmax)
+    return lo, max(lo, hi)
+
+
+def reciprocal(count: int, bits: int) -> int:
+    """round(2^bits / count), half up."""
+    return ((1 << bits) + count // 2) // count
+
+
+def lower(graph: G.Graph, plan, options: Options, input_quant: str) -> FxModel:
+    fx = FxModel(graph, options, plan.input.bits,
+                 int(frac_bits(plan.input.scale, "input")[0]), input_quant, {})
+    for node in graph.nodes:
+        fx.layers[node.name] = _lower_node(fx, node, plan.layers[node.name])
+    return fx
+
+
+def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
+    bits, frac = lp.output.bits, int(frac_bits(lp.output.scale, f"layer '{node.name}'")[0])
+    quant = lp.settings.get("rounding", "trn")
+    layer = FxLayer(node, bits, frac, quant, act_range(node.attrs.get("act"), frac, bits))
+    if node.op == "clamp":
+        layer.act = act_range((node.attrs["lo"], node.attrs["hi"]), frac, bits)
+    if node.op in G.WEIGHTED:
+        _lower_weighted(fx, layer, lp)
+    elif node.op == "add":
+        fa, fb = (fx.frac(i) for i in node.inputs)
+        common = max(fa, fb)
+        layer.extra = {"common": common, "shifts": (common - fa, common - fb)}
+        layer.shift = np.array([common - frac], np.int64)
+    elif node.op in ("avgpool", "gap"):
+        window = node.attrs.get("kernel") or fx.graph.shape_of(node.inputs[0])[1:]
+        h, w = window
+        rb = fx.options.reciprocal_bits
+        layer.extra = {"reciprocal": reciprocal(h * w, rb), "reciprocal_bits": rb}
+        layer.shift = np.array([fx.frac(node.inputs[0]) - frac], np.int64)
+    return layer
+
+
+def _lower_weighted(fx: FxModel, layer: FxLayer, lp) -> None:
+    node = layer.node
+    f_in = fx.frac(node.inputs[0])
+    f_w = np.broadcast_to(frac_bits(lp.weight.scale, f"weights of '{node.name}'"),
+                          (len(node.weight),))
+    layer.weight = lp.weight.quantize(node.weight).astype(np.int64)
+    # bias in accumulator units, rounded half to even (numpy.round, as the plan's
+    # quantized_bias); bounded by the loader's +-2^30
+    exact = node.bias.astype(np.float64) * np.exp2((f_in + f_w).astype(np.float64))
+    layer.bias = np.clip(np.round(exact), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int64)
+    layer.shift = (f_in + f_w - layer.frac).astype(np.int64)
+
+
+# --- the integer forward pass ----------------------------------------------------------
+
+def run_int(fx: FxModel, q: np.ndarray) -> np.ndarray:
+    """Integer input (N, *input_shape) NCHW -> integer output (N, *output_shape)."""
+    values = {G.INPUT: np.asarray(q, np.int64)}
+    for node in fx.graph.nodes:
+        values[node.name] = OPS[node.op](*[values[i] for i in node.inputs],
+                                         layer=fx.layers[node.name], fx=fx)
+    return values[fx.graph.output]
+
+
+def run(fx: FxModel, x: np.ndarray) -> np.ndarray:
+    """Float input in [0, 1] -> dequantized float output."""
+    q = quantize_input(x, fx.input_frac, fx.input_bits, fx.input_quant)
+    return dequantize(run_int(fx, q), fx.layers[fx.graph.output].frac)
+
+
+def requantize(acc: np.ndarray, s: np.ndarray, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """Accumulator -> output: shift with the quantization mode, fit, activation clamp."""
+    v = fit(shift(acc, s, layer.quant), layer.bits, fx.options.out_overflow)
+    return np.clip(v, *layer.act)
+
+
+def accumulate(bias: np.ndarray, taps, fx: FxModel, bound: float) -> np.ndarray:
+    """bias + sum of products, each addition fitted into the accumulator.
+
+    taps: an iterable of products in the order the hardware adds them. Wrapping is modular, so one
+    fit at the end equals a fit per addition; so is saturation when no partial sum can
+    leave the range (bound: the largest possible |partial sum|)."""
+    o = fx.options
+    acc = fit(bias, o.acc_bits, o.acc_overflow)
+    if o.acc_overflow == "wrap" or bound < 2 ** (o.acc_bits - 1):
+        return fit(acc + sum(taps), o.acc_bits, o.acc_overflow)
+    for t in taps:
+        acc = fit(acc + t, o.acc_bits, o.acc_overflow)
+    return acc
+
+
+def _bound(layer: FxLayer, fx: FxModel) -> float:
+    x_max = 2 ** (fx.bits(layer.node.inputs[0]) - 1)
+    w = np.abs(layer.weight).reshape(len(layer.weight), -1).sum(1)
+    return float(np.max(np.abs(layer.bias) + w * x_max))
+
+
+def conv2d(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """Taps added in the order ky, kx, input channel of the group (dq_conv2d_fx)."""
+    a = layer.node.attrs
+    (sh, sw), (ph, pw), (dh, dw), g = a["stride"], a["padding"], a["dilation"], a["groups"]
+    w = layer.weight
+    n_out, c_group, kh, kw = w.shape
+    oh, ow = layer.node.shape[1:]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    group_of = np.arange(n_out) // (n_out // g)
+
+    def taps():
+        for ky in range(kh):
+            for kx in range(kw):
+                win = xp[:, :, ky * dh:ky * dh + (oh - 1) * sh + 1:sh,
+                         kx * dw:kx * dw + (ow - 1) * sw + 1:sw]
+                for ic in range(c_group):
+                    yield win[:, group_of * c_group + ic] * w[:, ic, ky, kx][:, None, None]
+    acc = accumulate(layer.bias[:, None, None], taps(), fx, _bound(layer, fx))
+    return requantize(acc, layer.shift[:, None, None], layer, fx)
+
+
+def linear(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    w = layer.weight
+    o = fx.options
+    if o.acc_overflow == "wrap" or _bound(layer, fx) < 2 ** (o.acc_bits - 1):
+        acc = fit(fit(layer.bias, o.acc_bits, o.acc_overflow) + x @ w.T, o.acc_bits,
+                  o.acc_overflow)
+    else:
+        taps = (x[:, i:i + 1] * w[:, i] for i in range(w.shape[1]))
+        acc = accumulate(layer.bias, taps, fx, math.inf)
+    return requantize(acc, layer.shift, layer, fx)
+
+
+def add(a: np.ndarray, b: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """Both inputs aligned to the common fractional bits, added, fitted, requantized."""
+    s1, s2 = layer.extra["shifts"]
+    acc = fit((a << s1) + (b << s2), fx.options.acc_bits, fx.options.acc_overflow)
+    return requantize(acc, layer.shift, layer, fx)
+
+
+def _windows(x: np.ndarray, node: G.Node, fill: int):
+    """Every (ky, kx) slice of the padded input that a pooling window reads."""
+    a = node.attrs
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+    oh, ow = node.shape[1:]
+    extra_h = max(0, (oh - 1) * sh + kh - x.shape[2] - 2 * ph)     # ceil_mode
+    extra_w = max(0, (ow - 1) * sw + kw - x.shape[3] - 2 * pw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph + extra_h), (pw, pw + extra_w)),
+                constant_values=fill)
+    return [xp[:, :, ky:ky + (oh - 1) * sh + 1:sh, kx:kx + (ow - 1) * sw + 1:sw]
+            for ky in range(kh) for kx in range(kw)]
+
+
+def maxpool(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """Padding never wins (windows always hold an input value)."""
+    out = np.max(np.stack(_windows(x, layer.node, -(1 << 40))), 0)
+    return np.clip(out, *layer.act)
+
+
+def _scaled_mean(total: np.ndarray, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """sum * reciprocal >> (reciprocal_bits + frac_in - frac_out), fitted (dq_pool_fx)."""
+    e = layer.extra
+    return requantize(total * e["reciprocal"], layer.shift + e["reciprocal_bits"], layer, fx)
+
+
+def avgpool(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """Padding counts as zero; the divisor is always kh * kw (count_include_pad)."""
+    return _scaled_mean(sum(_windows(x, layer.node, 0)), layer, fx)
+
+
+def gap(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    return _scaled_mean(x.sum((2, 3), keepdims=True), layer, fx)
+
+
+def reshape(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    return x.reshape((len(x), *layer.node.shape))
+
+
+def concat(*xs: np.ndarray, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    return np.concatenate(xs, 1)
+
+
+def clamp(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    return np.clip(x, *layer.act)
+
+
+OPS = {"conv2d": conv2d, "linear": linear, "add": add, "maxpool": maxpool,
+       "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp}
+
+
+def check_supported(graph: G.Graph, node: G.Node, backend: str = "fpga") -> None:
+    """Refuse what the fixed-point kernels cannot compute as the IR means it."""
+    a, why = node.attrs, None
+    if node.op == "maxpool" and tuple(a["dilation"]) != (1, 1):
+        why = "maxpool with dilation"
+    elif node.op == "avgpool" and not a["count_include_pad"] and any(a["padding"]):
+        why = "avgpool with padding and count_include_pad=False (the divisor is kh*kw)"
+    elif node.op == "avgpool" and _floor_shape(graph, node) != tuple(node.shape[1:]):
+        why = "avgpool with ceil_mode adding windows (their divisor would differ)"
+    elif node.op not in OPS:
+        why = node.op
+    if why:
+        raise UnsupportedOpError(why, node.name, f"{backend} backend", OPS)
+
+
+def _floor_shape(graph: G.Graph, node: G.Node) -> tuple[int, int]:
+    a, hw = node.attrs, graph.shape_of(node.inputs[0])[1:]
+    return tuple((hw[i] + 2 * a["padding"][i] - a["kernel"][i]) // a["stride"][i] + 1
+                 for i in range(2))
+
+
+def check_ranges(fx: FxModel) -> None:
+    """The loader's bounds (dq_validate.c), with a message naming the layer."""
+    for name, layer in fx.layers.items():
+        if not -16 <= layer.frac <= 24:
+            raise ExportError(f"layer '{name}': output scale 2^{-layer.frac} outside "
+                              "2^-24..2^16, the runtime's range of fractional bits")
+        if layer.shift is not None and not np.all((layer.shift >= -24) & (layer.shift <= 48)):
+            raise ExportError(f"layer '{name}': requantization shifts {layer.shift.tolist()} "
+                              "outside -24..48 (a weight or output scale far from the others)")
+        if layer.node.op == "add" and max(layer.extra["shifts"]) > 16:
+            raise ExportError(f"layer '{name}': inputs' fractional bits differ by more than 16")
+        if layer.node.op in ("avgpool", "gap") and abs(int(layer.shift[0])) > 8:
+            raise ExportError(f"layer '{name}': input and output fractional bits differ by "
+                              "more than 8")
