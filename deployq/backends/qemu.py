@@ -1,0 +1,71 @@
+"""MCU int8 on an emulated microcontroller: the mcu-int8 model compiled for a Cortex-M4
+with arm-none-eabi-gcc and run under qemu-system-arm (Arm MPS2-AN386 board).
+
+export() writes what mcu-int8 writes (model.dqm, model.tflite, tensors.json), then the
+C project (c-project/, deployq.cproject), builds it, runs its embedded test inputs on
+the emulated board (they must equal the host C runtime's outputs), saves flash, RAM and
+instructions per inference to footprint.json, and copies the batch-runner firmware to
+model.elf, the artifact. Runner.run streams a whole batch through one QEMU run, so
+evaluation and attacks score the microcontroller build itself."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .. import cproject
+from ..errors import ExportError
+from ..io import atomic_write
+from . import mcu
+
+# without the toolchain this backend is unavailable, like one whose package is missing:
+# backends.get raises the TargetError naming the Debian packages, and `deployq run`
+# lists mcu-qemu as skipped
+cproject.require_tools()
+
+ARTIFACT = "model.elf"
+PROJECT = "c-project"
+FOOTPRINT = "footprint.json"
+
+
+def export(graph, plan, target, out_dir: Path, calib=None):
+    out_dir = Path(out_dir)
+    dqm, plan = mcu.export(graph, plan, target, out_dir, calib)
+    inputs = None if calib is None else np.asarray(calib[:cproject.TEST_COUNT])
+    project = cproject.write_c_project(dqm, out_dir / PROJECT, inputs)
+    elf = cproject.build(project)
+    fp = cproject.footprint(project)         # runs the self-checking test program
+    atomic_write(out_dir / FOOTPRINT, json.dumps(fp, indent=1).encode())
+    shutil.copy2(elf["stream"], out_dir / ARTIFACT)
+    return out_dir / ARTIFACT, plan
+
+
+def load(path: Path, target=None) -> "Runner":
+    return Runner(Path(path))
+
+
+class Runner:
+    """Runs model.elf under QEMU; quantization as the mcu-int8 runner (model.dqm and
+    model.tflite beside the ELF)."""
+
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise ExportError(f"{path} does not exist: export the mcu-qemu target first")
+        self.elf = path
+        self.host = mcu.Runner(path.parent / mcu.ARTIFACT)
+        self.input_qp, self.output_qp = self.host.input_qp, self.host.output_qp
+        model = self.host.model
+        self.output_bytes = model.tensor_bytes[model.output_index]
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        return self.host.quantize(x)
+
+    def output_codes(self, x: np.ndarray) -> np.ndarray:
+        """int8 outputs of the emulated device: one QEMU run for the whole batch."""
+        rows = self.quantize(np.asarray(x, np.float32))
+        return cproject.run_stream(self.elf, rows, self.output_bytes)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.output_qp.dequantize(self.output_codes(x).astype(np.int32))

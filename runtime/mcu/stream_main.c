@@ -1,0 +1,29 @@
+/* stream_main.c: the emulated device as a batch runner. Reads int8 samples from the
+ * host file in.bin (semihosting, relative to QEMU's working directory), runs each,
+ * and appends its int8 outputs to out.bin. */
+#include "deployq_model.h"
+#include "semihost.h"
+
+static dq_model model;
+static uint32_t arena[(DEPLOYQ_ARENA_BYTES + 3) / 4];
+static int8_t input[DEPLOYQ_INPUT_BYTES], output[DEPLOYQ_OUTPUT_BYTES];
+
+int main(void) {
+    if (deployq_model_init(&model) != DQ_OK) {
+        dq_sh_write0("deployq: model init failed\n");
+        return 1;
+    }
+    const int32_t in = dq_sh_open("in.bin", DQ_SH_MODE_RB);
+    const int32_t out = dq_sh_open("out.bin", DQ_SH_MODE_WB);
+    if (in < 0 || out < 0) {
+        dq_sh_write0("deployq: cannot open in.bin or out.bin\n");
+        return 1;
+    }
+    while (dq_sh_read(in, input, DEPLOYQ_INPUT_BYTES) == 0) {
+        if (deployq_model_invoke(&model, (uint8_t *)arena, input, output, 1) != DQ_OK) return 1;
+        if (dq_sh_write(out, output, DEPLOYQ_OUTPUT_BYTES) != 0) return 1;
+    }
+    dq_sh_close(in);
+    dq_sh_close(out);
+    return 0;
+}

@@ -1,0 +1,110 @@
+"""The microcontroller build: the C project compiled with arm-none-eabi-gcc for a
+Cortex-M4 and run under qemu-system-arm (MPS2-AN386). Its int8 outputs must equal the
+host C runtime's and LiteRT BUILTIN_REF's bit for bit; it must build warning-free
+(-Werror, for the Cortex-M4 and the host) with no floating point in the inference
+objects; the mcu-qemu runner must score exactly as the mcu-int8 runner."""
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from deployq import cproject
+from deployq.errors import TargetError
+
+MISSING = cproject.missing_tools() + [t for t in ("make", "cc") if shutil.which(t) is None]
+
+
+def test_missing_toolchain_is_one_clear_target_error(monkeypatch):
+    monkeypatch.setattr(cproject.shutil, "which", lambda name: None)
+    with pytest.raises(TargetError, match="apt-get install gcc-arm-none-eabi "
+                                          "libnewlib-arm-none-eabi qemu-system-arm"):
+        cproject.require_tools()
+
+
+needs_toolchain = pytest.mark.skipif(
+    bool(MISSING), reason=f"{', '.join(MISSING)} not installed (Debian: apt-get install "
+                          f"{cproject.PACKAGES})")
+N = 20
+
+
+@pytest.fixture(scope="module", params=["lenet-digits", "dsnet-digits"])
+def exported(request, tmp_path_factory):
+    """The model exported to mcu-int8 and to mcu-qemu from one session."""
+    if MISSING:
+        pytest.skip(f"{', '.join(MISSING)} not installed")
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("ai_edge_litert")
+    from deployq import api
+    session = api.open_session(f"zoo:{request.param}")
+    out = tmp_path_factory.mktemp(request.param)
+    return session, api.export("mcu-int8", session, out), api.export("mcu-qemu", session, out)
+
+
+@needs_toolchain
+def test_device_outputs_equal_host_runtime_and_litert_reference(exported, tmp_path):
+    from deployq.backends import mcu, tflite
+    session, host_ex, _ = exported
+    x, _ = session.dataset.test(N)
+    project = cproject.write_c_project(host_ex.path, tmp_path / "proj", x)
+    cproject.build(project, extra_cflags="-Werror")
+    device = cproject.run_test(project)["outputs"]
+    host = mcu.Runner(host_ex.path).output_codes(x)
+    ref = tflite.Runner(host_ex.path.parent / "model.tflite", "reference").run(x)
+    ref = host_ex.plan.tensor(session.graph.output).quantize(ref).reshape(N, -1)
+    assert device.shape == (N, host.shape[1])
+    np.testing.assert_array_equal(device, host)
+    np.testing.assert_array_equal(device.astype(np.int32), ref)
+
+
+@needs_toolchain
+def test_builds_warning_free_with_no_float_in_the_inference_path(exported):
+    project = exported[2].path.parent / "c-project"
+    make = lambda *goals: subprocess.run(["make", "-C", str(project), *goals],
+                                         capture_output=True, text=True)
+    host = make("host-check")
+    assert host.returncode == 0, host.stderr
+    objects = sorted((project / "build").glob("runtime/*.o")) + [
+        project / "build" / "deployq_model.o", project / "build" / "model_data.o"]
+    nm = subprocess.run(["arm-none-eabi-nm", "-u", *map(str, objects)], capture_output=True,
+                        text=True, check=True).stdout
+    floats = [s for s in nm.split() if s.startswith(("__aeabi_f", "__aeabi_d", "__aeabi_i2f",
+                                                     "__aeabi_i2d", "__aeabi_l2", "__aeabi_ul2"))
+              or s in ("frexp", "round", "floor", "ldexp", "roundf", "floorf")]
+    assert not floats
+    assert make("check-float").returncode == 0
+
+
+@needs_toolchain
+def test_float_check_would_catch_double_math(tmp_path):
+    """The host-only multiplier helper uses double math; the check must flag it."""
+    src = cproject._sources_dir() / "dq_quantize_multiplier.c"
+    obj = tmp_path / "qm.o"
+    subprocess.run(["arm-none-eabi-gcc", "-std=c99", "-mcpu=cortex-m4", "-mthumb",
+                    "-mfloat-abi=soft", "-O2", "-c", str(src), "-o", str(obj)], check=True)
+    nm = subprocess.run(["arm-none-eabi-nm", "-u", str(obj)], capture_output=True, text=True,
+                        check=True).stdout.split()
+    assert "frexp" in nm and any(s.startswith("__aeabi_d") for s in nm)
+
+
+@needs_toolchain
+def test_qemu_runner_scores_as_the_mcu_int8_runner(exported):
+    from deployq import api
+    session, host_ex, qemu_ex = exported
+    assert (host_ex.path.read_bytes()
+            == (qemu_ex.path.parent / "model.dqm").read_bytes())
+    x, y = session.dataset.test()
+    host, device = api.load_runner(host_ex), api.load_runner(qemu_ex)
+    host_logits, device_logits = host.run(x), device.run(x)
+    np.testing.assert_array_equal(device_logits, host_logits)
+    assert (device_logits.argmax(1) == y).mean() == (host_logits.argmax(1) == y).mean()
+
+
+@needs_toolchain
+def test_footprint_is_measured(exported):
+    import json
+    fp = json.loads((exported[2].path.parent / "footprint.json").read_text())
+    assert 0 < fp["firmware_flash_bytes"] < 200_000
+    assert fp["arena_bytes"] > 0 and fp["ram_bytes"] >= fp["arena_bytes"] + fp["stack_bytes"]
+    inst = fp["instructions_per_inference"]
+    assert 1e4 < inst["min"] <= inst["mean"] <= inst["max"] < 1.01 * inst["min"]
