@@ -88,10 +88,13 @@ def load_runner(exported: Exported):
 
 def evaluate(targets: list[str], session: Session | None = None,
              out: str | Path = DEFAULT_OUT, samples: int | None = None,
-             calibration: str | None = None, targets_dir=None, **session_args) -> dict:
+             calibration: str | None = None, targets_dir=None, robust=None,
+             **session_args) -> dict:
     """Export each target, then score the float and integer models on the test split.
     Between integer targets whose outputs share quantization parameters, also count
-    bit-identical int8 outputs and the largest difference in LSBs."""
+    bit-identical int8 outputs and the largest difference in LSBs. With `robust` (a
+    robustness.Config), also attack float and every target on the first
+    robust.samples of those test samples (results under 'robustness')."""
     targets_or_fail(targets, targets_dir)
     session = session or open_session(**session_args)
     if samples is not None and samples < 1:
@@ -99,19 +102,46 @@ def evaluate(targets: list[str], session: Session | None = None,
     x, y = session.dataset.test(samples)
     float_pred = session.model.logits(x).argmax(1)
     rows = [{"target": "float", "accuracy": _acc(float_pred, y), "agreement": 1.0}]
-    outputs = {}
+    outputs, runners = {}, {}
     for name in targets:
         exported = export(name, session, out, calibration, targets_dir)
         log.info("scoring %s on %d test samples", name, len(x))
-        logits = load_runner(exported).run(x)
+        runners[name] = (exported, load_runner(exported))
+        logits = runners[name][1].run(x)
         pred = logits.argmax(1)
         outputs[name] = (exported.plan.tensor(session.graph.output), logits)
         rows.append({"target": name, "accuracy": _acc(pred, y),
                      "agreement": float((pred == float_pred).mean()),
                      "artifact": str(exported.path)})
-    return {"model": session.model.spec, "data": session.data_spec,
-            "samples": int(len(x)), "seed": session.seed, "results": rows,
-            "pairs": _pairs(outputs)}
+    result = {"model": session.model.spec, "data": session.data_spec,
+              "samples": int(len(x)), "seed": session.seed, "results": rows,
+              "pairs": _pairs(outputs)}
+    if robust is not None:
+        result["robustness"] = robustness(session, runners, x, y, robust)
+    return result
+
+
+def robustness(session: Session, runners: dict, x: np.ndarray, y: np.ndarray,
+               cfg) -> dict:
+    """Attack the float model and each target {name: (Exported, runner)}: transfer
+    from the float model, bpda through the target's mirror, black-box on its runner."""
+    from . import mirror, robustness as R
+    n = cfg.samples or len(x)
+    x, y = x[:n], y[:n]
+    module = session.model.module
+    subjects = [R.Subject("float", session.model.logits, {"transfer": module})]
+    for name, (exported, runner) in runners.items():
+        m = mirror.build(exported.target, session.graph, exported.plan, cfg.temperature)
+        agree = mirror.agreement(m.logits(x), runner.run(x),
+                                 exported.plan.tensor(session.graph.output),
+                                 getattr(runner, "output_qp", None))
+        log.info("%s: mirror top-1 agreement %.1f%%", name, 100 * agree["top1"])
+        subjects.append(R.Subject(name, runner.run, {"transfer": module, "bpda": m}, agree))
+    log.info("attacking %d models on %d samples: %s x %s at eps %s", len(subjects), n,
+             ",".join(cfg.sources), ",".join(cfg.attacks), ",".join(map(str, cfg.eps)))
+    cache: dict = {}
+    return cfg.to_json() | {"samples": int(n),
+                            "targets": [R.evaluate(s, x, y, cfg, cache) for s in subjects]}
 
 
 def _pairs(outputs: dict) -> list[dict]:
@@ -145,7 +175,31 @@ def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
 RUN_DEFAULTS = {"model": models.DEFAULT_MODEL, "weights": None, "data": None,
                 "targets": None, "out": str(DEFAULT_OUT), "calibration": None,
                 "samples": None, "seed": 0, "calib_samples": CALIB_SAMPLES,
-                "targets_dir": None}
+                "targets_dir": None,
+                # robustness stage (attacks = [] turns it off); a few minutes on 2 cores
+                # for the built-in model and every built-in target
+                "attacks": ["fgsm", "pgd"], "eps": [0.05, 0.1, 0.2],
+                "sources": ["transfer", "bpda", "blackbox"], "steps": 10,
+                "restarts": 1, "queries": 100, "robust_samples": 200,
+                "temperature": 1.0}
+ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",
+               "restarts": "restarts", "queries": "queries", "robust_samples": "samples",
+               "temperature": "temperature"}
+
+
+def robust_config(cfg: dict):
+    """The robustness.Config a run config asks for, or None when attacks is empty."""
+    from . import robustness as R
+    if not cfg["attacks"]:
+        return None
+    for key in ("attacks", "eps", "sources"):
+        if not isinstance(cfg[key], list):
+            raise InputError(f"config key {key!r} must be a list, got {cfg[key]!r}")
+    try:
+        return R.Config(**{field: cfg[key] for key, field in ROBUST_KEYS.items()},
+                        seed=cfg["seed"])
+    except TypeError as e:
+        raise InputError(f"robustness settings of the wrong type: {e}") from None
 
 
 def read_config(path: str | Path) -> dict:
@@ -162,10 +216,11 @@ def read_config(path: str | Path) -> dict:
 
 
 def run(config: dict | None = None) -> tuple[dict, list[Path]]:
-    """The whole pipeline: export to every target, evaluate, write results.json and
-    report.md into OUT. Without a target list, every known target whose backend's
+    """The whole pipeline: export to every target, evaluate clean and under attack,
+    write results.json, report.md and report.html into OUT. Without a target list, every known target whose backend's
     packages are installed (the others are listed as skipped in the report)."""
     cfg = RUN_DEFAULTS | (config or {})
+    robust = robust_config(cfg)
     names, skipped = cfg["targets"], []
     if names is None:
         names = []
@@ -178,7 +233,7 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
     session = open_session(cfg["model"], cfg["weights"], cfg["data"], cfg["seed"],
                            cfg["calib_samples"])
     result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
-                      cfg["targets_dir"])
+                      cfg["targets_dir"], robust)
     result["skipped"] = skipped
     return result, report.write(result, cfg["out"])
 

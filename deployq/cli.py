@@ -100,27 +100,83 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
 @click.option("--samples", "-n", default=None, type=click.IntRange(1),
               help="Test samples to score (default: the whole test split).")
 @click.option("--json", "json_path", default=None, help="Also write the results as JSON.")
+@click.option("--attacks", "-a", default=None,
+              help="Comma-separated white-box attacks (fgsm, pgd): adds the robustness "
+                   "evaluation and writes OUT/results.json, report.md, report.html.")
+@click.option("--eps", default="0.05,0.1,0.2", show_default=True,
+              help="Comma-separated L-inf budgets in input units ([0, 1]).")
+@click.option("--sources", default="transfer,bpda,blackbox", show_default=True,
+              help="Where adversarial examples come from: transfer (float model "
+                   "gradients), bpda (the target's mirror), blackbox (Square attack "
+                   "querying the runtime).")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(1),
+              help="PGD steps.")
+@click.option("--restarts", default=1, show_default=True, type=click.IntRange(1),
+              help="PGD random restarts.")
+@click.option("--queries", default=100, show_default=True, type=click.IntRange(1),
+              help="Square attack queries per sample.")
 def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,
-          targets_dir, samples, json_path):
-    """Export to each target and compare float and integer accuracy on the test split."""
+          targets_dir, samples, json_path, attacks, eps, sources, steps, restarts, queries):
+    """Export to each target and compare float and integer accuracy on the test split;
+    with --attacks, also robust accuracy measured on each runtime."""
     from . import api, report
     names = _split(target_list)
     api.targets_or_fail(names, targets_dir)
+    robust = None
+    if attacks is not None:
+        from .robustness import Config
+        robust = Config(_list(attacks), _floats(eps, "--eps"), _list(sources), steps, restarts, queries, samples,
+                        seed=seed)
     session = _session(model, weights, data, seed, calib_samples)
-    result = api.evaluate(names, session, out, samples, calibration, targets_dir)
+    result = api.evaluate(names, session, out, samples, calibration, targets_dir, robust)
     click.echo(report.text(result))
+    if robust is not None:
+        click.echo("\n".join(str(f) for f in report.write(result, out)))
     if json_path:
         report.write_json(result, json_path)
 
 
 @cli.command()
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--baseline", "-b", default=None, type=click.Path(dir_okay=False),
+              help="A results.json to compare against (same target, attack, eps).")
+@click.option("--max-drop", default=1.0, show_default=True, type=float,
+              help="Allowed drop in percentage points.")
+@click.option("--vs-float", is_flag=True,
+              help="Also fail when a target's clean or robust accuracy is more than "
+                   "--max-drop below the float model's in RESULTS.")
+@click.pass_context
+def compare(ctx, results, baseline, max_drop, vs_float):
+    """CI gate: exit 1 when any target's clean or robust accuracy in RESULTS falls more
+    than --max-drop points below BASELINE (or below float with --vs-float)."""
+    from . import report
+    if baseline is None and not vs_float:
+        raise click.UsageError("give --baseline FILE, --vs-float, or both")
+    current = report.load(results)
+    reference = report.load(baseline) if baseline else None
+    failures = report.compare(current, reference, max_drop, vs_float)
+    for line in failures:
+        click.echo(f"FAIL {line}")
+    if failures:
+        ctx.exit(1)
+    click.echo(f"ok: no score more than {max_drop:g} points below "
+               + " or ".join(filter(None, [baseline and "the baseline",
+                                           vs_float and "float"])))
+
+
+@cli.command()
 @click.option("--config", "-c", default=None, type=click.Path(dir_okay=False),
               help="deployq.toml with model, weights, data, targets, out, calibration, "
-                   "samples, seed, calib_samples, targets_dir (all optional).")
+                   "samples, seed, calib_samples, targets_dir, and the robustness "
+                   "settings attacks, eps, sources, steps, restarts, queries, "
+                   "robust_samples, temperature (all optional; attacks = [] turns "
+                   "attacks off).")
 def run(config):
-    """The whole pipeline from one config: export to every target, evaluate, and write
-    OUT/results.json and OUT/report.md. Without a config: the built-in digits model
-    and every built-in target."""
+    """The whole pipeline from one config: export to every target, evaluate clean and
+    under attack (FGSM and PGD from the float model and each target's mirror, and a
+    black-box Square attack, all scored on the runtimes), and write OUT/results.json,
+    OUT/report.md and OUT/report.html. Without a config: the built-in digits model and
+    every built-in target."""
     from . import api, report
     cfg = api.read_config(config) if config else {}
     result, files = api.run(cfg)
@@ -128,6 +184,18 @@ def run(config):
     for skipped in result["skipped"]:
         click.echo(f"skipped {skipped['target']}: {skipped['reason']}")
     click.echo("\n".join(str(f) for f in files))
+
+
+def _list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(v) for v in _list(text)]
+    except ValueError:
+        from .errors import InputError
+        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
 def _split(text: str) -> list[str]:
@@ -139,7 +207,7 @@ def _split(text: str) -> list[str]:
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except DeployqError as e:
         click.echo(f"deployq: error: {e}", err=True)
         sys.exit(2)
@@ -151,7 +219,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

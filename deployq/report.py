@@ -1,13 +1,16 @@
-"""Results: the versioned results.json schema and its text and markdown views.
-No heavy imports: the CLI prints from here."""
+"""Results: the versioned results.json schema (docs/results-schema.md), its text,
+markdown and HTML views, and the compare gate. No heavy imports: the CLI prints from
+here."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .errors import InputError
 from .io import atomic_write
 
-SCHEMA, SCHEMA_VERSION = "deployq-results", 1
+SCHEMA, SCHEMA_VERSION = "deployq-results", 2
+READABLE_VERSIONS = (1, 2)
 
 
 def columns(rows) -> str:
@@ -43,7 +46,51 @@ def text(result: dict) -> str:
     pairs = _pair_rows(result)
     if len(pairs) > 1:
         parts += ["", columns(pairs)]
+    if "robustness" in result:
+        parts += ["", _robust_title(result), columns(_robust_rows(result))]
+        parts += [f"flag {f['target']}: {f['message']}" for f in _flags(result)]
     return "\n".join(parts)
+
+
+def _robust_title(result: dict) -> str:
+    r = result["robustness"]
+    return (f"Robust accuracy on the runtimes ({r['samples']} samples; worst case over "
+            f"{', '.join(r['sources'])} x {', '.join(r['attacks'])}; PGD {r['steps']} "
+            f"steps, {r['restarts']} restart(s); square {r['queries']} queries)")
+
+
+def _robust_rows(result: dict) -> list[tuple]:
+    r = result["robustness"]
+    rows = [("target", "clean") + tuple(f"eps {e:g}" for e in r["eps"])
+            + ("mirror agreement", "flags")]
+    for t in r["targets"]:
+        m = t.get("mirror")
+        mirror = "-" if not m else _pct(m["top1"]) + (
+            f" ({_pct(m['identical'])} bit-identical)" if m.get("identical") is not None
+            else "")
+        rows.append((t["target"], _pct(t["clean"]))
+                    + tuple(_pct(e["robust"]) for e in t["eps"])
+                    + (mirror, str(len(t["flags"])) if t["flags"] else "none"))
+    return rows
+
+
+def _by_rows(result: dict) -> list[tuple]:
+    r = result["robustness"]
+    rows = [("target", "source", "attack") + tuple(f"eps {e:g}" for e in r["eps"])]
+    for t in r["targets"]:
+        keys = list(dict.fromkeys((b["source"], b["attack"])
+                                  for e in t["eps"] for b in e["by"]))
+        for source, attack in keys:
+            rows.append((t["target"], source, attack) + tuple(
+                _pct(next((b["accuracy"] for b in e["by"]
+                           if (b["source"], b["attack"]) == (source, attack)), None))
+                for e in t["eps"]))
+    return rows
+
+
+def _flags(result: dict) -> list[dict]:
+    return [f | {"target": t["target"]} for t in result["robustness"]["targets"]
+            for f in t["flags"]]
 
 
 def markdown(result: dict) -> str:
@@ -52,6 +99,13 @@ def markdown(result: dict) -> str:
     pairs = _pair_rows(result)
     if len(pairs) > 1:
         parts += ["", "Integer outputs compared between targets:", "", _md_table(pairs)]
+    if "robustness" in result:
+        parts += ["", f"## {_robust_title(result)}", "", _md_table(_robust_rows(result)),
+                  "", "Accuracy per source and attack:", "", _md_table(_by_rows(result))]
+        flags = _flags(result)
+        parts += ["", "Honesty checks: " + ("all passed." if not flags else
+                                            f"{len(flags)} flag(s):")]
+        parts += [f"- **{f['target']}** `{f['check']}`: {f['message']}" for f in flags]
     for skipped in result.get("skipped", []):
         parts += ["", f"- skipped {skipped['target']}: {skipped['reason']}"]
     return "\n".join(parts) + "\n"
@@ -63,14 +117,85 @@ def _md_table(rows) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows[1:]])
 
 
-def write_json(result: dict, path: str | Path) -> None:
+def _json(result: dict) -> bytes:
     doc = {"schema": SCHEMA, "version": SCHEMA_VERSION, **result}
-    atomic_write(Path(path), (json.dumps(doc, indent=1) + "\n").encode())
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    atomic_write(Path(path), _json(result))
 
 
 def write(result: dict, out_dir: str | Path) -> list[Path]:
-    """results.json and report.md in out_dir."""
+    """results.json, report.md and report.html in out_dir, each rendered before any
+    is written and each written atomically."""
+    from .htmlreport import html
     out_dir = Path(out_dir)
-    write_json(result, out_dir / "results.json")
-    atomic_write(out_dir / "report.md", markdown(result).encode())
-    return [out_dir / "results.json", out_dir / "report.md"]
+    files = {"results.json": _json(result), "report.md": markdown(result).encode(),
+             "report.html": html(result).encode()}
+    for name, data in files.items():
+        atomic_write(out_dir / name, data)
+    return [out_dir / name for name in files]
+
+
+# --- reading results and the compare gate ----------------------------------------
+
+def load(path: str | Path) -> dict:
+    """A results.json of a readable schema version, or InputError saying why not."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"cannot read results {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise InputError(f"{path} is not a deployq results file (schema "
+                         f"{doc.get('schema') if isinstance(doc, dict) else None!r}, "
+                         f"expected {SCHEMA!r})")
+    if doc.get("version") not in READABLE_VERSIONS:
+        raise InputError(f"{path}: results version {doc.get('version')!r} is not one of "
+                         f"{READABLE_VERSIONS}; re-run deployq to regenerate it")
+    if not isinstance(doc.get("results"), list):
+        raise InputError(f"{path}: no 'results' list")
+    return doc
+
+
+def scores(doc: dict) -> dict[tuple, float]:
+    """(target, attack, eps) -> accuracy: ('clean', None) for clean accuracy,
+    ('worst-case', eps) for robust accuracy, ('source/attack', eps) for each."""
+    try:
+        out = {(r["target"], "clean", None): float(r["accuracy"]) for r in doc["results"]}
+        for t in doc.get("robustness", {}).get("targets", []):
+            for e in t["eps"]:
+                out[(t["target"], "worst-case", e["eps"])] = float(e["robust"])
+                for b in e["by"]:
+                    out[(t["target"], f"{b['source']}/{b['attack']}", e["eps"])] = \
+                        float(b["accuracy"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"results file is malformed ({type(e).__name__}: {e}); "
+                         "re-run deployq to regenerate it") from None
+    return out
+
+
+def compare(current: dict, reference: dict | None, max_drop: float,
+            vs_float: bool = False) -> list[str]:
+    """One line per score more than max_drop percentage points below its reference:
+    the same (target, attack, eps) in `reference` (a baseline results document), or
+    with vs_float the float model's clean and worst-case robust accuracy. Scores the
+    reference lacks are not compared."""
+    if not max_drop >= 0:
+        raise InputError(f"--max-drop must be >= 0 points, got {max_drop}")
+    now = scores(current)
+    refs = {}
+    if reference is not None:
+        refs = scores(reference)
+    failures = []
+    for (target, attack, eps), value in sorted(now.items(), key=str):
+        checks = [("baseline", refs.get((target, attack, eps)))]
+        if vs_float and target != "float" and attack in ("clean", "worst-case"):
+            checks.append(("float", now.get(("float", attack, eps))))
+        for name, ref in checks:
+            if ref is not None and value < ref - max_drop / 100:
+                where = "clean" if eps is None else f"{attack} eps {eps:g}"
+                failures.append(f"{target} {where}: {_pct(value)} is "
+                                f"{100 * (ref - value):.2f} points below {name} "
+                                f"{_pct(ref)} (allowed {max_drop:g})")
+    return failures

@@ -1,0 +1,82 @@
+"""report.html: the report's tables and a hand-drawn SVG of robust accuracy against eps
+per target (float included), in one self-contained file with no dependencies."""
+from __future__ import annotations
+
+from html import escape
+
+from . import report as R
+
+COLORS = ["#000000", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+          "#e377c2", "#17becf"]
+W, H, PAD, RIGHT = 640, 320, 48, 130     # RIGHT: room for the legend
+
+
+def html(result: dict) -> str:
+    """The whole page for a results document."""
+    parts = [f"<h1>deployq report</h1><p><b>{escape(R._title(result))}</b>, "
+             f"seed {result['seed']}</p>", _table(R._accuracy_rows(result))]
+    pairs = R._pair_rows(result)
+    if len(pairs) > 1:
+        parts += ["<p>Integer outputs compared between targets:</p>", _table(pairs)]
+    if "robustness" in result:
+        parts += [f"<h2>{escape(R._robust_title(result))}</h2>", plot(result),
+                  _table(R._robust_rows(result)), "<p>Accuracy per source and attack:</p>",
+                  _table(R._by_rows(result))]
+        flags = R._flags(result)
+        parts.append("<p>Honesty checks: all passed.</p>" if not flags else
+                     "<ul>" + "".join(f"<li><b>{escape(f['target'])}</b> "
+                                      f"<code>{f['check']}</code>: {escape(f['message'])}</li>"
+                                      for f in flags) + "</ul>")
+    parts += [f"<p>skipped {escape(s['target'])}: {escape(s['reason'])}</p>"
+              for s in result.get("skipped", [])]
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>deployq report"
+            "</title><style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+            "padding:.2em .6em;text-align:right}td:first-child{text-align:left}</style>"
+            "</head><body>" + "\n".join(parts) + "</body></html>\n")
+
+
+def _table(rows) -> str:
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def plot(result: dict) -> str:
+    """SVG line plot: worst-case robust accuracy (clean at eps 0) against eps."""
+    targets = result["robustness"]["targets"]
+    eps_max = max(result["robustness"]["eps"]) or 1.0
+
+    def xy(e, a):
+        return (PAD + (W - PAD - RIGHT) * e / eps_max, H - PAD - (H - 2 * PAD) * a)
+
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' "
+           f"font-size='11'>", _axes(eps_max, xy)]
+    for i, t in enumerate(targets):
+        color = COLORS[i % len(COLORS)]
+        pts = [xy(0, t["clean"])] + [xy(e["eps"], e["robust"]) for e in t["eps"]]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+        out.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' "
+                   f"points='{path}'/>")
+        out.append(f"<text x='{W - RIGHT + 8}' y='{PAD + 14 * i}' fill='{color}'>"
+                   f"{escape(t['target'])}</text>")
+    return "".join(out) + "</svg>"
+
+
+def _axes(eps_max: float, xy) -> str:
+    x0, y0 = xy(0, 0)
+    x1, y1 = xy(eps_max, 1)
+    parts = [f"<line x1='{x0}' y1='{y0}' x2='{x1}' y2='{y0}' stroke='#444'/>",
+             f"<line x1='{x0}' y1='{y0}' x2='{x0}' y2='{y1}' stroke='#444'/>",
+             f"<text x='{(x0 + x1) / 2}' y='{H - 10}' text-anchor='middle'>eps</text>",
+             f"<text x='12' y='{PAD - 10}'>accuracy</text>"]
+    for k in range(6):
+        a = k / 5
+        _, y = xy(0, a)
+        parts.append(f"<text x='{x0 - 6}' y='{y + 4:.1f}' text-anchor='end'>"
+                     f"{100 * a:.0f}%</text>")
+        e = eps_max * k / 5
+        x, _ = xy(e, 0)
+        parts.append(f"<text x='{x:.1f}' y='{y0 + 16}' text-anchor='middle'>{e:.3g}</text>")
+    return "".join(parts)
