@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,9 @@ RUN_DEFAULTS = {"model": models.DEFAULT_MODEL, "weights": None, "data": None,
                 "attacks": ["fgsm", "pgd"], "eps": [0.05, 0.1, 0.2],
                 "sources": ["transfer", "bpda", "blackbox"], "steps": 10,
                 "restarts": 1, "queries": 100, "robust_samples": 200,
-                "temperature": 1.0}
+                "temperature": 1.0,
+                # profiling stage: latency repeats (0 turns it off)
+                "profile_repeats": 30}
 ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",
                "restarts": "restarts", "queries": "queries", "robust_samples": "samples",
                "temperature": "temperature"}
@@ -234,8 +237,45 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
                            cfg["calib_samples"])
     result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
                       cfg["targets_dir"], robust)
+    if cfg["profile_repeats"]:
+        result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
+                                    targets_dir=cfg["targets_dir"], reuse=True)
     result["skipped"] = skipped
     return result, report.write(result, cfg["out"])
+
+
+def load_exported(target: str, out: str | Path = DEFAULT_OUT, targets_dir=None) -> Exported:
+    """An export already in OUT/TARGET/ (artifact and plan.json)."""
+    tgt = T.get(target, targets_dir)
+    folder = Path(out) / tgt.name
+    path = folder / backends.get(tgt.backend).ARTIFACT
+    if not path.is_file():
+        raise InputError(f"no export of {target} in {folder}; run 'deployq export -t {target}'")
+    return Exported(tgt, path, P.QuantPlan.load(folder / "plan.json"))
+
+
+def profile(targets: list[str], session: Session | None = None,
+            out: str | Path = DEFAULT_OUT, repeats: int = 50, batch: int = 256,
+            targets_dir=None, reuse: bool = False, **session_args) -> dict:
+    """Size, compute, memory and latency of each target (exported now, or reused from
+    OUT when reuse is set), and the machine they were measured on."""
+    from . import profile as PR
+    targets_or_fail(targets, targets_dir)
+    if repeats < 3 or batch < 1:
+        raise InputError(f"profiling needs --repeats >= 3 and --batch >= 1, got {repeats}, {batch}")
+    session = session or open_session(**session_args)
+    x, _ = session.dataset.test(batch)
+    rows = []
+    for name in targets:
+        ex = load_exported(name, out, targets_dir) if reuse else export(
+            name, session, out, None, targets_dir)
+        log.info("profiling %s (%d repeats)", name, repeats)
+        row = PR.target(ex, session.graph, load_runner(ex), x, repeats, batch)
+        footprint = ex.path.parent / "footprint.json"
+        if footprint.is_file():
+            row["mcu_footprint"] = json.loads(footprint.read_text())
+        rows.append(row)
+    return {"model": session.model.spec, "machine": PR.machine(), "targets": rows}
 
 
 def list_targets(targets_dir=None) -> list[T.Target]:

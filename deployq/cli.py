@@ -2,8 +2,10 @@
 line on stderr and exit code 2."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -84,13 +86,70 @@ def _allowed(allowed: dict, defaults: dict, key: str) -> str:
 @click.option("--target", "-t", default="onnx-int8", show_default=True,
               help="Target name (see 'deployq targets').")
 @_model_options
-def export(target, model, weights, data, out, calibration, calib_samples, seed, targets_dir):
+@click.option("--c-project", default=None, type=click.Path(file_okay=False),
+              help="mcu-int8: also write a self-contained Cortex-M C project into DIR.")
+def export(target, model, weights, data, out, calibration, calib_samples, seed, targets_dir,
+           c_project):
     """Quantize the model for TARGET and write OUT/TARGET/ (artifact and plan.json)."""
     from . import api
-    api.targets_or_fail([target], targets_dir)
+    tgt = api.targets_or_fail([target], targets_dir)[0]
+    if c_project and tgt.backend != "mcu":
+        raise click.BadParameter(f"needs an mcu target, not {target}", param_hint="--c-project")
     session = _session(model, weights, data, seed, calib_samples)
     result = api.export(target, session, out, calibration, targets_dir)
     click.echo(f"{result.path}\n{result.path.parent / 'plan.json'}")
+    if c_project:
+        from .cproject import write_c_project
+        click.echo(write_c_project(result.path, Path(c_project), session.dataset.test(20)[0]))
+
+
+@cli.command()
+@click.option("--targets", "-t", "target_list", default="tflite-int8,tflite-int8-ref",
+              show_default=True, help="Two targets that run the same .tflite.")
+@_model_options
+@click.option("--samples", "-n", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--json", "json_path", default=None, help="Also write the comparison as JSON.")
+def diff(target_list, model, weights, data, out, calibration, calib_samples, seed,
+         targets_dir, samples, json_path):
+    """Per layer: how many elements differ between two integer targets, by how many LSBs."""
+    from . import diff as D, report
+    names = _split(target_list)
+    session = _session(model, weights, data, seed, calib_samples)
+    result = D.diff(names, session, out, samples, targets_dir)
+    click.echo(f"{names[0]} vs {names[1]}, {result['samples']} test samples")
+    click.echo(report.columns(D.table(result)))
+    if json_path:
+        report.write_json(result, json_path)
+
+
+@cli.command(name="profile")
+@click.option("--targets", "-t", "target_list", default="onnx-int8", show_default=True)
+@_model_options
+@click.option("--repeats", default=50, show_default=True, type=click.IntRange(3),
+              help="Timed batch-1 calls per target (after a warm-up).")
+@click.option("--batch", default=256, show_default=True, type=click.IntRange(1),
+              help="Batch size for the throughput figure.")
+@click.option("--json", "json_path", default=None, help="Also write the profile as JSON.")
+def profile_(target_list, model, weights, data, out, calibration, calib_samples, seed,
+             targets_dir, repeats, batch, json_path):
+    """Size, MACs/BOPs, peak activation memory and latency of each target."""
+    from . import api, report
+    names = _split(target_list)
+    api.targets_or_fail(names, targets_dir)
+    session = _session(model, weights, data, seed, calib_samples)
+    prof = api.profile(names, session, out, repeats, batch, targets_dir)
+    doc = {"profile": prof}
+    click.echo(report._machine(doc))
+    click.echo(report.columns(report._profile_rows(doc)))
+    for t in prof["targets"]:
+        if t.get("slowest_layers"):
+            click.echo(f"\n{t['target']}: slowest layers (ONNX Runtime profiler)")
+            click.echo(report.columns([("node", "op", "us per run")] + [
+                (r["node"], r["op"], f"{r['us_per_run']:.1f}") for r in t["slowest_layers"][:5]]))
+        if t.get("mcu_footprint"):
+            click.echo(f"\n{t['target']}: {json.dumps(t['mcu_footprint'])}")
+    if json_path:
+        report.write_json(prof, json_path)
 
 
 @cli.command(name="eval")

@@ -27,6 +27,11 @@ def html(result: dict) -> str:
                      "<ul>" + "".join(f"<li><b>{escape(f['target'])}</b> "
                                       f"<code>{f['check']}</code>: {escape(f['message'])}</li>"
                                       for f in flags) + "</ul>")
+    if "profile" in result:
+        parts += ["<h2>Size and speed</h2>", f"<p>{escape(R._machine(result))}</p>",
+                  _table(R._profile_rows(result))]
+        if "robustness" in result:
+            parts += [scatter(result, "latency"), scatter(result, "size")]
     parts += [f"<p>skipped {escape(s['target'])}: {escape(s['reason'])}</p>"
               for s in result.get("skipped", [])]
     return ("<!doctype html><html><head><meta charset='utf-8'><title>deployq report"
@@ -61,6 +66,31 @@ def plot(result: dict) -> str:
                    f"points='{path}'/>")
         out.append(f"<text x='{W - RIGHT + 8}' y='{PAD + 14 * i}' fill='{color}'>"
                    f"{escape(t['target'])}</text>")
+    return "".join(out) + "</svg>"
+
+
+def scatter(result: dict, kind: str) -> str:
+    """The Pareto view: robust accuracy at the middle eps against batch-1 latency or
+    artifact size, one labelled point per target."""
+    eps, robust = R.pareto_robust(result)
+    pts = [(t["target"], t["latency"]["batch1_ms_median"] if kind == "latency"
+            else t["artifact_bytes"] / 1024) for t in result["profile"]["targets"]
+           if t["target"] in robust]
+    if not pts:
+        return ""
+    x_max = max(v for _, v in pts) * 1.1 or 1.0
+    unit = "batch-1 latency (ms)" if kind == "latency" else "artifact size (KB)"
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' font-size='11'>",
+           f"<line x1='{PAD}' y1='{H - PAD}' x2='{W - RIGHT}' y2='{H - PAD}' stroke='#444'/>",
+           f"<line x1='{PAD}' y1='{H - PAD}' x2='{PAD}' y2='{PAD}' stroke='#444'/>",
+           f"<text x='{(W - RIGHT) / 2}' y='{H - 10}' text-anchor='middle'>{unit}</text>",
+           f"<text x='12' y='{PAD - 10}'>robust accuracy, eps {eps:g}</text>"]
+    for i, (name, v) in enumerate(pts):
+        x = PAD + (W - PAD - RIGHT) * v / x_max
+        y = H - PAD - (H - 2 * PAD) * robust[name]
+        out.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='4' fill='{COLORS[i % len(COLORS)]}'/>"
+                   f"<text x='{x + 6:.1f}' y='{y - 6:.1f}'>{escape(name)} "
+                   f"({v:.3g}, {100 * robust[name]:.1f}%)</text>")
     return "".join(out) + "</svg>"
 
 

@@ -27,10 +27,10 @@ def _accuracy_rows(result: dict) -> list[tuple]:
 
 
 def _pair_rows(result: dict) -> list[tuple]:
+    """Pairs of targets with the same output grid (the others are not comparable)."""
     rows = [("targets", "bit-identical outputs", "max difference")]
-    return rows + [(f"{p['a']} vs {p['b']}", _pct(p["identical"]),
-                    "-" if p["max_lsb"] is None else f"{p['max_lsb']} LSB")
-                   for p in result.get("pairs", [])]
+    return rows + [(f"{p['a']} vs {p['b']}", _pct(p["identical"]), f"{p['max_lsb']} LSB")
+                   for p in result.get("pairs", []) if p["max_lsb"] is not None]
 
 
 def _pct(v) -> str:
@@ -49,6 +49,8 @@ def text(result: dict) -> str:
     if "robustness" in result:
         parts += ["", _robust_title(result), columns(_robust_rows(result))]
         parts += [f"flag {f['target']}: {f['message']}" for f in _flags(result)]
+    if "profile" in result:
+        parts += ["", _machine(result), columns(_profile_rows(result))]
     return "\n".join(parts)
 
 
@@ -93,6 +95,44 @@ def _flags(result: dict) -> list[dict]:
             for f in t["flags"]]
 
 
+def _profile_rows(result: dict) -> list[tuple]:
+    """One row per target: accuracy and robustness beside size and speed."""
+    acc = {r["target"]: r["accuracy"] for r in result.get("results", [])}
+    eps, robust = pareto_robust(result)
+    scored = ("accuracy", f"robust (eps {eps:g})" if eps else "robust") if acc else ()
+    rows = [("target", *scored, "artifact", "weights", "MACs", "peak activations",
+             "batch 1 (median, p90)", "throughput")]
+    for t in result["profile"]["targets"]:
+        lat = t["latency"]
+        scores = (_pct(acc.get(t["target"])), _pct(robust.get(t["target"]))) if acc else ()
+        rows.append((t["target"], *scores, _bytes(t["artifact_bytes"]),
+                     _bytes(t["weight_bytes"]), f"{t['macs']:,}",
+                     _bytes(t["peak_activation_bytes"]),
+                     f"{lat['batch1_ms_median']:.3f} ms, {lat['batch1_ms_p90']:.3f} ms",
+                     f"{lat['throughput_per_s']:,.0f}/s"))
+    return rows
+
+
+def pareto_robust(result: dict) -> tuple[float | None, dict[str, float]]:
+    """The middle eps of the robustness stage and each target's robust accuracy there
+    (the largest eps often drives every target to 0, which compares nothing)."""
+    r = result.get("robustness")
+    if not r or not r["eps"]:
+        return None, {}
+    k = len(r["eps"]) // 2
+    return r["eps"][k], {t["target"]: t["eps"][k]["robust"] for t in r["targets"]}
+
+
+def _bytes(n) -> str:
+    return f"{n / 1024:.1f} KB" if n >= 1024 else f"{n} B"
+
+
+def _machine(result: dict) -> str:
+    m = result["profile"]["machine"]
+    return (f"Measured on {m['cpu']} ({m['cores']} cores; ISA: {', '.join(m['isa']) or '-'}), "
+            "one thread per runtime; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+
+
 def markdown(result: dict) -> str:
     parts = ["# deployq report", "", f"**{_title(result)}**, seed {result['seed']}", "",
              _md_table(_accuracy_rows(result))]
@@ -106,6 +146,9 @@ def markdown(result: dict) -> str:
         parts += ["", "Honesty checks: " + ("all passed." if not flags else
                                             f"{len(flags)} flag(s):")]
         parts += [f"- **{f['target']}** `{f['check']}`: {f['message']}" for f in flags]
+    if "profile" in result:
+        parts += ["", "## Size and speed", "", _machine(result), "",
+                  _md_table(_profile_rows(result))]
     for skipped in result.get("skipped", []):
         parts += ["", f"- skipped {skipped['target']}: {skipped['reason']}"]
     return "\n".join(parts) + "\n"

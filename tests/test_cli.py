@@ -139,3 +139,26 @@ def test_program_entry_point_and_light_imports():
     help_out = subprocess.run([sys.executable, "-m", "deployq", "--help"],
                               capture_output=True, text=True, check=True).stdout
     assert "export" in help_out and "eval" in help_out
+
+
+def test_profile_diff_and_c_project(run_cli, tmp_path):
+    pytest.importorskip("tensorflow")
+    code, out, err = run_cli("profile", "-t", "onnx-int8,mcu-int8", "--repeats", 3,
+                             "--batch", 8, "-o", tmp_path, "--json", tmp_path / "p.json")
+    assert code == 0, err
+    prof = json.loads((tmp_path / "p.json").read_text())
+    assert [t["target"] for t in prof["targets"]] == ["onnx-int8", "mcu-int8"]
+    assert prof["targets"][0]["macs"] == prof["targets"][1]["macs"] > 0
+    assert "slowest layers" in out
+    code, out, err = run_cli("diff", "-t", "tflite-int8-ref,mcu-int8", "-n", 2, "-o", tmp_path)
+    assert code == 0, err
+    assert "0 LSB" in out and "1 LSB" not in out
+    code, out, err = run_cli("export", "-t", "mcu-int8", "-o", tmp_path,
+                             "--c-project", tmp_path / "fw")
+    assert code == 0, err
+    assert (tmp_path / "fw" / "Makefile").is_file()
+    code, _, err = run_cli("export", "-t", "onnx-int8", "-o", tmp_path,
+                           "--c-project", tmp_path / "fw2")
+    assert code == 2 and "needs an mcu target" in err and not (tmp_path / "fw2").exists()
+    code, _, err = run_cli("profile", "--repeats", 1, "-o", tmp_path)
+    assert code == 2 and "--repeats" in err
