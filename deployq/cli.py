@@ -258,7 +258,7 @@ def _floats(text: str, option: str) -> list[float]:
 
 
 def _split(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = _list(text)
     if not names:
         raise click.BadParameter("give at least one target", param_hint="--targets")
     return names

@@ -154,10 +154,8 @@ def _conv(r: _Reader, op, depthwise: bool) -> None:
     in_dims = r.tensors[r.act(x)].dims
     weight = r.const(w)
     kh, kw = weight.shape[1:3]
-    s_in, s_w, s_out = r.quant(x)[0][0], r.quant(w)[0], r.quant(o)[0][0]
     out_ch = weight.shape[3] if depthwise else weight.shape[0]
-    s_w = np.broadcast_to(s_w, (out_ch,))
-    mult = [F.quantize_multiplier(float(s_in) * float(sw) / float(s_out)) for sw in s_w]
+    mult, shift = _multipliers(r, x, w, o, out_ch)
     lo, hi = r.act_range(op, o)
     params = {"stride_h": opt.strideH, "stride_w": opt.strideW,
               "pad_top": _padding(S, opt.padding, in_dims[0], kh, opt.strideH, opt.dilationHFactor),
@@ -166,25 +164,29 @@ def _conv(r: _Reader, op, depthwise: bool) -> None:
               "groups": (out_ch // in_dims[2]) if depthwise else in_dims[2] // weight.shape[3],
               "rounding": r.rounding, "act_min": lo, "act_max": hi, "kernel_h": kh, "kernel_w": kw}
     bias = r.const(b).astype(np.int32) if b >= 0 else np.zeros(out_ch, np.int32)
-    data = [weight.reshape(-1), bias, np.array([m for m, _ in mult], np.int32),
-            np.array([s for _, s in mult], np.int32)]
     r.ops.append(F.Op("depthwise_conv2d" if depthwise else "conv2d", [r.act(x)], r.act(o),
-                      params, data))
+                      params, [weight.reshape(-1), bias, mult, shift]))
+
+
+def _multipliers(r: _Reader, x: int, w: int, o: int, channels: int):
+    """Per output channel, QuantizeMultiplier(double(s_in) * double(s_w) / double(s_out))
+    as conv.cc's Prepare computes it (a per-tensor scale is broadcast)."""
+    s_in, s_out = float(r.quant(x)[0][0]), float(r.quant(o)[0][0])
+    pairs = [F.quantize_multiplier(s_in * float(sw) / s_out)
+             for sw in np.broadcast_to(r.quant(w)[0], (channels,))]
+    return (np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int32))
 
 
 def _fully_connected(r: _Reader, op) -> None:
     x, w, b = op.inputs[:3]
     o = op.outputs[0]
     weight = r.const(w)
-    s_in, s_w, s_out = r.quant(x)[0][0], r.quant(w)[0], r.quant(o)[0][0]
-    s_w = np.broadcast_to(s_w, (weight.shape[0],))
-    mult = [F.quantize_multiplier(float(s_in) * float(sw) / float(s_out)) for sw in s_w]
+    mult, shift = _multipliers(r, x, w, o, weight.shape[0])
     lo, hi = r.act_range(op, o)
     bias = r.const(b).astype(np.int32) if b >= 0 else np.zeros(weight.shape[0], np.int32)
     r.ops.append(F.Op("fully_connected", [r.act(x)], r.act(o),
                       {"rounding": r.rounding, "act_min": lo, "act_max": hi},
-                      [weight.reshape(-1), bias, np.array([m for m, _ in mult], np.int32),
-                       np.array([s for _, s in mult], np.int32)]))
+                      [weight.reshape(-1), bias, mult, shift]))
 
 
 def _add(r: _Reader, op) -> None:
