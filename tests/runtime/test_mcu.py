@@ -12,7 +12,7 @@ pytest.importorskip("ai_edge_litert")
 
 from deployq import api, calibrate, graph as G, plan as P, rtformat, runtime, targets as T  # noqa: E402
 from deployq.backends import mcu, tflite  # noqa: E402
-from tests.conftest import ALL_OPS_SHAPE, AllOps, randomized  # noqa: E402
+from tests.conftest import ALL_OPS_SHAPE, AllOps, needs_fashion, randomized  # noqa: E402
 
 
 def test_python_and_c_compute_the_same_multipliers():
@@ -46,6 +46,16 @@ def test_zoo_models_bit_exact(tmp_path, name, calibration):
     x, _ = session.dataset.test()
     plan = _plan(session.graph, session.dataset.calibration(256), calibration)
     c_out, ref_out = _compare(session.graph, plan, x, tmp_path)
+    np.testing.assert_array_equal(c_out, ref_out)
+
+
+@needs_fashion
+@pytest.mark.parametrize("name", ["lenet-fmnist", "dsnet-fmnist"])
+def test_fashion_mnist_zoo_models_bit_exact(tmp_path, name):
+    session = api.open_session(f"zoo:{name}")
+    x, _ = session.dataset.test(500)
+    c_out, ref_out = _compare(session.graph, _plan(session.graph, session.dataset.calibration(256)),
+                              x, tmp_path)
     np.testing.assert_array_equal(c_out, ref_out)
 
 
