@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import api
+from . import api, backends
 from .errors import InputError
 
 
@@ -15,8 +15,13 @@ def diff(targets: list[str], session: api.Session, out, samples: int = 20,
          targets_dir=None) -> dict:
     if len(targets) != 2:
         raise InputError(f"deployq diff compares two targets, got {len(targets)}")
-    api.targets_or_fail(targets, targets_dir)
-    runners = [_dumping_runner(name, session, out, targets_dir) for name in targets]
+    for target in api.targets_or_fail(targets, targets_dir):    # refuse before any export
+        if not hasattr(backends.get(target.backend).Runner, "dump"):
+            raise InputError(f"target {target.name} cannot dump its tensors; deployq diff "
+                             "compares targets that run the same .tflite: tflite-int8, "
+                             "tflite-int8-ref, mcu-int8")
+    runners = [api.load_runner(api.export(name, session, out, None, targets_dir))
+               for name in targets]
     x, _ = session.dataset.test(samples)
     rows: dict[str, dict] = {}
     for sample in x:
@@ -35,15 +40,6 @@ def diff(targets: list[str], session: api.Session, out, samples: int = 20,
 def _layer(tensor: str, graph) -> str:
     from .backends.tflite import _scope_layer
     return "input" if tensor.startswith("IN/") else (_scope_layer(tensor, graph) or "?")
-
-
-def _dumping_runner(name: str, session, out, targets_dir):
-    runner = api.load_runner(api.export(name, session, out, None, targets_dir))
-    if not hasattr(runner, "dump"):
-        raise InputError(f"target {name} cannot dump its tensors; deployq diff compares "
-                         "targets that run the same .tflite: tflite-int8, tflite-int8-ref, "
-                         "mcu-int8")
-    return runner
 
 
 def table(result: dict) -> list[tuple]:
