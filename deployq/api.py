@@ -64,23 +64,90 @@ class Exported:
 
 
 def export(target: str, session: Session | None = None, out: str | Path = DEFAULT_OUT,
-           calibration: str | None = None, targets_dir=None, **session_args) -> Exported:
-    """Write OUT/TARGET/{artifact, plan.json} and return where they are."""
+           calibration: str | None = None, targets_dir=None, plan: P.QuantPlan | None = None,
+           plan_path: str | Path | None = None, **session_args) -> Exported:
+    """Write OUT/TARGET/{artifact, plan.json} and return where they are. With `plan`
+    (e.g. from `select`, or read from plan_path), export that plan as it is instead of
+    calibrating a new one; it must be for this target and name the graph's layers."""
     session = session or open_session(**session_args)
     tgt = T.get(target, targets_dir)
-    config = P.PlanConfig(default={"calibration": calibration} if calibration else {})
-    provenance = {"model": session.model.spec, "model_sha256": session.model.fingerprint(),
-                  "data": session.data_spec, "seed": session.seed,
-                  "calibration_samples": session.calib_samples}
-    plan = P.make(session.graph, session.stats, tgt, config, provenance)
+    if plan is None and plan_path is not None:
+        plan = P.QuantPlan.load(plan_path)
+    if plan is None:
+        config = P.PlanConfig(default={"calibration": calibration} if calibration else {})
+        plan = P.make(session.graph, session.stats, tgt, config, provenance(session))
+    else:
+        check_plan(plan, session.graph, tgt, plan_path or "the plan")
     backend = backends.get(tgt.backend)
     final = Path(out) / tgt.name
     calib = session.dataset.calibration(session.calib_samples, session.seed)
-    with StagedDir(final, session.model.files) as tmp:
+    protected = tuple(session.model.files) + ((Path(plan_path),) if plan_path else ())
+    with StagedDir(final, protected) as tmp:
         artifact, plan = backend.export(session.graph, plan, tgt, tmp, calib)
         plan.save(tmp / "plan.json")
     log.info("exported %s to %s", tgt.name, final)
     return Exported(tgt, final / artifact.name, plan)
+
+
+def provenance(session: Session) -> dict:
+    return {"model": session.model.spec, "model_sha256": session.model.fingerprint(),
+            "data": session.data_spec, "seed": session.seed,
+            "calibration_samples": session.calib_samples}
+
+
+def check_plan(plan: P.QuantPlan, graph: G.Graph, tgt: T.Target, where) -> None:
+    """A given plan fits this graph and target: same target, the same layers (names
+    and ops), weight parameters with one scale per output channel or one in all, and
+    every setting allowed by the target."""
+    if plan.target != tgt.name:
+        raise InputError(f"{where} is for target {plan.target}, not {tgt.name}; "
+                         f"export it with -t {plan.target} or select for {tgt.name}")
+    names, have = [n.name for n in graph.nodes], list(plan.layers)
+    if sorted(names) != sorted(have):
+        missing, extra = sorted(set(names) - set(have)), sorted(set(have) - set(names))
+        raise InputError(f"{where} does not match the model's layers (missing "
+                         f"{missing or 'none'}, unknown {extra or 'none'}); make the plan "
+                         "from this model")
+    for n in graph.nodes:
+        layer = plan.layers[n.name]
+        bad_weight = n.op in G.WEIGHTED and (layer.weight is None or len(
+            layer.weight.scale) not in (1, len(n.weight)))
+        if layer.op != n.op or bad_weight:
+            raise InputError(f"{where}: layer '{n.name}' is a {layer.op} with "
+                             f"{'no' if layer.weight is None else len(layer.weight.scale)} "
+                             f"weight scales, the model's is a {n.op}; make the plan "
+                             "from this model")
+        for key in T.SETTINGS:
+            if key in layer.settings:
+                tgt.check(key, layer.settings[key], f"{where}, layer '{n.name}'")
+
+
+def select(target: str, budget: str, method: str = "adversarial", eps: float = 0.1,
+           session: Session | None = None, out: str | Path = DEFAULT_OUT,
+           calibration: str | None = None, rounding: str | None = None,
+           targets_dir=None, **session_args) -> tuple[Path, P.QuantPlan]:
+    """Choose per-layer weight bits for TARGET under BUDGET (deployq.select) and write
+    the plan to OUT/TARGET/plan.json; returns (path, plan)."""
+    from . import select as S
+    tgt = T.get(target, targets_dir)
+    budget = S.parse_budget(budget)             # bad input fails before slow work
+    if method not in S.METHODS:
+        raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(S.METHODS)}")
+    session = session or open_session(**session_args)
+    settings = {k: v for k, v in (("calibration", calibration), ("rounding", rounding)) if v}
+    plan = S.select(session, tgt, budget, method, eps, settings, provenance=provenance(session))
+    path = Path(out) / tgt.name / "plan.json"
+    if any(_same(path, f) for f in session.model.files):
+        raise InputError(f"{path} is an input; choose another --out")
+    plan.save(path)
+    return path, plan
+
+
+def _same(a: Path, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def load_runner(exported: Exported):

@@ -88,19 +88,60 @@ def _allowed(allowed: dict, defaults: dict, key: str) -> str:
 @_model_options
 @click.option("--c-project", default=None, type=click.Path(file_okay=False),
               help="mcu-int8: also write a self-contained Cortex-M C project into DIR.")
+@click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
+              help="Export this plan.json (e.g. from 'deployq select') as it is, "
+                   "instead of calibrating a new plan.")
 def export(target, model, weights, data, out, calibration, calib_samples, seed, targets_dir,
-           c_project):
+           c_project, plan_path):
     """Quantize the model for TARGET and write OUT/TARGET/ (artifact and plan.json)."""
     from . import api
+    from .plan import QuantPlan
     tgt = api.targets_or_fail([target], targets_dir)[0]
     if c_project and tgt.backend != "mcu":
         raise click.BadParameter(f"needs an mcu target, not {target}", param_hint="--c-project")
+    plan = QuantPlan.load(plan_path) if plan_path else None
     session = _session(model, weights, data, seed, calib_samples)
-    result = api.export(target, session, out, calibration, targets_dir)
+    result = api.export(target, session, out, calibration, targets_dir, plan, plan_path)
     click.echo(f"{result.path}\n{result.path.parent / 'plan.json'}")
     if c_project:
         from .cproject import write_c_project
         click.echo(write_c_project(result.path, Path(c_project), session.dataset.test(20)[0]))
+
+
+@cli.command(name="select")
+@click.option("--target", "-t", default="fpga-fixed", show_default=True,
+              help="Target name; its allowed weight_bits are the candidates.")
+@click.option("--budget", "-b", required=True,
+              help="Average weight bits ('4bits', '4.5bits') or packed weight bytes "
+                   "('12KB' = 12288 bytes, '3000B'); biases are not counted.")
+@click.option("--method", default="adversarial", show_default=True,
+              help="adversarial, noise, hessian or uniform (docs/selection.md).")
+@click.option("--eps", default=0.1, show_default=True, type=float,
+              help="L-inf perturbation (input units) the adversarial method guards against.")
+@click.option("--rounding", default=None,
+              help="Rounding setting for every layer (default: the target's; "
+                   "fpga-fixed: trn, rnd, rnd_conv).")
+@_model_options
+def select_(target, budget, method, eps, rounding, model, weights, data, out, calibration,
+            calib_samples, seed, targets_dir):
+    """Choose per-layer weight bits under BUDGET and write OUT/TARGET/plan.json (export
+    it with 'deployq export --plan')."""
+    from . import api, report
+    api.targets_or_fail([target], targets_dir)
+    session = _session(model, weights, data, seed, calib_samples)
+    path, plan = api.select(target, budget, method, eps, session, out, calibration,
+                            rounding, targets_dir)
+    sel = plan.provenance["selection"]
+    rows = [("layer", "weights", "bits")] + [
+        (name, str(plan_weights(session, name)), str(bits)) for name, bits in sel["bits"].items()]
+    click.echo(report.columns(rows))
+    click.echo(f"{sel['method']}: {sel['average_bits']:.3f} average weight bits, "
+               f"{sel['weight_bytes']} weight bytes (budget {sel['budget']})")
+    click.echo(str(path))
+
+
+def plan_weights(session, name: str) -> int:
+    return int(session.graph.node(name).weight.size)
 
 
 @cli.command()

@@ -1,5 +1,6 @@
 """Reference models. Names are NAME-DATASET; the weights of every model listed in
-WEIGHTS ship with the package (trained by tools/train_zoo.py)."""
+WEIGHTS ship with the package (trained by tools/train_zoo.py). NAME-DATASET-adv is the
+same architecture adversarially trained (tools/train_zoo.py --adversarial)."""
 from __future__ import annotations
 
 from importlib import resources
@@ -66,13 +67,15 @@ class DSNet(nn.Module):
 
 ARCHS = {"lenet": LeNet, "dsnet": DSNet}
 MODELS = [f"{arch}-{data}" for arch in ARCHS for data in DATASETS]
+ADV = "-adv"                  # suffix of adversarially trained weights of a model
 
 
 def build(name: str) -> nn.Module:
-    """An untrained zoo model by name, e.g. 'lenet-digits'."""
-    arch, _, data = name.partition("-")
+    """An untrained zoo model by name, e.g. 'lenet-digits' (or 'lenet-digits-adv')."""
+    arch, _, data = name.removesuffix(ADV).partition("-")
     if arch not in ARCHS or data not in DATASETS:
-        raise InputError(f"unknown zoo model '{name}': choose one of {', '.join(MODELS)}")
+        raise InputError(f"unknown zoo model '{name}': choose one of {', '.join(MODELS)} "
+                         f"(NAME{ADV}: adversarially trained weights)")
     ch, hw, _ = DATASETS[data]
     return ARCHS[arch](ch, hw, 10)
 
@@ -95,4 +98,4 @@ def load(name: str) -> nn.Module:
 
 
 def default_data(name: str) -> str:
-    return DATA_SPECS[name.partition("-")[2]]
+    return DATA_SPECS[name.removesuffix(ADV).partition("-")[2]]
