@@ -184,7 +184,8 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
     click.echo(report.columns(report._profile_rows(doc)))
     for t in prof["targets"]:
         if t.get("slowest_layers"):
-            click.echo(f"\n{t['target']}: slowest layers (ONNX Runtime profiler)")
+            source = "ONNX Runtime profiler" if t["backend"] == "onnx" else "C runtime timers"
+            click.echo(f"\n{t['target']}: slowest layers ({source})")
             click.echo(report.columns([("node", "op", "us per run")] + [
                 (r["node"], r["op"], f"{r['us_per_run']:.1f}") for r in t["slowest_layers"][:5]]))
         if t.get("mcu_footprint"):

@@ -25,7 +25,7 @@ from .io import StagedDir, atomic_write
 TEMPLATES = Path(__file__).resolve().parent.parent / "runtime" / "mcu"
 BOARD_FILES = ("startup.c", "semihost.c", "semihost.h", "board.c", "board.h", "mps2_an386.ld")
 TEST_FILES = ("test_main.c", "stream_main.c", "footprint_main.c")
-HOST_ONLY = ("dq_quantize_multiplier.c",)        # double math, not in the inference path
+HOST_ONLY = ("dq_quantize_multiplier.c", "dq_profile.c")   # double math; host timers
 TOOLS = {"arm-none-eabi-gcc": "gcc-arm-none-eabi", "qemu-system-arm": "qemu-system-arm"}
 PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
 QEMU = ["qemu-system-arm", "-machine", "mps2-an386", "-cpu", "cortex-m4", "-nographic",

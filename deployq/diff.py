@@ -38,8 +38,8 @@ def diff(targets: list[str], session: api.Session, out, samples: int = 20,
 
 
 def _layer(tensor: str, graph) -> str:
-    from .backends.tflite import _scope_layer
-    return "input" if tensor.startswith("IN/") else (_scope_layer(tensor, graph) or "?")
+    from .backends.tflite import layer_of
+    return "input" if tensor.startswith("IN/") else (layer_of(tensor, graph) or "?")
 
 
 def table(result: dict) -> list[tuple]:

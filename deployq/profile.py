@@ -158,4 +158,19 @@ def target(exported, graph: G.Graph, runner, x: np.ndarray, repeats: int = 50,
     row["latency"] = latency(runner.run, x, repeats, batch)
     if exported.target.backend == "onnx":
         row["slowest_layers"] = onnx_layers(exported.path, x)[:10]
+    elif model is not None and hasattr(model, "op_times"):
+        row["slowest_layers"] = runtime_layers(runner, graph, x, repeats)[:10]
     return row
+
+
+def runtime_layers(runner, graph: G.Graph, x: np.ndarray, runs: int) -> list[dict]:
+    """The C runtime's own per-op timers, slowest first, each named by the IR layer that
+    its output tensor belongs to (MCU tensors carry .tflite names)."""
+    from .backends.tflite import layer_of
+    names = getattr(runner, "names", None) or getattr(runner, "tensor_names", None) or []
+    rows = []
+    for o in runner.model.op_times(runner.quantize(x[:1])[0], runs):
+        name = names[o["output"]] if o["output"] < len(names) else str(o["output"])
+        rows.append({"node": layer_of(name, graph) or name, "op": o["op"],
+                     "us_per_run": 1e6 * o["seconds"]})
+    return sorted(rows, key=lambda r: -r["us_per_run"])

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DeployqError, InputError
+from .rtformat import HEADER, OP, OPS, TENSOR
 
 _HERE = Path(__file__).resolve().parent
 SOURCES = next((d for d in (_HERE / "runtime_c", _HERE.parent / "runtime")
                 if (d / "dq_runtime.h").is_file()), _HERE.parent / "runtime")
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC"]
+OP_NAMES = {code: name for name, code in OPS.items()}
 STATUS = ["DQ_OK", "DQ_ERR_ARG", "DQ_ERR_TRUNCATED", "DQ_ERR_MAGIC", "DQ_ERR_VERSION",
           "DQ_ERR_LIMITS", "DQ_ERR_TENSOR", "DQ_ERR_OP", "DQ_ERR_DATA", "DQ_ERR_SHAPE",
           "DQ_ERR_PARAM", "DQ_ERR_ORDER"]
@@ -86,6 +88,9 @@ def library() -> ctypes.CDLL:
         "dq_invoke_dump": ([ctypes.c_void_p, u8p, i8p, i8p], ctypes.c_int),
         "dq_quantize_multiplier": ([ctypes.c_double, ctypes.POINTER(ctypes.c_int32),
                                     ctypes.POINTER(ctypes.c_int32)], None),
+        "dq_invoke_profile": ([ctypes.c_void_p, u8p, i8p, ctypes.c_int32,
+                               ctypes.POINTER(ctypes.c_int64)], ctypes.c_int),
+        "dq_clocks_per_sec": ([], ctypes.c_int64),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -110,8 +115,9 @@ class Model:
         if status != 0:
             raise ModelRejected(_status(status), where)
         self.arena = np.zeros(max(self.lib.dq_arena_bytes(self.handle), 1), np.uint8)
-        header = np.frombuffer(self.blob[:32].tobytes(), "<u4")
-        self.n_tensors, self.input_index, self.output_index = int(header[3]), int(header[5]), int(header[6])
+        header = np.frombuffer(self.blob[:HEADER.itemsize].tobytes(), HEADER)[0]
+        self.n_tensors, self.n_ops = int(header["n_tensors"]), int(header["n_ops"])
+        self.input_index, self.output_index = int(header["input"]), int(header["output"])
         self.tensor_bytes = [self.lib.dq_tensor_bytes(self.handle, t) for t in range(self.n_tensors)]
 
     def run(self, q: np.ndarray) -> np.ndarray:
@@ -136,6 +142,27 @@ class Model:
         if status != 0:
             raise DeployqError(f"the C runtime failed: {_status(status)}")
         return np.split(buf, np.cumsum(self.tensor_bytes)[:-1])
+
+
+    def op_times(self, q: np.ndarray, runs: int = 50) -> list[dict]:
+        """The runtime's own timers: seconds per run of each op (index order) for one
+        int8 input sample, with the op's type and output tensor index."""
+        q = np.ascontiguousarray(q, np.int8).reshape(-1)
+        ticks = np.zeros(self.n_ops, np.int64)
+        status = self.lib.dq_invoke_profile(self.handle, _ptr(self.arena, ctypes.c_uint8),
+                                            _ptr(q, ctypes.c_int8), runs,
+                                            _ptr(ticks, ctypes.c_int64))
+        if status != 0:
+            raise DeployqError(f"the C runtime failed: {_status(status)}")
+        records = self._op_records()
+        per_sec = self.lib.dq_clocks_per_sec()
+        return [{"op": OP_NAMES.get(int(t), "?"), "output": int(o),
+                 "seconds": float(k) / per_sec / runs} for (t, o), k in zip(records, ticks)]
+
+    def _op_records(self) -> list[tuple[int, int]]:
+        start = HEADER.itemsize + self.n_tensors * TENSOR.itemsize
+        recs = np.frombuffer(self.blob.tobytes()[start:start + self.n_ops * OP.itemsize], OP)
+        return [(int(r["type"]), int(r["output"])) for r in recs]
 
 
 def quantize_multiplier_c(real: float) -> tuple[int, int]:

@@ -139,10 +139,18 @@ static const dq_run_fn RUN[DQ_OP_COUNT] = {
     [DQ_OP_CLAMP] = run_move, [DQ_OP_SLICE] = run_move,
 };
 
-static dq_status invoke_one(const dq_model *m, uint8_t *arena, const int8_t *input) {
+dq_status dq_run_op(const dq_model *m, uint32_t i, uint8_t *arena) {
+    return RUN[m->ops[i].type](m, &m->ops[i], arena);
+}
+
+void dq_set_input(const dq_model *m, uint8_t *arena, const int8_t *input) {
     memcpy(tensor(m, arena, m->header.input), input, m->tensor_bytes[m->header.input]);
+}
+
+static dq_status invoke_one(const dq_model *m, uint8_t *arena, const int8_t *input) {
+    dq_set_input(m, arena, input);
     for (uint32_t i = 0; i < m->header.n_ops; ++i) {
-        const dq_status s = RUN[m->ops[i].type](m, &m->ops[i], arena);
+        const dq_status s = dq_run_op(m, i, arena);
         if (s != DQ_OK) return s;
     }
     return DQ_OK;

@@ -104,6 +104,10 @@ dq_status dq_clamp_s8(int32_t lo, int32_t hi, int32_t n, const int8_t *in, int8_
 dq_status dq_slice(int32_t axis, int32_t begin, const dq_dims *in_dims, const int8_t *in,
                    const dq_dims *out_dims, int8_t *out);
 
+/* Internal: running one op of a validated model (dq_invoke.c), for the profiler. */
+dq_status dq_run_op(const dq_model *m, uint32_t op, uint8_t *arena);
+void dq_set_input(const dq_model *m, uint8_t *arena, const int8_t *input);
+
 /* Internal: validation (dq_validate.c) and shapes. */
 int64_t dq_tensor_elems(const dq_tensor *t);
 dq_status dq_check_op(const dq_model *m, const dq_op *op);

@@ -92,6 +92,12 @@ dq_status dq_invoke(const dq_model *model, uint8_t *arena, const int8_t *input,
 dq_status dq_invoke_dump(const dq_model *model, uint8_t *arena, const int8_t *input,
                          int8_t *dump);
 
+/* Host profiling (dq_profile.c, not part of a microcontroller build): runs one sample
+ * `runs` times and adds each op's processor time (clock() ticks) into ticks[op]. */
+dq_status dq_invoke_profile(const dq_model *model, uint8_t *arena, const int8_t *input,
+                            int32_t runs, int64_t *ticks);
+int64_t dq_clocks_per_sec(void);
+
 const char *dq_status_name(dq_status status);
 size_t dq_model_struct_bytes(void);
 

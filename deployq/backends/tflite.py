@@ -634,13 +634,13 @@ def read(path: Path, graph: G.Graph) -> Contents:
     interp.allocate_tensors()
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     ops = interp._get_ops_details()
-    layer_of = {i: _scope_layer(t["name"], graph) for i, t in tensors.items()}
-    layer_of[interp.get_output_details()[0]["index"]] = graph.output
+    tensor_layer = {i: layer_of(t["name"], graph) for i, t in tensors.items()}
+    tensor_layer[interp.get_output_details()[0]["index"]] = graph.output
     acts = {G.INPUT: _qparams(interp.get_input_details()[0])}
     weights, iw, ib = {}, {}, {}
     for op in ops:
         out = op["outputs"][0]
-        layer = layer_of.get(out)
+        layer = tensor_layer.get(out)
         if layer is not None:
             acts[layer] = _qparams(tensors[out])
         if op["op_name"] in WEIGHT_OPS and layer is not None:
@@ -649,13 +649,13 @@ def read(path: Path, graph: G.Graph) -> Contents:
         if node.name not in acts:
             acts[node.name] = acts[node.inputs[0]]
     _finish_weights(graph, weights, iw, ib)
-    summary = [(op["op_name"], layer_of.get(op["outputs"][0]),
+    summary = [(op["op_name"], tensor_layer.get(op["outputs"][0]),
                 [tensors[i]["dtype"].__name__ for i in op["inputs"] if i >= 0],
                 [tensors[i]["dtype"].__name__ for i in op["outputs"]]) for op in ops]
     return Contents(graph, acts, weights, iw, ib, summary)
 
 
-def _scope_layer(name: str, graph: G.Graph) -> str | None:
+def layer_of(name: str, graph: G.Graph) -> str | None:
     """The IR layer of a tensor name such as 'L3/Conv2D;L3/add'."""
     m = re.search(r"(?:^|[;/])L(\d+)/", name)
     if m and int(m.group(1)) < len(graph.nodes):

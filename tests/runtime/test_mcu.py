@@ -124,3 +124,15 @@ def test_dump_returns_every_tensor(tmp_path):
     assert len(tensors) == runner.model.n_tensors
     np.testing.assert_array_equal(tensors[runner.model.output_index], runner.model.run(q)[0])
     np.testing.assert_array_equal(tensors[runner.model.input_index], q[0])
+
+
+def test_runtime_timers_name_every_op_by_its_layer(tmp_path):
+    from deployq import profile
+    session = api.open_session("zoo:lenet-digits")
+    runner = api.load_runner(api.export("mcu-int8", session, tmp_path))
+    x, _ = session.dataset.test(4)
+    ops = runner.model.op_times(runner.quantize(x[:1])[0], runs=20)
+    assert len(ops) == runner.model.n_ops and all(o["seconds"] >= 0 for o in ops)
+    layers = profile.runtime_layers(runner, session.graph, x, runs=20)
+    assert {r["node"] for r in layers} >= {n.name for n in session.graph.nodes if n.op == "conv2d"}
+    assert layers[0]["op"] == "conv2d"            # the convolutions dominate
