@@ -71,10 +71,12 @@ def test_every_mirror_states_its_agreement_with_its_runtime(result):
             continue
         m = entry["mirror"]
         assert m["top1"] >= 0.95, (name, m)
-        # measured on the int8 runtimes: 100% top-1, at most 1 LSB apart. The plan-grid
-        # mirror of fpga-fixed (no backend mirror yet): 99% top-1, 0% identical, 5 LSB.
+        # measured on the int8 runtimes: 100% top-1, at most 1 LSB apart. fpga-fixed's
+        # mirror (deployq.fxmirror) is bit-exact: every output identical.
         if backend[name] in INT8_BACKENDS and m["identical"] is not None:
             assert m["top1"] >= 0.98 and m["max_lsb"] <= 2, (name, m)
+        if backend[name] == "fpga":
+            assert m["identical"] == 1.0 and m["max_lsb"] == 0, (name, m)
 
 
 def test_the_default_model_raises_no_honesty_flag(result):

@@ -58,6 +58,13 @@ def lower(graph: G.Graph, plan: QuantPlan, target) -> FX.FxModel:
     return fx
 
 
+def mirror(graph: G.Graph, plan: QuantPlan, target, temperature: float = 1.0):
+    """The bit-exact differentiable mirror (deployq.fxmirror) for BPDA attacks: the
+    fixed-point forward pass of this target with straight-through gradients."""
+    from ..fxmirror import FxMirror
+    return FxMirror(lower(graph, plan, target), temperature)
+
+
 def load(path: Path, target=None) -> "Runner":
     return Runner(Path(path))
 
