@@ -13,6 +13,14 @@ Conventions (shared by every backend):
   (float32 product), zero point 0. 'pow2' scales are 2^-frac_bits.
   maxpool, avgpool, reshape, clamp and concat keep their inputs' parameters (one set
   for all tensors they connect), as TFLite's int8 kernels require.
+  Low-bit weights on a target that executes only `container_bits` (int8: ONNX Runtime,
+  LiteRT, MCU): a weight of weight_bits g < 8 is a QParams of bits 8 with grid_bits g.
+  Its integers are the g-bit integers j in [-(2^(g-1) - 1), 2^(g-1) - 1] times the step
+  k = floor(127 / (2^(g-1) - 1)) (4 bits: k = 18, codes -126..126 in steps of 18), and
+  `scale` is the float32 scale of one int8 code, chosen so that k * scale * (2^(g-1) - 1)
+  covers the channel's absmax. The stored scale is the one the file carries, so every
+  backend computes int8 code * scale exactly as the plan does, and the deployed model
+  holds the g-bit grid {j * k * scale} with no rounding of its own.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ class QParams:
     zero_point: np.ndarray            # int64, same shape
     axis: int | None = None           # channel axis when per-channel
     narrow: bool = False              # symmetric weights omit the lowest code
+    grid_bits: int | None = None      # weights on a g-bit grid inside `bits`: every step-th code
 
     @property
     def qmin(self) -> int:
@@ -48,6 +57,21 @@ class QParams:
     def qmax(self) -> int:
         return 2 ** (self.bits - 1) - 1
 
+    @property
+    def step(self) -> int:
+        """k: the distance between the integers of the grid (1 without grid_bits)."""
+        if self.grid_bits is None:
+            return 1
+        return self.qmax // (2 ** (self.grid_bits - 1) - 1)
+
+    def codes(self, r: np.ndarray) -> np.ndarray:
+        """Integers (zero point not added) for r = real / scale, rounding half to even;
+        on a grid: the nearest multiple of step within the g-bit range."""
+        if self.grid_bits is None:
+            return np.clip(np.round(r), self.qmin, self.qmax)
+        g = 2 ** (self.grid_bits - 1) - 1
+        return np.clip(np.round(r / self.step), -g, g) * self.step
+
     def _bcast(self, a: np.ndarray, ndim: int) -> np.ndarray:
         if self.axis is None:
             return a.reshape(())
@@ -56,6 +80,8 @@ class QParams:
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Integers for x, rounding half to even (numpy.round, ONNX QuantizeLinear)."""
         s, z = self._bcast(self.scale, x.ndim), self._bcast(self.zero_point, x.ndim)
+        if self.grid_bits is not None:        # weights: zero point 0 (weight_params)
+            return self.codes(x / s).astype(np.int32)
         return np.clip(np.round(x / s) + z, self.qmin, self.qmax).astype(np.int32)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
@@ -63,14 +89,19 @@ class QParams:
         return ((q - z) * s).astype(np.float32)
 
     def to_json(self) -> dict:
-        return {"bits": self.bits, "scale": [float(v) for v in self.scale],
-                "zero_point": [int(v) for v in self.zero_point], "axis": self.axis,
-                "narrow": self.narrow}
+        d = {"bits": self.bits, "scale": [float(v) for v in self.scale],
+             "zero_point": [int(v) for v in self.zero_point], "axis": self.axis,
+             "narrow": self.narrow}
+        if self.grid_bits is not None:        # absent: a plain grid (files stay as before)
+            d["grid_bits"] = self.grid_bits
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "QParams":
+        g = d.get("grid_bits")
         return cls(int(d["bits"]), np.asarray(d["scale"], np.float32),
-                   np.asarray(d["zero_point"], np.int64), d.get("axis"), bool(d.get("narrow")))
+                   np.asarray(d["zero_point"], np.int64), d.get("axis"), bool(d.get("narrow")),
+                   None if g is None else int(g))
 
 
 @dataclass
@@ -179,7 +210,8 @@ def make(graph: G.Graph, stats: dict[str, calibrate.TensorStats], target: Target
         qp = activation_params(lo, hi, settings[head])
         acts.update({m: qp for m in members})
     layers = {n.name: LayerPlan(n.op, settings[n.name], acts[n.name],
-                                weight_params(n.weight, settings[n.name])
+                                weight_params(n.weight, settings[n.name],
+                                              target.container_bits)
                                 if n.op in G.WEIGHTED else None)
               for n in graph.nodes}
     return QuantPlan(target.name, acts[G.INPUT], layers, config, provenance or {})
@@ -226,18 +258,28 @@ def activation_params(lo: float, hi: float, s: dict) -> QParams:
     return QParams(bits, np.array([scale], np.float32), np.array([zp]))
 
 
-def weight_params(w: np.ndarray, s: dict) -> QParams:
+def weight_params(w: np.ndarray, s: dict, container_bits: int | None = None) -> QParams:
+    """Symmetric narrow-range weight parameters at s['weight_bits']; below a target's
+    container_bits, the grid of that many bits inside the container (module docstring)."""
     bits = s["weight_bits"]
     if s["weight_scheme"] != "symmetric":
         raise TargetError(f"weight_scheme {s['weight_scheme']!r} is not implemented; "
                           "use 'symmetric'")
-    qmax = 2 ** (bits - 1) - 1
+    grid = container_bits is not None and bits < container_bits
+    if grid and s.get("calibration") == "converter":
+        raise TargetError(f"weight_bits={bits} is held on the {container_bits}-bit grid the "
+                          "plan computes; calibration 'converter' lets the converter choose "
+                          "its own weights: choose a plan calibration (e.g. 'minmax')")
+    qp = QParams(container_bits if grid else bits, np.ones(1, np.float32),
+                 np.zeros(1, np.int64), narrow=True, grid_bits=bits if grid else None)
     per_channel = s["granularity"] == "per-channel"
     absmax = (np.abs(w).reshape(len(w), -1).max(1) if per_channel
               else np.array([np.abs(w).max()]))
-    scale = np.array([_scale(max(a, 1e-8) / qmax, s) for a in absmax], np.float32)
-    return QParams(bits, scale, np.zeros(len(scale), np.int64),
-                   axis=0 if per_channel else None, narrow=True)
+    qmax = (2 ** (bits - 1) - 1) * qp.step           # the largest code the grid uses
+    qp.scale = np.array([_scale(max(a, 1e-8) / qmax, s) for a in absmax], np.float32)
+    qp.zero_point = np.zeros(len(qp.scale), np.int64)
+    qp.axis = 0 if per_channel else None
+    return qp
 
 
 def _scale(scale: float, s: dict) -> float:

@@ -201,7 +201,8 @@ def _layers(graph: G.Graph, target: T.Target, config: P.PlanConfig) -> list[Laye
         for b in allowed:
             cfg = P.PlanConfig(config.default, config.by_type,
                                {**config.by_name, node.name: {"weight_bits": b}})
-            qp = P.weight_params(node.weight, cfg.resolve(target, node.name, node.op))
+            qp = P.weight_params(node.weight, cfg.resolve(target, node.name, node.op),
+                                 target.container_bits)
             q[b] = qp.dequantize(qp.quantize(node.weight))
         out.append(Layer(node, int(node.weight.size), allowed, q))
     return out

@@ -32,6 +32,9 @@ class Target:
     defaults: dict
     options: dict = field(default_factory=dict)
     path: Path | None = None
+    # the only integer width the target executes (int8 targets: 8); weight_bits below it
+    # are held on that grid (plan.py). None: every allowed width is executed as such.
+    container_bits: int | None = None
 
     def check(self, key: str, value, where: str) -> None:
         if key in self.allowed and value not in self.allowed[key]:
@@ -93,7 +96,8 @@ def read(path: Path) -> Target:
         doc = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise TargetError(f"cannot read target file {path}: {e}") from None
-    unknown = set(doc) - {"name", "backend", "description", "allowed", "defaults", "options"}
+    unknown = set(doc) - {"name", "backend", "description", "allowed", "defaults", "options",
+                          "container_bits"}
     if unknown:
         raise TargetError(f"{path}: unknown keys {sorted(unknown)}")
     for key in ("name", "backend", "defaults"):
@@ -103,7 +107,8 @@ def read(path: Path) -> Target:
         raise TargetError(f"{path}: unknown backend '{doc['backend']}'; "
                           f"known: {', '.join(backend_names())}")
     target = Target(doc["name"], doc["backend"], doc.get("description", ""),
-                    doc.get("allowed", {}), doc["defaults"], doc.get("options", {}), path)
+                    doc.get("allowed", {}), doc["defaults"], doc.get("options", {}), path,
+                    doc.get("container_bits"))
     _validate(target, path)
     return target
 
@@ -114,6 +119,11 @@ def _validate(target: Target, path: Path) -> None:
         if bad:
             raise TargetError(f"{path}: unknown settings in [{section}]: {sorted(bad)}; "
                               f"known: {', '.join(SETTINGS)}")
+    cb = target.container_bits
+    if cb is not None and (not isinstance(cb, int) or isinstance(cb, bool) or not 2 <= cb <= 16
+                           or any(b > cb for b in target.allowed.get("weight_bits", []))):
+        raise TargetError(f"{path}: container_bits={cb!r} must be an integer in 2..16 and at "
+                          f"least every allowed weight_bits {target.allowed.get('weight_bits')}")
     missing = [k for k in SETTINGS if k not in target.defaults]
     if missing:
         raise TargetError(f"{path}: [defaults] must set {', '.join(missing)}")

@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -345,8 +345,9 @@ class _Builder:
 
 
 def _on_grid(w: np.ndarray, scale: np.ndarray, qp: QParams) -> np.ndarray:
-    """w (channels last) replaced by plan-integer * scale, in float32."""
-    q = np.clip(np.round(w / scale), qp.qmin, qp.qmax)
+    """w (channels last) replaced by plan-integer * scale, in float32 (the integers of
+    QParams.quantize, including a low-bit grid's multiples of its step)."""
+    q = qp.codes(w / scale)
     return (q * scale.astype(np.float64)).astype(np.float32)
 
 
@@ -475,7 +476,7 @@ def _conv_group(b: _Builder, n: G.Node, x, padding: str, channels: slice):
 def _channel_slice(qp: QParams, channels: slice) -> QParams:
     if qp.axis is None or channels == slice(None):
         return qp
-    return QParams(qp.bits, qp.scale[channels], qp.zero_point[channels], qp.axis, qp.narrow)
+    return replace(qp, scale=qp.scale[channels], zero_point=qp.zero_point[channels])
 
 
 def _depthwise(b: _Builder, n: G.Node, x, padding: str):

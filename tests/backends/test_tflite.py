@@ -1,6 +1,7 @@
 """TFLite int8 backend: plan parameters land bit-exactly in the .tflite, converter
 calibration is read back, accuracy on LiteRT (XNNPACK and reference kernels), agreement
 with ONNX Runtime, no TensorFlow import outside export, unsupported ops refused."""
+import json
 import os
 import subprocess
 import sys
@@ -321,3 +322,58 @@ def test_float_fallback_is_an_export_error_naming_the_layer(all_ops_case):
     got.ops[3] = ("CONV_2D", "dil", ["float32", "float32", "float32"], ["float32"])
     with pytest.raises(ExportError, match="CONV_2D at layer 'dil' on float32"):
         got.check_integer()
+
+
+# --- low weight bits on the int8 grid ------------------------------------------------
+
+@pytest.mark.parametrize("target", ["tflite-int8", "onnx-int8"])
+def test_4_bit_weights_are_held_exactly_on_the_int8_grid(digits_session, tmp_path, target):
+    s = digits_session
+    tgt = T.get(target)
+    plan = P.make(s.graph, s.stats, tgt, P.PlanConfig(default={"weight_bits": 4}))
+    exported = api.export(target, s, tmp_path, plan=plan)
+    if target == "tflite-int8":
+        got = tflite.read(exported.path, s.graph)
+        stored = got.int_weights
+        for name in stored:
+            assert _same(got.weights[name], plan.layers[name].weight), name
+    else:
+        import onnx
+        inits = {i.name: onnx.numpy_helper.to_array(i)
+                 for i in onnx.load(exported.path).graph.initializer}
+        zp = onnx_backend.U8_SHIFT                   # weight_dtype uint8 (the default)
+        stored = {n.name: inits[f"{n.name}.weight:q"].astype(np.int64) - zp
+                  for n in s.graph.nodes if n.weight is not None}
+    assert len(stored) == 4
+    for name, q in stored.items():
+        w = plan.layers[name].weight
+        assert (w.grid_bits, w.step) == (4, 18)
+        np.testing.assert_array_equal(q, w.quantize(s.graph.node(name).weight))
+        assert np.all(q % 18 == 0) and np.abs(q).max() == 7 * 18
+        assert max(len(np.unique(r)) for r in q.reshape(len(q), -1)) <= 2 ** 4 - 1
+    x, y = s.dataset.test(200)
+    assert (api.load_runner(exported).run(x).argmax(1) == y).mean() > 0.95
+
+
+def test_select_4_bits_on_tflite_int8_and_export_the_plan(digits_session, tmp_path, run_cli):
+    code, out, err = run_cli("-q", "select", "-t", "tflite-int8", "--budget", "4.0bits",
+                             "-o", tmp_path / "sel")
+    assert code == 0, err
+    plan_path = tmp_path / "sel" / "tflite-int8" / "plan.json"
+    chosen = json.loads(plan_path.read_text())["provenance"]["selection"]["bits"]
+    assert min(chosen.values()) < 8
+    code, out, err = run_cli("-q", "export", "-t", "tflite-int8", "--plan", plan_path,
+                             "-o", tmp_path / "ex")
+    assert code == 0, err
+    folder = tmp_path / "ex" / "tflite-int8"
+    plan = P.QuantPlan.load(folder / "plan.json")
+    got = tflite.read(folder / "model.tflite", digits_session.graph)
+    for name, b in chosen.items():
+        w = plan.layers[name].weight
+        assert w.grid_bits == (b if b < 8 else None)
+        q = got.int_weights[name]
+        assert np.all(q % w.step == 0)
+        assert max(len(np.unique(r)) for r in q.reshape(len(q), -1)) <= 2 ** b - 1
+    x, y = digits_session.dataset.test(200)
+    runner = tflite.load(folder / "model.tflite", T.get("tflite-int8"))
+    assert (runner.run(x).argmax(1) == y).mean() > 0.9

@@ -30,8 +30,8 @@ def test_settings_resolve_name_over_type_over_default(made):
 
 def test_a_setting_the_target_forbids_is_refused_naming_the_layer(made):
     g, stats, tgt = made
-    with pytest.raises(TargetError, match="weight_bits=4 .layer .conv."):
-        P.make(g, stats, tgt, P.PlanConfig(by_name={"conv": {"weight_bits": 4}}))
+    with pytest.raises(TargetError, match="activation_bits=4 .layer .conv."):
+        P.make(g, stats, tgt, P.PlanConfig(by_name={"conv": {"activation_bits": 4}}))
 
 
 def test_unknown_layer_names_are_refused(made):
@@ -90,3 +90,54 @@ def test_activation_ranges_cover_the_calibrated_range_and_zero(made):
         s = stats[name]
         step = qp.scale[0]
         assert lo <= min(s.min, 0) + step and hi >= max(s.max, 0) - step, name
+
+
+@pytest.mark.parametrize("bits,step", [(2, 127), (3, 42), (4, 18), (5, 8), (6, 4), (7, 2)])
+def test_low_weight_bits_on_an_int8_target_are_a_grid_of_int8_codes(made, bits, step):
+    g, stats, tgt = made
+    plan = P.make(g, stats, tgt, P.PlanConfig(default={"weight_bits": bits}))
+    for name, lp in plan.layers.items():
+        w = lp.weight
+        if w is None:
+            continue
+        assert (w.bits, w.grid_bits, w.step) == (8, bits, step)
+        q = w.quantize(g.node(name).weight)
+        assert np.all(q % step == 0) and np.abs(q).max() <= step * (2 ** (bits - 1) - 1)
+        per_channel = q.reshape(len(q), -1)
+        assert max(len(np.unique(r)) for r in per_channel) <= 2 ** bits - 1
+        # the stored scale is that of one int8 code: the real grid is j * step * scale
+        np.testing.assert_array_equal(w.dequantize(q), (q * w._bcast(w.scale, q.ndim))
+                                      .astype(np.float32))
+        # the largest |weight| of each channel lands on the grid's top code
+        top = np.abs(g.node(name).weight).reshape(len(q), -1).max(1)
+        np.testing.assert_allclose(step * (2 ** (bits - 1) - 1) * w.scale, top, rtol=1e-6)
+
+
+def test_fpga_fixed_keeps_real_low_bit_weights(made):
+    g, stats, _ = made
+    plan = P.make(g, stats, T.get("fpga-fixed"), P.PlanConfig(default={"weight_bits": 4}))
+    w = plan.layers["conv"].weight
+    assert (w.bits, w.grid_bits, w.step) == (4, None, 1)
+    assert "grid_bits" not in w.to_json()
+
+
+def test_grid_plan_json_round_trip_and_old_files_load_unchanged(made, tmp_path):
+    g, stats, tgt = made
+    plan = P.make(g, stats, tgt, P.PlanConfig(by_name={"conv": {"weight_bits": 4}}))
+    plan.save(tmp_path / "plan.json")
+    back = P.QuantPlan.load(tmp_path / "plan.json")
+    assert back.to_json() == plan.to_json()
+    assert back.layers["conv"].weight.grid_bits == 4
+    assert back.layers["fc"].weight.grid_bits is None
+    old = plan.to_json()
+    assert "grid_bits" not in old["layers"]["fc"]["weight"]      # 8-bit: as before
+    x = g.node("conv").weight
+    np.testing.assert_array_equal(back.layers["conv"].weight.quantize(x),
+                                  plan.layers["conv"].weight.quantize(x))
+
+
+def test_low_bit_grid_refuses_converter_calibration(made):
+    g, stats, _ = made
+    with pytest.raises(TargetError, match="converter"):
+        P.make(g, stats, T.get("tflite-int8"),
+               P.PlanConfig(default={"weight_bits": 4, "calibration": "converter"}))

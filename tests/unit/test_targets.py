@@ -43,6 +43,8 @@ def test_user_directory_overrides_a_builtin_name(tmp_path):
     (lambda s: s.replace("weight_bits = 8", "weight_bits = 4"), "does not allow weight_bits=4"),
     (lambda s: s.replace('rounding = "half_even"\n', ""), "must set rounding"),
     (lambda s: s + "[nonsense]\n", "unknown keys"),
+    (lambda s: s.replace("[allowed]", "container_bits = 4\n[allowed]"), "container_bits=4"),
+    (lambda s: s.replace("[allowed]", 'container_bits = "8"\n[allowed]'), "container_bits"),
     (lambda s: s.replace("[defaults]", "[defaults\n"), "cannot read target file"),
 ])
 def test_malformed_target_files_are_refused(tmp_path, mutate, message):
@@ -55,3 +57,10 @@ def test_malformed_target_files_are_refused(tmp_path, mutate, message):
 def test_unknown_target_lists_the_known_ones():
     with pytest.raises(TargetError, match="unknown target 'nope'; known: .*onnx-int8"):
         T.get("nope")
+
+
+def test_int8_targets_hold_low_weight_bits_in_an_int8_container():
+    for name in ("onnx-int8", "tflite-int8", "tflite-int8-ref", "mcu-int8", "mcu-qemu"):
+        t = T.get(name)
+        assert t.container_bits == 8 and t.allowed["weight_bits"] == list(range(2, 9))
+    assert T.get("fpga-fixed").container_bits is None
