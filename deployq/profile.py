@@ -167,7 +167,7 @@ def runtime_layers(runner, graph: G.Graph, x: np.ndarray, runs: int) -> list[dic
     """The C runtime's own per-op timers, slowest first, each named by the IR layer that
     its output tensor belongs to (MCU tensors carry .tflite names)."""
     from .backends.tflite import layer_of
-    names = getattr(runner, "names", None) or getattr(runner, "tensor_names", None) or []
+    names = runner.names            # every C-runtime runner: its tensor names by index
     rows = []
     for o in runner.model.op_times(runner.quantize(x[:1])[0], runs):
         name = names[o["output"]] if o["output"] < len(names) else str(o["output"])

@@ -78,7 +78,7 @@ class Runner:
         from .. import runtime
         self.model = runtime.Model(path.read_bytes(), str(path))
         self.meta = json.loads((path.parent / TENSORS).read_text())
-        self.tensor_names = self.meta["tensors"]
+        self.names = self.meta["tensors"]          # runtime tensor index -> IR tensor
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """NCHW float -> NHWC int8 rows."""
