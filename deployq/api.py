@@ -157,8 +157,9 @@ def load_runner(exported: Exported):
 def evaluate(targets: list[str], session: Session | None = None,
              out: str | Path = DEFAULT_OUT, samples: int | None = None,
              calibration: str | None = None, targets_dir=None, robust=None,
-             **session_args) -> dict:
-    """Export each target, then score the float and integer models on the test split.
+             plans: dict[str, str | Path] | None = None, **session_args) -> dict:
+    """Export each target (with its plan.json from `plans`, {target: path}, when given,
+    e.g. from `select`), then score the float and integer models on the test split.
     Between integer targets whose outputs share quantization parameters, also count
     bit-identical int8 outputs and the largest difference in LSBs. With `robust` (a
     robustness.Config), also attack float and every target on the first
@@ -172,7 +173,8 @@ def evaluate(targets: list[str], session: Session | None = None,
     rows = [{"target": "float", "accuracy": _acc(float_pred, y), "agreement": 1.0}]
     outputs, runners = {}, {}
     for name in targets:
-        exported = export(name, session, out, calibration, targets_dir)
+        exported = export(name, session, out, calibration, targets_dir,
+                          plan_path=(plans or {}).get(name))
         log.info("scoring %s on %d test samples", name, len(x))
         runners[name] = (exported, load_runner(exported))
         logits = runners[name][1].run(x)
@@ -180,7 +182,8 @@ def evaluate(targets: list[str], session: Session | None = None,
         outputs[name] = (exported.plan.tensor(session.graph.output), logits)
         rows.append({"target": name, "accuracy": _acc(pred, y),
                      "agreement": float((pred == float_pred).mean()),
-                     "artifact": str(exported.path)})
+                     "artifact": str(exported.path)}
+                    | ({"plan": str(plans[name])} if name in (plans or {}) else {}))
     result = {"model": session.model.spec, "data": session.data_spec,
               "samples": int(len(x)), "seed": session.seed, "results": rows,
               "pairs": _pairs(outputs)}
@@ -232,6 +235,23 @@ def _acc(pred: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
 
 
+def plans_by_target(paths: list[str | Path]) -> dict[str, Path]:
+    """{target: path} of plan.json files (each names its target); one plan per target."""
+    plans: dict[str, Path] = {}
+    for path in paths:
+        target = P.QuantPlan.load(path).target
+        if target in plans:
+            raise InputError(f"two plans for {target}: {plans[target]} and {path}; "
+                             "give one plan per target")
+        plans[target] = Path(path)
+    return plans
+
+
+def with_plan_targets(names: list[str], plans: dict) -> list[str]:
+    """The target list with every planned target added (in the plans' order)."""
+    return names + [t for t in plans if t not in names]
+
+
 def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
     """Check target names before any slow work starts."""
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -244,6 +264,8 @@ RUN_DEFAULTS = {"model": models.DEFAULT_MODEL, "weights": None, "data": None,
                 "targets": None, "out": str(DEFAULT_OUT), "calibration": None,
                 "samples": None, "seed": 0, "calib_samples": CALIB_SAMPLES,
                 "targets_dir": None,
+                # plan.json files (e.g. from 'deployq select') used for their targets
+                "plans": [],
                 # robustness stage (attacks = [] turns it off); a few minutes on 2 cores
                 # for the built-in model and every built-in target
                 "attacks": ["fgsm", "pgd"], "eps": [0.05, 0.1, 0.2],
@@ -291,6 +313,10 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
     packages are installed (the others are listed as skipped in the report)."""
     cfg = RUN_DEFAULTS | (config or {})
     robust = robust_config(cfg)
+    if not isinstance(cfg["plans"], list):
+        raise InputError(f"config key 'plans' must be a list of plan.json paths, "
+                         f"got {cfg['plans']!r}")
+    plans = plans_by_target(cfg["plans"])
     names, skipped = cfg["targets"], []
     if names is None:
         names = []
@@ -300,10 +326,11 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
                 names.append(t.name)
             except TargetError as e:
                 skipped.append({"target": t.name, "reason": str(e)})
+    names = with_plan_targets(names, plans)
     session = open_session(cfg["model"], cfg["weights"], cfg["data"], cfg["seed"],
                            cfg["calib_samples"])
     result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
-                      cfg["targets_dir"], robust)
+                      cfg["targets_dir"], robust, plans)
     if cfg["profile_repeats"]:
         result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
                                     targets_dir=cfg["targets_dir"], reuse=True)

@@ -43,6 +43,14 @@ def _model_options(f):
     return f
 
 
+def _plan_option(f):
+    return click.option(
+        "--plan", "plan_paths", multiple=True, type=click.Path(dir_okay=False),
+        help="A plan.json (e.g. from 'deployq select') to export for its target instead "
+             "of a calibrated default plan; its target is added to the list. Repeatable, "
+             "one per target.")(f)
+
+
 def _session(model, weights, data, seed, calib_samples):
     from . import api
     return api.open_session(model, weights, data, seed, calib_samples)
@@ -175,7 +183,8 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
              targets_dir, repeats, batch, json_path):
     """Size, MACs/BOPs, peak activation memory and latency of each target."""
     from . import api, report
-    names = _split(target_list)
+    plans = api.plans_by_target(plan_paths)
+    names = api.with_plan_targets(_split(target_list), plans)
     api.targets_or_fail(names, targets_dir)
     session = _session(model, weights, data, seed, calib_samples)
     prof = api.profile(names, session, out, repeats, batch, targets_dir)
@@ -216,12 +225,15 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
               help="PGD random restarts.")
 @click.option("--queries", default=100, show_default=True, type=click.IntRange(1),
               help="Square attack queries per sample.")
+@_plan_option
 def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,
-          targets_dir, samples, json_path, attacks, eps, sources, steps, restarts, queries):
+          targets_dir, samples, json_path, attacks, eps, sources, steps, restarts, queries,
+          plan_paths):
     """Export to each target and compare float and integer accuracy on the test split;
     with --attacks, also robust accuracy measured on each runtime."""
     from . import api, report
-    names = _split(target_list)
+    plans = api.plans_by_target(plan_paths)
+    names = api.with_plan_targets(_split(target_list), plans)
     api.targets_or_fail(names, targets_dir)
     robust = None
     if attacks is not None:
@@ -229,7 +241,8 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
         robust = Config(_list(attacks), _floats(eps, "--eps"), _list(sources), steps, restarts, queries, samples,
                         seed=seed)
     session = _session(model, weights, data, seed, calib_samples)
-    result = api.evaluate(names, session, out, samples, calibration, targets_dir, robust)
+    result = api.evaluate(names, session, out, samples, calibration, targets_dir, robust,
+                          plans)
     click.echo(report.text(result))
     if robust is not None:
         click.echo("\n".join(str(f) for f in report.write(result, out)))
@@ -270,9 +283,10 @@ def compare(ctx, results, baseline, max_drop, vs_float):
               help="deployq.toml with model, weights, data, targets, out, calibration, "
                    "samples, seed, calib_samples, targets_dir, and the robustness "
                    "settings attacks, eps, sources, steps, restarts, queries, "
-                   "robust_samples, temperature (all optional; attacks = [] turns "
-                   "attacks off).")
-def run(config):
+                   "robust_samples, temperature, plans (all optional; attacks = [] "
+                   "turns attacks off).")
+@_plan_option
+def run(config, plan_paths):
     """The whole pipeline from one config: export to every target, evaluate clean and
     under attack (FGSM and PGD from the float model and each target's mirror, and a
     black-box Square attack, all scored on the runtimes), and write OUT/results.json,
@@ -280,6 +294,8 @@ def run(config):
     every built-in target."""
     from . import api, report
     cfg = api.read_config(config) if config else {}
+    if plan_paths and isinstance(cfg.get("plans", []), list):
+        cfg["plans"] = cfg.get("plans", []) + list(plan_paths)
     result, files = api.run(cfg)
     click.echo(report.text(result))
     for skipped in result["skipped"]:

@@ -161,3 +161,23 @@ def test_adversarially_trained_zoo_model_loads():
     assert zoo.weights_file("lenet-digits-adv").is_file()
     with pytest.raises(InputError, match="unknown zoo model"):
         zoo.build("lenet-foo-adv")
+
+
+def test_run_and_eval_take_a_selected_plan(digits_session, tmp_path, run_cli):
+    plan = S.select(digits_session, "fpga-fixed", "4bits", "noise", 0.1, RND)
+    plan.save(tmp_path / "plan.json")
+    chosen = plan.provenance["selection"]["bits"]
+    config = tmp_path / "c.toml"
+    config.write_text(f'targets = ["onnx-int8"]\nattacks = []\nprofile_repeats = 0\n'
+                      f'samples = 50\nout = "{tmp_path / "out"}"\n')
+    code, out, err = run_cli("-q", "run", "-c", config, "--plan", tmp_path / "plan.json")
+    assert code == 0, err
+    assert "fpga-fixed" in out and "onnx-int8" in out
+    saved = json.loads((tmp_path / "out" / "fpga-fixed" / "plan.json").read_text())
+    assert {k: saved["layers"][k]["weight"]["bits"] for k in chosen} == chosen
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert [r.get("plan") for r in rows] == [None, None, str(tmp_path / "plan.json")]
+    code, _, err = run_cli("-q", "eval", "-t", "fpga-fixed", "-n", "20", "-o", tmp_path / "ev",
+                           "--plan", tmp_path / "plan.json", "--plan", tmp_path / "plan.json")
+    assert code == 2 and "two plans for fpga-fixed" in err and "Traceback" not in err
+    assert not (tmp_path / "ev").exists()
