@@ -260,7 +260,9 @@ def activation_params(lo: float, hi: float, s: dict) -> QParams:
 
 def weight_params(w: np.ndarray, s: dict, container_bits: int | None = None) -> QParams:
     """Symmetric narrow-range weight parameters at s['weight_bits']; below a target's
-    container_bits, the grid of that many bits inside the container (module docstring)."""
+    container_bits, the grid of that many bits inside the container (module docstring).
+    The grid spans s['weight_clip'] (default 1) times each channel's largest |weight|;
+    larger weights saturate at the largest code."""
     bits = s["weight_bits"]
     if s["weight_scheme"] != "symmetric":
         raise TargetError(f"weight_scheme {s['weight_scheme']!r} is not implemented; "
@@ -273,8 +275,12 @@ def weight_params(w: np.ndarray, s: dict, container_bits: int | None = None) -> 
     qp = QParams(container_bits if grid else bits, np.ones(1, np.float32),
                  np.zeros(1, np.int64), narrow=True, grid_bits=bits if grid else None)
     per_channel = s["granularity"] == "per-channel"
-    absmax = (np.abs(w).reshape(len(w), -1).max(1) if per_channel
-              else np.array([np.abs(w).max()]))
+    clip = s.get("weight_clip", 1.0)
+    if not isinstance(clip, (int, float)) or isinstance(clip, bool) or not 0 < clip <= 1:
+        raise InputError(f"weight_clip must be a number in (0, 1] (the fraction of each "
+                         f"channel's largest |weight| the grid spans), got {clip!r}")
+    absmax = clip * (np.abs(w).reshape(len(w), -1).max(1) if per_channel
+                     else np.array([np.abs(w).max()]))
     qmax = (2 ** (bits - 1) - 1) * qp.step           # the largest code the grid uses
     qp.scale = np.array([_scale(max(a, 1e-8) / qmax, s) for a in absmax], np.float32)
     qp.zero_point = np.zeros(len(qp.scale), np.int64)

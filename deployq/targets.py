@@ -14,7 +14,7 @@ from .errors import TargetError
 
 SETTINGS = ("weight_bits", "activation_bits", "granularity", "weight_scheme",
             "activation_scheme", "scale", "calibration", "rounding")
-EXTRA_DEFAULTS = ("percentile",)
+EXTRA_DEFAULTS = ("percentile", "weight_clip")
 log = logging.getLogger("deployq")
 _HERE = Path(__file__).resolve().parent
 # a source checkout (or editable install) has targets/ at the top; a wheel carries it

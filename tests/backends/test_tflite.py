@@ -330,7 +330,8 @@ def test_float_fallback_is_an_export_error_naming_the_layer(all_ops_case):
 def test_4_bit_weights_are_held_exactly_on_the_int8_grid(digits_session, tmp_path, target):
     s = digits_session
     tgt = T.get(target)
-    plan = P.make(s.graph, s.stats, tgt, P.PlanConfig(default={"weight_bits": 4}))
+    clipped = {"classifier.1": {"weight_clip": 0.6}}      # a clipped grid as well
+    plan = P.make(s.graph, s.stats, tgt, P.PlanConfig({"weight_bits": 4}, {}, clipped))
     exported = api.export(target, s, tmp_path, plan=plan)
     if target == "tflite-int8":
         got = tflite.read(exported.path, s.graph)
@@ -351,6 +352,8 @@ def test_4_bit_weights_are_held_exactly_on_the_int8_grid(digits_session, tmp_pat
         np.testing.assert_array_equal(q, w.quantize(s.graph.node(name).weight))
         assert np.all(q % 18 == 0) and np.abs(q).max() == 7 * 18
         assert max(len(np.unique(r)) for r in q.reshape(len(q), -1)) <= 2 ** 4 - 1
+    saturated = (np.abs(stored["classifier.1"]) == 7 * 18).sum(1)
+    assert saturated.min() >= 1 and saturated.mean() > 2        # clipping saturates
     x, y = s.dataset.test(200)
     assert (api.load_runner(exported).run(x).argmax(1) == y).mean() > 0.95
 

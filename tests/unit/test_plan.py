@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from deployq import calibrate, graph as G, plan as P, targets as T
-from deployq.errors import TargetError
+from deployq.errors import InputError, TargetError
 from tests.conftest import ALL_OPS_SHAPE
 
 
@@ -111,6 +111,22 @@ def test_low_weight_bits_on_an_int8_target_are_a_grid_of_int8_codes(made, bits, 
         # the largest |weight| of each channel lands on the grid's top code
         top = np.abs(g.node(name).weight).reshape(len(q), -1).max(1)
         np.testing.assert_allclose(step * (2 ** (bits - 1) - 1) * w.scale, top, rtol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["onnx-int8", "fpga-fixed"])
+def test_weight_clip_narrows_the_grid_and_saturates(made, target):
+    g, stats, _ = made
+    tgt = T.get(target)
+    full = P.make(g, stats, tgt, P.PlanConfig(default={"weight_bits": 4}))
+    half = P.make(g, stats, tgt, P.PlanConfig({"weight_bits": 4}, {}, {"fc": {"weight_clip": 0.5}}))
+    a, b, w = full.layers["fc"].weight, half.layers["fc"].weight, g.node("fc").weight
+    assert np.all(b.scale <= a.scale) and np.any(b.scale < a.scale)
+    q = b.quantize(w)
+    assert np.abs(q).max() == 7 * b.step          # saturated at the top code, no wider
+    assert half.layers["conv"].weight.to_json() == full.layers["conv"].weight.to_json()
+    for bad in (0, 1.5, "x", True):
+        with pytest.raises(InputError, match="weight_clip"):
+            P.make(g, stats, tgt, P.PlanConfig(default={"weight_clip": bad}))
 
 
 def test_fpga_fixed_keeps_real_low_bit_weights(made):
