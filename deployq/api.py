@@ -125,9 +125,12 @@ def check_plan(plan: P.QuantPlan, graph: G.Graph, tgt: T.Target, where) -> None:
 def select(target: str, budget: str, method: str = "adversarial", eps: float = 0.1,
            session: Session | None = None, out: str | Path = DEFAULT_OUT,
            calibration: str | None = None, rounding: str | None = None,
-           targets_dir=None, **session_args) -> tuple[Path, P.QuantPlan]:
-    """Choose per-layer weight bits for TARGET under BUDGET (deployq.select) and write
-    the plan to OUT/TARGET/plan.json; returns (path, plan)."""
+           targets_dir=None, min_bits: int | None = None,
+           clips: tuple[float, ...] | None = None, **session_args
+           ) -> tuple[Path, P.QuantPlan]:
+    """Choose per-layer weight bits (and clipping) for TARGET under BUDGET
+    (deployq.select) and write the plan to OUT/TARGET/plan.json; returns (path, plan).
+    min_bits, clips: the candidates (default select.MIN_BITS, select.CLIPS)."""
     from . import select as S
     tgt = T.get(target, targets_dir)
     budget = S.parse_budget(budget)             # bad input fails before slow work
@@ -135,7 +138,9 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(S.METHODS)}")
     session = session or open_session(**session_args)
     settings = {k: v for k, v in (("calibration", calibration), ("rounding", rounding)) if v}
-    plan = S.select(session, tgt, budget, method, eps, settings, provenance=provenance(session))
+    plan = S.select(session, tgt, budget, method, eps, settings, provenance=provenance(session),
+                    min_bits=S.MIN_BITS if min_bits is None else min_bits,
+                    clips=S.CLIPS if clips is None else clips)
     path = Path(out) / tgt.name / "plan.json"
     if any(_same(path, f) for f in session.model.files):
         raise InputError(f"{path} is an input; choose another --out")

@@ -129,19 +129,28 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
 @click.option("--rounding", default=None,
               help="Rounding setting for every layer (default: the target's; "
                    "fpga-fixed: trn, rnd, rnd_conv).")
+@click.option("--min-bits", default=3, show_default=True, type=click.IntRange(2, 16),
+              help="Smallest weight bits a layer may get (2 opens ternary weights, which "
+                   "the error models rank poorly: docs/selection.md).")
+@click.option("--clips", default="1,0.75,0.5", show_default=True,
+              help="Candidate weight clipping fractions (the grid spans that fraction of "
+                   "each channel's largest |weight|); '1' turns clipping off.")
 @_model_options
-def select_(target, budget, method, eps, rounding, model, weights, data, out, calibration,
-            calib_samples, seed, targets_dir):
-    """Choose per-layer weight bits under BUDGET and write OUT/TARGET/plan.json (export
-    it with 'deployq export --plan')."""
+def select_(target, budget, method, eps, rounding, min_bits, clips, model, weights, data,
+            out, calibration, calib_samples, seed, targets_dir):
+    """Choose per-layer weight bits and clipping under BUDGET and write
+    OUT/TARGET/plan.json (export it with 'deployq export --plan' or run it with
+    'deployq run --plan')."""
     from . import api, report
     api.targets_or_fail([target], targets_dir)
+    clip_values = tuple(_floats(clips, "--clips"))
     session = _session(model, weights, data, seed, calib_samples)
     path, plan = api.select(target, budget, method, eps, session, out, calibration,
-                            rounding, targets_dir)
+                            rounding, targets_dir, min_bits, clip_values)
     sel = plan.provenance["selection"]
-    rows = [("layer", "weights", "bits")] + [
-        (name, str(plan_weights(session, name)), str(bits)) for name, bits in sel["bits"].items()]
+    rows = [("layer", "weights", "bits", "clip")] + [
+        (name, str(plan_weights(session, name)), str(bits), f"{sel['weight_clip'][name]:g}")
+        for name, bits in sel["bits"].items()]
     click.echo(report.columns(rows))
     click.echo(f"{sel['method']}: {sel['average_bits']:.3f} average weight bits, "
                f"{sel['weight_bytes']} weight bytes (budget {sel['budget']})")

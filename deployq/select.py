@@ -3,9 +3,11 @@
     plan = select(session, "fpga-fixed", "4bits", method="adversarial", eps=0.1)
 
 Every method chooses, for each conv2d / linear layer, one of the target's allowed
-weight_bits, so that the packed weight bits (sum over layers of weights x bits; biases
-are not counted) fit the budget, and returns a QuantPlan whose config names the chosen
-bits per layer (activations keep the target's default bits).
+weight_bits (at least min_bits) and a weight clipping fraction (the grid spans that
+fraction of each channel's largest |weight|), so that the packed weight bits (sum over
+layers of weights x bits; biases are not counted) fit the budget, and returns a
+QuantPlan whose config names the chosen settings per layer (activations keep the
+target's default bits).
 
 Methods (all but 'uniform' share one exact solver, `solve`):
   adversarial  minimise a bound D_L on ||f_q(x + delta) - f(x + delta)||_2, how far
@@ -14,11 +16,12 @@ Methods (all but 'uniform' share one exact solver, `solve`):
                D_0 = 0,  D_l = Lhat_l(b_l) D_{l-1} + e_l(b_l)
                                 + eps sqrt(d) P_<l ||Q_b(W_l) - W_l||_op
                (e_l: measured RMS of ||(Q_b(W_l) - W_l) h|| on calibration inputs;
-               Lhat_l: spectral norm of the quantized layer operator; P_<l: product of
-               the float layers' spectral norms before l; d: input size)
+               Lhat_l: the larger spectral norm of the quantized and the float layer
+               operator; P_<l: product of the float layers' spectral norms before l;
+               d: input size)
   noise        the same with eps = 0 (quantization noise only)
   hessian      HAWQ-v2: sum_l Tr(H_l) / n_l * ||W_l - Q_b(W_l)||^2
-  uniform      the same bits everywhere, the largest that fits
+  uniform      the same bits everywhere, the largest that fits, no clipping
 The recursion is a chain of increasing affine maps, so keeping, per layer and used
 budget, the smallest D is exact (dynamic programming on the budget in bits).
 """
@@ -45,6 +48,8 @@ MAX_STATES = 200_000          # budget cells of the DP; above, costs round up (s
 POWER_ITERS = 100
 HUTCHINSON_ITERS = 32
 SAMPLES = 256
+MIN_BITS = 3                  # 2-bit (ternary) weights: opt in with min_bits=2
+CLIPS = (1.0, 0.75, 0.5)      # candidate weight_clip fractions of the searched methods
 
 
 # --- budget --------------------------------------------------------------------------
@@ -187,25 +192,30 @@ def layer_norm(graph: G.Graph, node: G.Node, weight: np.ndarray, seed: int = 0) 
 class Layer:
     node: G.Node
     n: int                            # number of weights
-    bits: list[int]                   # candidates, ascending
-    quantized: dict                   # bits -> dequantized weight (the plan's grid)
+    choices: list[tuple[int, float]]  # candidate (bits, clip), bits ascending
+    quantized: dict                   # (bits, clip) -> dequantized weight (plan's grid)
 
 
-def _layers(graph: G.Graph, target: T.Target, config: P.PlanConfig) -> list[Layer]:
-    allowed = sorted(target.allowed.get("weight_bits", [target.defaults["weight_bits"]]))
+def _layers(graph: G.Graph, target: T.Target, config: P.PlanConfig, bits: list[int],
+            clips: tuple[float, ...]) -> list[Layer]:
     out = []
     for node in graph.nodes:
         if node.op not in G.WEIGHTED:
             continue
         q = {}
-        for b in allowed:
+        for b, c in itertools.product(bits, clips):
             cfg = P.PlanConfig(config.default, config.by_type,
-                               {**config.by_name, node.name: {"weight_bits": b}})
+                               {**config.by_name, node.name: _setting(b, c)})
             qp = P.weight_params(node.weight, cfg.resolve(target, node.name, node.op),
                                  target.container_bits)
-            q[b] = qp.dequantize(qp.quantize(node.weight))
-        out.append(Layer(node, int(node.weight.size), allowed, q))
+            q[b, c] = qp.dequantize(qp.quantize(node.weight))
+        out.append(Layer(node, int(node.weight.size), list(q), q))
     return out
+
+
+def _setting(bits: int, clip: float) -> dict:
+    """A layer's plan settings for one choice (weight_clip only when it clips)."""
+    return {"weight_bits": bits} | ({"weight_clip": clip} if clip != 1 else {})
 
 
 def _inputs(graph: G.Graph, x: np.ndarray) -> dict[str, torch.Tensor]:
@@ -214,13 +224,13 @@ def _inputs(graph: G.Graph, x: np.ndarray) -> dict[str, torch.Tensor]:
 
 
 def output_errors(graph: G.Graph, layer: Layer, h: torch.Tensor) -> dict[int, float]:
-    """bits -> RMS over samples of ||(Q_b(W) - W) h||_2 at the layer's output."""
+    """(bits, clip) -> RMS over samples of ||(Q(W) - W) h||_2 at the layer's output."""
     out = {}
-    for b, wq in layer.quantized.items():
+    for key, wq in layer.quantized.items():
         delta = layer_operator(layer.node, wq - layer.node.weight)
         with torch.no_grad():
             e = delta(h.double()).flatten(1).norm(dim=1)
-        out[b] = float(e.pow(2).mean().sqrt())
+        out[key] = float(e.pow(2).mean().sqrt())
     return out
 
 
@@ -273,98 +283,110 @@ def _costs(layers: list[Layer], capacity: int) -> tuple[int, dict]:
     if capacity // cell > MAX_STATES:
         cell = math.ceil(capacity / MAX_STATES)
     return cell, {(i, b): math.ceil(l.n * b / cell)
-                  for i, l in enumerate(layers) for b in l.bits}
+                  for i, l in enumerate(layers) for b, _ in l.choices}
 
 
 def _adversarial_options(graph, layers, hs, eps_l2: float, seed: int
-                         ) -> tuple[list[list[Option]], dict]:
-    """Per layer and bits the map D -> Lhat * D + e + eps_l2 * P_<l * ||Q_b(W) - W||_op
+                         ) -> tuple[list[list[tuple[float, float]]], dict]:
+    """Per layer and choice (gain, add) of the map
+    D -> max(||Q(W)||_op, ||W||_op) * D + e + eps_l2 * P_<l * ||Q(W) - W||_op
     (P_<l: product of the float spectral norms of the layers before), and the
     measurements for provenance."""
     options, info, before = [], {}, 1.0
     for layer in layers:
         node = layer.node
         errs = output_errors(graph, layer, hs[node.inputs[0]])
-        norms = {b: layer_norm(graph, node, layer.quantized[b], seed) for b in layer.bits}
-        deltas = {b: layer_norm(graph, node, layer.quantized[b] - node.weight, seed)
-                  for b in layer.bits}
-        options.append([(norms[b], errs[b] + eps_l2 * before * deltas[b])
-                        for b in layer.bits])
         float_norm = layer_norm(graph, node, node.weight, seed)
+        norms = {k: layer_norm(graph, node, layer.quantized[k], seed) for k in layer.choices}
+        deltas = {k: layer_norm(graph, node, layer.quantized[k] - node.weight, seed)
+                  for k in layer.choices}
+        options.append([(max(norms[k], float_norm), errs[k] + eps_l2 * before * deltas[k])
+                        for k in layer.choices])
         info[node.name] = {"lipschitz_float": float_norm, "lipschitz_before": before,
-                           "lipschitz": _by_bits(norms), "error_norm": _by_bits(deltas),
-                           "output_error": _by_bits(errs)}
+                           "lipschitz": _by_choice(norms), "error_norm": _by_choice(deltas),
+                           "output_error": _by_choice(errs)}
         before *= float_norm
     return options, info
 
 
-def _by_bits(d: dict) -> dict:
-    return {str(b): v for b, v in d.items()}
+def _by_choice(d: dict) -> dict:
+    """JSON keys: '4' for (4 bits, no clipping), '4@0.5' for clip 0.5."""
+    return {(f"{b}" if c == 1 else f"{b}@{c:g}"): v for (b, c), v in d.items()}
 
 
 def select(session, target: str | T.Target, budget: str | Budget,
            method: str = "adversarial", eps: float = 0.1, settings: dict | None = None,
-           targets_dir=None, samples: int = SAMPLES, provenance: dict | None = None
-           ) -> P.QuantPlan:
-    """A plan for `target` whose per-layer weight bits fit `budget`, chosen by `method`.
-    `settings`: extra default settings for every layer (e.g. {'rounding': 'rnd'})."""
+           targets_dir=None, samples: int = SAMPLES, provenance: dict | None = None,
+           min_bits: int = MIN_BITS, clips: tuple[float, ...] = CLIPS) -> P.QuantPlan:
+    """A plan for `target` whose per-layer weight bits fit `budget`, chosen by `method`
+    among the allowed bits >= min_bits and (except 'uniform') the weight_clip
+    fractions `clips`. `settings`: extra default settings for every layer (e.g.
+    {'rounding': 'rnd'})."""
     if method not in METHODS:
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     if not 0 <= eps <= 1:
         raise InputError(f"--eps must lie in [0, 1] (input units), got {eps}")
+    if not clips or not all(0 < c <= 1 for c in clips):
+        raise InputError(f"--clips must be fractions in (0, 1], e.g. '1,0.75,0.5'; got {clips}")
     tgt = target if isinstance(target, T.Target) else T.get(target, targets_dir)
     budget = budget if isinstance(budget, Budget) else parse_budget(budget)
-    graph = session.graph
+    allowed = sorted(tgt.allowed.get("weight_bits", [tgt.defaults["weight_bits"]]))
+    bits = [b for b in allowed if b >= min_bits]
+    if not bits:
+        raise InputError(f"--min-bits {min_bits} leaves no weight_bits of {tgt.name} "
+                         f"(allowed: {allowed}); lower it")
     config = P.PlanConfig(default=dict(settings or {}))
-    layers = _layers(graph, tgt, config)
+    clips = (1.0,) if method == "uniform" else tuple(sorted(set(clips), reverse=True))
+    layers = _layers(session.graph, tgt, config, bits, clips)
     if not layers:
         raise InputError("the model has no conv2d or linear layer to choose bits for")
     n_total = sum(l.n for l in layers)
     capacity = budget.capacity(n_total)
-    smallest = sum(l.n * l.bits[0] for l in layers)
-    if capacity < smallest:
+    if capacity < bits[0] * n_total:
         raise InputError(f"--budget {budget.text} allows {capacity} weight bits but the "
-                         f"smallest choice ({layers[0].bits[0]} bits everywhere) needs "
-                         f"{smallest} ({smallest / 8:.0f} bytes, {layers[0].bits[0]}.0bits)")
-    chosen, objective, info = _choose(session, graph, layers, capacity, method, eps, samples)
-    used = sum(l.n * chosen[l.node.name] for l in layers)
+                         f"smallest choice ({bits[0]} bits everywhere) needs "
+                         f"{bits[0] * n_total} ({bits[0] * n_total / 8:.0f} bytes, "
+                         f"{bits[0]}.0bits); raise the budget or lower --min-bits")
+    chosen, objective, info = _choose(session, layers, capacity, method, eps, samples)
+    used = sum(l.n * chosen[l.node.name][0] for l in layers)
     record = {"method": method, "budget": budget.text, "budget_bits": capacity,
-              "eps": eps if method == "adversarial" else None, "bits": chosen,
+              "eps": eps if method == "adversarial" else None,
+              "bits": {k: b for k, (b, _) in chosen.items()},
+              "weight_clip": {k: c for k, (_, c) in chosen.items()},
               "predicted_objective": objective, "weight_bits_total": used,
               "average_bits": used / n_total, "weight_bytes": math.ceil(used / 8),
-              "measurements": info}
-    by_name = {name: {"weight_bits": b} for name, b in chosen.items()}
+              "min_bits": bits[0], "measurements": info}
+    by_name = {name: _setting(b, c) for name, (b, c) in chosen.items()}
     plan_config = P.PlanConfig(dict(settings or {}), {}, by_name)
     prov = dict(provenance or {}) | {"selection": record}
-    return P.make(graph, session.stats, tgt, plan_config, prov)
+    return P.make(session.graph, session.stats, tgt, plan_config, prov)
 
 
-def _choose(session, graph, layers, capacity, method, eps, samples):
-    """(bits per layer name, predicted objective, measurements)."""
+def _choose(session, layers, capacity, method, eps, samples):
+    """((bits, clip) per layer name, predicted objective, measurements)."""
+    graph = session.graph
     if method == "uniform":
-        for b in sorted({b for l in layers for b in l.bits}, reverse=True):
-            if all(b in l.bits for l in layers) and sum(l.n * b for l in layers) <= capacity:
-                return {l.node.name: b for l in layers}, None, {}
+        for b in sorted({b for l in layers for b, _ in l.choices}, reverse=True):
+            if sum(l.n * b for l in layers) <= capacity:
+                return {l.node.name: (b, 1.0) for l in layers}, None, {}
     x = session.dataset.calibration(samples, session.seed)
     cell, costs = _costs(layers, capacity)
     if method == "hessian":
         xl, yl = _labelled(session.dataset, samples, session.seed)
         traces = hessian_traces(graph, xl, yl, layers, seed=session.seed)
-        options = [[Option(costs[i, b], 1.0, max(traces[l.node.name], 0.0) / l.n
-                           * float(((l.quantized[b] - l.node.weight) ** 2).sum()))
-                    for b in l.bits] for i, l in enumerate(layers)]
+        table = [[(1.0, max(traces[l.node.name], 0.0) / l.n
+                   * float(((l.quantized[k] - l.node.weight) ** 2).sum()))
+                  for k in l.choices] for l in layers]
         info = {"hessian_trace": traces}
-        d0 = 0.0
     else:
         eps_l2 = eps * math.sqrt(int(np.prod(graph.input_shape)))
         table, info = _adversarial_options(graph, layers, _inputs(graph, x),
                                            eps_l2 if method == "adversarial" else 0.0,
                                            session.seed)
-        options = [[Option(costs[i, b], g, e) for b, (g, e) in zip(l.bits, table[i])]
-                   for i, l in enumerate(layers)]
-        d0 = 0.0
-    choice, objective = solve(options, capacity // cell, d0)
-    return ({l.node.name: l.bits[j] for l, j in zip(layers, choice)}, objective,
+    options = [[Option(costs[i, b], g, a) for (b, _), (g, a) in zip(l.choices, table[i])]
+               for i, l in enumerate(layers)]
+    choice, objective = solve(options, capacity // cell)
+    return ({l.node.name: l.choices[j] for l, j in zip(layers, choice)}, objective,
             info | {"cell_bits": cell})
 
 

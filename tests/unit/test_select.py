@@ -78,24 +78,51 @@ def test_unparsable_budget(text):
 
 
 @pytest.mark.parametrize("method", S.METHODS)
-@pytest.mark.parametrize("budget", ["2.5bits", "4bits", "6.2bits", "2KB"])
-def test_every_method_respects_the_budget(digits_session, method, budget):
-    plan = S.select(digits_session, "fpga-fixed", budget, method, 0.1, RND)
+@pytest.mark.parametrize("budget,min_bits", [("2.5bits", 2), ("3.3bits", 3), ("4bits", 3),
+                                             ("6.2bits", 3), ("2.5KB", 3)])
+def test_every_method_respects_the_budget(digits_session, method, budget, min_bits):
+    plan = S.select(digits_session, "fpga-fixed", budget, method, 0.1, RND,
+                    min_bits=min_bits)
     sel = plan.provenance["selection"]
     graph = digits_session.graph
     used = sum(graph.node(n).weight.size * b for n, b in sel["bits"].items())
     n = sum(node.weight.size for node in graph.nodes if node.weight is not None)
-    limit = float(budget[:-4]) * n if budget.endswith("bits") else 2048 * 8
+    limit = float(budget[:-4]) * n if budget.endswith("bits") else 2.5 * 1024 * 8
     assert used <= limit and used == sel["weight_bits_total"]
+    assert min(sel["bits"].values()) >= min_bits == sel["min_bits"]
     for name, b in sel["bits"].items():           # recorded in the plan's settings
         assert plan.layers[name].settings["weight_bits"] == b
         assert plan.layers[name].weight.bits == b
+        assert plan.layers[name].settings.get("weight_clip", 1) == sel["weight_clip"][name]
+    if method == "uniform":
+        assert set(sel["weight_clip"].values()) == {1}
     assert set(sel) >= {"method", "budget", "eps", "bits", "predicted_objective"}
 
 
 def test_budget_below_the_smallest_possible(digits_session):
     with pytest.raises(InputError, match="smallest"):
-        S.select(digits_session, "fpga-fixed", "1.9bits", "noise")
+        S.select(digits_session, "fpga-fixed", "2.9bits", "noise")       # min_bits 3
+    with pytest.raises(InputError, match="smallest"):
+        S.select(digits_session, "fpga-fixed", "1.9bits", "noise", min_bits=2)
+    with pytest.raises(InputError, match="min-bits 9"):
+        S.select(digits_session, "fpga-fixed", "8bits", "noise", min_bits=9)
+    with pytest.raises(InputError, match="clips"):
+        S.select(digits_session, "fpga-fixed", "4bits", "noise", clips=(1.0, 1.5))
+
+
+def test_clipping_is_chosen_and_exported(digits_session):
+    """At 3 bits the searched methods clip some layer (a clipped 3-bit grid has a
+    smaller error than the full-range one on these weights), and the plan's scales
+    are those of the clipped grid."""
+    plan = S.select(digits_session, "fpga-fixed", "3bits", "noise", 0.1, RND)
+    clips = plan.provenance["selection"]["weight_clip"]
+    assert min(clips.values()) < 1
+    for name, c in clips.items():
+        w = digits_session.graph.node(name).weight
+        want = P.weight_params(w, plan.layers[name].settings)
+        np.testing.assert_array_equal(plan.layers[name].weight.scale, want.scale)
+    none = S.select(digits_session, "fpga-fixed", "3bits", "noise", 0.1, RND, clips=(1.0,))
+    assert set(none.provenance["selection"]["weight_clip"].values()) == {1}
 
 
 def test_uniform_at_8_bits_equals_the_default_plan(digits_session):
