@@ -50,22 +50,27 @@ def _table(rows) -> str:
 
 def plot(result: dict) -> str:
     """SVG line plot: worst-case robust accuracy (clean at eps 0) against eps."""
-    targets = result["robustness"]["targets"]
-    eps_max = max(result["robustness"]["eps"]) or 1.0
+    series = [(t["target"], [(0.0, t["clean"])] + [(e["eps"], e["robust"]) for e in t["eps"]])
+              for t in result["robustness"]["targets"]]
+    return line_chart(series, 0.0, max(result["robustness"]["eps"]) or 1.0, "eps")
 
-    def xy(e, a):
-        return (PAD + (W - PAD - RIGHT) * e / eps_max, H - PAD - (H - 2 * PAD) * a)
+
+def line_chart(series: list[tuple[str, list[tuple[float, float]]]], x_min: float,
+               x_max: float, x_label: str, y_label: str = "accuracy") -> str:
+    """SVG: one labelled polyline per (name, [(x, accuracy in [0, 1])])."""
+    def xy(x, a):
+        return (PAD + (W - PAD - RIGHT) * (x - x_min) / (x_max - x_min),
+                H - PAD - (H - 2 * PAD) * a)
 
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' "
-           f"font-size='11'>", _axes(eps_max, xy)]
-    for i, t in enumerate(targets):
+           f"font-size='11'>", _axes(x_min, x_max, xy, x_label, y_label)]
+    for i, (name, pts) in enumerate(series):
         color = COLORS[i % len(COLORS)]
-        pts = [xy(0, t["clean"])] + [xy(e["eps"], e["robust"]) for e in t["eps"]]
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(*p) for p in pts))
         out.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' "
                    f"points='{path}'/>")
         out.append(f"<text x='{W - RIGHT + 8}' y='{PAD + 14 * i}' fill='{color}'>"
-                   f"{escape(t['target'])}</text>")
+                   f"{escape(name)}</text>")
     return "".join(out) + "</svg>"
 
 
@@ -94,19 +99,20 @@ def scatter(result: dict, kind: str) -> str:
     return "".join(out) + "</svg>"
 
 
-def _axes(eps_max: float, xy) -> str:
-    x0, y0 = xy(0, 0)
-    x1, y1 = xy(eps_max, 1)
+def _axes(x_min: float, x_max: float, xy, x_label: str, y_label: str) -> str:
+    x0, y0 = xy(x_min, 0)
+    x1, y1 = xy(x_max, 1)
     parts = [f"<line x1='{x0}' y1='{y0}' x2='{x1}' y2='{y0}' stroke='#444'/>",
              f"<line x1='{x0}' y1='{y0}' x2='{x0}' y2='{y1}' stroke='#444'/>",
-             f"<text x='{(x0 + x1) / 2}' y='{H - 10}' text-anchor='middle'>eps</text>",
-             f"<text x='12' y='{PAD - 10}'>accuracy</text>"]
+             f"<text x='{(x0 + x1) / 2}' y='{H - 10}' text-anchor='middle'>"
+             f"{escape(x_label)}</text>",
+             f"<text x='12' y='{PAD - 10}'>{escape(y_label)}</text>"]
     for k in range(6):
         a = k / 5
-        _, y = xy(0, a)
+        _, y = xy(x_min, a)
         parts.append(f"<text x='{x0 - 6}' y='{y + 4:.1f}' text-anchor='end'>"
                      f"{100 * a:.0f}%</text>")
-        e = eps_max * k / 5
-        x, _ = xy(e, 0)
-        parts.append(f"<text x='{x:.1f}' y='{y0 + 16}' text-anchor='middle'>{e:.3g}</text>")
+        v = x_min + (x_max - x_min) * k / 5
+        x, _ = xy(v, 0)
+        parts.append(f"<text x='{x:.1f}' y='{y0 + 16}' text-anchor='middle'>{v:.3g}</text>")
     return "".join(parts)

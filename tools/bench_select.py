@@ -9,7 +9,8 @@ On fpga-fixed every plan uses rounding 'rnd' (AP_RND; 'trn', the target's defaul
 loses much more at low bits); tflite-int8 holds the chosen bits on its int8 grid
 (plan.py) with its own defaults. Robust accuracy is the per-sample worst case over
 FGSM and PGD from the float model's gradients (transfer) and from the target's mirror
-(bpda), all scored on the runtime (deployq.robustness). Prints a markdown table.
+(bpda), all scored on the runtime (deployq.robustness), at each --eps; the adversarial
+method guards against the first. Prints markdown tables.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deployq import api, mirror, robustness as R, select as S, targets as T  # noqa: E402
+from deployq import api, htmlreport, mirror, robustness as R, select as S  # noqa: E402
+from deployq import targets as T  # noqa: E402
+from deployq.io import atomic_write  # noqa: E402
 
 BUDGETS = {"fpga-fixed": "3,4,5,6", "tflite-int8": "4"}     # default budgets per target
 SETTINGS = {"fpga-fixed": {"rounding": "rnd"}}
@@ -38,6 +41,10 @@ def subject(session, exported, runner, x):
                      {"transfer": session.model.module, "bpda": m}, agree)
 
 
+def robust(entry: dict) -> dict[float, float]:
+    return {e["eps"]: e["robust"] for e in entry["eps"]}
+
+
 def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
                 cfg: R.Config, eps: float, out: Path) -> list[dict]:
     """Rows of the float model and of every (target, budget, method) in runs."""
@@ -47,7 +54,7 @@ def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
     fl = R.evaluate(R.Subject("float", session.model.logits,
                               {"transfer": session.model.module}), x, y, cfg, cache)
     rows = [{"model": name, "target": "-", "method": "float", "budget": None, "bits": None,
-             "clean": fl["clean"], "robust": fl["eps"][0]["robust"], "samples": len(x)}]
+             "clean": fl["clean"], "robust": robust(fl), "samples": len(x)}]
     for target, budgets in runs.items():
         tgt = T.get(target)
         for budget in budgets:
@@ -66,41 +73,62 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out) -> dict:
     sel = plan.provenance["selection"]
     name = session.model.spec.removeprefix("zoo:")
     print(f"{name} {tgt.name} {budget} {method}: {sel['bits']} clean {entry['clean']:.3f} "
-          f"robust {entry['eps'][0]['robust']:.3f}", file=sys.stderr)
+          f"robust {robust(entry)}", file=sys.stderr)
     return {"model": name, "target": tgt.name, "method": method, "budget": budget,
-            "bits": sel["bits"], "average_bits": sel["average_bits"],
-            "clean": entry["clean"], "robust": entry["eps"][0]["robust"],
-            "by": entry["eps"][0]["by"], "mirror_top1": entry["mirror"]["top1"],
+            "bits": sel["bits"], "weight_clip": sel["weight_clip"],
+            "average_bits": sel["average_bits"],
+            "clean": entry["clean"], "robust": robust(entry),
+            "by": {e["eps"]: e["by"] for e in entry["eps"]},
+            "mirror_top1": entry["mirror"]["top1"],
             "samples": len(x), "seconds": time.time() - t0}
 
 
-def table(rows: list[dict], eps: float) -> str:
-    lines = [f"| model | target | budget (avg bits) | method | bits per layer | avg bits "
-             f"| clean % | robust % (eps {eps:g}) |", "|---|---|---|---|---|---|---|---|"]
+def table(rows: list[dict], eps: list[float]) -> str:
+    lines = ["| model | target | budget (avg bits) | method | bits per layer | avg bits "
+             "| clean % | " + " | ".join(f"robust % (eps {e:g})" for e in eps) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(eps)]
     for r in rows:
-        bits = "/".join(str(b) for b in r["bits"].values()) if r["bits"] else "float"
+        bits = "/".join(f"{b}" + (f"@{r['weight_clip'][k]:g}" if r["weight_clip"][k] != 1 else "")
+                        for k, b in r["bits"].items()) if r["bits"] else "float"
         avg = f"{r['average_bits']:.2f}" if r.get("average_bits") else "32"
         lines.append(f"| {r['model']} | {r['target']} | {r['budget'] or '-'} | {r['method']} "
-                     f"| {bits} | {avg} | {100 * r['clean']:.1f} | {100 * r['robust']:.1f} |")
+                     f"| {bits} | {avg} | {100 * r['clean']:.1f} | "
+                     + " | ".join(f"{100 * r['robust'][e]:.1f}" for e in eps) + " |")
     return "\n".join(lines)
 
 
-def loss_table(rows: list[dict]) -> str:
-    """Robust accuracy lost to quantization (float minus quantized, points), per model,
-    target, budget and method."""
+def loss_table(rows: list[dict], eps: list[float]) -> str:
+    """Robust accuracy lost to quantization (float minus quantized, points), per model
+    and eps, target, budget and method."""
     floats = {r["model"]: r["robust"] for r in rows if r["method"] == "float"}
-    models = list(floats)
+    cols = [(m, e) for m in floats for e in eps]
     keys = sorted({(r["target"], r["budget"], r["method"]) for r in rows if r["budget"]})
     by = {(r["model"], r["target"], r["budget"], r["method"]): r["robust"]
           for r in rows if r["budget"]}
     lines = ["| target | budget | method | "
-             + " | ".join(f"{m} robust lost (pts)" for m in models) + " |",
-             "|---|---|---|" + "---|" * len(models)]
+             + " | ".join(f"{m} lost at eps {e:g} (pts)" for m, e in cols) + " |",
+             "|---|---|---|" + "---|" * len(cols)]
     for key in keys:
-        cells = [f"{100 * (floats[m] - by[(m, *key)]):+.1f}" if (m, *key) in by else "-"
-                 for m in models]
+        cells = [f"{100 * (floats[m][e] - by[(m, *key)][e]):+.1f}" if (m, *key) in by
+                 else "-" for m, e in cols]
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], model: str, target: str, eps: float) -> str:
+    """SVG: robust accuracy at eps against the plan's average weight bits, one line per
+    method, the float model's as a flat line."""
+    mine = [r for r in rows if r["model"] == model and r["target"] == target]
+    if not mine:
+        return ""
+    xs = [r["average_bits"] for r in mine]
+    lo, hi = min(xs) - 0.25, max(xs) + 0.25
+    series = [(m, sorted((r["average_bits"], r["robust"][eps]) for r in mine
+                         if r["method"] == m)) for m in dict.fromkeys(r["method"] for r in mine)]
+    fl = next(r["robust"][eps] for r in rows if r["model"] == model and r["method"] == "float")
+    series.append(("float", [(lo, fl), (hi, fl)]))
+    return htmlreport.line_chart(series, lo, hi, "average weight bits",
+                                 f"{model} on {target}: robust accuracy, eps {eps:g}")
 
 
 def main() -> int:
@@ -111,24 +139,35 @@ def main() -> int:
                     help="average weight bits for every target (default: per target, "
                          + "; ".join(f"{t} {b}" for t, b in BUDGETS.items()) + ")")
     ap.add_argument("--methods", default=",".join(S.METHODS))
-    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--eps", default="0.1",
+                    help="comma-separated L-inf eps; the adversarial method uses the first")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--samples", type=int, default=None, help="test samples (default all)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--plot", default=None,
+                    help="write DIR/select-MODEL-TARGET.svg (robust accuracy at the first "
+                         "eps against average bits)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    cfg = R.Config(["fgsm", "pgd"], [args.eps], ["transfer", "bpda"], args.steps,
+    torch.set_num_threads(args.threads)
+    eps = [float(e) for e in args.eps.split(",")]
+    cfg = R.Config(["fgsm", "pgd"], eps, ["transfer", "bpda"], args.steps,
                    samples=args.samples)
     runs = {t: [float(b) for b in (args.budgets or BUDGETS.get(t, "4")).split(",")]
             for t in args.targets.split(",")}
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for name in args.models.split(","):
-            rows += bench_model(name, runs, args.methods.split(","), cfg, args.eps,
+            rows += bench_model(name, runs, args.methods.split(","), cfg, eps[0],
                                 Path(out))
-    print(table(rows, args.eps) + "\n\n" + loss_table(rows))
+    print(table(rows, eps) + "\n\n" + loss_table(rows, eps))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        atomic_write(Path(args.json), json.dumps(rows, indent=1).encode())
+    for name in args.models.split(",") if args.plot else []:
+        for target in runs:
+            svg = plot(rows, name, target, eps[0])
+            if svg:
+                atomic_write(Path(args.plot) / f"select-{name}-{target}.svg", svg.encode())
     return 0
 
 
