@@ -223,7 +223,7 @@ def _inputs(graph: G.Graph, x: np.ndarray) -> dict[str, torch.Tensor]:
         return G.run(graph, torch.from_numpy(np.asarray(x, np.float32)), keep=True)
 
 
-def output_errors(graph: G.Graph, layer: Layer, h: torch.Tensor) -> dict[int, float]:
+def output_errors(graph: G.Graph, layer: Layer, h: torch.Tensor) -> dict[tuple, float]:
     """(bits, clip) -> RMS over samples of ||(Q(W) - W) h||_2 at the layer's output."""
     out = {}
     for key, wq in layer.quantized.items():

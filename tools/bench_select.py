@@ -119,8 +119,8 @@ def plot(rows: list[dict], model: str, target: str, eps: float) -> str:
     """SVG: robust accuracy at eps against the plan's average weight bits, one line per
     method, the float model's as a flat line."""
     mine = [r for r in rows if r["model"] == model and r["target"] == target]
-    if not mine:
-        return ""
+    if len({r["budget"] for r in mine}) < 2:
+        return ""                                # a line needs two budgets
     xs = [r["average_bits"] for r in mine]
     lo, hi = min(xs) - 0.25, max(xs) + 0.25
     series = [(m, sorted((r["average_bits"], r["robust"][eps]) for r in mine
