@@ -192,8 +192,7 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
              targets_dir, repeats, batch, json_path):
     """Size, MACs/BOPs, peak activation memory and latency of each target."""
     from . import api, report
-    plans = api.plans_by_target(plan_paths)
-    names = api.with_plan_targets(_split(target_list), plans)
+    names = _split(target_list)
     api.targets_or_fail(names, targets_dir)
     session = _session(model, weights, data, seed, calib_samples)
     prof = api.profile(names, session, out, repeats, batch, targets_dir)
