@@ -184,7 +184,8 @@ def evaluate(targets: list[str], session: Session | None = None,
         runners[name] = (exported, load_runner(exported))
         logits = runners[name][1].run(x)
         pred = logits.argmax(1)
-        outputs[name] = (exported.plan.tensor(session.graph.output), logits)
+        outputs[name] = (exported.plan.tensor(session.graph.output), logits,
+                         _weight_grid(exported.plan))
         rows.append({"target": name, "accuracy": _acc(pred, y),
                      "agreement": float((pred == float_pred).mean()),
                      "artifact": str(exported.path)}
@@ -224,16 +225,23 @@ def _pairs(outputs: dict) -> list[dict]:
     names, pairs = list(outputs), []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            (qa, la), (qb, lb) = outputs[a], outputs[b]
-            if qa.to_json() != qb.to_json():
+            (qa, la, wa), (qb, lb, wb) = outputs[a], outputs[b]
+            note = ("different output quantization" if qa.to_json() != qb.to_json() else
+                    "different weight grids" if wa != wb else None)
+            if note:
                 pairs.append({"a": a, "b": b, "identical": None, "max_lsb": None,
-                              "note": "different output quantization"})
+                              "note": note})
                 continue
             diff = np.abs(qa.quantize(la).astype(np.int64) - qb.quantize(lb))
             pairs.append({"a": a, "b": b, "identical": float((diff == 0).all(1).mean()),
                           "identical_values": float((diff == 0).mean()),
                           "max_lsb": int(diff.max())})
     return pairs
+
+
+def _weight_grid(plan: P.QuantPlan) -> list[dict]:
+    """The plan's weight parameters: targets compare outputs only when these match."""
+    return [lp.weight.to_json() for lp in plan.layers.values() if lp.weight is not None]
 
 
 def _acc(pred: np.ndarray, y: np.ndarray) -> float:

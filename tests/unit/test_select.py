@@ -208,3 +208,16 @@ def test_run_and_eval_take_a_selected_plan(digits_session, tmp_path, run_cli):
                            "--plan", tmp_path / "plan.json", "--plan", tmp_path / "plan.json")
     assert code == 2 and "two plans for fpga-fixed" in err and "Traceback" not in err
     assert not (tmp_path / "ev").exists()
+
+
+def test_targets_with_different_weight_grids_are_not_compared_bit_for_bit(digits_session,
+                                                                           tmp_path):
+    plan = S.select(digits_session, "onnx-int8", "4bits", "noise")
+    plan.save(tmp_path / "plan.json")
+    result = api.evaluate(["onnx-int8", "tflite-int8-ref"], digits_session, tmp_path / "o",
+                          samples=30, plans={"onnx-int8": tmp_path / "plan.json"})
+    (pair,) = result["pairs"]
+    assert pair["note"] == "different weight grids" and pair["max_lsb"] is None
+    same = api.evaluate(["onnx-int8", "tflite-int8-ref"], digits_session, tmp_path / "p",
+                        samples=30)
+    assert same["pairs"][0]["max_lsb"] is not None
