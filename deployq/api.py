@@ -298,13 +298,18 @@ def robust_config(cfg: dict):
     if not cfg["attacks"]:
         return None
     for key in ("attacks", "eps", "sources"):
-        if not isinstance(cfg[key], list):
-            raise InputError(f"config key {key!r} must be a list, got {cfg[key]!r}")
+        _config_list(cfg, key)
     try:
         return R.Config(**{field: cfg[key] for key, field in ROBUST_KEYS.items()},
                         seed=cfg["seed"])
     except TypeError as e:
         raise InputError(f"robustness settings of the wrong type: {e}") from None
+
+
+def _config_list(cfg: dict, key: str) -> list:
+    if not isinstance(cfg[key], list):
+        raise InputError(f"config key {key!r} must be a list, got {cfg[key]!r}")
+    return cfg[key]
 
 
 def read_config(path: str | Path) -> dict:
@@ -326,10 +331,7 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
     packages are installed (the others are listed as skipped in the report)."""
     cfg = RUN_DEFAULTS | (config or {})
     robust = robust_config(cfg)
-    if not isinstance(cfg["plans"], list):
-        raise InputError(f"config key 'plans' must be a list of plan.json paths, "
-                         f"got {cfg['plans']!r}")
-    plans = plans_by_target(cfg["plans"])
+    plans = plans_by_target(_config_list(cfg, "plans"))
     names, skipped = cfg["targets"], []
     if names is None:
         names = []

@@ -192,8 +192,12 @@ def layer_norm(graph: G.Graph, node: G.Node, weight: np.ndarray, seed: int = 0) 
 class Layer:
     node: G.Node
     n: int                            # number of weights
-    choices: list[tuple[int, float]]  # candidate (bits, clip), bits ascending
     quantized: dict                   # (bits, clip) -> dequantized weight (plan's grid)
+
+    @property
+    def choices(self) -> list[tuple[int, float]]:
+        """The candidate (bits, clip) pairs, bits ascending."""
+        return list(self.quantized)
 
 
 def _layers(graph: G.Graph, target: T.Target, config: P.PlanConfig, bits: list[int],
@@ -209,7 +213,7 @@ def _layers(graph: G.Graph, target: T.Target, config: P.PlanConfig, bits: list[i
             qp = P.weight_params(node.weight, cfg.resolve(target, node.name, node.op),
                                  target.container_bits)
             q[b, c] = qp.dequantize(qp.quantize(node.weight))
-        out.append(Layer(node, int(node.weight.size), list(q), q))
+        out.append(Layer(node, int(node.weight.size), q))
     return out
 
 
