@@ -46,7 +46,7 @@ def robust(entry: dict) -> dict[float, float]:
 
 
 def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
-                cfg: R.Config, eps: float, out: Path) -> list[dict]:
+                cfg: R.Config, eps: float, out: Path, candidates: dict) -> list[dict]:
     """Rows of the float model and of every (target, budget, method) in runs."""
     session = api.open_session(f"zoo:{name}")
     x, y = session.dataset.test(cfg.samples)
@@ -60,13 +60,15 @@ def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
         for budget in budgets:
             for method in methods:
                 rows.append(bench_one(session, tgt, budget, method, eps, x, y, cfg, cache,
-                                      out))
+                                      out, candidates))
     return rows
 
 
-def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out) -> dict:
+def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidates) -> dict:
+    """candidates: select()'s min_bits and clips."""
     t0 = time.time()
-    plan = S.select(session, tgt, f"{budget}bits", method, eps, SETTINGS.get(tgt.name))
+    plan = S.select(session, tgt, f"{budget}bits", method, eps, SETTINGS.get(tgt.name),
+                    **candidates)
     exported = api.export(tgt.name, session, out, plan=plan)
     runner = api.load_runner(exported)
     entry = R.evaluate(subject(session, exported, runner, x), x, y, cfg, cache)
@@ -145,6 +147,8 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=None, help="test samples (default all)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--min-bits", type=int, default=S.MIN_BITS)
+    ap.add_argument("--clips", default=",".join(f"{c:g}" for c in S.CLIPS))
     ap.add_argument("--plot", default=None,
                     help="write DIR/select-MODEL-TARGET.svg (robust accuracy at the first "
                          "eps against average bits)")
@@ -159,7 +163,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as out:
         for name in args.models.split(","):
             rows += bench_model(name, runs, args.methods.split(","), cfg, eps[0],
-                                Path(out))
+                                Path(out), {"min_bits": args.min_bits, "clips": tuple(
+                                    float(c) for c in args.clips.split(","))})
     print(table(rows, eps) + "\n\n" + loss_table(rows, eps))
     if args.json:
         atomic_write(Path(args.json), json.dumps(rows, indent=1).encode())
