@@ -6,21 +6,21 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import backends, calibrate, data as D, graph as G, models, plan as P, report
+from . import backends, calibrate, data as D, defaults, graph as G, models, plan as P, report
 from . import targets as T
+from .defaults import ROBUST_KEYS, RUN_DEFAULTS
 from .errors import InputError, TargetError
 from .io import StagedDir
 
 log = logging.getLogger("deployq")
-DEFAULT_OUT = Path("deployq-out")
-CALIB_SAMPLES = 512
+DEFAULT_OUT = Path(defaults.OUT)
+CALIB_SAMPLES = defaults.CALIB_SAMPLES
 
 
 @dataclass
@@ -155,8 +155,8 @@ def _same(a: Path, b) -> bool:
         return False
 
 
-def load_runner(exported: Exported):
-    return backends.get(exported.target.backend).load(exported.path, exported.target)
+def load_runner(exported: Exported, threads: int = 1) -> backends.Runner:
+    return backends.get(exported.target.backend).load(exported.path, exported.target, threads)
 
 
 def evaluate(targets: list[str], session: Session | None = None,
@@ -211,7 +211,7 @@ def robustness(session: Session, runners: dict, x: np.ndarray, y: np.ndarray,
         m = mirror.build(exported.target, session.graph, exported.plan, cfg.temperature)
         agree = mirror.agreement(m.logits(x), runner.run(x),
                                  exported.plan.tensor(session.graph.output),
-                                 getattr(runner, "output_qp", None))
+                                 runner.output_qp)
         log.info("%s: mirror top-1 agreement %.1f%%", name, 100 * agree["top1"])
         subjects.append(R.Subject(name, runner.run, {"transfer": module, "bpda": m}, agree))
     log.info("attacking %d models on %d samples: %s x %s at eps %s", len(subjects), n,
@@ -271,25 +271,6 @@ def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
     if twice:
         raise InputError(f"targets listed more than once: {', '.join(twice)}")
     return [T.get(n, targets_dir) for n in names]
-
-
-RUN_DEFAULTS = {"model": models.DEFAULT_MODEL, "weights": None, "data": None,
-                "targets": None, "out": str(DEFAULT_OUT), "calibration": None,
-                "samples": None, "seed": 0, "calib_samples": CALIB_SAMPLES,
-                "targets_dir": None,
-                # plan.json files (e.g. from 'deployq select') used for their targets
-                "plans": [],
-                # robustness stage (attacks = [] turns it off); a few minutes on 2 cores
-                # for the built-in model and every built-in target
-                "attacks": ["fgsm", "pgd"], "eps": [0.05, 0.1, 0.2],
-                "sources": ["transfer", "bpda", "blackbox"], "steps": 10,
-                "restarts": 1, "queries": 100, "robust_samples": 200,
-                "temperature": 1.0,
-                # profiling stage: latency repeats (0 turns it off)
-                "profile_repeats": 30}
-ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",
-               "restarts": "restarts", "queries": "queries", "robust_samples": "samples",
-               "temperature": "temperature"}
 
 
 def robust_config(cfg: dict):
@@ -379,11 +360,7 @@ def profile(targets: list[str], session: Session | None = None,
         ex = load_exported(name, out, targets_dir) if reuse else export(
             name, session, out, None, targets_dir)
         log.info("profiling %s (%d repeats)", name, repeats)
-        row = PR.target(ex, session.graph, load_runner(ex), x, repeats, batch)
-        footprint = ex.path.parent / "footprint.json"
-        if footprint.is_file():
-            row["mcu_footprint"] = json.loads(footprint.read_text())
-        rows.append(row)
+        rows.append(PR.target(ex, session.graph, load_runner(ex), x, repeats, batch))
     return {"model": session.model.spec, "machine": PR.machine(), "targets": rows}
 
 

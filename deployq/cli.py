@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from . import defaults as D
 from .errors import DeployqError
 
 log = logging.getLogger("deployq")
@@ -16,7 +17,7 @@ log = logging.getLogger("deployq")
 
 def _model_options(f):
     options = [
-        click.option("--model", "-m", default="zoo:lenet-digits", show_default=True,
+        click.option("--model", "-m", default=D.MODEL, show_default=True,
                      help="zoo:NAME, path/file.py:factory, or a torch.export .pt2 file."),
         click.option("--weights", "-w", default=None,
                      help="state_dict for --model (.pt/.pth via torch.load(weights_only=True), "
@@ -24,16 +25,17 @@ def _model_options(f):
         click.option("--data", "-d", default=None,
                      help="digits, fashion-mnist[:DIR], an IDX directory or an .npz "
                           "(default: the zoo model's dataset, else digits)."),
-        click.option("--out", "-o", default="deployq-out", show_default=True,
+        click.option("--out", "-o", default=D.OUT, show_default=True,
                      help="Output directory; each target writes OUT/TARGET/."),
         click.option("--calibration", default=None,
                      type=click.Choice(["minmax", "percentile", "mse", "entropy",
                                         "converter"]),
                      help="Activation range method, or 'converter' for a target that "
                           "calibrates itself (default: the target's)."),
-        click.option("--calib-samples", default=512, show_default=True, type=click.IntRange(1),
+        click.option("--calib-samples", default=D.CALIB_SAMPLES, show_default=True,
+                     type=click.IntRange(1),
                      help="Training samples used for calibration."),
-        click.option("--seed", default=0, show_default=True, type=int,
+        click.option("--seed", default=D.RUN_DEFAULTS["seed"], show_default=True, type=int,
                      help="Seed for data splits and sampling."),
         click.option("--targets-dir", default=None,
                      help="Extra directory of target TOML files (searched first)."),
@@ -102,18 +104,18 @@ def _allowed(allowed: dict, defaults: dict, key: str) -> str:
 def export(target, model, weights, data, out, calibration, calib_samples, seed, targets_dir,
            c_project, plan_path):
     """Quantize the model for TARGET and write OUT/TARGET/ (artifact and plan.json)."""
-    from . import api
+    from . import api, backends
     from .plan import QuantPlan
     tgt = api.targets_or_fail([target], targets_dir)[0]
-    if c_project and tgt.backend != "mcu":
+    if c_project and not backends.supports(backends.get(tgt.backend), "c_project"):
         raise click.BadParameter(f"needs an mcu target, not {target}", param_hint="--c-project")
     plan = QuantPlan.load(plan_path) if plan_path else None
     session = _session(model, weights, data, seed, calib_samples)
     result = api.export(target, session, out, calibration, targets_dir, plan, plan_path)
     click.echo(f"{result.path}\n{result.path.parent / 'plan.json'}")
     if c_project:
-        from .cproject import write_c_project
-        click.echo(write_c_project(result.path, Path(c_project), session.dataset.test(20)[0]))
+        click.echo(backends.get(tgt.backend).c_project(result.path, Path(c_project),
+                                                       session.dataset.test(20)[0]))
 
 
 @cli.command(name="select")
@@ -191,20 +193,18 @@ def diff(target_list, model, weights, data, out, calibration, calib_samples, see
 def profile_(target_list, model, weights, data, out, calibration, calib_samples, seed,
              targets_dir, repeats, batch, json_path):
     """Size, MACs/BOPs, peak activation memory and latency of each target."""
-    from . import api, report
+    from . import api, report, views
     names = _split(target_list)
     api.targets_or_fail(names, targets_dir)
     session = _session(model, weights, data, seed, calib_samples)
     prof = api.profile(names, session, out, repeats, batch, targets_dir)
     doc = {"profile": prof}
-    click.echo(report._machine(doc))
-    click.echo(report.columns(report._profile_rows(doc)))
+    click.echo(views.machine(doc))
+    click.echo(views.columns(views.profile_rows(doc)))
     for t in prof["targets"]:
         if t.get("slowest_layers"):
-            source = "ONNX Runtime profiler" if t["backend"] == "onnx" else "C runtime timers"
-            click.echo(f"\n{t['target']}: slowest layers ({source})")
-            click.echo(report.columns([("node", "op", "us per run")] + [
-                (r["node"], r["op"], f"{r['us_per_run']:.1f}") for r in t["slowest_layers"][:5]]))
+            click.echo(f"\n{t['target']}: slowest layers ({t['layer_timer']})")
+            click.echo(views.columns(views.layer_rows(t)))
         if t.get("mcu_footprint"):
             click.echo(f"\n{t['target']}: {json.dumps(t['mcu_footprint'])}")
     if json_path:
@@ -221,17 +221,18 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
 @click.option("--attacks", "-a", default=None,
               help="Comma-separated white-box attacks (fgsm, pgd): adds the robustness "
                    "evaluation and writes OUT/results.json, report.md, report.html.")
-@click.option("--eps", default="0.05,0.1,0.2", show_default=True,
+@click.option("--eps", default=D.csv("eps"), show_default=True,
               help="Comma-separated L-inf budgets in input units ([0, 1]).")
-@click.option("--sources", default="transfer,bpda,blackbox", show_default=True,
+@click.option("--sources", default=D.csv("sources"), show_default=True,
               help="Where adversarial examples come from: transfer (float model "
                    "gradients), bpda (the target's mirror), blackbox (Square attack "
                    "querying the runtime).")
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(1),
-              help="PGD steps.")
-@click.option("--restarts", default=1, show_default=True, type=click.IntRange(1),
-              help="PGD random restarts.")
-@click.option("--queries", default=100, show_default=True, type=click.IntRange(1),
+@click.option("--steps", default=D.RUN_DEFAULTS["steps"], show_default=True,
+              type=click.IntRange(1), help="PGD steps.")
+@click.option("--restarts", default=D.RUN_DEFAULTS["restarts"], show_default=True,
+              type=click.IntRange(1), help="PGD random restarts.")
+@click.option("--queries", default=D.RUN_DEFAULTS["queries"], show_default=True,
+              type=click.IntRange(1),
               help="Square attack queries per sample.")
 @_plan_option
 def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,

@@ -67,37 +67,35 @@ def require_tools(tools=TOOLS) -> None:
 
 # --- writing the project -----------------------------------------------------------
 
-def write_c_project(model_path: Path, out_dir: Path, inputs: np.ndarray | None = None) -> Path:
+def write_c_project(model_path: Path, out_dir: Path, inputs: np.ndarray | None = None,
+                    quant: tuple | None = None) -> Path:
     """Write the C project for model_path into out_dir (replaced as a whole, atomically).
-    inputs: int8 rows (N, input bytes), float NCHW samples (quantized as the mcu-int8
-    runner does; needs model.tflite beside the model), or None (20 seeded random int8
-    rows). Returns out_dir."""
+    inputs: int8 rows (N, input bytes), or None (20 seeded random int8 rows); quant:
+    the (input, output) QParams for the header's defines, or None. The mcu backend's
+    c_project hook gives both from float samples. Returns out_dir."""
     model_path, out_dir = Path(model_path), Path(out_dir)
     from . import runtime
     blob = model_path.read_bytes()
     model = runtime.Model(blob, str(model_path))
-    rows = _test_rows(model, model_path, inputs)
+    rows = _test_rows(model, inputs)
     expected = model.run(rows)
     with StagedDir(out_dir, (model_path,)) as tmp:
         _copy_sources(tmp)
         _write(tmp / "model_data.h", _model_data_h(len(blob)))
         _write(tmp / "model_data.c", _model_data_c(blob))
-        _write(tmp / "deployq_model.h", _model_header(model, blob, model_path))
+        _write(tmp / "deployq_model.h", _model_header(model, blob, model_path, quant))
         _write(tmp / "test" / "test_vectors.h", _vectors_h(len(rows)))
         _write(tmp / "test" / "test_vectors.c", _vectors_c(rows, expected))
     return out_dir
 
 
-def _test_rows(model, model_path: Path, inputs) -> np.ndarray:
+def _test_rows(model, inputs) -> np.ndarray:
     n_in = model.tensor_bytes[model.input_index]
     if inputs is None:
         return np.random.default_rng(0).integers(-128, 128, (TEST_COUNT, n_in), dtype=np.int8)
     inputs = np.asarray(inputs)
-    if inputs.dtype != np.int8:
-        from .backends import mcu
-        inputs = mcu.Runner(model_path).quantize(inputs.astype(np.float32))
     rows = np.ascontiguousarray(inputs.reshape(len(inputs), -1))
-    if rows.shape[1] != n_in or len(rows) < 1:
+    if inputs.dtype != np.int8 or rows.shape[1] != n_in or len(rows) < 1:
         raise InputError(f"test inputs for the C project: need int8 rows of {n_in} values, "
                          f"got shape {inputs.shape}")
     return rows
@@ -163,23 +161,21 @@ const dq_model_blob dq_model_data = {{.bytes = {{
 """
 
 
-def _quant_defines(model_path: Path) -> str:
-    """Input/output scale and zero point for the caller's own (de)quantization, from the
-    model.tflite beside the model; empty when it is absent."""
-    if not (model_path.parent / "model.tflite").is_file():
+def _quant_defines(quant: tuple | None) -> str:
+    """Input/output scale and zero point for the caller's own (de)quantization; empty
+    without them."""
+    if quant is None:
         return ""
-    from .backends import mcu
-    r = mcu.Runner(model_path)
     lines = ["/* Quantization of input and output (for the caller; the model itself uses no",
              " * float): q = clamp(round_half_away(x / scale) + zero_point, -128, 127),",
              " * x = scale * (q - zero_point). */"]
-    for name, qp in (("INPUT", r.input_qp), ("OUTPUT", r.output_qp)):
+    for name, qp in zip(("INPUT", "OUTPUT"), quant):
         lines += [f"#define DEPLOYQ_{name}_SCALE {float(np.ravel(qp.scale)[0]):.9g}f",
                   f"#define DEPLOYQ_{name}_ZERO_POINT {int(np.ravel(qp.zero_point)[0])}"]
     return "\n".join(lines) + "\n"
 
 
-def _model_header(model, blob: bytes, model_path: Path) -> str:
+def _model_header(model, blob: bytes, model_path: Path, quant: tuple | None) -> str:
     header = np.frombuffer(blob[:F.HEADER.itemsize], F.HEADER)[0]
     tensors = np.frombuffer(blob[F.HEADER.itemsize:], F.TENSOR, int(header["n_tensors"]))
     h, w, c = (int(d) for d in tensors[model.input_index]["dims"])
@@ -200,7 +196,7 @@ def _model_header(model, blob: bytes, model_path: Path) -> str:
 #define DEPLOYQ_INPUT_BYTES {model.tensor_bytes[model.input_index]}
 #define DEPLOYQ_OUTPUT_BYTES {model.tensor_bytes[model.output_index]}
 
-{_quant_defines(model_path)}
+{_quant_defines(quant)}
 /* Validates the embedded model into *model (DQ_OK, or the dq_status of what is wrong). */
 dq_status deployq_model_init(dq_model *model);
 

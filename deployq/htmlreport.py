@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from . import report as R
+from . import views as V
 
 COLORS = ["#000000", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
           "#e377c2", "#17becf"]
@@ -13,23 +13,23 @@ W, H, PAD, RIGHT = 640, 320, 48, 130     # RIGHT: room for the legend
 
 def html(result: dict) -> str:
     """The whole page for a results document."""
-    parts = [f"<h1>deployq report</h1><p><b>{escape(R._title(result))}</b>, "
-             f"seed {result['seed']}</p>", _table(R._accuracy_rows(result))]
-    pairs = R._pair_rows(result)
+    parts = [f"<h1>deployq report</h1><p><b>{escape(V.title(result))}</b>, "
+             f"seed {result['seed']}</p>", _table(V.accuracy_rows(result))]
+    pairs = V.pair_rows(result)
     if len(pairs) > 1:
         parts += ["<p>Integer outputs compared between targets:</p>", _table(pairs)]
     if "robustness" in result:
-        parts += [f"<h2>{escape(R._robust_title(result))}</h2>", plot(result),
-                  _table(R._robust_rows(result)), "<p>Accuracy per source and attack:</p>",
-                  _table(R._by_rows(result))]
-        flags = R._flags(result)
+        parts += [f"<h2>{escape(V.robust_title(result))}</h2>", plot(result),
+                  _table(V.robust_rows(result)), "<p>Accuracy per source and attack:</p>",
+                  _table(V.source_rows(result))]
+        flags = V.flags(result)
         parts.append("<p>Honesty checks: all passed.</p>" if not flags else
                      "<ul>" + "".join(f"<li><b>{escape(f['target'])}</b> "
                                       f"<code>{f['check']}</code>: {escape(f['message'])}</li>"
                                       for f in flags) + "</ul>")
     if "profile" in result:
-        parts += ["<h2>Size and speed</h2>", f"<p>{escape(R._machine(result))}</p>",
-                  _table(R._profile_rows(result))]
+        parts += ["<h2>Size and speed</h2>", f"<p>{escape(V.machine(result))}</p>",
+                  _table(V.profile_rows(result))]
         if "robustness" in result:
             parts += [scatter(result, "latency"), scatter(result, "size")]
     parts += [f"<p>skipped {escape(s['target'])}: {escape(s['reason'])}</p>"
@@ -77,7 +77,7 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], x_min: float
 def scatter(result: dict, kind: str) -> str:
     """The Pareto view: robust accuracy at the middle eps against batch-1 latency or
     artifact size, one labelled point per target."""
-    eps, robust = R.pareto_robust(result)
+    eps, robust = V.pareto_robust(result)
     pts = [(t["target"], t["latency"]["batch1_ms_median"] if kind == "latency"
             else t["artifact_bytes"] / 1024) for t in result["profile"]["targets"]
            if t["target"] in robust]

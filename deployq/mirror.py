@@ -12,13 +12,12 @@ A mirror is an approximation: the runtimes requantize with fixed-point multiplie
 their own rounding rules. `agreement` measures how often it matches the runtime, and
 every report states it.
 
-build(target, graph, plan) dispatches on target.backend: a backend module may define
-mirror(graph, plan, target, temperature) -> torch callable (e.g. for fixed-point
-arithmetic that a scale grid does not describe); otherwise the plan-grid mirror below.
+build(target, graph, plan): a backend module that declares the 'mirror' hook supplies
+its own (mirror(graph, plan, target, temperature) -> torch callable, e.g. for
+fixed-point arithmetic that a scale grid does not describe); otherwise the plan-grid
+mirror below.
 """
 from __future__ import annotations
-
-import importlib
 
 import numpy as np
 import torch
@@ -85,10 +84,10 @@ def _quantized_weights(node: G.Node, plan: P.QuantPlan) -> G.Node:
 def build(target, graph: G.Graph, plan: P.QuantPlan, temperature: float = 1.0):
     """The mirror of `target`: its backend's own `mirror` function when it has one,
     else the plan-grid mirror."""
-    backend = importlib.import_module(f"deployq.backends.{target.backend}")
-    own = getattr(backend, "mirror", None)
-    if own is not None:
-        return own(graph, plan, target, temperature)
+    from . import backends
+    module = backends.get(target.backend)
+    if backends.supports(module, "mirror"):
+        return module.mirror(graph, plan, target, temperature)
     return GridMirror(graph, plan, temperature)
 
 

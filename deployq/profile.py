@@ -10,11 +10,9 @@ batch, with the runner's thread count fixed and reported."""
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -124,53 +122,19 @@ def machine() -> dict:
             "versions": versions}
 
 
-def onnx_layers(path: Path, x: np.ndarray, runs: int = 20) -> list[dict]:
-    """ONNX Runtime's own per-node timings (its profiler), slowest first."""
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        opts.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        for _ in range(runs):
-            session.run(None, {G.INPUT: x[:1]})
-        events = json.loads(Path(session.end_profiling()).read_text())
-    total: dict[tuple[str, str], float] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            key = (e["name"][: -len("_kernel_time")], e.get("args", {}).get("op_name", "?"))
-            total[key] = total.get(key, 0.0) + e["dur"]
-    rows = [{"node": n, "op": op, "us_per_run": v / runs} for (n, op), v in total.items()]
-    return sorted(rows, key=lambda r: -r["us_per_run"])
-
-
 def target(exported, graph: G.Graph, runner, x: np.ndarray, repeats: int = 50,
            batch: int = 256) -> dict:
-    """Everything above for one exported target and its runner."""
+    """Everything above for one exported target and its runner, with the backend's
+    extra figures (backends.extras) and, where the runner has them, its runtime's own
+    per-layer timers."""
+    from . import backends
+    module = backends.get(exported.target.backend)
     row = {"target": exported.target.name, "backend": exported.target.backend,
            "artifact_bytes": exported.path.stat().st_size, "threads": 1}
     row.update(static(graph, exported.plan))
-    model = getattr(runner, "model", None)           # the C runtime plans its own arena
-    if model is not None and hasattr(model, "arena"):
-        row["runtime_arena_bytes"] = int(model.arena.size)
+    row.update(backends.extras(module, exported.path.parent))
     row["latency"] = latency(runner.run, x, repeats, batch)
-    if exported.target.backend == "onnx":
-        row["slowest_layers"] = onnx_layers(exported.path, x)[:10]
-    elif model is not None and hasattr(model, "op_times"):
-        row["slowest_layers"] = runtime_layers(runner, graph, x, repeats)[:10]
+    if backends.supports(module, "layer_times"):
+        row["slowest_layers"] = runner.layer_times(x, repeats)[:10]
+        row["layer_timer"] = runner.LAYER_TIMER
     return row
-
-
-def runtime_layers(runner, graph: G.Graph, x: np.ndarray, runs: int) -> list[dict]:
-    """The C runtime's own per-op timers, slowest first, each named by the IR layer that
-    its output tensor belongs to (MCU tensors carry .tflite names)."""
-    from .backends.tflite import layer_of
-    names = runner.names            # every C-runtime runner: its tensor names by index
-    rows = []
-    for o in runner.model.op_times(runner.quantize(x[:1])[0], runs):
-        name = names[o["output"]] if o["output"] < len(names) else str(o["output"])
-        rows.append({"node": layer_of(name, graph) or name, "op": o["op"],
-                     "us_per_run": 1e6 * o["seconds"]})
-    return sorted(rows, key=lambda r: -r["us_per_run"])

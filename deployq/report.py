@@ -1,154 +1,50 @@
-"""Results: the versioned results.json schema (docs/results-schema.md), its text,
-markdown and HTML views, and the compare gate. No heavy imports: the CLI prints from
-here."""
+"""Results: the versioned results.json schema (docs/results-schema.md), its text and
+markdown pages (rows from deployq.views; report.html from deployq.htmlreport), and the
+compare gate. No heavy imports: the CLI prints from here."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from . import htmlreport, views as V
 from .errors import InputError
 from .io import atomic_write
+from .views import columns, pareto_robust, pct as _pct  # noqa: F401  (columns,
+#   pareto_robust: part of this module's API)
 
 SCHEMA, SCHEMA_VERSION = "deployq-results", 2
 READABLE_VERSIONS = (1, 2)
 
 
-def columns(rows) -> str:
-    """Rows of cells as left-aligned text columns."""
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-                     for r in rows)
-
-
-def _accuracy_rows(result: dict) -> list[tuple]:
-    rows = [("target", "accuracy", "top-1 agreement with float")]
-    return rows + [(r["target"], _pct(r["accuracy"]), _pct(r["agreement"]))
-                   for r in result["results"]]
-
-
-def _pair_rows(result: dict) -> list[tuple]:
-    """Pairs of targets with the same output grid (the others are not comparable)."""
-    rows = [("targets", "bit-identical outputs", "max difference")]
-    return rows + [(f"{p['a']} vs {p['b']}", _pct(p["identical"]), f"{p['max_lsb']} LSB")
-                   for p in result.get("pairs", []) if p["max_lsb"] is not None]
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
-
-
-def _title(result: dict) -> str:
-    return f"{result['model']} on {result['data']} ({result['samples']} test samples)"
-
-
 def text(result: dict) -> str:
-    parts = [_title(result), columns(_accuracy_rows(result))]
-    pairs = _pair_rows(result)
+    parts = [V.title(result), columns(V.accuracy_rows(result))]
+    pairs = V.pair_rows(result)
     if len(pairs) > 1:
         parts += ["", columns(pairs)]
     if "robustness" in result:
-        parts += ["", _robust_title(result), columns(_robust_rows(result))]
-        parts += [f"flag {f['target']}: {f['message']}" for f in _flags(result)]
+        parts += ["", V.robust_title(result), columns(V.robust_rows(result))]
+        parts += [f"flag {f['target']}: {f['message']}" for f in V.flags(result)]
     if "profile" in result:
-        parts += ["", _machine(result), columns(_profile_rows(result))]
+        parts += ["", V.machine(result), columns(V.profile_rows(result))]
     return "\n".join(parts)
 
 
-def _robust_title(result: dict) -> str:
-    r = result["robustness"]
-    return (f"Robust accuracy on the runtimes ({r['samples']} samples; worst case over "
-            f"{', '.join(r['sources'])} x {', '.join(r['attacks'])}; PGD {r['steps']} "
-            f"steps, {r['restarts']} restart(s); square {r['queries']} queries)")
-
-
-def _robust_rows(result: dict) -> list[tuple]:
-    r = result["robustness"]
-    rows = [("target", "clean") + tuple(f"eps {e:g}" for e in r["eps"])
-            + ("mirror agreement", "flags")]
-    for t in r["targets"]:
-        m = t.get("mirror")
-        mirror = "-" if not m else _pct(m["top1"]) + (
-            f" ({_pct(m['identical'])} bit-identical)" if m.get("identical") is not None
-            else "")
-        rows.append((t["target"], _pct(t["clean"]))
-                    + tuple(_pct(e["robust"]) for e in t["eps"])
-                    + (mirror, str(len(t["flags"])) if t["flags"] else "none"))
-    return rows
-
-
-def _by_rows(result: dict) -> list[tuple]:
-    r = result["robustness"]
-    rows = [("target", "source", "attack") + tuple(f"eps {e:g}" for e in r["eps"])]
-    for t in r["targets"]:
-        keys = list(dict.fromkeys((b["source"], b["attack"])
-                                  for e in t["eps"] for b in e["by"]))
-        for source, attack in keys:
-            rows.append((t["target"], source, attack) + tuple(
-                _pct(next((b["accuracy"] for b in e["by"]
-                           if (b["source"], b["attack"]) == (source, attack)), None))
-                for e in t["eps"]))
-    return rows
-
-
-def _flags(result: dict) -> list[dict]:
-    return [f | {"target": t["target"]} for t in result["robustness"]["targets"]
-            for f in t["flags"]]
-
-
-def _profile_rows(result: dict) -> list[tuple]:
-    """One row per target: accuracy and robustness beside size and speed."""
-    acc = {r["target"]: r["accuracy"] for r in result.get("results", [])}
-    eps, robust = pareto_robust(result)
-    scored = ("accuracy", f"robust (eps {eps:g})" if eps else "robust") if acc else ()
-    rows = [("target", *scored, "artifact", "weights", "MACs", "peak activations",
-             "batch 1 (median, p90)", "throughput")]
-    for t in result["profile"]["targets"]:
-        lat = t["latency"]
-        scores = (_pct(acc.get(t["target"])), _pct(robust.get(t["target"]))) if acc else ()
-        rows.append((t["target"], *scores, _bytes(t["artifact_bytes"]),
-                     _bytes(t["weight_bytes"]), f"{t['macs']:,}",
-                     _bytes(t["peak_activation_bytes"]),
-                     f"{lat['batch1_ms_median']:.3f} ms, {lat['batch1_ms_p90']:.3f} ms",
-                     f"{lat['throughput_per_s']:,.0f}/s"))
-    return rows
-
-
-def pareto_robust(result: dict) -> tuple[float | None, dict[str, float]]:
-    """The middle eps of the robustness stage and each target's robust accuracy there
-    (the largest eps often drives every target to 0, which compares nothing)."""
-    r = result.get("robustness")
-    if not r or not r["eps"]:
-        return None, {}
-    k = len(r["eps"]) // 2
-    return r["eps"][k], {t["target"]: t["eps"][k]["robust"] for t in r["targets"]}
-
-
-def _bytes(n) -> str:
-    return f"{n / 1024:.1f} KB" if n >= 1024 else f"{n} B"
-
-
-def _machine(result: dict) -> str:
-    m = result["profile"]["machine"]
-    return (f"Measured on {m['cpu']} ({m['cores']} cores; ISA: {', '.join(m['isa']) or '-'}), "
-            "one thread per runtime; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
-
-
 def markdown(result: dict) -> str:
-    parts = ["# deployq report", "", f"**{_title(result)}**, seed {result['seed']}", "",
-             _md_table(_accuracy_rows(result))]
-    pairs = _pair_rows(result)
+    parts = ["# deployq report", "", f"**{V.title(result)}**, seed {result['seed']}", "",
+             _md_table(V.accuracy_rows(result))]
+    pairs = V.pair_rows(result)
     if len(pairs) > 1:
         parts += ["", "Integer outputs compared between targets:", "", _md_table(pairs)]
     if "robustness" in result:
-        parts += ["", f"## {_robust_title(result)}", "", _md_table(_robust_rows(result)),
-                  "", "Accuracy per source and attack:", "", _md_table(_by_rows(result))]
-        flags = _flags(result)
+        parts += ["", f"## {V.robust_title(result)}", "", _md_table(V.robust_rows(result)),
+                  "", "Accuracy per source and attack:", "", _md_table(V.source_rows(result))]
+        flags = V.flags(result)
         parts += ["", "Honesty checks: " + ("all passed." if not flags else
                                             f"{len(flags)} flag(s):")]
         parts += [f"- **{f['target']}** `{f['check']}`: {f['message']}" for f in flags]
     if "profile" in result:
-        parts += ["", "## Size and speed", "", _machine(result), "",
-                  _md_table(_profile_rows(result))]
+        parts += ["", "## Size and speed", "", V.machine(result), "",
+                  _md_table(V.profile_rows(result))]
     for skipped in result.get("skipped", []):
         parts += ["", f"- skipped {skipped['target']}: {skipped['reason']}"]
     return "\n".join(parts) + "\n"
@@ -172,10 +68,9 @@ def write_json(result: dict, path: str | Path) -> None:
 def write(result: dict, out_dir: str | Path) -> list[Path]:
     """results.json, report.md and report.html in out_dir, each rendered before any
     is written and each written atomically."""
-    from .htmlreport import html
     out_dir = Path(out_dir)
     files = {"results.json": _json(result), "report.md": markdown(result).encode(),
-             "report.html": html(result).encode()}
+             "report.html": htmlreport.html(result).encode()}
     for name, data in files.items():
         atomic_write(out_dir / name, data)
     return [out_dir / name for name in files]

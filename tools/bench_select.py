@@ -36,7 +36,7 @@ def subject(session, exported, runner, x):
     m = mirror.build(exported.target, session.graph, exported.plan)
     agree = mirror.agreement(m.logits(x), runner.run(x),
                              exported.plan.tensor(session.graph.output),
-                             getattr(runner, "output_qp", None))
+                             runner.output_qp)
     return R.Subject(exported.target.name, runner.run,
                      {"transfer": session.model.module, "bpda": m}, agree)
 

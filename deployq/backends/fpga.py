@@ -18,12 +18,14 @@ import numpy as np
 from .. import fixedpoint as FX
 from .. import graph as G
 from .. import rtformat as F
-from ..errors import ExportError, TargetError
+from ..errors import ExportError, InputError, TargetError
 from ..io import atomic_write
-from ..plan import QuantPlan
+from ..plan import QParams, QuantPlan
+from . import crunner
 
 ARTIFACT = "model.dqm"
 TENSORS = "tensors.json"
+CAPABILITIES = crunner.CAPABILITIES | {"mirror"}
 
 
 def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
@@ -33,6 +35,7 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
     path = out_dir / ARTIFACT
     meta = {"input_quant": fx.input_quant, "input_bits": fx.input_bits,
             "input_frac": fx.input_frac, "output_frac": fx.layers[graph.output].frac,
+            "output_bits": fx.bits(graph.output),
             "output_shape": list(graph.node(graph.output).shape), "tensors": names}
     atomic_write(out_dir / TENSORS, json.dumps(meta, indent=1).encode())
     atomic_write(path, blob)
@@ -65,39 +68,55 @@ def mirror(graph: G.Graph, plan: QuantPlan, target, temperature: float = 1.0):
     return FxMirror(lower(graph, plan, target), temperature)
 
 
-def load(path: Path, target=None) -> "Runner":
+def load(path: Path, target=None, threads: int = 1) -> "Runner":
+    """threads: accepted for the protocol; the C runtime runs one thread."""
     return Runner(Path(path))
 
 
-class Runner:
+def extras(out_dir: Path) -> dict:
+    return crunner.arena_extras(Path(out_dir) / ARTIFACT)
+
+
+class Runner(crunner.CRunner):
     """Runs model.dqm. The input is quantized as the hardware's input conversion
     would: x * 2^frac rounded by the target's quantization mode (trn: floor), then
-    saturated to the input bits."""
+    saturated to the input bits. Both grids are powers of two with zero point 0."""
 
     def __init__(self, path: Path):
         from .. import runtime
         self.model = runtime.Model(path.read_bytes(), str(path))
-        self.meta = json.loads((path.parent / TENSORS).read_text())
-        self.names = self.meta["tensors"]          # runtime tensor index -> IR tensor
+        self.meta = m = json.loads((path.parent / TENSORS).read_text())
+        if "output_bits" not in m:
+            raise InputError(f"{path.parent / TENSORS} was written by an older deployq; "
+                             "re-export the target with 'deployq export'")
+        self.names = m["tensors"]                  # runtime tensor index -> IR tensor
+        self.input_qp = _grid(m["input_bits"], m["input_frac"])
+        self.output_qp = _grid(m["output_bits"], m["output_frac"])
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """NCHW float -> NHWC int8 rows."""
+        """NCHW float -> NCHW integer codes."""
         m = self.meta
-        q = FX.quantize_input(x, m["input_frac"], m["input_bits"], m["input_quant"])
-        if q.ndim == 4:
-            q = q.transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(q.reshape(len(q), -1).astype(np.int8))
+        return FX.quantize_input(x, m["input_frac"], m["input_bits"], m["input_quant"])
 
-    def run_int(self, x: np.ndarray) -> np.ndarray:
+    def run_codes(self, q: np.ndarray) -> np.ndarray:
         """Integer outputs (N, *output shape), in the IR's NCHW order."""
-        out = self.model.run(self.quantize(np.asarray(x, np.float32))).astype(np.int64)
+        out = self.raw_codes(q).astype(np.int64)
         shape = self.meta["output_shape"]
         if len(shape) == 3:
             return out.reshape(len(out), shape[1], shape[2], shape[0]).transpose(0, 3, 1, 2)
         return out.reshape(len(out), *shape)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return FX.dequantize(self.run_int(x), self.meta["output_frac"])
+        return FX.dequantize(self.run_codes(self.quantize(x)), self.meta["output_frac"])
+
+    def layer_of(self, tensor: str) -> str | None:
+        """Runtime tensors carry IR names; the extra ones of a reshape ('<layer>/chw',
+        '<layer>/chw_out') belong to none."""
+        return None if tensor.endswith(("/chw", "/chw_out")) else tensor
+
+
+def _grid(bits: int, frac: int) -> QParams:
+    return QParams(bits, np.array([2.0 ** -frac], np.float32), np.zeros(1, np.int64))
 
 
 # --- IR + integers -> runtime model file ---------------------------------------

@@ -18,12 +18,14 @@ from .. import graph as G
 from .. import rtformat as F
 from ..errors import ExportError, TargetError, UnsupportedOpError
 from ..io import atomic_write
-from ..plan import QParams, QuantPlan
-from . import tflite
+from ..plan import QuantPlan
+from ..tflite_file import TfliteFile
+from . import crunner, tflite
 
 ARTIFACT = "model.dqm"
 NAMES = "tensors.json"          # the .tflite tensor name of each runtime tensor
 ROUNDING = {"double": 0, "single": 1}
+CAPABILITIES = crunner.CAPABILITIES | {"c_project"}
 
 
 def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
@@ -41,75 +43,63 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
     return path, plan
 
 
-def load(path: Path, target=None) -> "Runner":
+def load(path: Path, target=None, threads: int = 1) -> "Runner":
+    """threads: accepted for the protocol; the C runtime runs one thread."""
     return Runner(Path(path))
 
 
-class Runner:
-    """Runs model.dqm; input and output scales come from the model.tflite beside it."""
+def extras(out_dir: Path) -> dict:
+    return crunner.arena_extras(Path(out_dir) / ARTIFACT)
+
+
+def c_project(artifact: Path, out_dir: Path, inputs: np.ndarray | None = None) -> Path:
+    """A self-contained Cortex-M C project for the exported model (deployq.cproject),
+    its test vectors the float NCHW `inputs` quantized as this runner does (None: 20
+    seeded random rows), its header with the input and output quantization."""
+    from ..cproject import write_c_project
+    runner = Runner(Path(artifact))
+    rows = None if inputs is None else runner.rows(inputs)
+    return write_c_project(artifact, out_dir, rows, (runner.input_qp, runner.output_qp))
+
+
+class Runner(crunner.CRunner):
+    """Runs model.dqm; input and output scales come from the model.tflite beside it,
+    tensor names and layers from the tensors.json and layers.json beside it."""
 
     def __init__(self, path: Path):
         from .. import runtime
         self.model = runtime.Model(path.read_bytes(), str(path))
-        reader = _Reader((path.parent / tflite.ARTIFACT).read_bytes())
-        self.input_qp, self.output_qp = (
-            QParams(8, *reader.quant(t)) for t in (reader.graph.inputs[0], reader.graph.outputs[0]))
+        f = TfliteFile.read(path.parent / tflite.ARTIFACT)
+        self.input_qp, self.output_qp = (f.qparams(t) for t in (f.graph.inputs[0],
+                                                                f.graph.outputs[0]))
         self.names = json.loads((path.parent / NAMES).read_text())
+        self.layers = tflite.layer_names(path.parent)
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """NCHW float -> NHWC int8 rows, rounded as LiteRT's reference QUANTIZE."""
-        q = tflite.quantize_input(x, self.input_qp, "reference")
-        return np.ascontiguousarray(q.transpose(0, 2, 3, 1).reshape(len(q), -1))
+        """NCHW float -> NCHW int8 codes, rounded as LiteRT's reference QUANTIZE."""
+        return tflite.quantize_input(x, self.input_qp, "reference")
 
-    def output_codes(self, x: np.ndarray) -> np.ndarray:
-        """int8 outputs for float inputs: one call into the C runtime for the batch."""
-        return self.model.run(self.quantize(np.asarray(x, np.float32)))
+    def run_codes(self, q: np.ndarray) -> np.ndarray:
+        """int8 output codes for NCHW int8 input codes."""
+        return self.raw_codes(q)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.output_qp.dequantize(self.output_codes(x).astype(np.int32))
+        return self.output_qp.dequantize(self.run_codes(self.quantize(x)).astype(np.int32))
 
-    def dump(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Every tensor for one float sample, by its .tflite tensor name."""
-        tensors = self.model.dump(self.quantize(np.asarray(x, np.float32)[None])[0])
-        return dict(zip(self.names, tensors))
+    def layer_of(self, tensor: str) -> str | None:
+        return tflite.layer_of_tensor(tensor, self.layers)
 
 
 # --- .tflite -> runtime model ----------------------------------------------------
 
-def _schema():
-    import ai_edge_litert.schema_py_generated as S
-    return S
-
-
-class _Reader:
-    """The subgraph of a .tflite with constant buffers and op names resolved."""
+class _Reader(TfliteFile):
+    """The .tflite being translated, and the runtime tensors and ops made from it."""
 
     def __init__(self, data: bytes):
-        S = _schema()
-        self.S = S
-        self.model = S.ModelT.InitFromPackedBuf(data, 0)
-        self.graph = self.model.subgraphs[0]
-        self.op_names = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+        super().__init__(data)
         self.index: dict[int, int] = {}          # tflite tensor -> runtime tensor
         self.tensors: list[F.Tensor] = []
         self.ops: list[F.Op] = []
-
-    def name(self, op) -> str:
-        code = self.model.operatorCodes[op.opcodeIndex]
-        return self.op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
-
-    def const(self, t: int) -> np.ndarray:
-        tensor = self.graph.tensors[t]
-        data = self.model.buffers[tensor.buffer].data
-        if data is None:
-            raise ExportError(f"tensor '{tensor.name.decode()}' should be a constant")
-        dtype = {self.S.TensorType.INT8: np.int8, self.S.TensorType.INT32: np.int32,
-                 self.S.TensorType.INT64: np.int64}[tensor.type]
-        return np.frombuffer(bytes(bytearray(data)), dtype).reshape(tensor.shape)
-
-    def quant(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        q = self.graph.tensors[t].quantization
-        return np.asarray(q.scale, np.float32), np.asarray(q.zeroPoint, np.int64)
 
     def act(self, t: int) -> int:
         """The runtime index of activation tensor t (created on first use)."""
@@ -137,7 +127,7 @@ class _Reader:
         return max(-128, lo), min(127, hi)
 
     def layer(self, t: int) -> str:
-        return self.graph.tensors[t].name.decode()
+        return self.tensor_name(t)
 
 
 def _padding(S, padding: int, size: int, k: int, stride: int, dil: int) -> int:
@@ -307,8 +297,8 @@ def from_tflite(data: bytes, rounding: int = 0) -> tuple[bytes, list[str]]:
     r.rounding = rounding
     g = r.graph
     inp = r.act(g.inputs[0])
-    for op in g.operators:
-        name = r.name(op)
+    for op in r.operators:
+        name = r.op_name(op)
         if name not in OPS:
             raise UnsupportedOpError(name, r.layer(op.outputs[0]), "mcu backend", OPS)
         OPS[name](r, op)

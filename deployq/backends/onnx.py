@@ -4,6 +4,7 @@ integer kernel (QLinearConv, QGemm, QLinearAdd, ...). export() checks the optimi
 graph and refuses a model in which a conv or matmul would still run in float."""
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections import Counter
@@ -20,6 +21,7 @@ from ..io import atomic_write
 from ..plan import QParams, QuantPlan, quantized_bias
 
 ARTIFACT = "model.onnx"
+CAPABILITIES = frozenset({"layer_times"})
 OUTPUT = "logits"
 FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
 # Storage types. The plan's integers are int8; a uint8 tensor with zero point + 128 is
@@ -51,18 +53,73 @@ def load(path: Path, target=None, threads: int = 1) -> "Runner":
 
 
 class Runner:
+    """One ONNX Runtime session. Its input and output grids are read from the model's
+    QuantizeLinear/DequantizeLinear constants (stored as uint8 = int8 code + 128)."""
+    LAYER_TIMER = "ONNX Runtime profiler"
+
     def __init__(self, path: Path, threads: int = 1):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.path = path
+        self.path, self.threads = path, threads
+        self.input_qp, self.output_qp = _grids(onnx.load(str(path)))
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """int8 codes as the input QuantizeLinear computes them: x / scale in float32,
+        rounded half to even (MLAS), plus the zero point, saturated."""
+        qp = self.input_qp
+        r = np.round(np.asarray(x, np.float32) / np.float32(qp.scale[0]))
+        return np.clip(r + qp.zero_point[0], qp.qmin, qp.qmax).astype(np.int8)
+
+    def run_codes(self, q: np.ndarray) -> np.ndarray:
+        """int8 output codes for int8 input codes: the codes' real values go in, and
+        the input QuantizeLinear gives the same codes back."""
+        x = self.input_qp.dequantize(np.asarray(q, np.int64))
+        return self.output_qp.quantize(self.run(x)).astype(np.int8)
 
     def run(self, x: np.ndarray, batch: int = 1024) -> np.ndarray:
         x = np.ascontiguousarray(x, np.float32)
         return np.concatenate([self.session.run([OUTPUT], {G.INPUT: x[i:i + batch]})[0]
                                for i in range(0, len(x), batch)])
+
+    def layer_times(self, x: np.ndarray, repeats: int = 20) -> list[dict]:
+        """ONNX Runtime's own per-node timings (its profiler), slowest first."""
+        return layer_times(self.path, np.asarray(x, np.float32), repeats, self.threads)
+
+
+def _grids(model: onnx.ModelProto) -> tuple[QParams, QParams]:
+    """(input, output) int8 grids from the first QuantizeLinear's and the output
+    DequantizeLinear's constants."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+    def grid(prefix: str) -> QParams:
+        scale = np.atleast_1d(consts[f"{prefix}:scale"]).astype(np.float32)
+        zp = np.atleast_1d(consts[f"{prefix}:zp"]).astype(np.int64) - U8_SHIFT
+        return QParams(8, scale, zp)
+    return grid(f"{G.INPUT}:dq"), grid(OUTPUT)
+
+
+def layer_times(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> list[dict]:
+    """ONNX Runtime's profiler on batch 1: microseconds per run of each node's kernel."""
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, {G.INPUT: x[:1]})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    total: dict[tuple[str, str], float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            key = (e["name"][: -len("_kernel_time")], e.get("args", {}).get("op_name", "?"))
+            total[key] = total.get(key, 0.0) + e["dur"]
+    rows = [{"node": n, "op": op, "us_per_run": v / runs} for (n, op), v in total.items()]
+    return sorted(rows, key=lambda r: -r["us_per_run"])
 
 
 def kernels(path: Path) -> Counter:

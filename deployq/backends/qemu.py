@@ -18,7 +18,7 @@ import numpy as np
 from .. import cproject
 from ..errors import ExportError
 from ..io import atomic_write
-from . import mcu
+from . import crunner, mcu
 
 # without the toolchain this backend is unavailable, like one whose package is missing:
 # backends.get raises the TargetError naming the Debian packages, and `deployq run`
@@ -28,13 +28,15 @@ cproject.require_tools()
 ARTIFACT = "model.elf"
 PROJECT = "c-project"
 FOOTPRINT = "footprint.json"
+# no dump or layer timers: the device build has neither (its host twin, mcu-int8, has)
+CAPABILITIES = frozenset({"extras"})
 
 
 def export(graph, plan, target, out_dir: Path, calib=None):
     out_dir = Path(out_dir)
     dqm, plan = mcu.export(graph, plan, target, out_dir, calib)
     inputs = None if calib is None else np.asarray(calib[:cproject.TEST_COUNT])
-    project = cproject.write_c_project(dqm, out_dir / PROJECT, inputs)
+    project = mcu.c_project(dqm, out_dir / PROJECT, inputs)
     elf = cproject.build(project)
     fp = cproject.footprint(project)         # runs the self-checking test program
     atomic_write(out_dir / FOOTPRINT, json.dumps(fp, indent=1).encode())
@@ -42,8 +44,14 @@ def export(graph, plan, target, out_dir: Path, calib=None):
     return out_dir / ARTIFACT, plan
 
 
-def load(path: Path, target=None) -> "Runner":
+def load(path: Path, target=None, threads: int = 1) -> "Runner":
+    """threads: accepted for the protocol; the emulated device runs one thread."""
     return Runner(Path(path))
+
+
+def extras(out_dir: Path) -> dict:
+    """Flash, RAM and instructions per inference measured at export."""
+    return {"mcu_footprint": json.loads((Path(out_dir) / FOOTPRINT).read_text())}
 
 
 class Runner:
@@ -62,10 +70,9 @@ class Runner:
     def quantize(self, x: np.ndarray) -> np.ndarray:
         return self.host.quantize(x)
 
-    def output_codes(self, x: np.ndarray) -> np.ndarray:
+    def run_codes(self, q: np.ndarray) -> np.ndarray:
         """int8 outputs of the emulated device: one QEMU run for the whole batch."""
-        rows = self.quantize(np.asarray(x, np.float32))
-        return cproject.run_stream(self.elf, rows, self.output_bytes)
+        return cproject.run_stream(self.elf, crunner.rows(q), self.output_bytes)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.output_qp.dequantize(self.output_codes(x).astype(np.int32))
+        return self.output_qp.dequantize(self.run_codes(self.quantize(x)).astype(np.int32))

@@ -1,48 +1,41 @@
-"""TFLite int8 backend: a TensorFlow graph written from the IR (NHWC inside), converted
-to a full-integer .tflite by the official converter and run by LiteRT.
+"""TFLite int8 backend: the IR converted to a full-integer .tflite by the official
+converter (backends/tfgraph.py builds the TensorFlow graph) and run by LiteRT.
 
-Two modes, chosen by the plan's calibration setting:
-  plan       every tensor carries a fake-quant op whose range is set on the plan's grid
-             (nudged by float32 ulps so that the converter's scale, float32((max - min)
-             / (qmax - qmin)), is the plan's scale bit for bit); weights are fed already
-             on the grid, so the file holds exactly the plan's parameters and integers.
-  converter  no fake-quant; TFLite's representative-dataset calibration picks the
-             parameters, which export() reads back from the file into a new plan.
-
-Linear layers are written as 1x1 convolutions between reshapes (TFLite op CONV_2D), so
-their weights stay per-channel like the ONNX target's (per-channel FULLY_CONNECTED fails
-in the converter's fake-quant path). The IR's NCHW flatten order is kept by transposing
-NHWC -> NCHW before a reshape whose input has spatial extent. Each IR layer is built
-under the TF name scope 'L<index>', which the converter keeps in tensor names: that is
-how a .tflite tensor is mapped back to its IR layer.
+The plan's calibration setting picks the mode: 'plan' writes the plan's parameters and
+integers into the file bit for bit; 'converter' lets TFLite's representative-dataset
+calibration choose them, and export() reads them back from the file into a new plan.
+Each IR layer's tensors carry the TF name scope 'L<index>' (the input's 'IN'); export()
+writes the IR layer names beside the file (layers.json), which is how a runner names
+the layer of a .tflite tensor.
 
 The runner quantizes its float input as TFLite's QUANTIZE op does (see quantize_input),
 feeds int8 NHWC, and dequantizes the int8 logits with the file's output parameters.
-TensorFlow is imported only by export(); load() and run() need ai_edge_litert alone."""
+The file is read back with deployq.tflite_file (the schema LiteRT ships). TensorFlow is
+imported only by export(); load() and run() need ai_edge_litert alone."""
 from __future__ import annotations
 
-import contextlib
-import math
-import os
+import json
 import re
-import sys
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from .. import graph as G
-from ..errors import ExportError, TargetError, UnsupportedOpError
+from ..errors import ExportError, TargetError
 from ..io import atomic_write
-from ..plan import QParams, QuantPlan, quantized_bias
+from ..plan import QParams, QuantPlan
+from ..tflite_file import TfliteFile
+from . import tfgraph
+from .tfgraph import INPUT_SCOPE
 
 ARTIFACT = "model.tflite"
+LAYERS = "layers.json"          # IR layer names in graph order (scope L<i> -> name)
+CAPABILITIES = frozenset({"dump"})
 KERNELS = {"xnnpack": OpResolverType.AUTO, "reference": OpResolverType.BUILTIN_REF}
-INPUT_SCOPE = "IN"
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
-MAX_NUDGE_ULPS = 64
 
 
 # --- running ---------------------------------------------------------------------------
@@ -66,12 +59,16 @@ class Runner:
         inp, out = self.interp.get_input_details()[0], self.interp.get_output_details()[0]
         self.input_index, self.output_index = inp["index"], out["index"]
         self.input_qp, self.output_qp = _qparams(inp), _qparams(out)
+        self.layers = layer_names(path.parent)
         self.batch = None
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """NCHW float -> NCHW int8 codes, as this kernel set's QUANTIZE rounds."""
+        return quantize_input(x, self.input_qp, self.kernels)
 
     def run(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
         x = np.asarray(x, np.float32)
-        return np.concatenate([self.run_int8(
-            quantize_input(x[i:i + batch], self.input_qp, self.kernels))
+        return np.concatenate([self.run_int8(self.quantize(x[i:i + batch]))
                                for i in range(0, len(x), batch)])
 
     def run_int8(self, q: np.ndarray) -> np.ndarray:
@@ -90,7 +87,6 @@ class Runner:
         self.interp.invoke()
         return self.interp.get_tensor(self.output_index).copy()
 
-
     def dump(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every int8 activation tensor for one float sample, by tensor name (a second
         interpreter that keeps all tensors)."""
@@ -100,14 +96,39 @@ class Runner:
                                  experimental_op_resolver_type=KERNELS[self.kernels],
                                  experimental_preserve_all_tensors=True)
         interp.allocate_tensors()
-        q = quantize_input(np.asarray(x, np.float32)[None], self.input_qp, self.kernels)
+        q = self.quantize(np.asarray(x, np.float32)[None])
         interp.set_tensor(self.input_index, np.ascontiguousarray(np.transpose(q, (0, 2, 3, 1))))
         interp.invoke()
-        produced = {i for op in interp._get_ops_details() for i in op["outputs"]}
-        produced.add(self.input_index)
+        produced = TfliteFile.read(self.path).produced() | {self.input_index}
         return {d["name"]: interp.get_tensor(d["index"]).reshape(-1).copy()
                 for d in interp.get_tensor_details()
                 if d["index"] in produced and d["dtype"] == np.int8}
+
+    def layer_of(self, tensor: str) -> str | None:
+        return layer_of_tensor(tensor, self.layers)
+
+
+def layer_names(folder: Path) -> list[str]:
+    """The IR layer names in graph order, as export() wrote them beside the .tflite
+    (tensor names refer to layer i by the scope 'L<i>/'); [] for a foreign file."""
+    path = Path(folder) / LAYERS
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def layer_of_tensor(name: str, layers: list[str]) -> str | None:
+    """The IR layer of a tensor name such as 'L3/Conv2D;L3/add' ('input' for the input
+    scope), or None."""
+    if name.startswith(f"{INPUT_SCOPE}/"):
+        return G.INPUT
+    return _scope_layer(name, layers)
+
+
+def _scope_layer(name: str, layers: list[str]) -> str | None:
+    """The layer of the first scope 'L<i>/' in a name such as 'L3/Conv2D;L3/add'."""
+    m = re.search(r"(?:^|[;/])L(\d+)/", name)
+    if m and int(m.group(1)) < len(layers):
+        return layers[int(m.group(1))]
+    return None
 
 
 def quantize_input(x: np.ndarray, qp: QParams, kernels: str = "xnnpack") -> np.ndarray:
@@ -137,13 +158,14 @@ def _qparams(detail: dict, axis: int | None = None, narrow: bool = False) -> QPa
 def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
            calib: np.ndarray | None = None) -> tuple[Path, QuantPlan]:
     """Write out_dir/model.tflite; return it and the plan it carries."""
-    check_supported(graph)
+    tfgraph.check_supported(graph)
     mode = _mode(plan)
     if mode == "converter" and (calib is None or len(calib) == 0):
         raise ExportError("calibration=converter needs calibration samples")
-    data = _convert(graph, plan, mode, calib)
+    data = tfgraph.convert(graph, plan, mode, calib)
     path = Path(out_dir) / ARTIFACT
     atomic_write(path, data)
+    atomic_write(Path(out_dir) / LAYERS, json.dumps([n.name for n in graph.nodes]).encode())
     contents = read(path, graph)
     contents.check_integer()
     if mode == "converter":
@@ -157,437 +179,6 @@ def _mode(plan: QuantPlan) -> str:
         raise TargetError(f"calibration=converter applies to the whole model, but the plan "
                           f"mixes {sorted(calibs)}")
     return "converter" if "converter" in calibs else "plan"
-
-
-def check_supported(graph: G.Graph) -> None:
-    """Raise UnsupportedOpError for the first layer TFLite int8 cannot run as written."""
-    for node in graph.nodes:
-        if node.op not in OPS:
-            raise UnsupportedOpError(node.op, node.name, "tflite backend", OPS)
-        why = CHECKS.get(node.op, lambda n, g: None)(node, graph)
-        if why:
-            raise UnsupportedOpError(why, node.name, "tflite backend", SUPPORTED)
-
-
-def _tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow as tf
-    tf.get_logger().setLevel("ERROR")
-    return tf
-
-
-def _convert(graph: G.Graph, plan: QuantPlan, mode: str, calib) -> bytes:
-    tf = _tensorflow()
-    c, h, w = graph.input_shape
-    spec = tf.TensorSpec([None, h, w, c], tf.float32, name=G.INPUT)
-    fn = tf.function(lambda x: _Builder(tf, graph, plan, mode).build(x),
-                     input_signature=[spec], autograph=False)
-    concrete = fn.get_concrete_function()
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.inference_input_type = conv.inference_output_type = tf.int8
-    if mode == "converter":
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        nhwc = np.transpose(np.asarray(calib, np.float32), (0, 2, 3, 1))
-        conv.representative_dataset = lambda: ([nhwc[i:i + 1]] for i in range(len(nhwc)))
-    try:
-        with warnings.catch_warnings(), _silenced_fds():
-            warnings.simplefilter("ignore")
-            return conv.convert()
-    except Exception as e:      # the converter raises ConverterError, RuntimeError, ...
-        raise ExportError(f"the TFLite converter rejected the graph"
-                          f"{_layer_hint(str(e), graph)}: {type(e).__name__}: "
-                          f"{_first_line(str(e))}") from None
-
-
-@contextlib.contextmanager
-def _silenced_fds():
-    """The converter's calibrator writes to the process's stdout/stderr from C++."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-
-
-def _layer_hint(message: str, graph: G.Graph) -> str:
-    m = re.search(r"\bL(\d+)/", message)
-    return f" at layer '{graph.nodes[int(m.group(1))].name}'" if m else ""
-
-
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if "error" in ln.lower()]
-    return (lines[0] if lines else text.strip().splitlines()[0] if text.strip() else "")[:300]
-
-
-# --- fake-quant ranges on the plan's grid --------------------------------------------
-
-def fake_quant_range(scale: np.float32, zero_point: int, qmin: int, qmax: int
-                     ) -> tuple[np.float32, np.float32]:
-    """float32 (min, max) on the grid of (scale, zero_point) for which the converter's
-    float32((max - min) / (qmax - qmin)) (difference in double) is exactly scale."""
-    s = np.float32(scale)
-    lo = np.float32((qmin - zero_point) * float(s))
-    hi = np.float32((qmax - zero_point) * float(s))
-    for step in range(MAX_NUDGE_ULPS + 1):
-        for cand_lo, cand_hi in _nudged(lo, hi, step, zero_point, qmin, qmax):
-            if np.float32((float(cand_hi) - float(cand_lo)) / (qmax - qmin)) == s:
-                return cand_lo, cand_hi
-    raise ExportError(f"no float32 range gives scale {float(s)!r} with zero point "
-                      f"{zero_point} within {MAX_NUDGE_ULPS} ulps")
-
-
-def _nudged(lo, hi, step, zp, qmin, qmax):
-    """Candidates step ulps away; the end that is exactly 0 (zp at qmin/qmax) stays."""
-    out = []
-    for d in ((step, 0), (-step, 0), (0, step), (0, -step)) if step else ((0, 0),):
-        a = _ulps(lo, d[1]) if zp != qmin else lo
-        b = _ulps(hi, d[0]) if zp != qmax else hi
-        out.append((np.float32(a), np.float32(b)))
-    return out
-
-
-def _ulps(v: np.float32, n: int) -> np.float32:
-    direction = np.float32(np.inf if n > 0 else -np.inf)
-    for _ in range(abs(n)):
-        v = np.nextafter(v, direction, dtype=np.float32)
-    return v
-
-
-# --- building the TF graph -----------------------------------------------------------
-
-@dataclass
-class _Builder:
-    tf: object
-    graph: G.Graph
-    plan: QuantPlan
-    mode: str
-    values: dict = field(default_factory=dict)
-
-    def build(self, x):
-        tf = self.tf
-        with tf.name_scope(INPUT_SCOPE):
-            self.values[G.INPUT] = self.fq(x, G.INPUT)
-        for i, node in enumerate(self.graph.nodes):
-            with tf.name_scope(f"L{i}"):
-                y = OPS[node.op](self, node, [self.values[n] for n in node.inputs])
-                self.values[node.name] = self.fq(y, node.name)
-        return self.values[self.graph.output]
-
-    def fq(self, y, name: str):
-        """y with the plan's parameters for tensor `name` (plan mode; else y)."""
-        if self.mode != "plan":
-            return y
-        qp = self.plan.tensor(name)
-        lo, hi = fake_quant_range(qp.scale[0], int(qp.zero_point[0]), qp.qmin, qp.qmax)
-        return self.tf.quantization.fake_quant_with_min_max_vars(
-            y, float(lo), float(hi), num_bits=qp.bits, narrow_range=False)
-
-    def weight(self, node: G.Node, w_tf: np.ndarray, channel_axis: int,
-               channels: slice = slice(None)):
-        """The weight constant (TF layout, output channels on channel_axis; these are
-        the layer's `channels`), fed on the plan's grid and fake-quantized (plan mode)."""
-        if self.mode != "plan":
-            return self.tf.constant(w_tf)
-        qp = _channel_slice(self.plan.layers[node.name].weight, channels)
-        scale = np.broadcast_to(qp.scale, (w_tf.shape[channel_axis],)).astype(np.float32)
-        moved = np.moveaxis(w_tf, channel_axis, -1)
-        grid = _on_grid(moved, scale, qp)
-        ranges = [fake_quant_range(s, 0, qp.qmin, qp.qmax) for s in scale]
-        tf = self.tf
-        if qp.axis is None:
-            fq = tf.quantization.fake_quant_with_min_max_vars(
-                tf.constant(grid), float(ranges[0][0]), float(ranges[0][1]),
-                num_bits=qp.bits, narrow_range=True)
-        else:
-            fq = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                tf.constant(grid), np.array([r[0] for r in ranges], np.float32),
-                np.array([r[1] for r in ranges], np.float32), num_bits=qp.bits,
-                narrow_range=True)
-        return _moveaxis_tf(tf, fq, -1, channel_axis, w_tf.ndim)
-
-    def bias(self, node: G.Node, channels: slice):
-        """The float bias, in plan mode rounded onto the int32 grid the converter derives
-        (input scale * weight scale), so its rounding cannot differ from the plan's."""
-        b = node.bias[channels]
-        if self.mode != "plan":
-            return self.tf.constant(b)
-        scale = np.broadcast_to(self.plan.bias_scale(node.name, node.inputs[0]),
-                                node.bias.shape)[channels]
-        q = quantized_bias(b, scale)
-        return self.tf.constant((q.astype(np.float64) * scale.astype(np.float64))
-                                .astype(np.float32))
-
-    def act(self, node: G.Node, y):
-        """The fused activation range: relu / relu6 / [-1, 1] fuse into the producer;
-        any other clamp is quantized once before it (same parameters, so exact)."""
-        act = node.attrs.get("act")
-        if act is None:
-            return y
-        lo, hi = act
-        tf = self.tf
-        if lo == 0 and math.isinf(hi):
-            return tf.nn.relu(y)
-        if (lo, hi) == (0, 6):
-            return tf.nn.relu6(y)
-        if (lo, hi) != (-1, 1):
-            y = self.fq(y, node.name)
-        return _clip(tf, y, lo, hi)
-
-
-def _on_grid(w: np.ndarray, scale: np.ndarray, qp: QParams) -> np.ndarray:
-    """w (channels last) replaced by plan-integer * scale, in float32 (the integers of
-    QParams.quantize, including a low-bit grid's multiples of its step)."""
-    q = qp.codes(w / scale)
-    return (q * scale.astype(np.float64)).astype(np.float32)
-
-
-def _moveaxis_tf(tf, t, src: int, dst: int, ndim: int):
-    src, dst = src % ndim, dst % ndim
-    if src == dst:
-        return t
-    perm = [d for d in range(ndim) if d != src]
-    perm.insert(dst, src)
-    return tf.transpose(t, perm)
-
-
-def _clip(tf, y, lo: float, hi: float):
-    if math.isfinite(hi):
-        y = tf.minimum(y, np.float32(hi))
-    if math.isfinite(lo):
-        y = tf.maximum(y, np.float32(lo))
-    return y
-
-
-def _channels_last(node_shape) -> bool:
-    return len(node_shape) == 3
-
-
-# --- padding ---------------------------------------------------------------------------
-
-def _out_size(size: int, k: int, s: int, p: int, ceil: bool = False) -> int:
-    num = size + 2 * p - k
-    out = (-(-num // s) if ceil else num // s) + 1
-    if ceil and (out - 1) * s >= size + p:       # PyTorch drops a window starting in padding
-        out -= 1
-    return out
-
-
-def _same_ok(size: int, k: int, s: int, p: int, out: int) -> bool:
-    """TF 'SAME' uses the same windows: same output size and leading pad."""
-    same_out = -(-size // s)
-    total = max((same_out - 1) * s + k - size, 0)
-    return same_out == out and total // 2 == p
-
-
-def _trailing_pad(size: int, k: int, s: int, p: int, out: int) -> int:
-    return max((out - 1) * s + k - size - p, 0)
-
-
-def _mirror_ok(size: int, k: int, s: int, p: int, out: int) -> bool:
-    """Averages that exclude padding equal averages over a SYMMETRIC mirror pad when
-    every window that overlaps padding overlaps it by exactly half the window: each
-    valid element then counts twice, and the count doubles with it."""
-    if k != 2 * p or p > size:
-        return False
-    for i in range(out):
-        start, end = i * s - p, i * s - p + k - 1
-        over = max(0, -start) + max(0, end - (size - 1))
-        if over not in (0, p):
-            return False
-    return True
-
-
-def _pads(tf, x, pads_hw, mode: str = "CONSTANT"):
-    (t, b), (l, r) = pads_hw
-    if not (t or b or l or r):
-        return x
-    return tf.pad(x, [[0, 0], [t, b], [l, r], [0, 0]], mode=mode)
-
-
-def _window(node: G.Node, graph: G.Graph, k, s, p, dil=(1, 1), ceil: bool = False):
-    """Per axis (size, effective kernel, stride, pad, out) of a windowed op."""
-    _, h, w = graph.shape_of(node.inputs[0])
-    keff = [(k[i] - 1) * dil[i] + 1 for i in range(2)]
-    return [(size, keff[i], s[i], p[i], node.shape[1 + i]) for i, size in enumerate((h, w))]
-
-
-def _spatial(tf, x, axes, pad_mode="CONSTANT"):
-    """(x, 'SAME'|'VALID'): SAME when it gives the same windows, else explicit pads."""
-    if all(a[3] == 0 and _trailing_pad(*a) == 0 for a in axes):
-        return x, "VALID"
-    if all(_same_ok(*a) for a in axes):
-        return x, "SAME"
-    return _pads(tf, x, [(a[3], _trailing_pad(*a)) for a in axes], pad_mode), "VALID"
-
-
-def _mirror_max_ok(size: int, k: int, s: int, p: int, out: int) -> bool:
-    """A SYMMETRIC pad leaves each window's max unchanged when no window overlaps the
-    padding by more elements than it has inside the input."""
-    if max(p, _trailing_pad(size, k, s, p, out)) > size:
-        return False
-    for i in range(out):
-        start, end = i * s - p, i * s - p + k - 1
-        over = max(0, -start) + max(0, end - (size - 1))
-        if over > k - over:
-            return False
-    return True
-
-
-# --- op table --------------------------------------------------------------------------
-
-def _conv(b: _Builder, n: G.Node, xs):
-    a, tf = n.attrs, b.tf
-    axes = _window(n, b.graph, n.weight.shape[2:], a["stride"], a["padding"], a["dilation"])
-    x, padding = _spatial(tf, xs[0], axes)
-    g, cin, cout = a["groups"], n.weight.shape[1] * a["groups"], n.weight.shape[0]
-    if g == 1:
-        return _conv_group(b, n, x, padding, slice(None))
-    if g == cin:
-        return _depthwise(b, n, x, padding)
-    parts = tf.split(x, g, axis=3)
-    per = cout // g
-    ys = []
-    for j, part in enumerate(parts):
-        with tf.name_scope(f"g{j}"):
-            y = _conv_group(b, n, part, padding, slice(j * per, (j + 1) * per))
-            ys.append(b.fq(y, n.name))
-    return tf.concat(ys, axis=3)
-
-
-def _conv_group(b: _Builder, n: G.Node, x, padding: str, channels: slice):
-    a, tf = n.attrs, b.tf
-    w = np.transpose(n.weight[channels], (2, 3, 1, 0))           # (kh, kw, I, O)
-    w_tf = b.weight(n, w, -1, channels)
-    y = tf.nn.conv2d(x, w_tf, [1, *a["stride"], 1], padding,
-                     dilations=[1, *a["dilation"], 1])
-    return b.act(n, tf.nn.bias_add(y, b.bias(n, channels)))
-
-
-def _channel_slice(qp: QParams, channels: slice) -> QParams:
-    if qp.axis is None or channels == slice(None):
-        return qp
-    return replace(qp, scale=qp.scale[channels], zero_point=qp.zero_point[channels])
-
-
-def _depthwise(b: _Builder, n: G.Node, x, padding: str):
-    a, tf = n.attrs, b.tf
-    cout, _, kh, kw = n.weight.shape
-    w = np.transpose(n.weight.reshape(cout, kh, kw), (1, 2, 0))[:, :, None, :]
-    wq = b.weight(n, w, -1)                           # (kh, kw, 1, C*m), per channel
-    cin = a["groups"]
-    wq = tf.reshape(wq, [kh, kw, cin, cout // cin])
-    y = tf.nn.depthwise_conv2d(x, wq, [1, *a["stride"], 1], padding,
-                               dilations=list(a["dilation"]))
-    return b.act(n, tf.nn.bias_add(y, b.bias(n, slice(None))))
-
-
-def _linear(b: _Builder, n: G.Node, xs):
-    """A 1x1 convolution between reshapes (per-channel weights, op CONV_2D)."""
-    tf = b.tf
-    cout, cin = n.weight.shape
-    x = tf.reshape(xs[0], [-1, 1, 1, cin])
-    w = b.weight(n, n.weight.T.reshape(1, 1, cin, cout), -1)
-    y = b.act(n, tf.nn.bias_add(tf.nn.conv2d(x, w, 1, "VALID"), b.bias(n, slice(None))))
-    y = b.fq(y, n.name)
-    return tf.reshape(y, [-1, cout])
-
-
-def _maxpool(b: _Builder, n: G.Node, xs):
-    """SAME when it has the same windows, else a SYMMETRIC mirror pad: a mirrored
-    element lies in the same window, so the max is unchanged (see _mirror_max_ok)."""
-    a, tf = n.attrs, b.tf
-    axes = _window(n, b.graph, a["kernel"], a["stride"], a["padding"])
-    x, padding = _spatial(tf, xs[0], axes, pad_mode="SYMMETRIC")
-    return tf.nn.max_pool2d(x, list(a["kernel"]), list(a["stride"]), padding)
-
-
-def _avgpool(b: _Builder, n: G.Node, xs):
-    a, tf = n.attrs, b.tf
-    axes = _window(n, b.graph, a["kernel"], a["stride"], a["padding"])
-    if a["count_include_pad"]:
-        x, padding = _pads(tf, xs[0], [(p, _trailing_pad(*ax)) for ax in axes
-                                       for p in [ax[3]]]), "VALID"
-    elif all(_same_ok(*ax) for ax in axes) or not any(a["padding"]):
-        x, padding = _spatial(tf, xs[0], axes)
-    else:
-        x = _pads(tf, xs[0], [(ax[3], _trailing_pad(*ax)) for ax in axes], "SYMMETRIC")
-        padding = "VALID"
-    return tf.nn.avg_pool2d(x, list(a["kernel"]), list(a["stride"]), padding)
-
-
-def _reshape(b: _Builder, n: G.Node, xs):
-    tf = b.tf
-    x, src = xs[0], b.graph.shape_of(n.inputs[0])
-    if _channels_last(src) and src[1] * src[2] > 1:
-        x = tf.transpose(x, [0, 3, 1, 2])                    # NHWC -> NCHW order
-    y = tf.reshape(x, [-1, *n.shape])
-    if _channels_last(n.shape):
-        y = tf.transpose(y, [0, 2, 3, 1]) if n.shape[1] * n.shape[2] > 1 else \
-            tf.reshape(y, [-1, 1, 1, n.shape[0]])
-    return y
-
-
-def _concat(b: _Builder, n: G.Node, xs):
-    return b.tf.concat(xs, axis=3 if _channels_last(n.shape) else 1)
-
-
-def _add(b: _Builder, n: G.Node, xs):
-    return b.act(n, b.tf.add(xs[0], xs[1]))
-
-
-OPS = {
-    "conv2d": _conv,
-    "linear": _linear,
-    "add": _add,
-    "concat": _concat,
-    "maxpool": _maxpool,
-    "avgpool": _avgpool,
-    "gap": lambda b, n, xs: b.tf.reduce_mean(xs[0], axis=[1, 2], keepdims=True),
-    "reshape": _reshape,
-    "clamp": lambda b, n, xs: _clip(b.tf, xs[0], n.attrs["lo"], n.attrs["hi"]),
-}
-SUPPORTED = ["conv2d", "linear", "add", "concat", "maxpool (no dilation)",
-             "avgpool (count_include_pad, or padding TFLite can express)", "gap",
-             "reshape", "clamp"]
-
-
-def _check_maxpool(n: G.Node, g: G.Graph) -> str | None:
-    a = n.attrs
-    if tuple(a["dilation"]) != (1, 1):
-        return f"maxpool with dilation {tuple(a['dilation'])} (MAX_POOL_2D has none)"
-    axes = _window(n, g, a["kernel"], a["stride"], a["padding"])
-    if all(_same_ok(*ax) for ax in axes) or all(_mirror_max_ok(*ax) for ax in axes):
-        return None
-    return (f"maxpool kernel {tuple(a['kernel'])} stride {tuple(a['stride'])} padding "
-            f"{tuple(a['padding'])} ceil_mode={a['ceil_mode']} (windows TFLite cannot pad)")
-
-
-def _check_avgpool(n: G.Node, g: G.Graph) -> str | None:
-    a = n.attrs
-    axes = _window(n, g, a["kernel"], a["stride"], a["padding"])
-    if a["ceil_mode"] and any(out != _out_size(size, k, s, p)
-                              for size, k, s, p, out in axes):
-        return "avgpool with ceil_mode adding partial windows"
-    if a["count_include_pad"] or not any(a["padding"]):
-        return None
-    if all(_same_ok(*ax) for ax in axes) or all(_mirror_ok(*ax) for ax in axes):
-        return None
-    return (f"avgpool kernel {tuple(a['kernel'])} stride {tuple(a['stride'])} padding "
-            f"{tuple(a['padding'])} with count_include_pad=False (AVERAGE_POOL_2D only "
-            "excludes SAME padding)")
-
-
-CHECKS = {"maxpool": _check_maxpool, "avgpool": _check_avgpool}
 
 
 # --- reading a .tflite back --------------------------------------------------------------
@@ -630,38 +221,28 @@ class Contents:
 
 def read(path: Path, graph: G.Graph) -> Contents:
     """Read the parameters and ops of a .tflite written by export() for graph."""
-    interp = Interpreter(model_path=str(path),
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    interp.allocate_tensors()
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    ops = interp._get_ops_details()
-    tensor_layer = {i: layer_of(t["name"], graph) for i, t in tensors.items()}
-    tensor_layer[interp.get_output_details()[0]["index"]] = graph.output
-    acts = {G.INPUT: _qparams(interp.get_input_details()[0])}
+    f = TfliteFile.read(path)
+    layers = [n.name for n in graph.nodes]
+    tensor_layer = {i: _scope_layer(f.tensor_name(i), layers)
+                    for i in range(len(f.graph.tensors))}
+    tensor_layer[int(f.graph.outputs[0])] = graph.output
+    acts = {G.INPUT: f.qparams(int(f.graph.inputs[0]))}
     weights, iw, ib = {}, {}, {}
-    for op in ops:
-        out = op["outputs"][0]
+    for op in f.operators:
+        out = int(op.outputs[0])
         layer = tensor_layer.get(out)
         if layer is not None:
-            acts[layer] = _qparams(tensors[out])
-        if op["op_name"] in WEIGHT_OPS and layer is not None:
-            _collect_weight(interp, tensors, op, graph.node(layer), weights, iw, ib)
+            acts[layer] = f.qparams(out)
+        if f.op_name(op) in WEIGHT_OPS and layer is not None:
+            _collect_weight(f, op, graph.node(layer), weights)
     for node in graph.nodes:                      # a layer with no op of its own
         if node.name not in acts:
             acts[node.name] = acts[node.inputs[0]]
     _finish_weights(graph, weights, iw, ib)
-    summary = [(op["op_name"], tensor_layer.get(op["outputs"][0]),
-                [tensors[i]["dtype"].__name__ for i in op["inputs"] if i >= 0],
-                [tensors[i]["dtype"].__name__ for i in op["outputs"]]) for op in ops]
+    summary = [(f.op_name(op), tensor_layer.get(int(op.outputs[0])),
+                [f.dtype(i) for i in op.inputs if i >= 0], [f.dtype(i) for i in op.outputs])
+               for op in f.operators]
     return Contents(graph, acts, weights, iw, ib, summary)
-
-
-def layer_of(name: str, graph: G.Graph) -> str | None:
-    """The IR layer of a tensor name such as 'L3/Conv2D;L3/add'."""
-    m = re.search(r"(?:^|[;/])L(\d+)/", name)
-    if m and int(m.group(1)) < len(graph.nodes):
-        return graph.nodes[int(m.group(1))].name
-    return None
 
 
 def _group_of(name: str) -> int:
@@ -669,22 +250,22 @@ def _group_of(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _collect_weight(interp, tensors, op, node: G.Node, weights, iw, ib) -> None:
+def _collect_weight(f: TfliteFile, op, node: G.Node, weights) -> None:
     """Append one conv op's weights (a grouped conv has one op per group)."""
-    w_idx, b_idx = op["inputs"][1], op["inputs"][2]
-    w = interp.get_tensor(w_idx)
-    q = tensors[w_idx]["quantization_parameters"]
-    if op["op_name"] == "DEPTHWISE_CONV_2D":               # (1, kh, kw, O)
+    w_idx, b_idx = int(op.inputs[1]), int(op.inputs[2])
+    w = f.const(w_idx)
+    if f.op_name(op) == "DEPTHWISE_CONV_2D":               # (1, kh, kw, O)
         w_ir = np.transpose(w, (3, 0, 1, 2))
     else:                                                  # (O, kh, kw, I)
         w_ir = np.transpose(w, (0, 3, 1, 2))
     if node.op == "linear":
         w_ir = w_ir.reshape(w_ir.shape[0], -1)
-    group = _group_of(tensors[op["outputs"][0]]["name"])
-    scales = np.asarray(q["scales"], np.float32)
-    scales = np.broadcast_to(scales, (w_ir.shape[0],)) if len(scales) == 1 else scales
+    group = _group_of(f.tensor_name(int(op.outputs[0])))
+    scales = f.quant(w_idx)[0]
+    per_tensor = len(scales) == 1
+    scales = np.broadcast_to(scales, (w_ir.shape[0],)) if per_tensor else scales
     entry = weights.setdefault(node.name, {})
-    entry[group] = (w_ir, scales, interp.get_tensor(b_idx), len(q["scales"]) == 1)
+    entry[group] = (w_ir, scales, f.const(b_idx), per_tensor)
 
 
 def _finish_weights(graph, weights, iw, ib) -> None:

@@ -18,7 +18,7 @@ pytest.importorskip("ai_edge_litert", reason="ai-edge-litert (LiteRT) not instal
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
 
 from deployq import api, calibrate, graph as G, plan as P, targets as T  # noqa: E402
-from deployq.backends import onnx as onnx_backend, tflite  # noqa: E402
+from deployq.backends import onnx as onnx_backend, tfgraph, tflite  # noqa: E402
 from deployq.errors import ExportError, UnsupportedOpError  # noqa: E402
 from tests.conftest import ALL_OPS_SHAPE, AllOps, randomized  # noqa: E402
 
@@ -106,8 +106,8 @@ def test_runner_output_requantizes_to_the_int8_codes(all_ops_case):
 # --- input rounding, established against LiteRT's own QUANTIZE op -----------------
 
 def _quantize_model(scale: float, zp: int) -> bytes:
-    tf = tflite._tensorflow()
-    lo, hi = tflite.fake_quant_range(np.float32(scale), zp, -128, 127)
+    tf = tfgraph._tensorflow()
+    lo, hi = tfgraph.fake_quant_range(np.float32(scale), zp, -128, 127)
     fn = tf.function(lambda x: tf.nn.max_pool2d(
         tf.quantization.fake_quant_with_min_max_vars(x, float(lo), float(hi)), 1, 1, "VALID"),
         input_signature=[tf.TensorSpec([None, 4, 4, 1], tf.float32)], autograph=False)
@@ -289,7 +289,7 @@ def test_avgpool_padding_tflite_cannot_express_is_refused():
                                                             count_include_pad=False))
     g = G.capture(model.eval(), (1, 8, 8))
     with pytest.raises(UnsupportedOpError, match="count_include_pad=False"):
-        tflite.check_supported(g)
+        tfgraph.check_supported(g)
 
 
 @pytest.mark.parametrize("pool", [

@@ -31,3 +31,9 @@ def test_targets_without_dumps_are_refused(session, tmp_path):
         diff.diff(["onnx-int8", "mcu-int8"], session, tmp_path, samples=1)
     with pytest.raises(InputError, match="compares two targets"):
         diff.diff(["mcu-int8"], session, tmp_path)
+
+
+def test_targets_whose_tensors_share_no_names_are_refused(session, tmp_path):
+    """fpga-fixed dumps by IR names, mcu-int8 by .tflite names: nothing to compare."""
+    with pytest.raises(InputError, match="name no tensor alike"):
+        diff.diff(["fpga-fixed", "mcu-int8"], session, tmp_path, samples=1)

@@ -11,6 +11,7 @@ from torch import nn
 
 from deployq import api, calibrate, fixedpoint as FX, graph as G, plan as P, rtformat
 from deployq import runtime, targets as T
+from deployq import backends
 from deployq.backends import fpga
 from deployq.errors import UnsupportedOpError
 from tests.conftest import ALL_OPS_SHAPE, AllOps, randomized
@@ -30,7 +31,7 @@ def _plan(graph, x, target, by_name=None, **settings):
 def _compare(graph, plan, target, x, tmp_path):
     """Integer outputs of the C runtime and of the NumPy model on the same plan."""
     path, plan = fpga.export(graph, plan, target, tmp_path)
-    c_out = fpga.load(path).run_int(x)
+    c_out = backends.codes(fpga.load(path), x)
     fx = fpga.lower(graph, plan, target)
     ref = FX.run_int(fx, FX.quantize_input(x, fx.input_frac, fx.input_bits, fx.input_quant))
     return c_out.reshape(len(x), -1), ref.reshape(len(x), -1)
@@ -165,7 +166,7 @@ def _outputs(graph, x, tmp_path, settings, **options):
     plan = _plan(graph, x[:20], target, calibration="percentile", percentile=90.0, **settings)
     path, _ = fpga.export(graph, plan, target, tmp_path / str(hash((str(settings),
                                                                     str(options)))))
-    return fpga.load(path).run_int(x)
+    return backends.codes(fpga.load(path), x)
 
 
 @pytest.mark.parametrize("settings, options_a, options_b", [

@@ -11,6 +11,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
 from deployq import api, calibrate, graph as G, plan as P, rtformat, runtime, targets as T  # noqa: E402
+from deployq import backends  # noqa: E402
 from deployq.backends import mcu, tflite  # noqa: E402
 from tests.conftest import ALL_OPS_SHAPE, AllOps, needs_fashion, randomized  # noqa: E402
 
@@ -28,7 +29,7 @@ def _compare(graph, plan, x, tmp_path, rounding="double"):
     target = T.get("mcu-int8")
     target.options = dict(target.options, rounding_variant=rounding)
     path, plan = mcu.export(graph, plan, target, tmp_path, x[:64])
-    c_out = mcu.load(path).output_codes(x)
+    c_out = backends.codes(mcu.load(path), x)
     ref = tflite.Runner(tmp_path / "model.tflite", "reference")
     ref_out = plan.tensor(graph.output).quantize(ref.run(x))
     return c_out.reshape(len(x), -1).astype(np.int32), ref_out.reshape(len(x), -1)
@@ -119,7 +120,7 @@ def test_dump_returns_every_tensor(tmp_path):
     ex = api.export("mcu-int8", session, tmp_path)
     runner = api.load_runner(ex)
     x, _ = session.dataset.test(3)
-    q = runner.quantize(x)
+    q = runner.rows(x)
     tensors = runner.model.dump(q[0])
     assert len(tensors) == runner.model.n_tensors
     np.testing.assert_array_equal(tensors[runner.model.output_index], runner.model.run(q)[0])
@@ -127,12 +128,11 @@ def test_dump_returns_every_tensor(tmp_path):
 
 
 def test_runtime_timers_name_every_op_by_its_layer(tmp_path):
-    from deployq import profile
     session = api.open_session("zoo:lenet-digits")
     runner = api.load_runner(api.export("mcu-int8", session, tmp_path))
     x, _ = session.dataset.test(4)
-    ops = runner.model.op_times(runner.quantize(x[:1])[0], runs=20)
+    ops = runner.model.op_times(runner.rows(x[:1])[0], runs=20)
     assert len(ops) == runner.model.n_ops and all(o["seconds"] >= 0 for o in ops)
-    layers = profile.runtime_layers(runner, session.graph, x, runs=20)
+    layers = runner.layer_times(x, 20)
     assert {r["node"] for r in layers} >= {n.name for n in session.graph.nodes if n.op == "conv2d"}
     assert layers[0]["op"] == "conv2d"            # the convolutions dominate

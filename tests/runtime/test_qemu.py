@@ -43,13 +43,14 @@ def exported(request, tmp_path_factory):
 
 @needs_toolchain
 def test_device_outputs_equal_host_runtime_and_litert_reference(exported, tmp_path):
+    from deployq import backends
     from deployq.backends import mcu, tflite
     session, host_ex, _ = exported
     x, _ = session.dataset.test(N)
-    project = cproject.write_c_project(host_ex.path, tmp_path / "proj", x)
+    project = mcu.c_project(host_ex.path, tmp_path / "proj", x)
     cproject.build(project, extra_cflags="-Werror")
     device = cproject.run_test(project)["outputs"]
-    host = mcu.Runner(host_ex.path).output_codes(x)
+    host = backends.codes(mcu.Runner(host_ex.path), x)
     ref = tflite.Runner(host_ex.path.parent / "model.tflite", "reference").run(x)
     ref = host_ex.plan.tensor(session.graph.output).quantize(ref).reshape(N, -1)
     assert device.shape == (N, host.shape[1])

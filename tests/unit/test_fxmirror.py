@@ -9,6 +9,7 @@ from torch import nn
 
 from deployq import api, calibrate, fixedpoint as FX, graph as G, mirror, plan as P
 from deployq import targets as T
+from deployq import backends
 from deployq.backends import fpga
 from deployq.fxmirror import FxMirror
 from tests.conftest import ALL_OPS_SHAPE, AllOps, randomized
@@ -51,7 +52,7 @@ def _check_exact(graph, plan, target, x, tmp_path):
     np.testing.assert_array_equal(m(torch.from_numpy(x)).detach().numpy(),
                                   FX.dequantize(ref, frac))
     path, _ = fpga.export(graph, plan, target, tmp_path)
-    np.testing.assert_array_equal(fpga.load(path).run_int(x), ref)
+    np.testing.assert_array_equal(backends.codes(fpga.load(path), x), ref)
     return m
 
 

@@ -1,0 +1,35 @@
+"""The default settings of a run, written once: the CLI's option defaults, api.run's
+configuration (the keys a deployq.toml may set) and its robustness stage read them
+here. Add a setting by adding its key (and, for the robustness stage, its
+robustness.Config field in ROBUST_KEYS). Plain values only: the CLI imports this
+module before any heavy framework."""
+from __future__ import annotations
+
+MODEL = "zoo:lenet-digits"
+OUT = "deployq-out"
+CALIB_SAMPLES = 512
+
+RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
+                "targets": None, "out": OUT, "calibration": None,
+                "samples": None, "seed": 0, "calib_samples": CALIB_SAMPLES,
+                "targets_dir": None,
+                # plan.json files (e.g. from 'deployq select') used for their targets
+                "plans": [],
+                # robustness stage (attacks = [] turns it off); a few minutes on 2 cores
+                # for the built-in model and every built-in target
+                "attacks": ["fgsm", "pgd"], "eps": [0.05, 0.1, 0.2],
+                "sources": ["transfer", "bpda", "blackbox"], "steps": 10,
+                "restarts": 1, "queries": 100, "robust_samples": 200,
+                "temperature": 1.0,
+                # profiling stage: latency repeats (0 turns it off)
+                "profile_repeats": 30}
+
+# run setting -> robustness.Config field
+ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",
+               "restarts": "restarts", "queries": "queries", "robust_samples": "samples",
+               "temperature": "temperature"}
+
+
+def csv(key: str) -> str:
+    """A list setting as the CLI's comma-separated default text."""
+    return ",".join(str(v) for v in RUN_DEFAULTS[key])
