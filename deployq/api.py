@@ -309,7 +309,9 @@ def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise InputError(f"targets listed more than once: {', '.join(twice)}")
-    return [T.get(n, targets_dir) for n in names]
+    found = [T.get(n, targets_dir) for n in names]
+    validate.c_runtime(found)
+    return found
 
 
 RUN_DEFAULTS = {"model": models.DEFAULT_MODEL, "weights": None, "data": None,

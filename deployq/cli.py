@@ -158,6 +158,30 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:200]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message is logged (a CLI run in-process,
+    e.g. by a test runner, swaps it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("deployq: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _log_to_stderr(logger: logging.Logger, level: int) -> None:
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(level)
+    logger.propagate = False            # the CLI owns the terminal: one copy of each line
+
+
 @click.group(cls=DeployqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quiet", "-q", is_flag=True,
               help="Only print results and errors (third-party output is silenced).")
@@ -168,13 +192,10 @@ def cli(quiet, verbose):
     """deployq: PyTorch models to integer edge runtimes, with their accuracy and
     robustness measured on those runtimes."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(format="deployq: %(message)s", stream=sys.stderr, level=level)
-    log.setLevel(level)
+    _log_to_stderr(logging.getLogger("deployq"), level)
     import warnings
-    if quiet:
+    if not verbose:                          # third-party warnings: shown with -v only
         warnings.simplefilter("ignore")
-    elif not verbose:
-        logging.captureWarnings(True)        # as 'deployq:'-free log lines, not raw
     for name in ("torch", "jax", "tensorflow", "absl"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 

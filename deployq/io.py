@@ -6,7 +6,7 @@ Contracts:
   registered with register_input(); atomic_write refuses to write onto one and
   StagedDir refuses to replace a directory that holds one.
 - One process at a time changes an output directory: out_lock(OUT) holds an exclusive
-  flock on OUT/.deployq.lock (re-entrant within a process). A second process waits.
+  flock on the folder OUT (re-entrant within a process). A second process waits.
 - Staging names carry the writer's pid (`.NAME.stage.PID.xxxx`, `.NAME.old.PID.xxxx`,
   `.NAME.part.PID.xxxx`); under the lock, those whose process is gone (a SIGKILL) are
   removed, so an interrupted run leaves no litter after the next one.
@@ -30,7 +30,6 @@ from pathlib import Path
 
 from .errors import InputError
 
-LOCK_NAME = ".deployq.lock"
 RESULT_FILES = ("results.json", "report.md", "report.html", "manifest.json")
 MANIFEST, MANIFEST_FORMAT = "manifest.json", "deployq-manifest"
 _STAGING = re.compile(r"^\..+\.(stage|old|part)\.(\d+)\.[^/]+$")
@@ -85,7 +84,10 @@ def check_holds_no_input(folder: Path, protected=()) -> None:
 
 @contextlib.contextmanager
 def out_lock(folder: Path):
-    """Exclusive use of an output folder by this process (re-entrant)."""
+    """Exclusive use of an output folder by this process (re-entrant). The lock is a
+    flock on the folder itself (no lock file is left behind); a folder this call
+    created and that is still empty at the end is removed again, so a refused run
+    leaves no empty OUT."""
     key = _resolve(Path(folder))
     held = _locks.get(key)
     if held and held[2] == os.getpid():
@@ -95,8 +97,30 @@ def out_lock(folder: Path):
         finally:
             held[1] -= 1
         return
-    fd = _open_lock(key)
+    created = not key.exists()
+    fd = _acquire(key)
+    _locks[key] = [fd, 1, os.getpid()]
     try:
+        clean_stale(key)
+        yield
+    finally:
+        _locks.pop(key, None)
+        if created:
+            with contextlib.suppress(OSError):
+                key.rmdir()                 # only when empty
+        os.close(fd)                        # closing releases the flock
+
+
+def _acquire(folder: Path) -> int:
+    """An fd of `folder` holding its exclusive flock; retried when another process
+    removed the folder while this one waited."""
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise InputError(f"cannot write to {folder}: {e.strerror}; "
+                             "choose a writable --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -104,21 +128,13 @@ def out_lock(folder: Path):
             logging.getLogger("deployq").info("waiting for another deployq process "
                                               "writing to %s", folder)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        _locks[key] = [fd, 1, os.getpid()]
-        clean_stale(key)
-        yield
-    finally:
-        _locks.pop(key, None)
-        os.close(fd)            # closing releases the flock
-
-
-def _open_lock(folder: Path) -> int:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        return os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise InputError(f"cannot write to {folder}: {e.strerror}; "
-                         "choose a writable --out") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(folder))
+        except OSError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

@@ -46,9 +46,33 @@ def register_inputs(model=None, weights=None, data=None, plans=(), targets_dir=N
 
 def _writable_ancestor(path: Path) -> Path:
     p = Path(os.path.abspath(path))
-    while not p.exists():
+    while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+def _probe(folder: Path) -> str | None:
+    """Why a file cannot be created in folder (None: it can). Folders made to find out
+    are removed again, so the probe leaves nothing behind."""
+    folder = Path(os.path.abspath(folder))
+    made = []
+    try:
+        for p in reversed([folder, *folder.parents]):
+            if not p.exists():
+                p.mkdir()
+                made.append(p)
+        fd, name = __import__("tempfile").mkstemp(prefix=".deployq-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+        return None
+    except OSError as e:
+        return f"{e.filename or folder}: {e.strerror}"
+    finally:
+        for p in reversed(made):
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 def output_file(path, option: str = "--json") -> None:
@@ -60,9 +84,9 @@ def output_file(path, option: str = "--json") -> None:
         raise InputError(f"{option} {p} is a directory; give a file path such as {p / 'results.json'}")
     io.check_not_input(p, option)
     anc = _writable_ancestor(p.parent)
-    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {p}: {anc} is not a writable directory; "
-                         "choose a path you can write")
+    why = _probe(p.parent) if anc.is_dir() else f"{anc} is a file"
+    if why:
+        raise InputError(f"cannot write {option} {p} ({why}); choose a path you can write")
 
 
 def out_dir(out, targets=(), results: bool = False) -> None:
@@ -72,9 +96,9 @@ def out_dir(out, targets=(), results: bool = False) -> None:
     if o.exists() and not o.is_dir():
         raise InputError(f"--out {o} is a file, not a directory; choose another --out")
     anc = _writable_ancestor(o)
-    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
-        raise InputError(f"--out {o}: {anc} is not a writable directory; "
-                         "choose a writable --out")
+    why = _probe(o) if anc.is_dir() else f"{anc} is a file"
+    if why:
+        raise InputError(f"cannot write to --out {o} ({why}); choose a writable --out")
     for name in targets:
         io.check_holds_no_input(o / name)
     if results:
@@ -96,6 +120,17 @@ def samples(n: int | None, available: int, option: str = "--samples") -> None:
     if n is not None and n > available:
         raise InputError(f"{option} {n} is more than the {available} test samples the data "
                          f"has; give {option} {available} or fewer")
+
+
+C_BACKENDS = ("mcu", "fpga", "qemu")
+
+
+def c_runtime(targets) -> None:
+    """The C runtime builds (or is cached) when a target needs it: a missing compiler
+    or an unwritable cache fails here, before any work."""
+    if any(t.backend in C_BACKENDS for t in targets):
+        from . import runtime
+        runtime.library()
 
 
 # --- deployq.toml ---------------------------------------------------------------------------
