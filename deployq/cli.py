@@ -103,7 +103,7 @@ class DeployqGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
         try:
-            code = super().main(args, prog_name or "deployq", complete_var,
+            code = super().main(args, "deployq", complete_var,
                                 standalone_mode=False, **extra)
         except SystemExit:
             raise

@@ -4,8 +4,10 @@ Weights are read with torch.load(weights_only=True) or safetensors: nothing the 
 gives is ever unpickled as arbitrary objects."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import logging
 import pickle
 import sys
 from dataclasses import dataclass
@@ -81,7 +83,8 @@ def _program(path: Path, weights: str | None) -> Model:
                          "drop --weights")
     _must_exist(path, "model")
     try:
-        program = torch.export.load(str(path))
+        with _torch_logs_off():           # torch logs its own traceback before raising
+            program = torch.export.load(str(path))
     except Exception as e:  # torch raises many types for a corrupt archive
         raise InputError(f"{path} is not a readable torch.export program "
                          f"({type(e).__name__}: {_first_line(e)}); save it with "
@@ -90,6 +93,20 @@ def _program(path: Path, weights: str | None) -> Model:
     static = int(batch) if isinstance(batch, int) else None
     return Model(str(path), program.module(), program=program, files=(path,),
                  static_batch=static)
+
+
+@contextlib.contextmanager
+def _torch_logs_off():
+    """Every torch logger at CRITICAL for the duration (torch sets levels per logger)."""
+    names = ["torch"] + [n for n in logging.root.manager.loggerDict if n.startswith("torch")]
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
 
 
 def _input_placeholder(program):
@@ -156,6 +173,12 @@ class SqueezedHead(nn.Module):
     def forward(self, x):
         return torch.flatten(self.inner(x), 1)
 
+    def train(self, mode: bool = True):
+        # the inner module is already in eval mode, and a torch.export program's
+        # module refuses train()/eval() calls: only this wrapper's flag changes
+        self.training = mode
+        return self
+
 
 def checked_head(model: Model, x: np.ndarray) -> Model:
     """The model with logits of shape (N, K): trailing singleton dims are squeezed (the
@@ -177,7 +200,7 @@ def checked_head(model: Model, x: np.ndarray) -> Model:
             raise InputError(f"{model.spec} returns logits of shape {tuple(y.shape)}; a "
                              "classifier must return (N, classes) (trailing dims of size 1 "
                              "are squeezed): add a pooling or flatten before the output")
-        model.module = SqueezedHead(model.module).eval()
+        model.module = SqueezedHead(model.module).eval()   # (train() does not recurse)
         model.program = None             # captured again, through the flatten
     if not bool(torch.isfinite(y).all()):
         raise InputError(f"{model.spec} returns NaN or inf logits on the data; check the "

@@ -229,6 +229,7 @@ def _configs(root: Path) -> None:
         "samples_above": 'model = "../m.py:make"\ndata = "../d.npz"\nsamples = 5000\n'
                          'targets = ["onnx-int8"]\nattacks = []\nprofile_repeats = 0',
         "temperature": "temperature = 0",
+        "valid": 'targets = ["onnx-int8"]\nattacks = []\nprofile_repeats = 0',
     }
     folder = root / "configs"
     folder.mkdir()
@@ -429,7 +430,7 @@ CASES = [
         "syntax", "plans_str", "seed_neg", "steps_zero", "relative_model", "attacks_bad",
         "samples_above", "temperature")],
     ("config-missing", ["run", "-c", "{root}/nope.toml"]),
-    ("run-plan-missing", ["run", "-c", "{configs/seed_str.toml}", "--plan", "{root}/no.json"]),
+    ("run-plan-missing", ["run", "-c", "{configs/valid.toml}", "--plan", "{root}/no.json"]),
     # compare
     ("compare-nan", ["compare", "{res_nan.json}", "--vs-float"]),
     ("compare-above-one", ["compare", "{res_above_one.json}", "--vs-float"]),
