@@ -87,11 +87,27 @@ def export(target: str, session: Session | None = None, out: str | Path = DEFAUL
     final = Path(out) / tgt.name
     calib = session.dataset.calibration(session.calib_samples, session.seed)
     protected = tuple(session.model.files) + ((Path(plan_path),) if plan_path else ())
-    with StagedDir(final, protected, results=True) as tmp:
-        artifact, plan = backend.export(session.graph, plan, tgt, tmp, calib)
-        plan.save(tmp / "plan.json")
+    from .runtime import ModelRejected
+    try:
+        with StagedDir(final, protected, results=True) as tmp:
+            artifact, plan = backend.export(session.graph, plan, tgt, tmp, calib)
+            plan.save(tmp / "plan.json")
+    except ModelRejected as e:          # name the plan, not the deleted staging folder
+        raise InputError(f"{tgt.name}: the C runtime refused the model made from "
+                         f"{plan_path or 'the calibrated plan'} ({e.status}: "
+                         f"{REJECTED.get(e.status, 'see runtime/dq_runtime.h')}); fix "
+                         "that plan value or make the plan with deployq") from None
     log.info("exported %s to %s", tgt.name, final)
     return Exported(tgt, final / artifact.name, plan)
+
+
+# what each loader status of the C runtime says about the plan (runtime/dq_runtime.h)
+REJECTED = {"DQ_ERR_PARAM": "a scale, zero point, multiplier or shift is outside the "
+                            "runtime's range",
+            "DQ_ERR_LIMITS": "more tensors, ops or bytes than the runtime allows",
+            "DQ_ERR_SHAPE": "a layer's shapes do not fit together",
+            "DQ_ERR_OP": "an op the runtime does not have",
+            "DQ_ERR_TENSOR": "a tensor's type or size is invalid"}
 
 
 def provenance(session: Session) -> dict:
