@@ -87,9 +87,7 @@ def _preflight(p: dict) -> None:
         names = [p["target"]] if p.get("target") else _list(p.get("target_list") or "")
         validate.out_dir(p["out"], names, results=p.get("attacks") is not None)
     if p.get("c_project"):
-        validate.out_dir(p["c_project"])
-        io.check_holds_no_input(Path(p["c_project"]))
-        io.check_not_input(Path(p["c_project"]), "--c-project")
+        validate.c_project(p["c_project"])
 
 
 class DeployqGroup(click.Group):
@@ -128,6 +126,10 @@ def _report(e: BaseException) -> int:
     from .errors import DeployqError
     if isinstance(e, DeployqError):
         return _fail(str(e), 2)
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
+    if no_args and isinstance(e, no_args):        # plain `deployq`: the help, not an error
+        click.echo(e.ctx.get_help() if e.ctx else e.format_message())
+        return 0
     if isinstance(e, click.UsageError):
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
         return _fail(e.format_message() + hint, 2)

@@ -109,6 +109,22 @@ def out_dir(out, targets=(), results: bool = False) -> None:
             io.check_not_input(o / name, "--out")
 
 
+C_PROJECT_MARK = "deployq_model.h"       # every C project deployq writes holds it
+
+
+def c_project(folder) -> None:
+    """--c-project is replaced as a whole: only a new or empty folder, or one deployq
+    wrote before, may be given (never a folder of the user's own files)."""
+    f = Path(folder)
+    out_dir(f)
+    io.check_holds_no_input(f)
+    io.check_not_input(f, "--c-project")
+    if f.is_dir() and any(f.iterdir()) and not (f / C_PROJECT_MARK).is_file():
+        first = sorted(p.name for p in f.iterdir())[0]
+        raise InputError(f"--c-project {f} holds files deployq did not write (e.g. {first}) "
+                         "and would be replaced as a whole; choose a new or empty folder")
+
+
 def seed(value) -> int:
     if not _is_int(value) or not 0 <= value <= SEED_MAX:
         raise InputError(f"seed must be a whole number in 0..{SEED_MAX}, got {value!r}")

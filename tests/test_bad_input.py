@@ -413,6 +413,8 @@ CASES = [
                               "{root}/onnx-int8/fpga-plan.json", "-o", "{root}"]),
     ("c-project-holds-model", ["export", "-t", "mcu-int8", "-m", "{root}/proj/f.py:make",
                                "--c-project", "{root}/proj", "-o", "{out}"]),
+    ("c-project-user-folder", ["export", "-t", "mcu-int8", "--c-project", "{tdirs}",
+                               "-o", "{out}"]),
     ("results-dir", ["eval", "-m", M, "--attacks", "fgsm", "-o", "{root}/res-dir-out"]),
     # robustness options
     ("attacks-unknown", ["eval", "--attacks", "laser", "-o", "{out}"]),
