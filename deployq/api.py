@@ -16,7 +16,8 @@ from . import backends, calibrate, data as D, defaults, graph as G, models, plan
 from . import targets as T
 from .defaults import ROBUST_KEYS, RUN_DEFAULTS
 from .errors import InputError, TargetError
-from .io import StagedDir
+from . import validate
+from .io import StagedDir, out_lock, write_manifest
 
 log = logging.getLogger("deployq")
 DEFAULT_OUT = Path(defaults.OUT)
@@ -49,9 +50,13 @@ def open_session(model: str = models.DEFAULT_MODEL, weights: str | None = None,
                  calib_samples: int = CALIB_SAMPLES) -> Session:
     if calib_samples < 1:
         raise InputError(f"calibration needs at least 1 sample, got {calib_samples}")
+    validate.seed(seed)
+    validate.register_inputs(model, weights, data)
     m = models.load(model, weights)
     spec = data or m.default_data or "digits"
     ds = D.load(spec, seed)
+    m = models.checked_head(m, ds.x_test[:m.static_batch or 2])
+    D.check_labels(ds, m.num_classes, spec)
     graph = G.capture(m.module, ds.input_shape, m.program)
     return Session(m, ds, spec, graph, seed, calib_samples)
 
@@ -82,11 +87,27 @@ def export(target: str, session: Session | None = None, out: str | Path = DEFAUL
     final = Path(out) / tgt.name
     calib = session.dataset.calibration(session.calib_samples, session.seed)
     protected = tuple(session.model.files) + ((Path(plan_path),) if plan_path else ())
-    with StagedDir(final, protected) as tmp:
-        artifact, plan = backend.export(session.graph, plan, tgt, tmp, calib)
-        plan.save(tmp / "plan.json")
+    from .runtime import ModelRejected
+    try:
+        with StagedDir(final, protected, results=True) as tmp:
+            artifact, plan = backend.export(session.graph, plan, tgt, tmp, calib)
+            plan.save(tmp / "plan.json")
+    except ModelRejected as e:          # name the plan, not the deleted staging folder
+        raise InputError(f"{tgt.name}: the C runtime refused the model made from "
+                         f"{plan_path or 'the calibrated plan'} ({e.status}: "
+                         f"{REJECTED.get(e.status, 'see runtime/dq_runtime.h')}); fix "
+                         "that plan value or make the plan with deployq") from None
     log.info("exported %s to %s", tgt.name, final)
     return Exported(tgt, final / artifact.name, plan)
+
+
+# what each loader status of the C runtime says about the plan (runtime/dq_runtime.h)
+REJECTED = {"DQ_ERR_PARAM": "a scale, zero point, multiplier or shift is outside the "
+                            "runtime's range",
+            "DQ_ERR_LIMITS": "more tensors, ops or bytes than the runtime allows",
+            "DQ_ERR_SHAPE": "a layer's shapes do not fit together",
+            "DQ_ERR_OP": "an op the runtime does not have",
+            "DQ_ERR_TENSOR": "a tensor's type or size is invalid"}
 
 
 def provenance(session: Session) -> dict:
@@ -120,6 +141,31 @@ def check_plan(plan: P.QuantPlan, graph: G.Graph, tgt: T.Target, where) -> None:
         for key in T.SETTINGS:
             if key in layer.settings:
                 tgt.check(key, layer.settings[key], f"{where}, layer '{n.name}'")
+        _check_bits(layer, tgt, f"{where}, layer '{n.name}'")
+    tgt.check("activation_bits", plan.input.bits, f"{where}, input")
+
+
+def _check_bits(layer: P.LayerPlan, tgt: T.Target, where: str) -> None:
+    """The widths a layer's parameters carry are the ones its settings name and the
+    target executes (a hand-edited 'bits' would otherwise be exported as is)."""
+    s = layer.settings
+    tgt.check("activation_bits", layer.output.bits, f"{where} output")
+    if "activation_bits" in s and layer.output.bits != s["activation_bits"]:
+        raise InputError(f"{where}: output bits {layer.output.bits} differ from its "
+                         f"activation_bits setting {s['activation_bits']}; make the plan "
+                         "with deployq")
+    w = layer.weight
+    if w is None:
+        return
+    effective = w.grid_bits or w.bits
+    tgt.check("weight_bits", effective, f"{where} weight")
+    if "weight_bits" in s and effective != s["weight_bits"]:
+        raise InputError(f"{where}: weight bits {effective} differ from its weight_bits "
+                         f"setting {s['weight_bits']}; make the plan with deployq")
+    container = tgt.container_bits
+    if container is not None and w.bits != container:
+        raise InputError(f"{where}: weights stored in {w.bits} bits but {tgt.name} executes "
+                         f"{container}-bit weights; make the plan with deployq")
 
 
 def select(target: str, budget: str, method: str = "adversarial", eps: float = 0.1,
@@ -170,9 +216,17 @@ def evaluate(targets: list[str], session: Session | None = None,
     robustness.Config), also attack float and every target on the first
     robust.samples of those test samples (results under 'robustness')."""
     targets_or_fail(targets, targets_dir)
+    validate.out_dir(out, targets)
     session = session or open_session(**session_args)
     if samples is not None and samples < 1:
         raise InputError(f"--samples must be at least 1, got {samples}")
+    validate.samples(samples, len(session.dataset.x_test))
+    with out_lock(out):
+        return _evaluate(targets, session, out, samples, calibration, targets_dir, robust,
+                         plans)
+
+
+def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, plans):
     x, y = session.dataset.test(samples)
     float_pred = session.model.logits(x).argmax(1)
     rows = [{"target": "float", "accuracy": _acc(float_pred, y), "agreement": 1.0}]
@@ -252,6 +306,7 @@ def plans_by_target(paths: list[str | Path]) -> dict[str, Path]:
     """{target: path} of plan.json files (each names its target); one plan per target."""
     plans: dict[str, Path] = {}
     for path in paths:
+        validate.register_inputs(plans=[path])
         target = P.QuantPlan.load(path).target
         if target in plans:
             raise InputError(f"two plans for {target}: {plans[target]} and {path}; "
@@ -270,7 +325,9 @@ def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise InputError(f"targets listed more than once: {', '.join(twice)}")
-    return [T.get(n, targets_dir) for n in names]
+    found = [T.get(n, targets_dir) for n in names]
+    validate.c_runtime(found)
+    return found
 
 
 def robust_config(cfg: dict):
@@ -299,11 +356,12 @@ def read_config(path: str | Path) -> dict:
     try:
         config = tomllib.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"cannot read config {path}: {e}") from None
+        raise InputError(f"cannot read config {path}: {' '.join(str(e).split())}") from None
     unknown = sorted(set(config) - set(RUN_DEFAULTS))
     if unknown:
         raise InputError(f"{path}: unknown keys {unknown}; known: {', '.join(RUN_DEFAULTS)}")
-    return config
+    validate.config(config, path)           # types and ranges, before any work
+    return validate.config_paths(config, Path(path).parent)
 
 
 def run(config: dict | None = None) -> tuple[dict, list[Path]]:
@@ -311,6 +369,9 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
     write results.json, report.md and report.html into OUT. Without a target list, every known target whose backend's
     packages are installed (the others are listed as skipped in the report)."""
     cfg = RUN_DEFAULTS | (config or {})
+    validate.config({k: v for k, v in (config or {}).items()}, "the run config")
+    validate.register_inputs(cfg["model"], cfg["weights"], cfg["data"], cfg["plans"],
+                             cfg["targets_dir"])
     robust = robust_config(cfg)
     plans = plans_by_target(_config_list(cfg, "plans"))
     names, skipped = cfg["targets"], []
@@ -323,15 +384,21 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
             except TargetError as e:
                 skipped.append({"target": t.name, "reason": str(e)})
     names = with_plan_targets(names, plans)
+    targets_or_fail(names, cfg["targets_dir"])          # before any slow work
+    validate.out_dir(cfg["out"], names, results=True)
     session = open_session(cfg["model"], cfg["weights"], cfg["data"], cfg["seed"],
                            cfg["calib_samples"])
-    result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
-                      cfg["targets_dir"], robust, plans)
-    if cfg["profile_repeats"]:
-        result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
-                                    targets_dir=cfg["targets_dir"], reuse=True)
-    result["skipped"] = skipped
-    return result, report.write(result, cfg["out"])
+    validate.samples(cfg["samples"], len(session.dataset.x_test), "samples")
+    with out_lock(cfg["out"]):
+        result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
+                          cfg["targets_dir"], robust, plans)
+        if cfg["profile_repeats"]:
+            result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
+                                        targets_dir=cfg["targets_dir"], reuse=True)
+        result["skipped"] = skipped
+        files = report.write(result, cfg["out"])
+        write_manifest(cfg["out"], result)
+    return result, files
 
 
 def load_exported(target: str, out: str | Path = DEFAULT_OUT, targets_dir=None) -> Exported:
@@ -359,6 +426,10 @@ def profile(targets: list[str], session: Session | None = None,
     for name in targets:
         ex = load_exported(name, out, targets_dir) if reuse else export(
             name, session, out, None, targets_dir)
+        made_for = ex.plan.provenance.get("model_sha256")
+        if reuse and made_for not in (None, session.model.fingerprint()):
+            raise InputError(f"{ex.path} was exported from another model ({made_for}); "
+                             f"re-export it with 'deployq export -t {name}'")
         log.info("profiling %s (%d repeats)", name, repeats)
         rows.append(PR.target(ex, session.graph, load_runner(ex), x, repeats, batch))
     return {"model": session.model.spec, "machine": PR.machine(), "targets": rows}

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import defaults as D
-from .errors import DeployqError
+from .errors import InputError
 
 log = logging.getLogger("deployq")
 
@@ -35,7 +35,8 @@ def _model_options(f):
         click.option("--calib-samples", default=D.CALIB_SAMPLES, show_default=True,
                      type=click.IntRange(1),
                      help="Training samples used for calibration."),
-        click.option("--seed", default=D.RUN_DEFAULTS["seed"], show_default=True, type=int,
+        click.option("--seed", default=D.RUN_DEFAULTS["seed"], show_default=True,
+                     type=click.IntRange(0, 2**32 - 1),
                      help="Seed for data splits and sampling."),
         click.option("--targets-dir", default=None,
                      help="Extra directory of target TOML files (searched first)."),
@@ -58,14 +59,150 @@ def _session(model, weights, data, seed, calib_samples):
     return api.open_session(model, weights, data, seed, calib_samples)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--quiet", "-q", is_flag=True, help="Only print results and errors.")
+# --- one place for bad input: preflight checks and the error handler -----------------
+
+VERBOSITY_FLAGS = ("-q", "--quiet", "-v", "--verbose")
+
+
+class DeployqCommand(click.Command):
+    """A command whose options are checked (inputs registered, --seed, --json, --out,
+    --c-project) before its body runs: every command inherits the same preflight."""
+
+    def invoke(self, ctx):
+        _preflight(ctx.params)
+        return super().invoke(ctx)
+
+
+def _preflight(p: dict) -> None:
+    from . import io, validate
+    io.clear_inputs()
+    plans = list(p.get("plan_paths") or ()) + ([p["plan_path"]] if p.get("plan_path") else [])
+    validate.register_inputs(p.get("model"), p.get("weights"), p.get("data"), plans,
+                             p.get("targets_dir"), p.get("config"))
+    if p.get("results"):
+        io.register_input(p["results"])
+    if p.get("baseline"):
+        io.register_input(p["baseline"])
+    if p.get("seed") is not None:
+        validate.seed(p["seed"])
+    validate.output_file(p.get("json_path"))
+    if p.get("out"):
+        names = [p["target"]] if p.get("target") else _list(p.get("target_list") or "")
+        validate.out_dir(p["out"], names, results=p.get("attacks") is not None)
+    if p.get("c_project"):
+        validate.c_project(p["c_project"])
+
+
+class DeployqGroup(click.Group):
+    """The deployq group: -q/-v also after the subcommand, and every error one line
+    `deployq: error: ...` with exit code 2 (click's usage errors included)."""
+    command_class = DeployqCommand
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _verbosity_first(list(args)))
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        try:
+            code = super().main(args, "deployq", complete_var,
+                                standalone_mode=False, **extra)
+        except SystemExit:
+            raise
+        except BaseException as e:           # noqa: BLE001 - the one place errors end
+            code = _report(e)
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _verbosity_first(args: list[str]) -> list[str]:
+    """-q/-v given after the subcommand moved before it (not after a '--')."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in VERBOSITY_FLAGS]
+    rest = [a for a in args[:end] if a not in VERBOSITY_FLAGS]
+    return flags + rest + args[end:]
+
+
+def _report(e: BaseException) -> int:
+    """Print one line for an error and return the exit code."""
+    from .errors import DeployqError
+    if isinstance(e, DeployqError):
+        return _fail(str(e), 2)
+    no_args = getattr(click.exceptions, "NoArgsIsHelpError", ())
+    if no_args and isinstance(e, no_args):        # plain `deployq`: the help, not an error
+        click.echo(e.ctx.get_help() if e.ctx else e.format_message())
+        return 0
+    if isinstance(e, click.UsageError):
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        return _fail(e.format_message() + hint, 2)
+    if isinstance(e, click.ClickException):
+        return _fail(e.format_message(), e.exit_code or 2)
+    if isinstance(e, (click.exceptions.Abort, KeyboardInterrupt)):
+        click.echo("deployq: interrupted", err=True)
+        return 130
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror}; check the path and its permissions", 2)
+    if isinstance(e, RecursionError):
+        return _fail("an input file is nested too deeply to read; check it is the file "
+                     "deployq wrote", 2)
+    if log.isEnabledFor(logging.DEBUG):
+        raise e
+    _fail(f"internal error ({type(e).__name__}: {_first_line(e)}); this is a bug in "
+          "deployq: rerun with -v for the traceback and report it", 1)
+    return 1
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"deployq: error: {' '.join(message.split())}", err=True)
+    return code
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message is logged (a CLI run in-process,
+    e.g. by a test runner, swaps it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("deployq: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _log_to_stderr(logger: logging.Logger, level: int) -> None:
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(level)
+    logger.propagate = False            # the CLI owns the terminal: one copy of each line
+
+
+@click.group(cls=DeployqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--quiet", "-q", is_flag=True,
+              help="Only print results and errors (third-party output is silenced).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also print debug messages, third-party output and tracebacks.")
 @click.version_option(package_name="deployq")
-def cli(quiet):
+def cli(quiet, verbose):
     """deployq: PyTorch models to integer edge runtimes, with their accuracy and
     robustness measured on those runtimes."""
-    logging.basicConfig(format="deployq: %(message)s", stream=sys.stderr,
-                        level=logging.WARNING if quiet else logging.INFO)
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    _log_to_stderr(logging.getLogger("deployq"), level)
+    import warnings
+    if not verbose:                          # third-party warnings: shown with -v only
+        warnings.simplefilter("ignore")
+    for name in ("torch", "jax", "tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
 @cli.command()
@@ -250,11 +387,16 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
         robust = Config(_list(attacks), _floats(eps, "--eps"), _list(sources), steps, restarts, queries, samples,
                         seed=seed)
     session = _session(model, weights, data, seed, calib_samples)
-    result = api.evaluate(names, session, out, samples, calibration, targets_dir, robust,
-                          plans)
+    from .io import out_lock, write_manifest
+    with out_lock(out):
+        result = api.evaluate(names, session, out, samples, calibration, targets_dir,
+                              robust, plans)
+        files = report.write(result, out) if robust is not None else []
+        if files:
+            write_manifest(out, result)
     click.echo(report.text(result))
-    if robust is not None:
-        click.echo("\n".join(str(f) for f in report.write(result, out)))
+    if files:
+        click.echo("\n".join(str(f) for f in files))
     if json_path:
         report.write_json(result, json_path)
 
@@ -268,15 +410,26 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
 @click.option("--vs-float", is_flag=True,
               help="Also fail when a target's clean or robust accuracy is more than "
                    "--max-drop below the float model's in RESULTS.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Compare even when RESULTS and BASELINE differ in model, data, samples, "
+                   "seed or attack settings (a warning per difference instead of an error).")
 @click.pass_context
-def compare(ctx, results, baseline, max_drop, vs_float):
+def compare(ctx, results, baseline, max_drop, vs_float, allow_mismatch):
     """CI gate: exit 1 when any target's clean or robust accuracy in RESULTS falls more
     than --max-drop points below BASELINE (or below float with --vs-float)."""
-    from . import report
+    from . import report, validate
     if baseline is None and not vs_float:
         raise click.UsageError("give --baseline FILE, --vs-float, or both")
-    current = report.load(results)
-    reference = report.load(baseline) if baseline else None
+    current = _results(results)
+    reference = _results(baseline) if baseline else None
+    if reference is not None:
+        differ = validate.mismatches(current, reference)
+        if differ and not allow_mismatch:
+            raise InputError(f"{results} and {baseline} are not comparable runs "
+                             f"({'; '.join(differ)}); re-run with the baseline's settings "
+                             "or pass --allow-mismatch")
+        for d in differ:
+            log.warning("warning: runs differ: %s", d)
     failures = report.compare(current, reference, max_drop, vs_float)
     for line in failures:
         click.echo(f"FAIL {line}")
@@ -303,6 +456,8 @@ def run(config, plan_paths):
     every built-in target."""
     from . import api, report
     cfg = api.read_config(config) if config else {}
+    if plan_paths:
+        api.plans_by_target(list(plan_paths))       # readable, one per target
     if plan_paths and isinstance(cfg.get("plans", []), list):
         cfg["plans"] = cfg.get("plans", []) + list(plan_paths)
     result, files = api.run(cfg)
@@ -310,6 +465,15 @@ def run(config, plan_paths):
     for skipped in result["skipped"]:
         click.echo(f"skipped {skipped['target']}: {skipped['reason']}")
     click.echo("\n".join(str(f) for f in files))
+
+
+def _results(path) -> dict:
+    """A results.json that compare can trust: readable, well-formed, finite scores."""
+    from . import report, validate
+    doc = report.load(path)
+    validate.results_shape(doc, path)
+    validate.scores_finite(report.scores(doc), path)
+    return doc
 
 
 def _list(text: str) -> list[str]:
@@ -332,20 +496,13 @@ def _split(text: str) -> list[str]:
 
 
 def main() -> None:
-    try:
+    """The `deployq` program: a private temp folder for third-party litter, native
+    stderr (C++ logs of LiteRT, TensorFlow, torch) kept off the terminal unless -v,
+    then the group (which turns every error into one line)."""
+    from .runenv import private_run
+    with private_run(verbose=any(a in ("-v", "--verbose") for a in sys.argv[1:])):
         code = cli.main(standalone_mode=False)
-    except DeployqError as e:
-        click.echo(f"deployq: error: {e}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("deployq: aborted", err=True)
-        sys.exit(1)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,22 +120,64 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _npz(path: Path) -> Dataset:
+    if not path.is_file():
+        raise InputError(f"data file {path} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path} as .npz ({e})") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
+            NotImplementedError) as e:
+        raise InputError(f"cannot read {path} as .npz ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]}); save it with "
+                         "numpy.savez(path, x=x, y=y)") from None
     if "x" not in arrays or "y" not in arrays:
         raise InputError(f"{path} must hold arrays 'x' (N,C,H,W) and 'y' (N,); "
                          f"found {sorted(arrays)}")
-    x, y = arrays["x"].astype(np.float32), arrays["y"].astype(np.int64)
+    x, y = _images(arrays["x"], path, "x"), _labels(arrays["y"], path, "y")
     if "x_test" in arrays and "y_test" in arrays:
-        ds = Dataset(path.stem, x, y, arrays["x_test"].astype(np.float32),
-                     arrays["y_test"].astype(np.int64))
+        ds = Dataset(path.stem, x, y, _images(arrays["x_test"], path, "x_test"),
+                     _labels(arrays["y_test"], path, "y_test"))
     else:
         n_test = len(x) // 5
         ds = Dataset(path.stem, x[n_test:], y[n_test:], x[:n_test], y[:n_test])
     return _checked(ds, str(path))
+
+
+def _images(a: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """Real numbers (integer or float arrays) as float32; anything else refused."""
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer)
+                                   or np.issubdtype(a.dtype, np.floating)):
+        raise InputError(f"data {path}: {key} must hold real numbers in [0, 1], got dtype "
+                         f"{a.dtype}; convert it with x.astype('float32')")
+    return a.astype(np.float32)
+
+
+def _labels(a: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """Class labels as int64. Integer arrays, and float arrays of whole numbers, are
+    labels; a fractional, non-finite, bool, complex or string label is refused (a
+    float label would otherwise be truncated into a wrong class)."""
+    whole = (np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all()
+             and (a == np.round(a)).all())
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or whole):
+        raise InputError(f"data {path}: {key} must hold integer class labels, got dtype "
+                         f"{a.dtype}" + (" with fractional values" if np.issubdtype(
+                             a.dtype, np.floating) else "") + "; give labels 0..K-1 as "
+                         "integers (y.astype('int64'))")
+    return a.astype(np.int64)
+
+
+def check_labels(ds: Dataset, num_classes: int | None, where: str) -> None:
+    """Every label names one of the model's num_classes outputs."""
+    if num_classes is None:
+        return
+    top = int(max(ds.y_train.max(), ds.y_test.max()))
+    if top >= num_classes:
+        raise InputError(f"{where}: labels go up to {top} but the model has {num_classes} "
+                         f"outputs; labels must be 0..{num_classes - 1} (choose the data the "
+                         "model was trained for)")
 
 
 def _checked(ds: Dataset, where: str) -> Dataset:
@@ -143,8 +186,9 @@ def _checked(ds: Dataset, where: str) -> Dataset:
             raise InputError(f"{where}: x must be (N, C, H, W), got shape {x.shape}")
         if y.shape != (len(x),):
             raise InputError(f"{where}: y must be ({len(x)},) to match x, got {y.shape}")
-        if len(x) == 0:
-            raise InputError(f"{where}: a split is empty")
+        if len(x) == 0 or x[0].size == 0:
+            raise InputError(f"{where}: a split is empty (shape {x.shape}); give at least "
+                             "one training and one test sample")
         if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise InputError(f"{where}: x must be finite and in [0, 1], got "
                              f"[{x.min():.3g}, {x.max():.3g}]; divide by 255 first")

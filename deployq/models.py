@@ -4,8 +4,10 @@ Weights are read with torch.load(weights_only=True) or safetensors: nothing the 
 gives is ever unpickled as arbitrary objects."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import logging
 import pickle
 import sys
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ class Model:
     default_data: str | None = None
     files: tuple[Path, ...] = ()            # the user's input files (never overwritten)
     static_batch: int | None = None         # a program exported for one batch size
+    num_classes: int | None = None          # K of the (N, K) logits (checked_head)
 
     def logits(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
         batch = self.static_batch or batch
@@ -42,13 +45,20 @@ class Model:
     def fingerprint(self) -> str:
         """sha256 of the weights: identifies the model a plan was made for."""
         h = hashlib.sha256()
-        for name, t in sorted(self.module.state_dict().items()):
+        module = self.module.inner if isinstance(self.module, SqueezedHead) else self.module
+        for name, t in sorted(module.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
 
 def load(spec: str = DEFAULT_MODEL, weights: str | None = None) -> Model:
+    model = _load(spec, weights)
+    _check_finite(model)
+    return model
+
+
+def _load(spec: str, weights: str | None) -> Model:
     if spec.startswith("zoo:"):
         name = spec[4:]
         module = zoo.load(name) if weights is None else _with_weights(zoo.build(name), weights)
@@ -73,7 +83,8 @@ def _program(path: Path, weights: str | None) -> Model:
                          "drop --weights")
     _must_exist(path, "model")
     try:
-        program = torch.export.load(str(path))
+        with _torch_logs_off():           # torch logs its own traceback before raising
+            program = torch.export.load(str(path))
     except Exception as e:  # torch raises many types for a corrupt archive
         raise InputError(f"{path} is not a readable torch.export program "
                          f"({type(e).__name__}: {_first_line(e)}); save it with "
@@ -82,6 +93,20 @@ def _program(path: Path, weights: str | None) -> Model:
     static = int(batch) if isinstance(batch, int) else None
     return Model(str(path), program.module(), program=program, files=(path,),
                  static_batch=static)
+
+
+@contextlib.contextmanager
+def _torch_logs_off():
+    """Every torch logger at CRITICAL for the duration (torch sets levels per logger)."""
+    names = ["torch"] + [n for n in logging.root.manager.loggerDict if n.startswith("torch")]
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for n, level in saved.items():
+            logging.getLogger(n).setLevel(level)
 
 
 def _input_placeholder(program):
@@ -99,15 +124,89 @@ def _from_factory(file: Path, factory: str) -> nn.Module:
         spec.loader.exec_module(mod)
     except Exception as e:
         raise InputError(f"importing {file} failed: {type(e).__name__}: {_first_line(e)}") from None
+    except BaseException as e:            # sys.exit() or a KeyboardInterrupt-like exit
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise InputError(f"importing {file} exited ({type(e).__name__}: {_first_line(e)}); "
+                         "a model file must not exit when imported") from None
     fn = getattr(mod, factory, None)
     if not callable(fn):
         raise InputError(f"{file} has no function '{factory}'; pass file.py:NAME where "
                          "NAME() returns the nn.Module")
-    module = fn()
+    module = _call_factory(fn, f"{file}:{factory}")
     if not isinstance(module, nn.Module):
         raise InputError(f"{file}:{factory}() returned {type(module).__name__}, "
                          "not a torch.nn.Module")
     return module
+
+
+def _call_factory(fn, where: str):
+    """fn() with every failure of the user's code turned into one InputError."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        raise
+    except TypeError as e:
+        raise InputError(f"{where}() failed ({_first_line(e)}); the factory must take no "
+                         "arguments (wrap it: def make(): return Net(...))") from None
+    except BaseException as e:           # noqa: BLE001 - the user's code: anything, sys.exit
+        raise InputError(f"{where}() failed ({type(e).__name__}: {_first_line(e)}); fix "
+                         "the factory so that it returns the nn.Module") from None
+
+
+def _check_finite(model: Model) -> None:
+    """No NaN or inf in the weights: every quantization rule would fail on them."""
+    for name, t in model.module.state_dict().items():
+        if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+            raise InputError(f"{model.spec}: the weights hold NaN or inf (in '{name}'); "
+                             "check the training run or the weights file")
+
+
+class SqueezedHead(nn.Module):
+    """A model whose logits have shape (N, K, 1, ..., 1), flattened to (N, K) (a conv
+    classifier without a final flatten)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return torch.flatten(self.inner(x), 1)
+
+    def train(self, mode: bool = True):
+        # the inner module is already in eval mode, and a torch.export program's
+        # module refuses train()/eval() calls: only this wrapper's flag changes
+        self.training = mode
+        return self
+
+
+def checked_head(model: Model, x: np.ndarray) -> Model:
+    """The model with logits of shape (N, K): trailing singleton dims are squeezed (the
+    module wrapped, a .pt2 re-exported through the wrapper); any other shape, or a
+    non-finite output, is refused."""
+    try:
+        with torch.no_grad():
+            y = model.module(torch.from_numpy(np.ascontiguousarray(x)))
+    except Exception as e:  # noqa: BLE001 - any failure of the user's forward pass
+        raise InputError(f"{model.spec} fails on the data's input shape {tuple(x.shape[1:])} "
+                         f"({type(e).__name__}: {_first_line(e)}); choose --data that "
+                         "matches the model") from None
+    if not isinstance(y, torch.Tensor) or y.ndim < 2 or y.shape[0] != len(x):
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise InputError(f"{model.spec} returns {shape} for {len(x)} samples; a classifier "
+                         "must return logits of shape (N, classes)")
+    if y.ndim > 2:
+        if any(d != 1 for d in y.shape[2:]):
+            raise InputError(f"{model.spec} returns logits of shape {tuple(y.shape)}; a "
+                             "classifier must return (N, classes) (trailing dims of size 1 "
+                             "are squeezed): add a pooling or flatten before the output")
+        model.module = SqueezedHead(model.module).eval()   # (train() does not recurse)
+        model.program = None             # captured again, through the flatten
+    if not bool(torch.isfinite(y).all()):
+        raise InputError(f"{model.spec} returns NaN or inf logits on the data; check the "
+                         "model and its weights")
+    model.num_classes = int(y.shape[1])
+    return model
 
 
 def _with_weights(module: nn.Module, weights: str) -> nn.Module:
@@ -140,7 +239,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except ImportError:
         raise InputError("reading .safetensors needs the 'safetensors' package: "
                          "pip install safetensors") from None
-    except pickle.UnpicklingError:
+    except (pickle.UnpicklingError, EOFError):
         raise InputError(f"cannot read weights {path}: not a torch.save file of tensors "
                          "(deployq never unpickles other objects); save them with "
                          "torch.save(model.state_dict(), path)") from None

@@ -97,7 +97,8 @@ class QParams:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "QParams":
+    def from_json(cls, d: dict, where: str = "tensor") -> "QParams":
+        check_qparams(d, where)
         g = d.get("grid_bits")
         return cls(int(d["bits"]), np.asarray(d["scale"], np.float32),
                    np.asarray(d["zero_point"], np.int64), d.get("axis"), bool(d.get("narrow")),
@@ -118,10 +119,13 @@ class LayerPlan:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "LayerPlan":
+    def from_json(cls, d: dict, where: str = "layer") -> "LayerPlan":
+        _need(d, dict, where, "an object with op, settings, output (and weight)")
+        _need(d.get("op"), str, f"{where} op", "a string")
+        _need(d.get("settings"), dict, f"{where} settings", "an object")
         w = d.get("weight")
-        return cls(d["op"], d["settings"], QParams.from_json(d["output"]),
-                   QParams.from_json(w) if w else None)
+        return cls(d["op"], d["settings"], QParams.from_json(d["output"], f"{where} output"),
+                   QParams.from_json(w, f"{where} weight") if w else None)
 
 
 @dataclass
@@ -172,12 +176,16 @@ class QuantPlan:
 
     @classmethod
     def from_json(cls, d: dict) -> "QuantPlan":
+        _need(d, dict, "the file", "a JSON object (a plan.json written by deployq)")
         if d.get("format") != FORMAT or d.get("version") != VERSION:
             raise InputError(f"not a deployq plan of version {VERSION} "
                              f"(format={d.get('format')!r}, version={d.get('version')!r})")
+        _need(d.get("target"), str, "target", "a target name")
+        _need(d.get("layers"), dict, "layers", "an object {layer name: layer}")
         cfg = d.get("config", {})
-        return cls(d["target"], QParams.from_json(d["input"]),
-                   {k: LayerPlan.from_json(v) for k, v in d["layers"].items()},
+        _need(cfg, dict, "config", "an object")
+        return cls(d["target"], QParams.from_json(d.get("input"), "input"),
+                   {k: LayerPlan.from_json(v, f"layer '{k}'") for k, v in d["layers"].items()},
                    PlanConfig(cfg.get("default", {}), cfg.get("by_type", {}),
                               cfg.get("by_name", {})), d.get("provenance", {}))
 
@@ -189,8 +197,57 @@ class QuantPlan:
     def load(cls, path: Path) -> "QuantPlan":
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(f"cannot read plan {path}: {type(e).__name__}: {e}") from None
+        except InputError as e:
+            raise InputError(f"plan {path}: {e}") from None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            raise InputError(f"cannot read plan {path}: {type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:200]}") from None
+
+
+# --- checking a plan file: every value in range before any backend sees it ----------
+
+MAX_BITS = 16
+
+
+def _need(value, kind, where: str, what: str) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise InputError(f"{where} must be {what}, got {type(value).__name__} {value!r:.60}; "
+                         "make the plan with deployq (export or select)")
+
+
+def _bad(where: str, what: str) -> InputError:
+    return InputError(f"{where} {what}; make the plan with deployq (export or select) or "
+                      "fix that value")
+
+
+def check_qparams(d, where: str) -> None:
+    """A tensor's quantization parameters as JSON: bits 2..16, finite positive scales,
+    zero points on the integer grid, axis None or 0, grid_bits 2..bits."""
+    _need(d, dict, where, "an object with bits, scale and zero_point")
+    bits = d.get("bits")
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= MAX_BITS:
+        raise _bad(f"{where} bits", f"is {bits!r}, not a whole number in 2..{MAX_BITS}")
+    scale, zp = d.get("scale"), d.get("zero_point")
+    for key, v in (("scale", scale), ("zero_point", zp)):
+        if not isinstance(v, list) or not v or not all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) for e in v):
+            raise _bad(f"{where} {key}", f"is {v!r:.60}, not a non-empty list of numbers")
+    if len(scale) != len(zp):
+        raise _bad(where, f"has {len(scale)} scales but {len(zp)} zero points")
+    bad = [s for s in scale if not (math.isfinite(s) and 1e-30 < s < 1e30)]
+    if bad:
+        raise _bad(f"{where} scale", f"holds {bad[0]!r}; scales must be finite and > 0")
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    bad = [z for z in zp if int(z) != z or not lo <= z <= hi]
+    if bad:
+        raise _bad(f"{where} zero_point", f"{bad[0]!r} is outside [{lo}, {hi}] (or not whole)")
+    if d.get("axis") not in (None, 0):
+        raise _bad(f"{where} axis", f"is {d.get('axis')!r}; use 0 (per channel) or null")
+    if d.get("axis") is None and len(scale) != 1:
+        raise _bad(where, f"has {len(scale)} scales but no channel axis")
+    g = d.get("grid_bits")
+    if g is not None and (not isinstance(g, int) or isinstance(g, bool) or not 2 <= g <= bits):
+        raise _bad(f"{where} grid_bits", f"is {g!r}, not a whole number in 2..{bits}")
 
 
 # --- making a plan ---------------------------------------------------------------

@@ -82,7 +82,7 @@ def load(path: str | Path) -> dict:
     """A results.json of a readable schema version, or InputError saying why not."""
     try:
         doc = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InputError(f"cannot read results {path}: {type(e).__name__}: {e}") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise InputError(f"{path} is not a deployq results file (schema "

@@ -56,8 +56,15 @@ def library_path(kernels: str = "ref", sources: Path = SOURCES) -> Path:
     digest = hashlib.sha256(" ".join(_flags(kernels)).encode())
     for f in _sources(sources):
         digest.update(f.name.encode() + f.read_bytes())
-    cache = Path(os.environ.get("DEPLOYQ_CACHE", Path.home() / ".cache" / "deployq"))
-    return cache / f"libdq-{kernels}-{digest.hexdigest()[:16]}.so"
+    return cache_dir() / f"libdq-{kernels}-{digest.hexdigest()[:16]}.so"
+
+
+def cache_dir() -> Path:
+    """$DEPLOYQ_CACHE, else $XDG_CACHE_HOME/deployq, else ~/.cache/deployq."""
+    if os.environ.get("DEPLOYQ_CACHE"):
+        return Path(os.environ["DEPLOYQ_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "deployq"
 
 
 def build(kernels: str = "ref", extra_flags: list[str] = (), out: Path | None = None,
@@ -71,12 +78,22 @@ def build(kernels: str = "ref", extra_flags: list[str] = (), out: Path | None = 
     if cc is None:
         raise RuntimeBuildError("no C compiler found for the C runtime: install one "
                                 "(e.g. 'apt-get install gcc') or set CC")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    except OSError as e:
+        raise RuntimeBuildError(f"cannot write the C runtime's cache {out.parent} "
+                                f"({e.strerror}); set DEPLOYQ_CACHE to a writable "
+                                "directory") from None
     os.close(fd)
     cmd = [cc, *_flags(kernels), *extra_flags, "-o", tmp, *map(str, sorted(sources.glob("*.c"))),
            "-lm"]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RuntimeBuildError(f"cannot run the C compiler {cc!r} ({e.strerror}); "
+                                "install one or set CC to a working compiler") from None
     if result.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
         raise RuntimeBuildError(f"compiling the C runtime failed: {result.stderr.strip()[:500]}")

@@ -15,6 +15,14 @@ from .errors import TargetError
 SETTINGS = ("weight_bits", "activation_bits", "granularity", "weight_scheme",
             "activation_scheme", "scale", "calibration", "rounding")
 EXTRA_DEFAULTS = ("percentile", "weight_clip")
+# widths each backend executes (a target file may allow a subset): int8 runtimes hold
+# narrower weights on the int8 grid (container_bits = 8) and run 8-bit activations only
+BACKEND_BITS = {"onnx": (range(2, 9), (8,)), "tflite": (range(2, 9), (8,)),
+                "mcu": (range(2, 9), (8,)), "qemu": (range(2, 9), (8,)),
+                "fpga": (range(2, 9), range(2, 9))}
+INT8_BACKENDS = ("onnx", "tflite", "mcu", "qemu")
+TEXT_SETTINGS = ("granularity", "weight_scheme", "activation_scheme", "scale",
+                 "calibration", "rounding")
 log = logging.getLogger("deployq")
 _HERE = Path(__file__).resolve().parent
 # a source checkout (or editable install) has targets/ at the top; a wheel carries it
@@ -81,14 +89,29 @@ def all_targets(targets_dir=None) -> dict[str, Target]:
 
 
 def get(name: str, targets_dir=None) -> Target:
+    """The target called name. A broken file for it in a directory searched before the
+    one that defines it (a user's override) is an error, never silently skipped."""
     targets, errors = scan(targets_dir)
     if name in targets:
+        order = search_path(targets_dir)
+        found_at = _rank(order, targets[name].path)
+        shadowing = [e for p, e in errors.items()
+                     if p.stem == name and _rank(order, p) < found_at]
+        if shadowing:
+            raise shadowing[0]
         return targets[name]
     broken = [e for p, e in errors.items() if p.stem == name]
     if broken:
         raise broken[0]
     raise TargetError(f"unknown target '{name}'; known: {', '.join(sorted(targets))} "
                       "(see 'deployq targets'; add one with a TOML file in --targets-dir)")
+
+
+def _rank(order: list[Path], path: Path | None) -> int:
+    for i, folder in enumerate(order):
+        if path is not None and path.parent.resolve() == folder.resolve():
+            return i
+    return len(order)
 
 
 def read(path: Path) -> Target:
@@ -103,6 +126,7 @@ def read(path: Path) -> Target:
     for key in ("name", "backend", "defaults"):
         if key not in doc:
             raise TargetError(f"{path}: missing '{key}'")
+    _types(doc, path)
     if doc["backend"] not in backend_names():
         raise TargetError(f"{path}: unknown backend '{doc['backend']}'; "
                           f"known: {', '.join(backend_names())}")
@@ -111,6 +135,56 @@ def read(path: Path) -> Target:
                     doc.get("container_bits"))
     _validate(target, path)
     return target
+
+
+def _types(doc: dict, path: Path) -> None:
+    """Each key of a target file has the type the code reads it as."""
+    for key in ("name", "backend", "description"):
+        if key in doc and not (isinstance(doc[key], str) and doc[key]):
+            raise TargetError(f"{path}: '{key}' must be a non-empty string, got {doc[key]!r}")
+    for key in ("allowed", "defaults", "options"):
+        if key in doc and not isinstance(doc[key], dict):
+            raise TargetError(f"{path}: [{key}] must be a table, got {doc[key]!r:.60}")
+    for key, values in doc.get("allowed", {}).items():
+        if not isinstance(values, list) or not values:
+            raise TargetError(f"{path}: [allowed] {key} must be a non-empty list, got "
+                              f"{values!r:.60}")
+        for v in values:
+            _setting_type(key, v, path, "allowed")
+    for key, v in doc.get("defaults", {}).items():
+        _setting_type(key, v, path, "defaults")
+
+
+def _setting_type(key: str, v, path: Path, section: str) -> None:
+    if key in ("weight_bits", "activation_bits"):
+        if not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 16:
+            raise TargetError(f"{path}: [{section}] {key} values must be whole numbers in "
+                              f"2..16, got {v!r}")
+    elif key in TEXT_SETTINGS and not isinstance(v, str):
+        raise TargetError(f"{path}: [{section}] {key} values must be strings, got {v!r}")
+    elif key == "percentile" and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and 50 <= v <= 100):
+        raise TargetError(f"{path}: [{section}] percentile must be a number in [50, 100], "
+                          f"got {v!r}")
+
+
+def _backend_fits(target: Target, path: Path) -> None:
+    """The target allows only widths its backend executes (else a 16-bit target would
+    be exported as 8 bits and score wrong numbers)."""
+    limits = BACKEND_BITS.get(target.backend)
+    if limits is None:
+        return
+    for key, ok in zip(("weight_bits", "activation_bits"), limits):
+        values = target.allowed.get(key, [target.defaults.get(key)])
+        bad = [v for v in values if v not in ok]
+        if bad:
+            raise TargetError(f"{path}: backend '{target.backend}' executes {key} "
+                              f"{min(ok)}..{max(ok)}, not {bad}; allow only those")
+    narrow = [b for b in target.allowed.get("weight_bits", [target.defaults.get("weight_bits")])
+              if b < 8]
+    if target.backend in INT8_BACKENDS and narrow and target.container_bits != 8:
+        raise TargetError(f"{path}: backend '{target.backend}' runs int8 weights only; "
+                          f"weight_bits {narrow} need container_bits = 8")
 
 
 def _validate(target: Target, path: Path) -> None:
@@ -129,3 +203,4 @@ def _validate(target: Target, path: Path) -> None:
         raise TargetError(f"{path}: [defaults] must set {', '.join(missing)}")
     for key, value in target.defaults.items():
         target.check(key, value, f"[defaults] in {path}")
+    _backend_fits(target, path)

@@ -1,0 +1,72 @@
+"""The process around one `deployq` command: a private temp folder (third-party litter
+such as torchinductor_* caches and LiteRT/TensorFlow temp files lands there and is
+removed at the end) and, unless verbose, native stderr (C/C++ log lines of LiteRT,
+TensorFlow and torch, which bypass Python) kept off the terminal.
+
+Python's own sys.stderr keeps pointing at the terminal, so deployq's messages and its
+one-line errors still show; only writes to file descriptor 2 from native code (and
+child processes) go to a log in the private folder."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0",
+             "GLOG_minloglevel": "3"}
+
+
+@contextlib.contextmanager
+def private_run(verbose: bool = False):
+    run_dir = tempfile.mkdtemp(prefix=f"deployq-run-{os.getpid()}-")
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR",
+                                                *QUIET_ENV)}
+    saved_tempdir = tempfile.tempdir
+    os.environ["TMPDIR"] = run_dir
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(run_dir, "torchinductor")
+    if not verbose:
+        for k, v in QUIET_ENV.items():
+            os.environ.setdefault(k, v)
+    tempfile.tempdir = run_dir
+    try:
+        with _native_stderr_to(None if verbose else os.path.join(run_dir, "native.log")):
+            yield run_dir
+    finally:
+        tempfile.tempdir = saved_tempdir
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _native_stderr_to(log_path: str | None):
+    """File descriptor 2 to log_path; sys.stderr stays on the terminal. Does nothing
+    when sys.stderr is not fd 2 (e.g. captured by a test runner)."""
+    try:
+        is_fd2 = log_path is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        is_fd2 = False
+    if not is_fd2:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log, 2)
+    os.close(log)
+    old_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1,
+                           encoding=old_stderr.encoding, errors="backslashreplace")
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = old_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
