@@ -21,6 +21,8 @@ mapping: `check` names every such layer in one error. Nothing here estimates res
 (that needs the synthesis tools)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -51,7 +53,8 @@ def name_of(ir_name: str) -> str:
 
 # --- what maps ---------------------------------------------------------------------
 
-def _why_not(fx: FX.FxModel, node: G.Node, previous: str) -> str | None:
+def _why_not(options: FX.Options, node: G.Node, previous: str) -> str | None:
+    """Why the mapping cannot take this node, from the graph and the target options."""
     a = node.attrs
     if node.inputs != [previous]:
         return f"{node.op} (only a chain of single-input layers maps)"
@@ -69,8 +72,13 @@ def _why_not(fx: FX.FxModel, node: G.Node, previous: str) -> str | None:
         return "reshape to a feature map (only a flatten maps)"
     if node.op in ("maxpool", "avgpool") and (any(a["padding"]) or a.get("ceil_mode")):
         return "pooling with padding or ceil_mode"
-    if node.op == "avgpool" and fx.options.pool_division != "divide":
+    if node.op == "avgpool" and options.pool_division != "divide":
         return "average pool with pool_division='reciprocal' (hls4ml divides)"
+    return None
+
+
+def _why_not_plan(fx: FX.FxModel, node: G.Node) -> str | None:
+    """Why the mapping cannot take this node's integers (the plan's scales)."""
     if node.op in ("conv2d", "linear") and not _single_type(fx, fx.layers[node.name]):
         return ("per-channel weight scales with an accumulator that can overflow (hls4ml has "
                 "one accumulator type per layer: use granularity='per-tensor' or a wider "
@@ -83,19 +91,25 @@ def _single_type(fx: FX.FxModel, layer: FX.FxLayer) -> bool:
     return f_w.min() == f_w.max() or FX._bound(layer, fx) < 2 ** (fx.options.acc_bits - 1)
 
 
-def check(fx: FX.FxModel) -> None:
-    """One ExportError naming every layer the mapping cannot take, and why."""
+def check_graph(graph: G.Graph, options: FX.Options, fx: FX.FxModel | None = None) -> None:
+    """One ExportError naming every layer the mapping cannot take, and why (with fx:
+    also what the plan's integers rule out); before anything is written."""
     bad, previous = [], G.INPUT
-    for node in fx.graph.nodes:
-        why = _why_not(fx, node, previous)
+    for node in graph.nodes:
+        why = _why_not(options, node, previous) or (fx and _why_not_plan(fx, node))
         if why:
             bad.append(f"'{node.name}': {why}")
         previous = node.name
-    if fx.options.acc_overflow == "sat" and fx.options.sum_order != "hwc":
+    if options.acc_overflow == "sat" and options.sum_order != "hwc":
         bad.append("sum_order='chw' with acc_overflow='sat' (hls4ml sums a flattened "
                    "feature map in (h, w, c) order)")
     if bad:
-        raise ExportError("hls4ml cannot take these layers: " + "; ".join(bad))
+        raise ExportError("hls4ml cannot take these layers: " + "; ".join(bad) +
+                          " (docs/fpga-fixed.md, 'hls4ml')")
+
+
+def check(fx: FX.FxModel) -> None:
+    check_graph(fx.graph, fx.options, fx)
 
 
 # --- the PyTorch module and the per-layer types ------------------------------------
@@ -199,9 +213,10 @@ def convert(fx: FX.FxModel, out_dir: Path):
     check(fx)
     hls4ml = import_hls4ml()
     model = build_module(fx).eval()
-    return hls4ml.converters.convert_from_pytorch_model(
-        model, output_dir=str(out_dir), project_name="deployq", backend="Vivado",
-        io_type="io_parallel", hls_config=hls_config(fx))
+    with contextlib.redirect_stdout(io.StringIO()):         # hls4ml's progress prints
+        return hls4ml.converters.convert_from_pytorch_model(
+            model, output_dir=str(out_dir), project_name="deployq", backend="Vivado",
+            io_type="io_parallel", hls_config=hls_config(fx))
 
 
 def import_hls4ml():
@@ -212,13 +227,20 @@ def import_hls4ml():
     return hls4ml
 
 
+def export_plan(graph: G.Graph, plan, target, out_dir: Path) -> Path:
+    """deployq export --hls4ml: the plan's fixed-point integers as an hls4ml project."""
+    from .backends import fpga
+    return export(fpga.lower(graph, plan, target), out_dir)
+
+
 def export(fx: FX.FxModel, out_dir: Path) -> Path:
     """Write the hls4ml project (out_dir/project) and out_dir/deployq_hls4ml.json (the
     types per layer and the input quantization). Refuses unmappable layers first."""
     check(fx)
     out_dir = Path(out_dir)
     hls_model = convert(fx, out_dir / PROJECT)
-    hls_model.write()
+    with contextlib.redirect_stdout(io.StringIO()):
+        hls_model.write()
     meta = {"hls4ml_version": import_hls4ml().__version__, "backend": "Vivado",
             "io_type": "io_parallel", "input_shape": list(fx.graph.input_shape),
             "input": {"bits": fx.input_bits, "frac": fx.input_frac, "quant": fx.input_quant},
@@ -235,7 +257,8 @@ def simulate(hls_model, fx: FX.FxModel, q: np.ndarray) -> dict[str, np.ndarray]:
     the integers of every traced layer by hls4ml name, NCHW, and of the output as
     'output'. A value off the layer's grid raises (it would not be bit-comparable)."""
     x = np.ascontiguousarray(q * 2.0 ** -fx.input_frac, dtype=np.float64)
-    pred, trace = hls_model.trace(x)
+    with contextlib.redirect_stdout(io.StringIO()):
+        pred, trace = hls_model.trace(x)
     names = {name_of(n): n for n in fx.layers}
     names.update({name_of(n) + "_relu": n for n in fx.layers})
     out = {"output": _ints(pred, fx.layers[fx.graph.output].frac, "output")}
