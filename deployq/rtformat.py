@@ -22,11 +22,23 @@ TENSOR = np.dtype([("dims", "<i4", 3), ("zero_point", "<i4"), ("bits", "<i4"),
 OP = np.dtype([("type", "<u4"), ("n_inputs", "<u4"), ("inputs", "<u4", MAX_INPUTS),
                ("output", "<u4"), ("params", "<i4", NUM_PARAMS),
                ("data_offset", "<u4", NUM_DATA), ("data_count", "<u4", NUM_DATA)])
-# params[] slots by name (dq_ops.h documents them per op type)
+# params[] slots by name: runtime/dq_ops.h's dq_param_slot enum is the same table (a
+# test parses it against this one); dq_ops.h documents which op reads which slot.
 SLOT = {"stride_h": 0, "stride_w": 1, "pad_top": 2, "pad_left": 3, "dilation_h": 4,
         "dilation_w": 5, "groups": 6, "rounding": 7, "act_min": 8, "act_max": 9,
         "kernel_h": 10, "kernel_w": 11, "acc_bits": 12, "acc_overflow": 13,
-        "out_overflow": 14, "reciprocal": 15, "reciprocal_bits": 16}
+        "out_overflow": 14, "reciprocal": 15, "reciprocal_bits": 16,
+        # ADD (S8)
+        "left_shift": 0, "in1_multiplier": 1, "in1_shift": 2, "in2_multiplier": 3,
+        "in2_shift": 4, "out_multiplier": 5, "out_shift": 6,
+        # ADD (FX)
+        "common_frac_bits": 0,
+        # MEAN (S8)
+        "multiplier": 1, "shift": 2,
+        # CONCAT, SLICE, TRANSPOSE, PAD
+        "axis": 0, "begin": 1, "perm_0": 0, "perm_1": 1, "perm_2": 2,
+        "before_h": 0, "after_h": 1, "before_w": 2, "after_w": 3, "before_c": 4,
+        "after_c": 5, "pad_mode": 6}
 
 
 @dataclass

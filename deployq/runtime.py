@@ -1,8 +1,10 @@
-"""The one module that owns ctypes: builds the C reference runtime (runtime/*.c) into a
-shared library on first use, declares its functions once, and wraps a loaded model.
+"""The one module that owns ctypes: builds the C runtime (runtime/*.c) into a shared
+library on first use, declares its functions once, and wraps a loaded model.
 
-The library is cached under $DEPLOYQ_CACHE (default ~/.cache/deployq), named by a hash
-of the sources, so an edited runtime is rebuilt and a stale one never loaded."""
+Two kernel sets can be built (runtime/dq_kernels.h): "ref", the reference loops, and
+"opt", the optimized kernels (bit-exact with ref). The library is cached under
+$DEPLOYQ_CACHE (default ~/.cache/deployq), named by a hash of the sources and flags, so
+an edited runtime is rebuilt and a stale one never loaded."""
 from __future__ import annotations
 
 import ctypes
@@ -23,10 +25,8 @@ _HERE = Path(__file__).resolve().parent
 SOURCES = next((d for d in (_HERE / "runtime_c", _HERE.parent / "runtime")
                 if (d / "dq_runtime.h").is_file()), _HERE.parent / "runtime")
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC"]
+KERNELS = ("ref", "opt")
 OP_NAMES = {code: name for name, code in OPS.items()}
-STATUS = ["DQ_OK", "DQ_ERR_ARG", "DQ_ERR_TRUNCATED", "DQ_ERR_MAGIC", "DQ_ERR_VERSION",
-          "DQ_ERR_LIMITS", "DQ_ERR_TENSOR", "DQ_ERR_OP", "DQ_ERR_DATA", "DQ_ERR_SHAPE",
-          "DQ_ERR_PARAM", "DQ_ERR_ORDER"]
 
 
 class RuntimeBuildError(DeployqError):
@@ -42,21 +42,29 @@ class ModelRejected(InputError):
                          "(re-export it with 'deployq export')")
 
 
-def _sources() -> list[Path]:
-    return sorted(SOURCES.glob("*.c")) + sorted(SOURCES.glob("*.h"))
+def _sources(sources: Path = SOURCES) -> list[Path]:
+    return sorted(sources.glob("*.c")) + sorted(sources.glob("*.h"))
 
 
-def library_path() -> Path:
-    digest = hashlib.sha256()
-    for f in _sources():
+def _flags(kernels: str) -> list[str]:
+    if kernels not in KERNELS:
+        raise InputError(f"unknown C kernel set {kernels!r}: choose {' or '.join(KERNELS)}")
+    return [*CFLAGS, f"-DDQ_KERNELS={kernels}"]
+
+
+def library_path(kernels: str = "ref", sources: Path = SOURCES) -> Path:
+    digest = hashlib.sha256(" ".join(_flags(kernels)).encode())
+    for f in _sources(sources):
         digest.update(f.name.encode() + f.read_bytes())
     cache = Path(os.environ.get("DEPLOYQ_CACHE", Path.home() / ".cache" / "deployq"))
-    return cache / f"libdq-{digest.hexdigest()[:16]}.so"
+    return cache / f"libdq-{kernels}-{digest.hexdigest()[:16]}.so"
 
 
-def build(extra_flags: list[str] = (), out: Path | None = None) -> Path:
-    """Compile runtime/*.c into a shared library (atomically) and return its path."""
-    out = out or library_path()
+def build(kernels: str = "ref", extra_flags: list[str] = (), out: Path | None = None,
+          sources: Path = SOURCES) -> Path:
+    """Compile sources/*.c with the kernel set into a shared library (atomically) and
+    return its path; a cached library is reused unless extra_flags are given."""
+    out = out or library_path(kernels, sources)
     if out.is_file() and not extra_flags:
         return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -66,7 +74,8 @@ def build(extra_flags: list[str] = (), out: Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
-    cmd = [cc, *CFLAGS, *extra_flags, "-o", tmp, *map(str, SOURCES.glob("*.c")), "-lm"]
+    cmd = [cc, *_flags(kernels), *extra_flags, "-o", tmp, *map(str, sorted(sources.glob("*.c"))),
+           "-lm"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         Path(tmp).unlink(missing_ok=True)
@@ -76,14 +85,21 @@ def build(extra_flags: list[str] = (), out: Path | None = None) -> Path:
 
 
 @lru_cache(maxsize=None)
-def library() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(build()))
+def library(kernels: str = "ref") -> ctypes.CDLL:
+    """The runtime built with the kernel set, loaded once per process."""
+    return load_library(build(kernels))
+
+
+def load_library(path: Path) -> ctypes.CDLL:
+    """A built runtime library with its functions declared."""
+    lib = ctypes.CDLL(str(path))
     u8p, i8p = ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_int8)
     sigs = {
         "dq_model_struct_bytes": ([], ctypes.c_size_t),
         "dq_model_init": ([ctypes.c_void_p, u8p, ctypes.c_size_t], ctypes.c_int),
         "dq_arena_bytes": ([ctypes.c_void_p], ctypes.c_size_t),
         "dq_tensor_bytes": ([ctypes.c_void_p, ctypes.c_uint32], ctypes.c_size_t),
+        "dq_scratch_bytes": ([ctypes.c_void_p, ctypes.c_uint32], ctypes.c_size_t),
         "dq_invoke": ([ctypes.c_void_p, u8p, i8p, i8p, ctypes.c_int32], ctypes.c_int),
         "dq_invoke_dump": ([ctypes.c_void_p, u8p, i8p, i8p], ctypes.c_int),
         "dq_quantize_multiplier": ([ctypes.c_double, ctypes.POINTER(ctypes.c_int32),
@@ -91,6 +107,8 @@ def library() -> ctypes.CDLL:
         "dq_invoke_profile": ([ctypes.c_void_p, u8p, i8p, ctypes.c_int32,
                                ctypes.POINTER(ctypes.c_int64)], ctypes.c_int),
         "dq_clocks_per_sec": ([], ctypes.c_int64),
+        "dq_status_name": ([ctypes.c_int], ctypes.c_char_p),
+        "dq_kernels_name": ([], ctypes.c_char_p),
     }
     for name, (args, res) in sigs.items():
         fn = getattr(lib, name)
@@ -106,19 +124,25 @@ def _ptr(a: np.ndarray, ctype):
 class Model:
     """A model file loaded (and validated) by the C runtime."""
 
-    def __init__(self, blob: bytes, where: str = "the model"):
-        self.lib = library()
+    def __init__(self, blob: bytes, where: str = "the model", kernels: str = "ref",
+                 lib: ctypes.CDLL | None = None):
+        self.lib = lib or library(kernels)
         self.blob = np.frombuffer(blob, np.uint8).copy()      # numpy aligns to 16 bytes
         self.handle = ctypes.create_string_buffer(self.lib.dq_model_struct_bytes())
         status = self.lib.dq_model_init(self.handle, _ptr(self.blob, ctypes.c_uint8),
                                         len(self.blob))
         if status != 0:
-            raise ModelRejected(_status(status), where)
+            raise ModelRejected(status_name(status, self.lib), where)
         self.arena = np.zeros(max(self.lib.dq_arena_bytes(self.handle), 1), np.uint8)
         header = np.frombuffer(self.blob[:HEADER.itemsize].tobytes(), HEADER)[0]
         self.n_tensors, self.n_ops = int(header["n_tensors"]), int(header["n_ops"])
         self.input_index, self.output_index = int(header["input"]), int(header["output"])
         self.tensor_bytes = [self.lib.dq_tensor_bytes(self.handle, t) for t in range(self.n_tensors)]
+        self.kernels = self.lib.dq_kernels_name().decode()
+
+    def scratch_bytes(self) -> list[int]:
+        """Scratch bytes each op's kernel asked for (planned inside the arena)."""
+        return [self.lib.dq_scratch_bytes(self.handle, i) for i in range(self.n_ops)]
 
     def run(self, q: np.ndarray) -> np.ndarray:
         """int8 inputs (N, input bytes) -> int8 outputs (N, output bytes), one call."""
@@ -130,7 +154,7 @@ class Model:
         status = self.lib.dq_invoke(self.handle, _ptr(self.arena, ctypes.c_uint8),
                                     _ptr(q, ctypes.c_int8), _ptr(out, ctypes.c_int8), len(q))
         if status != 0:
-            raise DeployqError(f"the C runtime failed: {_status(status)}")
+            raise DeployqError(f"the C runtime failed: {status_name(status, self.lib)}")
         return out
 
     def dump(self, q: np.ndarray) -> list[np.ndarray]:
@@ -140,7 +164,7 @@ class Model:
         status = self.lib.dq_invoke_dump(self.handle, _ptr(self.arena, ctypes.c_uint8),
                                          _ptr(q, ctypes.c_int8), _ptr(buf, ctypes.c_int8))
         if status != 0:
-            raise DeployqError(f"the C runtime failed: {_status(status)}")
+            raise DeployqError(f"the C runtime failed: {status_name(status, self.lib)}")
         return np.split(buf, np.cumsum(self.tensor_bytes)[:-1])
 
 
@@ -153,7 +177,7 @@ class Model:
                                             _ptr(q, ctypes.c_int8), runs,
                                             _ptr(ticks, ctypes.c_int64))
         if status != 0:
-            raise DeployqError(f"the C runtime failed: {_status(status)}")
+            raise DeployqError(f"the C runtime failed: {status_name(status, self.lib)}")
         records = self._op_records()
         per_sec = self.lib.dq_clocks_per_sec()
         return [{"op": OP_NAMES.get(int(t), "?"), "output": int(o),
@@ -171,5 +195,6 @@ def quantize_multiplier_c(real: float) -> tuple[int, int]:
     return m.value, s.value
 
 
-def _status(code: int) -> str:
-    return STATUS[code] if 0 <= code < len(STATUS) else f"status {code}"
+def status_name(code: int, lib: ctypes.CDLL | None = None) -> str:
+    """The C runtime's name of a dq_status (dq_status_name, the one table of names)."""
+    return (lib or library()).dq_status_name(code).decode()

@@ -90,8 +90,9 @@ static inline int32_t dq_div_round_away(int32_t num, int32_t den) {
 
 /* --- fixed point ------------------------------------------------------------------ */
 
-/* x >> s with the quantization mode; s in [0, 62]; s < 0 shifts left. */
+/* x >> s with the quantization mode; s in [-24, 62]; s < 0 shifts left (|x| < 2^38). */
 static inline int64_t dq_fx_shift(int64_t x, int s, dq_fx_quant q) {
+    assert(s >= -24 && s <= 62);
     if (s <= 0) return x * ((int64_t)1 << -s);
     int64_t floor = x >> s;                        /* arithmetic: toward -infinity */
     int64_t rem = x - floor * ((int64_t)1 << s);   /* in [0, 2^s) */
@@ -103,11 +104,23 @@ static inline int64_t dq_fx_shift(int64_t x, int s, dq_fx_quant q) {
 
 /* x fitted into `bits` bits (2..32) by the overflow mode. */
 static inline int32_t dq_fx_fit(int64_t x, int bits, dq_fx_overflow o) {
+    assert(bits >= 2 && bits <= 32);
     int64_t lo = -((int64_t)1 << (bits - 1)), hi = ((int64_t)1 << (bits - 1)) - 1;
     if (o == DQ_FX_SAT) return (int32_t)(x < lo ? lo : (x > hi ? hi : x));
     uint64_t low = (uint64_t)x & ((((uint64_t)1) << bits) - 1);
     int64_t v = (int64_t)low;
     return (int32_t)(v > hi ? v - ((int64_t)1 << bits) : v);
+}
+
+/* The FX requantization of every kernel: acc (frac(acc) fractional bits) to an output
+ * of `bits` bits with frac(acc) - shift fractional bits: shifted with the quantization
+ * mode, fitted by the overflow mode, then clamped to the activation range.
+ * shift in [-24, 62], bits in [2, 8], act_min <= act_max within `bits` bits. */
+static inline int8_t dq_fx_requantize(int64_t acc, int shift, dq_fx_quant q, int bits,
+                                      dq_fx_overflow o, int32_t act_min, int32_t act_max) {
+    assert(bits >= 2 && bits <= 8);
+    assert(act_min <= act_max && act_min >= -(1 << (bits - 1)) && act_max < (1 << (bits - 1)));
+    return (int8_t)dq_clamp(dq_fx_fit(dq_fx_shift(acc, shift, q), bits, o), act_min, act_max);
 }
 
 #endif

@@ -1,56 +1,36 @@
-/* CONV2D, int8 per-channel (TFLite reference ConvPerChannel): padded positions are
- * skipped, so they contribute (zero_point + input_offset) * w = 0. For speed the loops
- * visit each in-bounds kernel tap once per output pixel and accumulate a block of
- * output channels of one group together; the sums are the same integers (no int32 overflow is
- * possible: dq_validate.c bounds the taps and biases). */
+/* CONV2D, int8 per-channel (TFLite reference ConvPerChannel), the reference loop:
+ * for each output pixel and channel, the sum over the kernel window and the group's
+ * input channels of (x + input_offset) * w, plus the bias, requantized. Padded
+ * positions are skipped, so they contribute (zero_point + input_offset) * w = 0. The
+ * int32 sum cannot overflow: dq_validate.c bounds the taps and biases. */
 #include "dq_ops.h"
 
-#define DQ_CONV_BLOCK 32
-
-/* acc[j] += sum over the group's input channels of (x + offset) * w, for output
- * channels oc0 .. oc0 + n - 1 (all in one group, whose inputs start at x). */
-static void accumulate_tap(int32_t input_offset, const int8_t *x, const int8_t *filter,
-                           int32_t tap, int32_t taps, int32_t group_in, int32_t oc0,
-                           int32_t n, int32_t *acc) {
-    for (int32_t j = 0; j < n; ++j) {
-        const int8_t *f = filter + ((oc0 + j) * taps + tap) * group_in;
-        int32_t sum = 0;
-        for (int32_t ic = 0; ic < group_in; ++ic) sum += (x[ic] + input_offset) * f[ic];
-        acc[j] += sum;
-    }
-}
-
-dq_status dq_conv2d_s8(const dq_window *w, const dq_requant_s8 *q, const dq_dims *in_dims,
-                       const int8_t *in, const int8_t *filter, const int32_t *bias,
-                       const dq_dims *out_dims, int8_t *out) {
+dq_status dq_conv2d_s8(const dq_ctx *ctx, const dq_window *w, const dq_requant_s8 *q,
+                       const dq_dims *in_dims, const int8_t *in, const int8_t *filter,
+                       const int32_t *bias, const dq_dims *out_dims, int8_t *out) {
+    (void)ctx;
     const int32_t groups = w->groups_or_multiplier;
     const int32_t group_in = in_dims->c / groups, group_out = out_dims->c / groups;
-    const int32_t taps = w->kernel_h * w->kernel_w;
-    int32_t acc[DQ_CONV_BLOCK], n;
-    for (int32_t oy = 0; oy < out_dims->h; ++oy) {
-        for (int32_t ox = 0; ox < out_dims->w; ++ox) {
-            int8_t *o = out + (oy * out_dims->w + ox) * out_dims->c;
-            for (int32_t oc0 = 0; oc0 < out_dims->c; oc0 += n) {
-                const int32_t group = oc0 / group_out, group_end = (group + 1) * group_out;
-                n = group_end - oc0 < DQ_CONV_BLOCK ? group_end - oc0 : DQ_CONV_BLOCK;
-                for (int32_t j = 0; j < n; ++j) acc[j] = bias[oc0 + j];
+    for (int32_t oy = 0; oy < out_dims->h; ++oy)
+        for (int32_t ox = 0; ox < out_dims->w; ++ox)
+            for (int32_t oc = 0; oc < out_dims->c; ++oc) {
+                const int32_t ic0 = (oc / group_out) * group_in;
+                int32_t acc = bias[oc];
                 for (int32_t ky = 0; ky < w->kernel_h; ++ky) {
                     const int32_t iy = oy * w->stride_h - w->pad_top + ky * w->dil_h;
                     if (iy < 0 || iy >= in_dims->h) continue;
                     for (int32_t kx = 0; kx < w->kernel_w; ++kx) {
                         const int32_t ix = ox * w->stride_w - w->pad_left + kx * w->dil_w;
                         if (ix < 0 || ix >= in_dims->w) continue;
-                        accumulate_tap(q->input_offset,
-                                       in + (iy * in_dims->w + ix) * in_dims->c + group * group_in,
-                                       filter, ky * w->kernel_w + kx, taps, group_in, oc0, n, acc);
+                        const int8_t *x = in + (iy * in_dims->w + ix) * in_dims->c + ic0;
+                        const int8_t *f = filter + ((oc * w->kernel_h + ky) * w->kernel_w + kx) * group_in;
+                        for (int32_t ic = 0; ic < group_in; ++ic)
+                            acc += (x[ic] + q->input_offset) * f[ic];
                     }
                 }
-                for (int32_t j = 0; j < n; ++j)
-                    o[oc0 + j] = dq_requantize_s8(acc[j], q->multiplier[oc0 + j],
-                                                  q->shift[oc0 + j], q->output_offset,
-                                                  q->act_min, q->act_max, q->rounding);
+                out[(oy * out_dims->w + ox) * out_dims->c + oc] = dq_requantize_s8(
+                    acc, q->multiplier[oc], q->shift[oc], q->output_offset, q->act_min,
+                    q->act_max, q->rounding);
             }
-        }
-    }
     return DQ_OK;
 }

@@ -2,10 +2,11 @@
  * output channel oc = ic * depth_multiplier + m reads input channel ic. */
 #include "dq_ops.h"
 
-dq_status dq_depthwise_conv2d_s8(const dq_window *w, const dq_requant_s8 *q,
-                                 const dq_dims *in_dims, const int8_t *in,
-                                 const int8_t *filter, const int32_t *bias,
+dq_status dq_depthwise_conv2d_s8(const dq_ctx *ctx, const dq_window *w,
+                                 const dq_requant_s8 *q, const dq_dims *in_dims,
+                                 const int8_t *in, const int8_t *filter, const int32_t *bias,
                                  const dq_dims *out_dims, int8_t *out) {
+    (void)ctx;
     const int32_t mult = w->groups_or_multiplier;
     for (int32_t oy = 0; oy < out_dims->h; ++oy) {
         for (int32_t ox = 0; ox < out_dims->w; ++ox) {

@@ -4,9 +4,10 @@
  * CONV_2D and never reaches this kernel from a .tflite. */
 #include "dq_ops.h"
 
-dq_status dq_fully_connected_s8(const dq_requant_s8 *q, int32_t n_in, const int8_t *in,
-                                const int8_t *filter, const int32_t *bias, int32_t n_out,
-                                int8_t *out) {
+dq_status dq_fully_connected_s8(const dq_ctx *ctx, const dq_requant_s8 *q, int32_t n_in,
+                                const int8_t *in, const int8_t *filter, const int32_t *bias,
+                                int32_t n_out, int8_t *out) {
+    (void)ctx;
     for (int32_t o = 0; o < n_out; ++o) {
         const int8_t *f = filter + o * n_in;
         int32_t acc = 0;

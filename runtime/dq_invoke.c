@@ -1,11 +1,13 @@
 /* Running a validated model: one dispatch table from op type to a small function
- * that unpacks the op's record and calls its kernel. No checks here (dq_model_init
- * made them); no allocation (tensors live in the caller's arena). */
+ * that unpacks the op's record and calls its kernel through the kernel table
+ * (dq_kernels.h). No checks here (dq_model_init made them); no allocation (tensors
+ * and kernel scratch live in the caller's arena). */
 #include <string.h>
 
-#include "dq_ops.h"
+#include "dq_kernels.h"
 
-typedef dq_status (*dq_run_fn)(const dq_model *m, const dq_op *op, uint8_t *arena);
+typedef dq_status (*dq_run_fn)(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                               uint8_t *arena);
 
 static int8_t *tensor(const dq_model *m, uint8_t *arena, uint32_t t) {
     return (int8_t *)(arena + m->tensor_offset[t]);
@@ -16,7 +18,9 @@ static const void *data(const dq_model *m, const dq_op *op, int k) {
 }
 
 static dq_window window_of(const int32_t *p) {
-    dq_window w = {p[0], p[1], p[2], p[3], p[4], p[5], p[10], p[11], p[6]};
+    dq_window w = {p[DQ_P_STRIDE_H], p[DQ_P_STRIDE_W], p[DQ_P_PAD_TOP], p[DQ_P_PAD_LEFT],
+                   p[DQ_P_DILATION_H], p[DQ_P_DILATION_W], p[DQ_P_KERNEL_H],
+                   p[DQ_P_KERNEL_W], p[DQ_P_GROUPS]};
     return w;
 }
 
@@ -24,90 +28,131 @@ static dq_requant_s8 requant_s8(const dq_model *m, const dq_op *op) {
     const int32_t *p = op->params;
     dq_requant_s8 q = {(const int32_t *)data(m, op, 2), (const int32_t *)data(m, op, 3),
                        -m->tensors[op->inputs[0]].zero_point,
-                       m->tensors[op->output].zero_point, p[8], p[9], (dq_rounding)p[7]};
+                       m->tensors[op->output].zero_point, p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX],
+                       (dq_rounding)p[DQ_P_ROUNDING]};
     return q;
 }
 
-static dq_requant_fx requant_fx(const dq_model *m, const dq_op *op) {
+/* shift: per-channel shifts (the op's data 3), or NULL for a single shift set later */
+static dq_requant_fx requant_fx(const dq_model *m, const dq_op *op, const int32_t *shift) {
     const int32_t *p = op->params;
-    dq_requant_fx q = {(const int32_t *)data(m, op, 3), p[12], m->tensors[op->output].bits,
-                       p[8], p[9], (dq_fx_quant)p[7], (dq_fx_overflow)p[13],
-                       (dq_fx_overflow)p[14]};
+    dq_requant_fx q = {shift, p[DQ_P_ACC_BITS], m->tensors[op->output].bits,
+                       p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], (dq_fx_quant)p[DQ_P_ROUNDING],
+                       (dq_fx_overflow)p[DQ_P_ACC_OVERFLOW], (dq_fx_overflow)p[DQ_P_OUT_OVERFLOW]};
     return q;
+}
+
+static int is_s8(const dq_model *m) { return m->header.mode == DQ_MODE_S8; }
+
+/* fully connected as a window op for the scratch queries: 1 x 1 x n_in -> 1 x 1 x n_out */
+static dq_dims vector_dims(const dq_model *m, uint32_t t) {
+    dq_dims d = {1, 1, (int32_t)dq_tensor_elems(&m->tensors[t])};
+    return d;
 }
 
 #define IN_DIMS dq_dims_of(&m->tensors[op->inputs[0]])
 #define OUT_DIMS dq_dims_of(&m->tensors[op->output])
 #define IN0 tensor(m, arena, op->inputs[0])
+#define IN1 tensor(m, arena, op->inputs[1])
 #define OUT tensor(m, arena, op->output)
 
-static dq_status run_conv(const dq_model *m, const dq_op *op, uint8_t *arena) {
+static dq_status run_conv(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                          uint8_t *arena) {
     const dq_window w = window_of(op->params);
     const dq_dims in = IN_DIMS, out = OUT_DIMS;
     const int8_t *f = data(m, op, 0);
     const int32_t *b = data(m, op, 1);
     const int dw = op->type == DQ_OP_DEPTHWISE_CONV2D;
-    if (m->header.mode == DQ_MODE_S8) {
+    if (is_s8(m)) {
         const dq_requant_s8 q = requant_s8(m, op);
-        return dw ? dq_depthwise_conv2d_s8(&w, &q, &in, IN0, f, b, &out, OUT)
-                  : dq_conv2d_s8(&w, &q, &in, IN0, f, b, &out, OUT);
+        return (dw ? dq_kernels.depthwise_conv2d_s8 : dq_kernels.conv2d_s8)(
+            ctx, &w, &q, &in, IN0, f, b, &out, OUT);
     }
-    const dq_requant_fx q = requant_fx(m, op);
-    return dw ? dq_depthwise_conv2d_fx(&w, &q, &in, IN0, f, b, &out, OUT)
-              : dq_conv2d_fx(&w, &q, &in, IN0, f, b, &out, OUT);
+    const dq_requant_fx q = requant_fx(m, op, data(m, op, 3));
+    return (dw ? dq_kernels.depthwise_conv2d_fx : dq_kernels.conv2d_fx)(
+        ctx, &w, &q, &in, IN0, f, b, &out, OUT);
 }
 
-static dq_status run_fc(const dq_model *m, const dq_op *op, uint8_t *arena) {
+static dq_status run_fc(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                        uint8_t *arena) {
     const int32_t n_in = (int32_t)dq_tensor_elems(&m->tensors[op->inputs[0]]);
     const int32_t n_out = m->tensors[op->output].dims[2];
-    if (m->header.mode == DQ_MODE_S8) {
+    if (is_s8(m)) {
         const dq_requant_s8 q = requant_s8(m, op);
-        return dq_fully_connected_s8(&q, n_in, IN0, data(m, op, 0), data(m, op, 1), n_out, OUT);
+        return dq_kernels.fully_connected_s8(ctx, &q, n_in, IN0, data(m, op, 0),
+                                             data(m, op, 1), n_out, OUT);
     }
-    const dq_requant_fx q = requant_fx(m, op);
-    return dq_fully_connected_fx(&q, n_in, IN0, data(m, op, 0), data(m, op, 1), n_out, OUT);
+    const dq_requant_fx q = requant_fx(m, op, data(m, op, 3));
+    return dq_kernels.fully_connected_fx(ctx, &q, n_in, IN0, data(m, op, 0), data(m, op, 1),
+                                         n_out, OUT);
 }
 
-static dq_status run_add(const dq_model *m, const dq_op *op, uint8_t *arena) {
+static dq_add_s8_params add_s8_params(const dq_model *m, const dq_op *op) {
+    const int32_t *p = op->params;
+    dq_add_s8_params a = {
+        .left_shift = p[DQ_P_LEFT_SHIFT],
+        .in1_offset = -m->tensors[op->inputs[0]].zero_point,
+        .in1_multiplier = p[DQ_P_IN1_MULTIPLIER], .in1_shift = p[DQ_P_IN1_SHIFT],
+        .in2_offset = -m->tensors[op->inputs[1]].zero_point,
+        .in2_multiplier = p[DQ_P_IN2_MULTIPLIER], .in2_shift = p[DQ_P_IN2_SHIFT],
+        .out_offset = m->tensors[op->output].zero_point,
+        .out_multiplier = p[DQ_P_OUT_MULTIPLIER], .out_shift = p[DQ_P_OUT_SHIFT],
+        .act_min = p[DQ_P_ACT_MIN], .act_max = p[DQ_P_ACT_MAX],
+        .rounding = (dq_rounding)p[DQ_P_ROUNDING]};
+    return a;
+}
+
+static dq_status run_add(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                         uint8_t *arena) {
+    (void)ctx;
     const dq_tensor *a = &m->tensors[op->inputs[0]], *b = &m->tensors[op->inputs[1]];
     const int32_t n = (int32_t)dq_tensor_elems(a);
-    if (m->header.mode == DQ_MODE_S8)
-        return dq_add_s8(op->params, -a->zero_point, IN0, -b->zero_point,
-                         tensor(m, arena, op->inputs[1]), m->tensors[op->output].zero_point,
-                         n, OUT);
-    const dq_requant_fx q = requant_fx(m, op);
-    const int32_t common = op->params[0];
+    if (is_s8(m)) {
+        const dq_add_s8_params p = add_s8_params(m, op);
+        return dq_kernels.add_s8(&p, n, IN0, IN1, OUT);
+    }
+    const int32_t common = op->params[DQ_P_COMMON_FRAC_BITS];
     const int32_t shift[1] = {common - m->tensors[op->output].frac_bits};
-    dq_requant_fx qs = q;
-    qs.shift = shift;
-    return dq_add_fx(&qs, common - a->frac_bits, IN0, common - b->frac_bits,
-                     tensor(m, arena, op->inputs[1]), n, OUT);
+    const dq_requant_fx q = requant_fx(m, op, shift);
+    return dq_kernels.add_fx(&q, common - a->frac_bits, IN0, common - b->frac_bits, IN1, n,
+                             OUT);
 }
 
-static dq_status run_pool(const dq_model *m, const dq_op *op, uint8_t *arena) {
+static dq_status run_pool(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                          uint8_t *arena) {
+    (void)ctx;
     const dq_window w = window_of(op->params);
     const dq_dims in = IN_DIMS, out = OUT_DIMS;
     const int32_t *p = op->params;
-    if (op->type == DQ_OP_MAX_POOL) return dq_max_pool_s8(&w, p[8], p[9], &in, IN0, &out, OUT);
-    if (m->header.mode == DQ_MODE_S8) return dq_avg_pool_s8(&w, p[8], p[9], &in, IN0, &out, OUT);
-    dq_requant_fx q = requant_fx(m, op);
+    if (op->type == DQ_OP_MAX_POOL)
+        return dq_kernels.max_pool_s8(&w, p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], &in, IN0, &out, OUT);
+    if (is_s8(m))
+        return dq_kernels.avg_pool_s8(&w, p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], &in, IN0, &out, OUT);
     const int32_t shift[1] = {m->tensors[op->inputs[0]].frac_bits - m->tensors[op->output].frac_bits};
-    q.shift = shift;
-    return dq_avg_pool_fx(&w, &q, p[15], p[16], &in, IN0, &out, OUT);
+    const dq_requant_fx q = requant_fx(m, op, shift);
+    return dq_kernels.avg_pool_fx(&w, &q, p[DQ_P_RECIPROCAL], p[DQ_P_RECIPROCAL_BITS], &in, IN0,
+                                  &out, OUT);
 }
 
-static dq_status run_mean(const dq_model *m, const dq_op *op, uint8_t *arena) {
+static dq_status run_mean(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                          uint8_t *arena) {
+    (void)ctx;
     const dq_dims in = IN_DIMS;
-    if (m->header.mode == DQ_MODE_S8)
-        return dq_mean_s8(op->params, -m->tensors[op->inputs[0]].zero_point,
-                          m->tensors[op->output].zero_point, &in, IN0, OUT);
-    dq_requant_fx q = requant_fx(m, op);
+    const int32_t *p = op->params;
+    if (is_s8(m)) {
+        const dq_mean_s8_params mp = {-m->tensors[op->inputs[0]].zero_point,
+                                      m->tensors[op->output].zero_point, p[DQ_P_MULTIPLIER],
+                                      p[DQ_P_SHIFT], (dq_rounding)p[DQ_P_ROUNDING]};
+        return dq_kernels.mean_s8(&mp, &in, IN0, OUT);
+    }
     const int32_t shift[1] = {m->tensors[op->inputs[0]].frac_bits - m->tensors[op->output].frac_bits};
-    q.shift = shift;
-    return dq_mean_fx(&q, op->params[15], op->params[16], &in, IN0, OUT);
+    const dq_requant_fx q = requant_fx(m, op, shift);
+    return dq_kernels.mean_fx(&q, p[DQ_P_RECIPROCAL], p[DQ_P_RECIPROCAL_BITS], &in, IN0, OUT);
 }
 
-static dq_status run_concat(const dq_model *m, const dq_op *op, uint8_t *arena) {
+static dq_status run_concat(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                            uint8_t *arena) {
+    (void)ctx;
     dq_dims dims[DQ_MAX_INPUTS];
     const int8_t *ins[DQ_MAX_INPUTS];
     for (uint32_t k = 0; k < op->n_inputs; ++k) {
@@ -115,20 +160,24 @@ static dq_status run_concat(const dq_model *m, const dq_op *op, uint8_t *arena) 
         ins[k] = tensor(m, arena, op->inputs[k]);
     }
     const dq_dims out = OUT_DIMS;
-    return dq_concat(op->params[0], (int32_t)op->n_inputs, dims, ins, &out, OUT);
+    return dq_concat(op->params[DQ_P_AXIS], (int32_t)op->n_inputs, dims, ins, &out, OUT);
 }
 
-static dq_status run_move(const dq_model *m, const dq_op *op, uint8_t *arena) {
+static dq_status run_move(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                          uint8_t *arena) {
+    (void)ctx;
     const dq_dims in = IN_DIMS, out = OUT_DIMS;
-    if (op->type == DQ_OP_RESHAPE) {
-        memmove(OUT, IN0, (size_t)dq_tensor_elems(&m->tensors[op->output]));
-        return DQ_OK;
+    const int32_t *p = op->params;
+    const int32_t n = (int32_t)dq_tensor_elems(&m->tensors[op->output]);
+    switch (op->type) {
+    case DQ_OP_RESHAPE: memmove(OUT, IN0, (size_t)n); return DQ_OK;
+    case DQ_OP_TRANSPOSE: return dq_transpose(p + DQ_P_PERM_0, &in, IN0, OUT);
+    case DQ_OP_CLAMP: return dq_clamp_s8(p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], n, IN0, OUT);
+    case DQ_OP_SLICE: return dq_slice(p[DQ_P_AXIS], p[DQ_P_BEGIN], &in, IN0, &out, OUT);
+    default:                                   /* DQ_OP_PAD */
+        return dq_pad(p + DQ_P_BEFORE_H, (int8_t)m->tensors[op->inputs[0]].zero_point, &in,
+                      IN0, &out, OUT);
     }
-    if (op->type == DQ_OP_TRANSPOSE) return dq_transpose(op->params, &in, IN0, OUT);
-    if (op->type == DQ_OP_CLAMP)
-        return dq_clamp_s8(op->params[8], op->params[9], (int32_t)dq_tensor_elems(&m->tensors[op->output]), IN0, OUT);
-    if (op->type == DQ_OP_SLICE) return dq_slice(op->params[0], op->params[1], &in, IN0, &out, OUT);
-    return dq_pad(op->params, (int8_t)m->tensors[op->inputs[0]].zero_point, &in, IN0, &out, OUT);
 }
 
 static const dq_run_fn RUN[DQ_OP_COUNT] = {
@@ -139,8 +188,28 @@ static const dq_run_fn RUN[DQ_OP_COUNT] = {
     [DQ_OP_CLAMP] = run_move, [DQ_OP_SLICE] = run_move,
 };
 
+/* The scratch query of the op's kernel in this build's set (0 when it has none). */
+uint32_t dq_op_scratch_request(const dq_model *m, const dq_op *op) {
+    dq_scratch_fn fn = NULL;
+    const int s8 = is_s8(m);
+    if (op->type == DQ_OP_CONV2D)
+        fn = s8 ? dq_kernels.conv2d_s8_scratch : dq_kernels.conv2d_fx_scratch;
+    else if (op->type == DQ_OP_DEPTHWISE_CONV2D)
+        fn = s8 ? dq_kernels.depthwise_conv2d_s8_scratch : dq_kernels.depthwise_conv2d_fx_scratch;
+    else if (op->type == DQ_OP_FULLY_CONNECTED)
+        fn = s8 ? dq_kernels.fully_connected_s8_scratch : dq_kernels.fully_connected_fx_scratch;
+    if (fn == NULL) return 0;
+    const dq_window w = window_of(op->params);
+    const int fc = op->type == DQ_OP_FULLY_CONNECTED;
+    const dq_dims in = fc ? vector_dims(m, op->inputs[0]) : IN_DIMS;
+    const dq_dims out = fc ? vector_dims(m, op->output) : OUT_DIMS;
+    return (uint32_t)fn(fc ? NULL : &w, &in, &out);
+}
+
 dq_status dq_run_op(const dq_model *m, uint32_t i, uint8_t *arena) {
-    return RUN[m->ops[i].type](m, &m->ops[i], arena);
+    const dq_ctx ctx = {m->scratch_bytes[i] ? arena + m->scratch_offset[i] : NULL,
+                        (int32_t)m->scratch_bytes[i]};
+    return RUN[m->ops[i].type](m, &m->ops[i], &ctx, arena);
 }
 
 void dq_set_input(const dq_model *m, uint8_t *arena, const int8_t *input) {
@@ -171,13 +240,13 @@ dq_status dq_invoke(const dq_model *m, uint8_t *arena, const int8_t *input, int8
 
 dq_status dq_invoke_dump(const dq_model *m, uint8_t *arena, const int8_t *input, int8_t *dump) {
     if (!m || !arena || !input || !dump) return DQ_ERR_ARG;
-    memcpy(tensor(m, arena, m->header.input), input, m->tensor_bytes[m->header.input]);
+    dq_set_input(m, arena, input);
     size_t at[DQ_MAX_TENSORS], total = 0;
     for (uint32_t t = 0; t < m->header.n_tensors; ++t) { at[t] = total; total += m->tensor_bytes[t]; }
     memcpy(dump + at[m->header.input], input, m->tensor_bytes[m->header.input]);
     for (uint32_t i = 0; i < m->header.n_ops; ++i) {
         const dq_op *op = &m->ops[i];
-        const dq_status s = RUN[op->type](m, op, arena);
+        const dq_status s = dq_run_op(m, i, arena);
         if (s != DQ_OK) return s;
         memcpy(dump + at[op->output], tensor(m, arena, op->output), m->tensor_bytes[op->output]);
     }

@@ -6,10 +6,6 @@
 
 #define CHECK(cond, status) do { if (!(cond)) return (status); } while (0)
 
-int64_t dq_tensor_elems(const dq_tensor *t) {
-    return (int64_t)t->dims[0] * t->dims[1] * t->dims[2];
-}
-
 static dq_status check_tensor(const dq_tensor *t, uint32_t mode) {
     for (int i = 0; i < 3; ++i) CHECK(t->dims[i] >= 1 && t->dims[i] <= 65536, DQ_ERR_TENSOR);
     CHECK(dq_tensor_elems(t) <= (1 << 24), DQ_ERR_TENSOR);
@@ -62,34 +58,61 @@ static dq_status check_order(const dq_model *m) {
     return DQ_OK;
 }
 
-/* Greedy arena plan: tensors live from the op that writes them to the last op that
- * reads them; each takes the lowest offset free of every overlapping live tensor. */
-static void plan_arena(dq_model *m) {
-    int32_t first[DQ_MAX_TENSORS], last[DQ_MAX_TENSORS];
+/* Greedy arena plan over buffers: tensors live from the op that writes them to the
+ * last op that reads them; the scratch of op i (dq_kernels.h) lives at op i only. Each
+ * buffer, tensors first, takes the lowest 4-aligned offset free of every buffer
+ * placed before it whose lifetime overlaps. Without scratch this is the tensor plan. */
+typedef struct { int16_t first, last; } live_range;
+
+static live_range buffer_range(const live_range *tensor_live, uint32_t n_tensors, uint32_t b) {
+    if (b < n_tensors) return tensor_live[b];
+    live_range r = {(int16_t)(b - n_tensors), (int16_t)(b - n_tensors)};
+    return r;
+}
+
+static uint32_t *buffer_offset(dq_model *m, uint32_t b) {
+    return b < m->header.n_tensors ? &m->tensor_offset[b] : &m->scratch_offset[b - m->header.n_tensors];
+}
+
+static uint32_t buffer_size(const dq_model *m, uint32_t b) {
     const uint32_t n = m->header.n_tensors;
-    for (uint32_t t = 0; t < n; ++t) { first[t] = -1; last[t] = -1; }
-    first[m->header.input] = -1;
+    return ((b < n ? m->tensor_bytes[b] : m->scratch_bytes[b - n]) + 3) & ~3u;
+}
+
+static void tensor_lives(const dq_model *m, live_range *live) {
+    for (uint32_t t = 0; t < m->header.n_tensors; ++t) { live[t].first = -1; live[t].last = -1; }
     for (uint32_t i = 0; i < m->header.n_ops; ++i) {
         const dq_op *op = &m->ops[i];
-        for (uint32_t k = 0; k < op->n_inputs; ++k) last[op->inputs[k]] = (int32_t)i;
-        first[op->output] = (int32_t)i;
-        last[op->output] = (int32_t)i;
+        for (uint32_t k = 0; k < op->n_inputs; ++k) live[op->inputs[k]].last = (int16_t)i;
+        live[op->output].first = (int16_t)i;
+        live[op->output].last = (int16_t)i;
     }
-    last[m->header.output] = (int32_t)m->header.n_ops;
+    live[m->header.output].last = (int16_t)m->header.n_ops;
+}
+
+static void plan_arena(dq_model *m) {
+    live_range live[DQ_MAX_TENSORS];
+    const uint32_t n = m->header.n_tensors, n_buffers = n + m->header.n_ops;
+    tensor_lives(m, live);
+    for (uint32_t t = 0; t < n; ++t) m->tensor_bytes[t] = (uint32_t)dq_tensor_elems(&m->tensors[t]);
+    for (uint32_t i = 0; i < m->header.n_ops; ++i)
+        m->scratch_bytes[i] = dq_op_scratch_request(m, &m->ops[i]);
     m->arena_bytes = 0;
-    for (uint32_t t = 0; t < n; ++t) {
-        uint32_t size = (uint32_t)((dq_tensor_elems(&m->tensors[t]) + 3) & ~3LL), at = 0;
-        m->tensor_bytes[t] = (uint32_t)dq_tensor_elems(&m->tensors[t]);
-        for (int moved = 1; moved;) {
+    for (uint32_t b = 0; b < n_buffers; ++b) {
+        const live_range rb = buffer_range(live, n, b);
+        const uint32_t size = buffer_size(m, b);
+        uint32_t at = 0;
+        for (int moved = size > 0; moved;) {
             moved = 0;
-            for (uint32_t u = 0; u < t; ++u) {
-                int overlap_time = !(last[u] < first[t] || last[t] < first[u]);
-                uint32_t usize = (m->tensor_bytes[u] + 3) & ~3u;
-                int overlap_space = at < m->tensor_offset[u] + usize && m->tensor_offset[u] < at + size;
-                if (overlap_time && overlap_space) { at = m->tensor_offset[u] + usize; moved = 1; }
+            for (uint32_t u = 0; u < b; ++u) {
+                const live_range ru = buffer_range(live, n, u);
+                const uint32_t u_at = *buffer_offset(m, u), u_size = buffer_size(m, u);
+                const int overlap_time = !(ru.last < rb.first || rb.last < ru.first);
+                const int overlap_space = u_size > 0 && at < u_at + u_size && u_at < at + size;
+                if (overlap_time && overlap_space) { at = u_at + u_size; moved = 1; }
             }
         }
-        m->tensor_offset[t] = at;
+        *buffer_offset(m, b) = at;
         if (at + size > m->arena_bytes) m->arena_bytes = at + size;
     }
 }
@@ -112,6 +135,10 @@ size_t dq_arena_bytes(const dq_model *m) { return m->arena_bytes; }
 
 size_t dq_tensor_bytes(const dq_model *m, uint32_t t) {
     return t < m->header.n_tensors ? m->tensor_bytes[t] : 0;
+}
+
+size_t dq_scratch_bytes(const dq_model *m, uint32_t op) {
+    return op < m->header.n_ops ? m->scratch_bytes[op] : 0;
 }
 
 size_t dq_model_struct_bytes(void) { return sizeof(dq_model); }

@@ -1,4 +1,4 @@
-/* dq_ops.h: kernel prototypes and the meaning of each op's params[] (dq_op).
+/* dq_ops.h: reference kernel prototypes and the meaning of each op's params[] (dq_op).
  * Tensors are per sample, NHWC; dims are H, W, C. Arguments come in one order:
  * op params, quantization params, (dims, data) of each input, then the output.
  *
@@ -34,7 +34,47 @@
 #include "dq_common.h"
 #include "dq_runtime.h"
 
+/* params[] slots by name; deployq/rtformat.py SLOT holds the same table (a test parses
+ * this enum against it). Slots are reused across op types, as listed above. */
+typedef enum {
+    DQ_P_STRIDE_H = 0, DQ_P_STRIDE_W = 1, DQ_P_PAD_TOP = 2, DQ_P_PAD_LEFT = 3,
+    DQ_P_DILATION_H = 4, DQ_P_DILATION_W = 5, DQ_P_GROUPS = 6, DQ_P_ROUNDING = 7,
+    DQ_P_ACT_MIN = 8, DQ_P_ACT_MAX = 9, DQ_P_KERNEL_H = 10, DQ_P_KERNEL_W = 11,
+    DQ_P_ACC_BITS = 12, DQ_P_ACC_OVERFLOW = 13, DQ_P_OUT_OVERFLOW = 14,
+    DQ_P_RECIPROCAL = 15, DQ_P_RECIPROCAL_BITS = 16,
+    /* ADD (S8) */
+    DQ_P_LEFT_SHIFT = 0, DQ_P_IN1_MULTIPLIER = 1, DQ_P_IN1_SHIFT = 2,
+    DQ_P_IN2_MULTIPLIER = 3, DQ_P_IN2_SHIFT = 4, DQ_P_OUT_MULTIPLIER = 5,
+    DQ_P_OUT_SHIFT = 6,
+    /* ADD (FX) */
+    DQ_P_COMMON_FRAC_BITS = 0,
+    /* MEAN (S8) */
+    DQ_P_MULTIPLIER = 1, DQ_P_SHIFT = 2,
+    /* CONCAT, SLICE, TRANSPOSE, PAD */
+    DQ_P_AXIS = 0, DQ_P_BEGIN = 1, DQ_P_PERM_0 = 0, DQ_P_PERM_1 = 1, DQ_P_PERM_2 = 2,
+    DQ_P_BEFORE_H = 0, DQ_P_AFTER_H = 1, DQ_P_BEFORE_W = 2, DQ_P_AFTER_W = 3,
+    DQ_P_BEFORE_C = 4, DQ_P_AFTER_C = 5, DQ_P_PAD_MODE = 6,
+} dq_param_slot;
+
 typedef struct { int32_t h, w, c; } dq_dims;
+
+/* Shapes, inline so that loader, validator and kernels share them without a link
+ * dependency. */
+static inline int64_t dq_tensor_elems(const dq_tensor *t) {
+    return (int64_t)t->dims[0] * t->dims[1] * t->dims[2];
+}
+
+static inline dq_dims dq_dims_of(const dq_tensor *t) {
+    dq_dims d = {t->dims[0], t->dims[1], t->dims[2]};
+    return d;
+}
+
+/* A kernel's context: the scratch memory it asked for (dq_kernels.h, *_scratch),
+ * planned in the arena at load time; NULL with 0 bytes when it asked for none. */
+typedef struct {
+    void *buffer;
+    int32_t bytes;
+} dq_ctx;
 
 typedef struct {
     int32_t stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, kernel_h, kernel_w;
@@ -54,37 +94,54 @@ typedef struct {            /* requantization to the output, FPGA fixed point */
     dq_fx_overflow acc_overflow, out_overflow;
 } dq_requant_fx;
 
-dq_status dq_conv2d_s8(const dq_window *w, const dq_requant_s8 *q, const dq_dims *in_dims,
-                       const int8_t *in, const int8_t *filter, const int32_t *bias,
-                       const dq_dims *out_dims, int8_t *out);
-dq_status dq_depthwise_conv2d_s8(const dq_window *w, const dq_requant_s8 *q,
-                                 const dq_dims *in_dims, const int8_t *in,
-                                 const int8_t *filter, const int32_t *bias,
+typedef struct {            /* ADD, MCU int8 (TFLite's ArithmeticParams) */
+    int32_t left_shift;                         /* [0, 20] */
+    int32_t in1_offset, in1_multiplier, in1_shift;   /* shifts in [-31, 0] */
+    int32_t in2_offset, in2_multiplier, in2_shift;
+    int32_t out_offset, out_multiplier, out_shift;   /* out_shift in [-31, 30] */
+    int32_t act_min, act_max;
+    dq_rounding rounding;
+} dq_add_s8_params;
+
+typedef struct {            /* MEAN over H and W, MCU int8 */
+    int32_t in_offset, out_offset;
+    int32_t multiplier, shift;       /* in_scale / out_scale / count, folded */
+    dq_rounding rounding;
+} dq_mean_s8_params;
+
+/* Reference kernels: plain loops, the specification every optimized kernel
+ * (dq_kernels.h) must reproduce bit for bit. */
+dq_status dq_conv2d_s8(const dq_ctx *ctx, const dq_window *w, const dq_requant_s8 *q,
+                       const dq_dims *in_dims, const int8_t *in, const int8_t *filter,
+                       const int32_t *bias, const dq_dims *out_dims, int8_t *out);
+dq_status dq_depthwise_conv2d_s8(const dq_ctx *ctx, const dq_window *w,
+                                 const dq_requant_s8 *q, const dq_dims *in_dims,
+                                 const int8_t *in, const int8_t *filter, const int32_t *bias,
                                  const dq_dims *out_dims, int8_t *out);
-dq_status dq_fully_connected_s8(const dq_requant_s8 *q, int32_t n_in, const int8_t *in,
-                                const int8_t *filter, const int32_t *bias, int32_t n_out,
-                                int8_t *out);
-dq_status dq_add_s8(const int32_t *params, int32_t off1, const int8_t *in1, int32_t off2,
-                    const int8_t *in2, int32_t out_offset, int32_t n, int8_t *out);
+dq_status dq_fully_connected_s8(const dq_ctx *ctx, const dq_requant_s8 *q, int32_t n_in,
+                                const int8_t *in, const int8_t *filter, const int32_t *bias,
+                                int32_t n_out, int8_t *out);
+dq_status dq_add_s8(const dq_add_s8_params *p, int32_t n, const int8_t *in1,
+                    const int8_t *in2, int8_t *out);
 dq_status dq_max_pool_s8(const dq_window *w, int32_t act_min, int32_t act_max,
                          const dq_dims *in_dims, const int8_t *in, const dq_dims *out_dims,
                          int8_t *out);
 dq_status dq_avg_pool_s8(const dq_window *w, int32_t act_min, int32_t act_max,
                          const dq_dims *in_dims, const int8_t *in, const dq_dims *out_dims,
                          int8_t *out);
-dq_status dq_mean_s8(const int32_t *params, int32_t in_offset, int32_t out_offset,
-                     const dq_dims *in_dims, const int8_t *in, int8_t *out);
+dq_status dq_mean_s8(const dq_mean_s8_params *p, const dq_dims *in_dims, const int8_t *in,
+                     int8_t *out);
 
-dq_status dq_conv2d_fx(const dq_window *w, const dq_requant_fx *q, const dq_dims *in_dims,
-                       const int8_t *in, const int8_t *filter, const int32_t *bias,
-                       const dq_dims *out_dims, int8_t *out);
-dq_status dq_depthwise_conv2d_fx(const dq_window *w, const dq_requant_fx *q,
-                                 const dq_dims *in_dims, const int8_t *in,
-                                 const int8_t *filter, const int32_t *bias,
+dq_status dq_conv2d_fx(const dq_ctx *ctx, const dq_window *w, const dq_requant_fx *q,
+                       const dq_dims *in_dims, const int8_t *in, const int8_t *filter,
+                       const int32_t *bias, const dq_dims *out_dims, int8_t *out);
+dq_status dq_depthwise_conv2d_fx(const dq_ctx *ctx, const dq_window *w,
+                                 const dq_requant_fx *q, const dq_dims *in_dims,
+                                 const int8_t *in, const int8_t *filter, const int32_t *bias,
                                  const dq_dims *out_dims, int8_t *out);
-dq_status dq_fully_connected_fx(const dq_requant_fx *q, int32_t n_in, const int8_t *in,
-                                const int8_t *filter, const int32_t *bias, int32_t n_out,
-                                int8_t *out);
+dq_status dq_fully_connected_fx(const dq_ctx *ctx, const dq_requant_fx *q, int32_t n_in,
+                                const int8_t *in, const int8_t *filter, const int32_t *bias,
+                                int32_t n_out, int8_t *out);
 dq_status dq_add_fx(const dq_requant_fx *q, int32_t shift1, const int8_t *in1,
                     int32_t shift2, const int8_t *in2, int32_t n, int8_t *out);
 dq_status dq_avg_pool_fx(const dq_window *w, const dq_requant_fx *q, int32_t reciprocal,
@@ -104,13 +161,13 @@ dq_status dq_clamp_s8(int32_t lo, int32_t hi, int32_t n, const int8_t *in, int8_
 dq_status dq_slice(int32_t axis, int32_t begin, const dq_dims *in_dims, const int8_t *in,
                    const dq_dims *out_dims, int8_t *out);
 
-/* Internal: running one op of a validated model (dq_invoke.c), for the profiler. */
+/* Internal: running one op of a validated model (dq_invoke.c), for the profiler, and
+ * the scratch bytes an op's kernel asks for, for the arena planner (dq_model.c). */
 dq_status dq_run_op(const dq_model *m, uint32_t op, uint8_t *arena);
 void dq_set_input(const dq_model *m, uint8_t *arena, const int8_t *input);
+uint32_t dq_op_scratch_request(const dq_model *m, const dq_op *op);
 
-/* Internal: validation (dq_validate.c) and shapes. */
-int64_t dq_tensor_elems(const dq_tensor *t);
+/* Internal: validation of one op (dq_validate.c), called by dq_model_init. */
 dq_status dq_check_op(const dq_model *m, const dq_op *op);
-dq_dims dq_dims_of(const dq_tensor *t);
 
 #endif

@@ -1,4 +1,4 @@
-/* dq_runtime.h: the public API of the deployq C reference runtime.
+/* dq_runtime.h: the public API of the deployq C runtime.
  *
  * A model is a byte buffer in the deployq runtime format (written by deployq's
  * mcu-int8 and fpga-fixed exporters). dq_model_init validates all of it once:
@@ -76,12 +76,22 @@ typedef struct {
     const uint8_t *data;
     uint32_t tensor_offset[DQ_MAX_TENSORS];   /* arena offsets, planned at init */
     uint32_t tensor_bytes[DQ_MAX_TENSORS];
+    uint32_t scratch_offset[DQ_MAX_OPS];      /* each op's kernel scratch, in the arena */
+    uint32_t scratch_bytes[DQ_MAX_OPS];
     uint32_t arena_bytes;
 } dq_model;
 
 dq_status dq_model_init(dq_model *model, const uint8_t *buffer, size_t length);
 size_t dq_arena_bytes(const dq_model *model);
 size_t dq_tensor_bytes(const dq_model *model, uint32_t tensor);
+
+/* Scratch memory the kernel of op `op` asked for (planned inside the arena, live only
+ * while that op runs); 0 for the reference kernels and for an index out of range. */
+size_t dq_scratch_bytes(const dq_model *model, uint32_t op);
+
+/* The kernel set this library was built with: "ref" (the reference loops, the
+ * default) or "opt" (cc -DDQ_KERNELS=opt); both compute the same integers. */
+const char *dq_kernels_name(void);
 
 /* Runs n samples: input holds n * input bytes, output n * output bytes. */
 dq_status dq_invoke(const dq_model *model, uint8_t *arena, const int8_t *input,

@@ -5,11 +5,6 @@
 #define CHECK(cond, status) do { if (!(cond)) return (status); } while (0)
 #define IN_RANGE(v, lo, hi) ((v) >= (lo) && (v) <= (hi))
 
-dq_dims dq_dims_of(const dq_tensor *t) {
-    dq_dims d = {t->dims[0], t->dims[1], t->dims[2]};
-    return d;
-}
-
 static dq_status check_data(const dq_model *m, const dq_op *op, int k, int64_t count,
                             uint32_t size) {
     CHECK(op->data_count[k] == count, DQ_ERR_DATA);

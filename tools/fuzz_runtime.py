@@ -3,10 +3,12 @@ libFuzzer under AddressSanitizer and UndefinedBehaviorSanitizer.
 
     python tools/fuzz_runtime.py --seconds 600            # a campaign
     python tools/fuzz_runtime.py --seconds 20 --quiet     # what the tests run
+    python tools/fuzz_runtime.py --kernels opt            # the optimized kernel set
 
 Needs clang with libFuzzer (Debian: clang, libclang-rt-14-dev). Seeds are real models
-exported by deployq (mcu-int8 for the zoo digits models). Prints one JSON line:
-executions, crashes (files written by libFuzzer), seconds, and the exit code."""
+exported by deployq (mcu-int8 for the zoo digits models, fpga-fixed for lenet-digits)
+and the ADD overflow regression model of tests/runtime/test_kernels.py. Prints one JSON
+line: executions, crashes (files written by libFuzzer), seconds, and the exit code."""
 from __future__ import annotations
 
 import argparse
@@ -24,13 +26,13 @@ FLAGS = ["-g", "-O1", "-std=c99", "-fsanitize=fuzzer,address,undefined",
          "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
 
 
-def build(workdir: Path) -> Path:
+def build(workdir: Path, kernels: str = "ref") -> Path:
     clang = shutil.which("clang")
     if clang is None:
         raise SystemExit("clang not found: apt-get install clang libclang-rt-14-dev")
     workdir.mkdir(parents=True, exist_ok=True)
     exe = workdir / "fuzz_loader"
-    cmd = [clang, *FLAGS, "-o", str(exe), str(SOURCES / "fuzz" / "dq_fuzz_loader.c"),
+    cmd = [clang, *FLAGS, f"-DDQ_KERNELS={kernels}", "-o", str(exe), str(SOURCES / "fuzz" / "dq_fuzz_loader.c"),
            *map(str, sorted(SOURCES.glob("*.c"))), "-lm"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -39,17 +41,19 @@ def build(workdir: Path) -> Path:
 
 
 def seeds(corpus: Path) -> int:
-    """Runtime models of the zoo digits models, exported by deployq."""
+    """Runtime models exported by deployq (both modes) and the regression models."""
     sys.path.insert(0, str(ROOT))
     from deployq import api
+    from tests.runtime.test_kernels import add_overflow_model
     corpus.mkdir(parents=True, exist_ok=True)
-    n = 0
+    exports = [("mcu-int8", "lenet-digits"), ("mcu-int8", "dsnet-digits"),
+               ("fpga-fixed", "lenet-digits")]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("lenet-digits", "dsnet-digits"):
-            ex = api.export("mcu-int8", api.open_session(f"zoo:{name}"), Path(tmp) / name)
-            shutil.copy(ex.path, corpus / f"{name}.dqm")
-            n += 1
-    return n
+        for target, name in exports:
+            ex = api.export(target, api.open_session(f"zoo:{name}"), Path(tmp) / target / name)
+            shutil.copy(ex.path, corpus / f"{name}-{target}.dqm")
+    (corpus / "add-overflow.dqm").write_bytes(add_overflow_model())
+    return len(exports) + 1
 
 
 def fuzz(exe: Path, corpus: Path, seconds: int, artifacts: Path) -> dict:
@@ -70,10 +74,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=600)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--kernels", choices=("ref", "opt"), default="ref")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        exe = build(work)
+        exe = build(work, args.kernels)
         seeds(work / "corpus")
         stats = fuzz(exe, work / "corpus", args.seconds, work / "crashes")
     print(json.dumps(stats))

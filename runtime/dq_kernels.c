@@ -1,0 +1,40 @@
+/* The kernel table of this build (dq_kernels.h): -DDQ_KERNELS=opt selects the
+ * optimized set, anything else but ref is an error, and no flag means ref. */
+#include "dq_kernels.h"
+
+#define DQ_KERNELS_ref 1
+#define DQ_KERNELS_opt 2
+#define DQ_CAT_(a, b) a##b
+#define DQ_CAT(a, b) DQ_CAT_(a, b)
+#ifndef DQ_KERNELS
+#define DQ_KERNELS ref
+#endif
+#define DQ_SET DQ_CAT(DQ_KERNELS_, DQ_KERNELS)
+#if DQ_SET != DQ_KERNELS_ref && DQ_SET != DQ_KERNELS_opt
+#error "DQ_KERNELS must be ref or opt"
+#endif
+
+#if DQ_SET == DQ_KERNELS_opt
+const dq_kernel_set dq_kernels = {
+    .conv2d_s8 = dq_conv2d_s8_opt, .conv2d_s8_scratch = dq_conv2d_s8_opt_scratch,
+    .depthwise_conv2d_s8 = dq_depthwise_conv2d_s8,
+    .fully_connected_s8 = dq_fully_connected_s8,
+    .conv2d_fx = dq_conv2d_fx, .depthwise_conv2d_fx = dq_depthwise_conv2d_fx,
+    .fully_connected_fx = dq_fully_connected_fx,
+    .add_s8 = dq_add_s8, .max_pool_s8 = dq_max_pool_s8, .avg_pool_s8 = dq_avg_pool_s8,
+    .mean_s8 = dq_mean_s8, .add_fx = dq_add_fx, .avg_pool_fx = dq_avg_pool_fx,
+    .mean_fx = dq_mean_fx, .name = "opt",
+};
+#else
+const dq_kernel_set dq_kernels = {
+    .conv2d_s8 = dq_conv2d_s8, .depthwise_conv2d_s8 = dq_depthwise_conv2d_s8,
+    .fully_connected_s8 = dq_fully_connected_s8,
+    .conv2d_fx = dq_conv2d_fx, .depthwise_conv2d_fx = dq_depthwise_conv2d_fx,
+    .fully_connected_fx = dq_fully_connected_fx,
+    .add_s8 = dq_add_s8, .max_pool_s8 = dq_max_pool_s8, .avg_pool_s8 = dq_avg_pool_s8,
+    .mean_s8 = dq_mean_s8, .add_fx = dq_add_fx, .avg_pool_fx = dq_avg_pool_fx,
+    .mean_fx = dq_mean_fx, .name = "ref",
+};
+#endif
+
+const char *dq_kernels_name(void) { return dq_kernels.name; }

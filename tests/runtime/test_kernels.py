@@ -1,0 +1,327 @@
+"""The C runtime's kernel seam: one table of op codes, slots and status names shared by
+C and Python; the optimized kernel set bit-identical with the reference set on every
+tensor; the ADD overflow regression under UndefinedBehaviorSanitizer."""
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployq import api, graph as G, rtformat as F, runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADERS = {name: (runtime.SOURCES / name).read_text() for name in ("dq_runtime.h", "dq_ops.h")}
+
+
+# --- one source of truth for codes, slots and names --------------------------------
+
+def _enum(text: str, name: str) -> dict[str, int]:
+    """The members of `typedef enum {...} name;` with their values (C's implicit +1)."""
+    body = re.search(r"typedef enum \{([^{}]*)\}\s*" + name + ";", text, re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    members, value = {}, -1
+    for item in filter(None, (i.strip() for i in body.split(","))):
+        key, _, explicit = item.partition("=")
+        value = int(explicit) if explicit.strip() else value + 1
+        members[key.strip()] = value
+    return members
+
+
+def _define(name: str) -> int:
+    return int(re.search(rf"#define {name} (\d+)", HEADERS["dq_runtime.h"]).group(1))
+
+
+def test_c_op_codes_and_format_constants_match_rtformat():
+    ops = _enum(HEADERS["dq_runtime.h"], "dq_op_type")
+    assert {k: v for k, v in ops.items() if k != "DQ_OP_COUNT"} == \
+        {f"DQ_OP_{name.upper()}": code for name, code in F.OPS.items()}
+    assert _enum(HEADERS["dq_runtime.h"], "dq_mode") == {"DQ_MODE_S8": F.MODE_S8,
+                                                          "DQ_MODE_FX": F.MODE_FX}
+    assert (_define("DQ_FORMAT_VERSION"), _define("DQ_MAX_INPUTS"), _define("DQ_NUM_PARAMS"),
+            _define("DQ_NUM_DATA")) == (F.VERSION, F.MAX_INPUTS, F.NUM_PARAMS, F.NUM_DATA)
+
+
+def test_c_parameter_slots_match_rtformat():
+    slots = _enum(HEADERS["dq_ops.h"], "dq_param_slot")
+    assert slots == {f"DQ_P_{name.upper()}": i for name, i in F.SLOT.items()}
+
+
+def test_status_names_come_from_the_c_library():
+    statuses = _enum(HEADERS["dq_runtime.h"], "dq_status")
+    assert len(statuses) == 12
+    for name, code in statuses.items():
+        assert runtime.status_name(code) == name
+    assert runtime.status_name(len(statuses)) == "DQ_ERR_UNKNOWN"
+
+
+# --- models at the level of the runtime format --------------------------------------
+
+def _requant_data(rng, mode: int, channels: int) -> tuple[list, dict]:
+    bias = rng.integers(-(1 << 14), 1 << 14, channels).astype(np.int32)
+    if mode == F.MODE_S8:
+        mult = rng.integers(1 << 30, (1 << 31) - 1, channels).astype(np.int32)
+        shift = rng.integers(-14, 1, channels).astype(np.int32)
+        lo = int(rng.integers(-128, 0))
+        return [bias, mult, shift], {"rounding": int(rng.integers(0, 2)), "act_min": lo,
+                                     "act_max": int(rng.integers(lo, 128))}
+    shift = rng.integers(-4, 14, channels).astype(np.int32)
+    return [bias, np.zeros(channels, np.int32), shift], {
+        "rounding": int(rng.integers(0, 3)), "act_min": -128, "act_max": 127,
+        "acc_bits": int(rng.choice([12, 16, 24, 32])), "acc_overflow": int(rng.integers(0, 2)),
+        "out_overflow": int(rng.integers(0, 2))}
+
+
+def _tensor(rng, mode: int, dims) -> F.Tensor:
+    if mode == F.MODE_S8:
+        return F.Tensor(tuple(dims), int(rng.integers(-128, 128)))
+    return F.Tensor(tuple(dims), 0, 8, int(rng.integers(-4, 8)))
+
+
+def _window(rng, h: int, w: int, corner: bool) -> tuple[dict, tuple[int, int]]:
+    """Kernel, stride, dilation and padding (up to wider than the kernel); the output
+    size of an unpadded-at-the-end convolution, at least 1."""
+    k = [int(rng.choice([1, 2, 3, 5])) for _ in range(2)]
+    s = [int(rng.choice([1, 2, 3])) for _ in range(2)]
+    d = [int(rng.choice([1, 1, 2])) for _ in range(2)]
+    pad = [int(rng.integers(0, k[i] + 3 if corner else k[i] // 2 + 1)) for i in range(2)]
+    out = [max(1, (size + 2 * pad[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1)
+           for i, size in enumerate((h, w))]
+    return {"stride_h": s[0], "stride_w": s[1], "pad_top": pad[0], "pad_left": pad[1],
+            "dilation_h": d[0], "dilation_w": d[1], "kernel_h": k[0], "kernel_w": k[1]}, out
+
+
+def random_window_model(seed: int, mode: int, kind: str) -> bytes:
+    """One conv2d, depthwise_conv2d or fully_connected op on random shapes: 1x1 images,
+    channel counts that are not multiples of a SIMD width, padding wider than the
+    kernel, groups, dilation, random zero points, multipliers, shifts and modes."""
+    rng = np.random.default_rng(seed)
+    corner = seed % 2 == 0
+    h, w = (int(v) for v in (rng.integers(1, 3, 2) if corner else rng.integers(1, 14, 2)))
+    c = int(rng.choice([1, 3, 4, 7, 8, 15, 16, 17, 31, 33, 64]))
+    params, (oh, ow) = _window(rng, h, w, corner)
+    if kind == "fully_connected":
+        n_out = int(rng.integers(1, 40))
+        data, q = _requant_data(rng, mode, n_out)
+        filt = rng.integers(-128, 128, n_out * h * w * c).astype(np.int8)
+        tensors = [_tensor(rng, mode, (h, w, c)), _tensor(rng, mode, (1, 1, n_out))]
+        return F.pack(mode, tensors, [F.Op(kind, [0], 1, q, [filt, *data])], 0, 1)
+    if kind == "depthwise_conv2d":
+        groups = int(rng.choice([1, 1, 2, 3]))
+        oc = c * groups
+        filt = rng.integers(-128, 128, params["kernel_h"] * params["kernel_w"] * oc)
+    else:
+        groups = int(rng.choice([g for g in (1, 1, 2, 3, c) if c % g == 0]))
+        oc = groups * int(rng.choice([1, 2, 3, 5, 8, 13]))
+        filt = rng.integers(-128, 128, oc * params["kernel_h"] * params["kernel_w"] * (c // groups))
+    data, q = _requant_data(rng, mode, oc)
+    tensors = [_tensor(rng, mode, (h, w, c)), _tensor(rng, mode, (oh, ow, oc))]
+    op = F.Op(kind, [0], 1, params | q | {"groups": groups}, [filt.astype(np.int8), *data])
+    return F.pack(mode, tensors, [op], 0, 1)
+
+
+# --- comparing two builds -----------------------------------------------------------
+
+def _inputs(n_in: int, seed: int, n: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(-128, 128, (n, n_in), dtype=np.int8)
+    rows[0], rows[1] = -128, 127                       # the extremes
+    return rows
+
+
+def differences(blob: bytes, lib_a, lib_b, seed: int = 0, n: int = 6) -> list[str]:
+    """The tensors (index: first differing sample) where two builds disagree."""
+    a, b = runtime.Model(blob, lib=lib_a), runtime.Model(blob, lib=lib_b)
+    found = []
+    for k, row in enumerate(_inputs(a.tensor_bytes[a.input_index], seed, n)):
+        for t, (x, y) in enumerate(zip(a.dump(row), b.dump(row))):
+            if not np.array_equal(x, y):
+                found.append(f"tensor {t}, sample {k}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def libs():
+    return runtime.library("ref"), runtime.library("opt")
+
+
+def test_the_two_builds_are_the_two_sets(libs):
+    ref, opt = libs
+    assert (ref.dq_kernels_name(), opt.dq_kernels_name()) == (b"ref", b"opt")
+    with pytest.raises(Exception, match="unknown C kernel set 'fast'"):
+        runtime.build("fast")
+
+
+@pytest.mark.parametrize("mode", [F.MODE_S8, F.MODE_FX])
+@pytest.mark.parametrize("kind", ["conv2d", "depthwise_conv2d", "fully_connected"])
+def test_optimized_set_bit_identical_on_random_ops_and_corner_shapes(libs, mode, kind):
+    for seed in range(24):
+        blob = random_window_model(seed, mode, kind)
+        assert not differences(blob, *libs, seed), (seed, kind, mode)
+
+
+def test_scratch_is_planned_in_the_arena(libs):
+    blob = random_window_model(1, F.MODE_S8, "conv2d")
+    ref, opt = (runtime.Model(blob, lib=lib) for lib in libs)
+    assert ref.scratch_bytes() == [0]
+    oc = int(np.frombuffer(blob[F.HEADER.itemsize:], F.TENSOR, 2)[1]["dims"][2])
+    assert opt.scratch_bytes()[0] >= 4 * oc
+    tensors = sum((b + 3) & ~3 for b in ref.tensor_bytes)
+    assert ref.lib.dq_arena_bytes(ref.handle) == tensors
+    assert opt.lib.dq_arena_bytes(opt.handle) == tensors + ((opt.scratch_bytes()[0] + 3) & ~3)
+
+
+def _exported(tmp_path, target: str, zoo_name: str) -> bytes:
+    return api.export(target, api.open_session(f"zoo:{zoo_name}"), tmp_path / target).path.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["lenet-digits", "dsnet-digits"])
+def test_optimized_set_bit_identical_on_the_zoo(libs, tmp_path, name):
+    pytest.importorskip("tensorflow")
+    for target in ("mcu-int8", "fpga-fixed"):
+        assert not differences(_exported(tmp_path, target, name), *libs, n=4), target
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_optimized_set_bit_identical_on_random_mcu_models(libs, tmp_path, seed):
+    pytest.importorskip("tensorflow")
+    import torch
+
+    from deployq.backends import mcu
+    from tests.conftest import randomized
+    from tests.runtime.test_mcu import Random, _plan
+    from deployq import targets as T
+    rng = random.Random(seed)
+    shape = (rng.choice([1, 2, 3]), rng.randint(5, 13), rng.randint(5, 13))
+    model = randomized(Random(rng, shape[0]), seed)
+    with torch.no_grad():
+        model.fc.weight.mul_(10.0 ** rng.choice([-3, 0, 2]))
+    graph = G.capture(model, shape)
+    x = np.random.default_rng(seed).random((64, *shape), dtype=np.float32)
+    path, _ = mcu.export(graph, _plan(graph, x), T.get("mcu-int8"), tmp_path, x)
+    assert not differences(path.read_bytes(), *libs, seed)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_optimized_set_bit_identical_on_random_fpga_models(libs, tmp_path, seed):
+    from deployq.backends import fpga
+    from tests.runtime.test_fpga import _plan, _random_model, _target
+    model, shape, rng = _random_model(seed)
+    graph = G.capture(model, shape)
+    target = _target(acc_bits=rng.choice([12, 16, 32]), acc_overflow=rng.choice(["wrap", "sat"]),
+                     out_overflow=rng.choice(["wrap", "sat"]))
+    x = np.random.default_rng(seed).random((40, *shape), dtype=np.float32)
+    path, _ = fpga.export(graph, _plan(graph, x, target, rounding="rnd"), target, tmp_path)
+    assert not differences(path.read_bytes(), *libs, seed)
+
+
+# --- negative controls: a perturbed optimized kernel is caught -----------------------
+
+PERTURBED = """
+#include "dq_kernels.h"
+/* test-only: the optimized conv with one output value off by one LSB, when CONDITION */
+static dq_status dq_conv2d_s8_perturbed(const dq_ctx *ctx, const dq_window *w,
+        const dq_requant_s8 *q, const dq_dims *in_dims, const int8_t *in,
+        const int8_t *filter, const int32_t *bias, const dq_dims *out_dims, int8_t *out) {
+    dq_status s = dq_conv2d_s8_opt(ctx, w, q, in_dims, in, filter, bias, out_dims, out);
+    if (CONDITION) out[0] = (int8_t)(out[0] == 127 ? 126 : out[0] + 1);
+    return s;
+}
+"""
+
+
+def perturbed_library(tmp_path: Path, condition: str):
+    """An opt build whose conv2d_s8 entry is the optimized kernel plus a wrong LSB."""
+    src = tmp_path / "runtime"
+    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
+    table = (src / "dq_kernels.c").read_text()
+    assert ".conv2d_s8 = dq_conv2d_s8_opt," in table
+    table = table.replace(".conv2d_s8 = dq_conv2d_s8_opt,", ".conv2d_s8 = dq_conv2d_s8_perturbed,")
+    (src / "dq_kernels.c").write_text(PERTURBED.replace("CONDITION", condition) + table)
+    return runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-perturbed.so",
+                                              sources=src))
+
+
+@pytest.mark.parametrize("condition", ["1", "in_dims->w == 1 && out_dims->c % 4 != 0"])
+def test_a_perturbed_optimized_kernel_is_caught(libs, tmp_path, condition):
+    bad = perturbed_library(tmp_path, condition)
+    found = [seed for seed in range(24)
+             if differences(random_window_model(seed, F.MODE_S8, "conv2d"), libs[0], bad, seed)]
+    assert found, "the comparison missed a wrong output"
+
+
+# --- ADD overflow (issue 12, item 5) ------------------------------------------------
+
+def add_overflow_model() -> bytes:
+    """252 bytes: one ADD (of a tensor and itself, the second input weighted 0) whose
+    output multiplier is INT32_MAX with shift 30: for x = -4 the scaled sum is
+    -(2^31 - 1), and adding the output offset (-128) in int32 overflowed."""
+    p = {"left_shift": 0, "in1_multiplier": 1 << 30, "in1_shift": 0,
+         "in2_multiplier": 0, "in2_shift": 0, "out_multiplier": 2 ** 31 - 1,
+         "out_shift": 30, "rounding": 0, "act_min": -128, "act_max": 127}
+    tensors = [F.Tensor((1, 1, 256), 0), F.Tensor((1, 1, 256), -128)]
+    return F.pack(F.MODE_S8, tensors, [F.Op("add", [0, 0], 1, p)], 0, 1)
+
+
+ALL_CODES = np.arange(-128, 128, dtype=np.int8)[None]
+
+
+def test_add_overflow_model_saturates(libs):
+    blob = add_overflow_model()
+    assert len(blob) == 252
+    for lib in libs:
+        out = dict(zip(ALL_CODES[0].tolist(), runtime.Model(blob, lib=lib).run(ALL_CODES)[0].tolist()))
+        # x = 1: 2^30 * (1 - 2^-31) - 128 saturates high; x = -4: -(2^31 - 1) - 128
+        # saturates low (the int32 sum wrapped to +2^31 - 129, i.e. 127, before the fix)
+        assert (out[1], out[0], out[-4]) == (127, -128, -128)
+
+
+def _ubsan_cc() -> str | None:
+    for cc in ("clang", "gcc", "cc"):
+        if shutil.which(cc) and subprocess.run(
+                [cc, "-fsanitize=undefined", "-x", "c", "-", "-o", "/dev/null"],
+                input="int main(void){return 0;}", capture_output=True, text=True).returncode == 0:
+            return cc
+    return None
+
+
+def _run_under_ubsan(cc: str, sources: Path, tmp_path: Path, blob: bytes):
+    exe = tmp_path / "dq_run_file"
+    subprocess.run([cc, "-std=c99", "-g", "-O1", "-fsanitize=undefined",
+                    "-fno-sanitize-recover=undefined", "-o", str(exe),
+                    str(runtime.SOURCES / "fuzz" / "dq_run_file.c"),
+                    *map(str, sorted(sources.glob("*.c"))), "-lm"], check=True)
+    (tmp_path / "model.dqm").write_bytes(blob)
+    (tmp_path / "in.bin").write_bytes(ALL_CODES.tobytes())
+    return subprocess.run([str(exe), "model.dqm", "in.bin", "out.bin"], cwd=tmp_path,
+                          capture_output=True, text=True)
+
+
+OLD_ADD = """#include "dq_ops.h"
+dq_status dq_add_s8(const dq_add_s8_params *p, int32_t n, const int8_t *in1,
+                    const int8_t *in2, int8_t *out) {
+    for (int32_t i = 0; i < n; ++i) {
+        const int32_t a = (in1[i] + p->in1_offset) * (1 << p->left_shift);
+        const int32_t b = (in2[i] + p->in2_offset) * (1 << p->left_shift);
+        const int32_t sum = dq_mul_by_quantized_multiplier(a, p->in1_multiplier, p->in1_shift, p->rounding) +
+                            dq_mul_by_quantized_multiplier(b, p->in2_multiplier, p->in2_shift, p->rounding);
+        const int32_t v = dq_mul_by_quantized_multiplier(sum, p->out_multiplier, p->out_shift, p->rounding) + p->out_offset;
+        out[i] = (int8_t)dq_clamp(v, p->act_min, p->act_max);
+    }
+    return DQ_OK;
+}
+"""
+
+
+@pytest.mark.skipif(_ubsan_cc() is None, reason="no C compiler with -fsanitize=undefined")
+def test_add_overflow_model_is_clean_under_ubsan_and_the_old_kernel_is_not(tmp_path):
+    cc = _ubsan_cc()
+    fixed = _run_under_ubsan(cc, runtime.SOURCES, tmp_path, add_overflow_model())
+    assert fixed.returncode == 0, fixed.stderr
+    old = tmp_path / "old"
+    shutil.copytree(runtime.SOURCES, old, ignore=shutil.ignore_patterns("fuzz", "mcu"))
+    (old / "dq_add_s8.c").write_text(OLD_ADD)                 # the kernel before the fix
+    broken = _run_under_ubsan(cc, old, old, add_overflow_model())
+    assert broken.returncode != 0 and "signed integer overflow" in broken.stderr
