@@ -30,8 +30,8 @@ from tests.test_hls4ml import lowered, run_case, session_of         # noqa: E402
 
 def cases(quick: bool):
     models = ["lenet", "avgnet"]
-    for model, bits, rnd, ovf in itertools.product(models, [8, 4], ["trn", "rnd", "rnd_conv"],
-                                                    ["wrap", "sat"]):
+    for ovf, bits, rnd, model in itertools.product(["sat", "wrap"], [8, 4],
+                                                    ["trn", "rnd", "rnd_conv"], models):
         yield model, bits, rnd, ovf, 12 if bits == 8 else 8, "per-tensor"
         if quick:
             return
