@@ -238,18 +238,29 @@ def _allowed(allowed: dict, defaults: dict, key: str) -> str:
 @click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
               help="Export this plan.json (e.g. from 'deployq select') as it is, "
                    "instead of calibrating a new plan.")
+@click.option("--hls4ml", "hls4ml_dir", default=None, type=click.Path(file_okay=False),
+              help="fpga-fixed: also write an hls4ml project (Vivado, io_parallel) into DIR "
+                   "whose C simulation computes the same outputs bit for bit.")
 def export(target, model, weights, data, out, calibration, calib_samples, seed, targets_dir,
-           c_project, plan_path):
+           c_project, plan_path, hls4ml_dir):
     """Quantize the model for TARGET and write OUT/TARGET/ (artifact and plan.json)."""
     from . import api, backends
     from .plan import QuantPlan
     tgt = api.targets_or_fail([target], targets_dir)[0]
     if c_project and not backends.supports(backends.get(tgt.backend), "c_project"):
         raise click.BadParameter(f"needs an mcu target, not {target}", param_hint="--c-project")
+    if hls4ml_dir and tgt.backend != "fpga":
+        raise click.BadParameter(f"needs an fpga target, not {target}", param_hint="--hls4ml")
     plan = QuantPlan.load(plan_path) if plan_path else None
     session = _session(model, weights, data, seed, calib_samples)
+    if hls4ml_dir:
+        from . import fixedpoint, hls4ml_export
+        hls4ml_export.import_hls4ml()
+        hls4ml_export.check_graph(session.graph, fixedpoint.Options.from_target(tgt))
     result = api.export(target, session, out, calibration, targets_dir, plan, plan_path)
     click.echo(f"{result.path}\n{result.path.parent / 'plan.json'}")
+    if hls4ml_dir:
+        click.echo(hls4ml_export.export_plan(session.graph, result.plan, tgt, Path(hls4ml_dir)))
     if c_project:
         click.echo(backends.get(tgt.backend).c_project(result.path, Path(c_project),
                                                        session.dataset.test(20)[0]))

@@ -26,7 +26,9 @@ from .errors import ExportError, TargetError, UnsupportedOpError
 
 QUANT = {"trn": 0, "rnd": 1, "rnd_conv": 2}        # dq_fx_quant
 OVERFLOW = {"wrap": 0, "sat": 1}                   # dq_fx_overflow
-LIMITS = {"acc_bits": (8, 32), "reciprocal_bits": (1, 16)}
+SUM_ORDER = ("hwc", "chw")                        # a flattened map's order in a linear
+POOL_DIVISION = ("divide", "reciprocal")
+LIMITS = {"acc_bits": (8, 32), "reciprocal_bits": (1, 16), "pool_guard_bits": (0, 8)}
 BIAS_LIMIT = 2 ** 30                               # the loader's bound on bias values
 
 
@@ -37,6 +39,9 @@ class Options:
     acc_overflow: str = "wrap"
     out_overflow: str = "sat"
     reciprocal_bits: int = 16
+    sum_order: str = "hwc"
+    pool_division: str = "divide"
+    pool_guard_bits: int = 0
 
     @classmethod
     def from_target(cls, target) -> "Options":
@@ -50,6 +55,10 @@ class Options:
             if getattr(o, key) not in OVERFLOW:
                 raise TargetError(f"target {target.name}: {key}={getattr(o, key)!r}; "
                                   f"choose {' or '.join(OVERFLOW)}")
+        for key, allowed in (("sum_order", SUM_ORDER), ("pool_division", POOL_DIVISION)):
+            if getattr(o, key) not in allowed:
+                raise TargetError(f"target {target.name}: {key}={getattr(o, key)!r}; "
+                                  f"choose {' or '.join(allowed)}")
         return o
 
 
@@ -167,6 +176,8 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
         layer.act = act_range((node.attrs["lo"], node.attrs["hi"]), frac, bits)
     if node.op in G.WEIGHTED:
         _lower_weighted(fx, layer, lp)
+        if node.op == "linear":
+            layer.extra["order"] = sum_order(fx, node)
     elif node.op == "add":
         fa, fb = (fx.frac(i) for i in node.inputs)
         common = max(fa, fb)
@@ -175,9 +186,16 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
     elif node.op in ("avgpool", "gap"):
         window = node.attrs.get("kernel") or fx.graph.shape_of(node.inputs[0])[1:]
         h, w = window
-        rb = fx.options.reciprocal_bits
-        layer.extra = {"reciprocal": reciprocal(h * w, rb), "reciprocal_bits": rb}
-        layer.shift = np.array([fx.frac(node.inputs[0]) - frac], np.int64)
+        o = fx.options
+        if o.pool_division == "divide":
+            g = o.pool_guard_bits
+            layer.extra = {"count": h * w, "guard_bits": g}
+            layer.shift = np.array([fx.frac(node.inputs[0]) + g - frac], np.int64)
+        else:
+            rb = o.reciprocal_bits
+            layer.extra = {"reciprocal": reciprocal(h * w, rb), "reciprocal_bits": rb}
+            layer.shift = np.array([fx.frac(node.inputs[0]) - frac], np.int64)
+
     return layer
 
 
@@ -192,17 +210,38 @@ def _lower_weighted(fx: FxModel, layer: FxLayer, lp) -> None:
     exact = node.bias.astype(np.float64) * np.exp2((f_in + f_w).astype(np.float64))
     layer.bias = np.clip(np.round(exact), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int64)
     layer.shift = (f_in + f_w - layer.frac).astype(np.int64)
+    layer.extra = {"f_w": f_w.astype(np.int64)}
+
+
+def sum_order(fx: FxModel, node: G.Node) -> np.ndarray | None:
+    """The order a linear layer adds its inputs in, as input indices, or None for
+    0..n-1. With sum_order='hwc', a linear fed by a flatten of a (C, H, W) map adds in
+    channels-last order (h, w, c), as an HLS kernel on channels-last data (hls4ml) does."""
+    src = fx.graph.node(node.inputs[0]) if node.inputs[0] != G.INPUT else None
+    if fx.options.sum_order != "hwc" or src is None or src.op != "reshape":
+        return None
+    if any(c.op != "linear" for c in fx.graph.nodes if src.name in c.inputs):
+        return None                    # the flatten's other readers need PyTorch's order
+    shape = fx.graph.shape_of(src.inputs[0])
+    if len(shape) != 3 or shape[0] == 1 or shape[1] * shape[2] == 1:
+        return None
+    return np.arange(math.prod(shape)).reshape(shape).transpose(1, 2, 0).reshape(-1)
 
 
 # --- the integer forward pass ----------------------------------------------------------
 
 def run_int(fx: FxModel, q: np.ndarray) -> np.ndarray:
     """Integer input (N, *input_shape) NCHW -> integer output (N, *output_shape)."""
+    return run_all(fx, q)[fx.graph.output]
+
+
+def run_all(fx: FxModel, q: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tensor's integers, by IR name (the input as 'input')."""
     values = {G.INPUT: np.asarray(q, np.int64)}
     for node in fx.graph.nodes:
         values[node.name] = OPS[node.op](*[values[i] for i in node.inputs],
                                          layer=fx.layers[node.name], fx=fx)
-    return values[fx.graph.output]
+    return values
 
 
 def run(fx: FxModel, x: np.ndarray) -> np.ndarray:
@@ -218,17 +257,20 @@ def requantize(acc: np.ndarray, s: np.ndarray, layer: FxLayer, fx: FxModel) -> n
 
 
 def accumulate(bias: np.ndarray, taps, fx: FxModel, bound: float) -> np.ndarray:
-    """bias + sum of products, each addition fitted into the accumulator.
+    """bias + sum of products in the accumulator type, as an HLS kernel whose products
+    and sums are held in it (hls4ml: mult[i] = x * w; acc = bias; acc += mult[i]):
+    acc = fit(bias); acc = fit(acc + fit(product)) for each product in order.
 
-    taps: an iterable of products in the order the hardware adds them. Wrapping is modular, so one
-    fit at the end equals a fit per addition; so is saturation when no partial sum can
-    leave the range (bound: the largest possible |partial sum|)."""
+    taps: an iterable of products in the order the hardware adds them. Wrapping is
+    modular, so one fit at the end equals all of these fits; so is saturation when no
+    product or partial sum can leave the range (bound: the largest possible |partial
+    sum|, which bounds every product too)."""
     o = fx.options
     acc = fit(bias, o.acc_bits, o.acc_overflow)
     if o.acc_overflow == "wrap" or bound < 2 ** (o.acc_bits - 1):
         return fit(acc + sum(taps), o.acc_bits, o.acc_overflow)
     for t in taps:
-        acc = fit(acc + t, o.acc_bits, o.acc_overflow)
+        acc = fit(acc + fit(t, o.acc_bits, "sat"), o.acc_bits, "sat")
     return acc
 
 
@@ -266,9 +308,15 @@ def linear(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
         acc = fit(fit(layer.bias, o.acc_bits, o.acc_overflow) + x @ w.T, o.acc_bits,
                   o.acc_overflow)
     else:
-        taps = (x[:, i:i + 1] * w[:, i] for i in range(w.shape[1]))
-        acc = accumulate(layer.bias, taps, fx, math.inf)
+        acc = accumulate(layer.bias, linear_taps(x, layer), fx, math.inf)
     return requantize(acc, layer.shift, layer, fx)
+
+
+def linear_taps(x: np.ndarray, layer: FxLayer):
+    """The products of a linear layer in its summation order (sum_order)."""
+    w, order = layer.weight, layer.extra.get("order")
+    idx = range(w.shape[1]) if order is None else order
+    return (x[:, i:i + 1] * w[:, i] for i in idx)
 
 
 def add(a: np.ndarray, b: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
@@ -297,19 +345,48 @@ def maxpool(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     return np.clip(out, *layer.act)
 
 
-def _scaled_mean(total: np.ndarray, layer: FxLayer, fx: FxModel) -> np.ndarray:
-    """sum * reciprocal >> (reciprocal_bits + frac_in - frac_out), fitted (dq_pool_fx)."""
+def divide(total: np.ndarray, count: int) -> np.ndarray:
+    """total / count truncated toward zero (ap_fixed's division, C's integer '/')."""
+    q = np.abs(total) // count
+    return np.where(total < 0, -q, q)
+
+
+def pool_sum(terms: list, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """The window sum in the pool accumulator: acc = 0; acc = fit(acc + (x << g)) per
+    term in order (one fit of the exact sum when no partial sum can leave the range)."""
+    o, g = fx.options, layer.extra["guard_bits"]
+    bound = len(terms) * 2 ** (fx.bits(layer.node.inputs[0]) - 1 + g)
+    if o.acc_overflow == "wrap" or bound < 2 ** (o.acc_bits - 1):
+        return fit(sum(terms) << g, o.acc_bits, o.acc_overflow)
+    acc = np.zeros_like(terms[0])
+    for t in terms:
+        acc = fit(acc + (t << g), o.acc_bits, "sat")
+    return acc
+
+
+def _scaled_mean(terms: list, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """pool_division 'divide' (hls4ml's avg(): acc = sum of x in the accumulator type of
+    f_in + g fractional bits, acc /= n, then cast to the output type):
+    requantize(pool_sum / n truncated toward zero, f_in + g - f_out).
+    'reciprocal': sum * reciprocal >> (reciprocal_bits + f_in - f_out) (dq_pool_fx)."""
     e = layer.extra
-    return requantize(total * e["reciprocal"], layer.shift + e["reciprocal_bits"], layer, fx)
+    if "count" in e:
+        return requantize(divide(pool_sum(terms, layer, fx), e["count"]), layer.shift,
+                          layer, fx)
+    return requantize(sum(terms) * e["reciprocal"], layer.shift + e["reciprocal_bits"],
+                      layer, fx)
 
 
 def avgpool(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     """Padding counts as zero; the divisor is always kh * kw (count_include_pad)."""
-    return _scaled_mean(sum(_windows(x, layer.node, 0)), layer, fx)
+    return _scaled_mean(_windows(x, layer.node, 0), layer, fx)
 
 
 def gap(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
-    return _scaled_mean(x.sum((2, 3), keepdims=True), layer, fx)
+    """Pixels in row-major order."""
+    h, w = x.shape[2:]
+    return _scaled_mean([x[:, :, i:i + 1, j:j + 1] for i in range(h) for j in range(w)],
+                        layer, fx)
 
 
 def reshape(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
@@ -360,6 +437,7 @@ def check_ranges(fx: FxModel) -> None:
                               "outside -24..48 (a weight or output scale far from the others)")
         if layer.node.op == "add" and max(layer.extra["shifts"]) > 16:
             raise ExportError(f"layer '{name}': inputs' fractional bits differ by more than 16")
-        if layer.node.op in ("avgpool", "gap") and abs(int(layer.shift[0])) > 8:
+        if layer.node.op in ("avgpool", "gap") and abs(int(layer.shift[0])) > 8 + \
+                layer.extra.get("guard_bits", 0):
             raise ExportError(f"layer '{name}': input and output fractional bits differ by "
                               "more than 8")

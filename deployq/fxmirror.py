@@ -23,9 +23,12 @@ units the identity of each op's exact (unrounded, unfitted) value:
                        derivative is zero almost everywhere, and the identity is what
                        the unwrapped value's gradient would be (a wrapped model is
                        then attacked as if it did not wrap)
-  SAT accumulator added tap by tap (fixedpoint.accumulate's order, used only when a
-                       partial sum can leave the range): the gradient of one
-                       saturation of the exact sum
+  SAT accumulator added tap by tap, each product saturated first
+                       (fixedpoint.accumulate's order, used only when a partial sum
+                       can leave the range): the gradient of one saturation of the
+                       exact sum
+  average pool         'divide': the exact mean sum * 2^g / n (the truncation of the
+                       quotient is straight-through)
   input quantization   x -> x * 2^f_in: identity inside [qmin, qmax] * 2^-f_in, zero
                        where the input saturates
   max pool             to the window's maximum (torch's max)
@@ -141,9 +144,8 @@ def conv2d(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w: torch.Tenso
 def linear(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w: torch.Tensor):
     raw = F.linear(x, w, _float(layer.bias))
 
-    def taps():                          # fixedpoint.linear's order: input index
-        xi, wi = _int(x), layer.weight
-        return (xi[:, i:i + 1] * wi[:, i] for i in range(wi.shape[1]))
+    def taps():                          # fixedpoint.linear's order (sum_order)
+        return FX.linear_taps(_int(x), layer)
     acc = _accumulate(raw, layer.bias, fx, taps, FX._bound(layer, fx))
     return requantize(acc, layer.shift, layer, fx)
 
@@ -171,18 +173,26 @@ def maxpool(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return clip(out, *layer.act)
 
 
-def _scaled_mean(total: torch.Tensor, layer: FX.FxLayer, fx: FX.FxModel):
+def _scaled_mean(terms: list[torch.Tensor], layer: FX.FxLayer, fx: FX.FxModel):
+    """fixedpoint._scaled_mean. pool_division 'divide': the truncated quotient forward,
+    the exact mean (sum * 2^g / n) backward."""
     e = layer.extra
-    return requantize(total * float(e["reciprocal"]), layer.shift + e["reciprocal_bits"],
+    if "count" in e:
+        exact = FX.divide(FX.pool_sum([_int(t) for t in terms], layer, fx), e["count"])
+        mean = _ste(exact, sum(terms), 2.0 ** e["guard_bits"] / e["count"])
+        return requantize(mean, layer.shift, layer, fx)
+    return requantize(sum(terms) * float(e["reciprocal"]), layer.shift + e["reciprocal_bits"],
                       layer, fx)
 
 
 def avgpool(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
-    return _scaled_mean(sum(_windows(x, layer.node, 0.0)), layer, fx)
+    return _scaled_mean(_windows(x, layer.node, 0.0), layer, fx)
 
 
 def gap(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
-    return _scaled_mean(x.sum((2, 3), keepdim=True), layer, fx)
+    h, w_ = x.shape[2:]
+    return _scaled_mean([x[:, :, i:i + 1, j:j + 1] for i in range(h) for j in range(w_)],
+                        layer, fx)
 
 
 def reshape(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):

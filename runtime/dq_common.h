@@ -112,6 +112,21 @@ static inline int32_t dq_fx_fit(int64_t x, int bits, dq_fx_overflow o) {
     return (int32_t)(v > hi ? v - ((int64_t)1 << bits) : v);
 }
 
+/* One product added to an FX accumulator as an HLS kernel holding both in the
+ * accumulator type does (hls4ml: mult = x * w; acc += mult): the product is fitted
+ * first, then the sum. With WRAP this equals one fit of the exact sum (modular); with
+ * SAT a product outside the accumulator saturates before it is added. */
+static inline int64_t dq_fx_accumulate(int64_t acc, int64_t product, int bits,
+                                       dq_fx_overflow o) {
+    return dq_fx_fit(acc + dq_fx_fit(product, bits, o), bits, o);
+}
+
+/* x / n truncated toward zero (ap_fixed's division; C99's integer '/'), n >= 1. */
+static inline int64_t dq_fx_divide(int64_t x, int32_t n) {
+    assert(n >= 1);
+    return x / n;
+}
+
 /* The FX requantization of every kernel: acc (frac(acc) fractional bits) to an output
  * of `bits` bits with frac(acc) - shift fractional bits: shifted with the quantization
  * mode, fitted by the overflow mode, then clamped to the activation range.

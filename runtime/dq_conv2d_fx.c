@@ -1,6 +1,7 @@
 /* CONV2D, FPGA fixed point: products of b_x-bit inputs and b_w-bit weights accumulate
  * (from the bias, aligned to frac_x + frac_w) in an acc_bits-wide accumulator, each
- * addition fitted by the accumulator's overflow mode; the sum is shifted to the
+ * product and each addition fitted by the accumulator's overflow mode
+ * (dq_fx_accumulate); the sum is shifted to the
  * output's fractional bits with the quantization mode and fitted to its width. */
 #include "dq_ops.h"
 
@@ -24,7 +25,7 @@ dq_status dq_conv2d_fx(const dq_ctx *ctx, const dq_window *w, const dq_requant_f
                         const int8_t *x = in + (iy * in_dims->w + ix) * in_dims->c + ic0;
                         const int8_t *f = filter + ((oc * w->kernel_h + ky) * w->kernel_w + kx) * group_in;
                         for (int32_t ic = 0; ic < group_in; ++ic)
-                            acc = dq_fx_fit(acc + x[ic] * f[ic], q->acc_bits, q->acc_overflow);
+                            acc = dq_fx_accumulate(acc, x[ic] * f[ic], q->acc_bits, q->acc_overflow);
                     }
                 }
                 out[(oy * out_dims->w + ox) * out_dims->c + oc] = dq_fx_requantize(

@@ -20,7 +20,7 @@ dq_status dq_depthwise_conv2d_fx(const dq_ctx *ctx, const dq_window *w,
                         if (ix < 0 || ix >= in_dims->w) continue;
                         const int32_t x = in[(iy * in_dims->w + ix) * in_dims->c + oc / mult];
                         const int32_t f = filter[(ky * w->kernel_w + kx) * out_dims->c + oc];
-                        acc = dq_fx_fit(acc + x * f, q->acc_bits, q->acc_overflow);
+                        acc = dq_fx_accumulate(acc, x * f, q->acc_bits, q->acc_overflow);
                     }
                 }
                 out[(oy * out_dims->w + ox) * out_dims->c + oc] = dq_fx_requantize(

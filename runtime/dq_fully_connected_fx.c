@@ -8,7 +8,8 @@ dq_status dq_fully_connected_fx(const dq_ctx *ctx, const dq_requant_fx *q, int32
     for (int32_t o = 0; o < n_out; ++o) {
         int64_t acc = dq_fx_fit(bias[o], q->acc_bits, q->acc_overflow);
         for (int32_t i = 0; i < n_in; ++i)
-            acc = dq_fx_fit(acc + in[i] * filter[o * n_in + i], q->acc_bits, q->acc_overflow);
+            acc = dq_fx_accumulate(acc, in[i] * filter[o * n_in + i], q->acc_bits,
+                                   q->acc_overflow);
         out[o] = dq_fx_requantize(acc, q->shift[o], q->quant, q->out_bits, q->out_overflow,
                                   q->act_min, q->act_max);
     }

@@ -44,6 +44,19 @@ static dq_requant_fx requant_fx(const dq_model *m, const dq_op *op, const int32_
 
 static int is_s8(const dq_model *m) { return m->header.mode == DQ_MODE_S8; }
 
+/* frac_in (+ guard_bits when dividing) - frac_out */
+static int32_t mean_fx_shift(const dq_model *m, const dq_op *op) {
+    const int32_t *p = op->params;
+    return m->tensors[op->inputs[0]].frac_bits - m->tensors[op->output].frac_bits +
+           (p[DQ_P_POOL_DIVISION] ? p[DQ_P_GUARD_BITS] : 0);
+}
+
+static dq_mean_fx_params mean_fx_params(const int32_t *p) {
+    const dq_mean_fx_params mp = {p[DQ_P_RECIPROCAL], p[DQ_P_RECIPROCAL_BITS],
+                                  p[DQ_P_POOL_DIVISION], p[DQ_P_GUARD_BITS]};
+    return mp;
+}
+
 /* fully connected as a window op for the scratch queries: 1 x 1 x n_in -> 1 x 1 x n_out */
 static dq_dims vector_dims(const dq_model *m, uint32_t t) {
     dq_dims d = {1, 1, (int32_t)dq_tensor_elems(&m->tensors[t])};
@@ -128,10 +141,10 @@ static dq_status run_pool(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
         return dq_kernels.max_pool_s8(&w, p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], &in, IN0, &out, OUT);
     if (is_s8(m))
         return dq_kernels.avg_pool_s8(&w, p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], &in, IN0, &out, OUT);
-    const int32_t shift[1] = {m->tensors[op->inputs[0]].frac_bits - m->tensors[op->output].frac_bits};
+    const int32_t shift[1] = {mean_fx_shift(m, op)};
     const dq_requant_fx q = requant_fx(m, op, shift);
-    return dq_kernels.avg_pool_fx(&w, &q, p[DQ_P_RECIPROCAL], p[DQ_P_RECIPROCAL_BITS], &in, IN0,
-                                  &out, OUT);
+    const dq_mean_fx_params mp = mean_fx_params(p);
+    return dq_kernels.avg_pool_fx(&w, &q, &mp, &in, IN0, &out, OUT);
 }
 
 static dq_status run_mean(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
@@ -145,9 +158,10 @@ static dq_status run_mean(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
                                       p[DQ_P_SHIFT], (dq_rounding)p[DQ_P_ROUNDING]};
         return dq_kernels.mean_s8(&mp, &in, IN0, OUT);
     }
-    const int32_t shift[1] = {m->tensors[op->inputs[0]].frac_bits - m->tensors[op->output].frac_bits};
+    const int32_t shift[1] = {mean_fx_shift(m, op)};
     const dq_requant_fx q = requant_fx(m, op, shift);
-    return dq_kernels.mean_fx(&q, p[DQ_P_RECIPROCAL], p[DQ_P_RECIPROCAL_BITS], &in, IN0, OUT);
+    const dq_mean_fx_params mp = mean_fx_params(p);
+    return dq_kernels.mean_fx(&q, &mp, &in, IN0, OUT);
 }
 
 static dq_status run_concat(const dq_model *m, const dq_op *op, const dq_ctx *ctx,

@@ -50,9 +50,10 @@ typedef struct {
                          int8_t *);
     dq_status (*add_fx)(const dq_requant_fx *, int32_t, const int8_t *, int32_t,
                         const int8_t *, int32_t, int8_t *);
-    dq_status (*avg_pool_fx)(const dq_window *, const dq_requant_fx *, int32_t, int32_t,
-                             const dq_dims *, const int8_t *, const dq_dims *, int8_t *);
-    dq_status (*mean_fx)(const dq_requant_fx *, int32_t, int32_t, const dq_dims *,
+    dq_status (*avg_pool_fx)(const dq_window *, const dq_requant_fx *,
+                             const dq_mean_fx_params *, const dq_dims *, const int8_t *,
+                             const dq_dims *, int8_t *);
+    dq_status (*mean_fx)(const dq_requant_fx *, const dq_mean_fx_params *, const dq_dims *,
                          const int8_t *, int8_t *);
     const char *name;
 } dq_kernel_set;

@@ -17,10 +17,12 @@
  *   ADD (FX): 0 common_frac_bits 7 quant mode 8 act_min 9 act_max 12-14 as conv
  *   MAX_POOL, AVG_POOL: 0 stride_h 1 stride_w 2 pad_top 3 pad_left 8 act_min
  *     9 act_max 10 kernel_h 11 kernel_w
- *     (AVG_POOL FX: 7 quant mode 14 out_overflow 15 reciprocal 16 reciprocal_bits)
+ *     (AVG_POOL FX: 7 quant mode 14 out_overflow 15 reciprocal 16 reciprocal_bits
+ *      17 pool_division (0 reciprocal, 1 divide) 18 guard_bits, 12-13 the divide
+ *      mode's accumulator: dq_mean_fx_params)
  *   MEAN (over H and W): 1 multiplier 2 shift (1/count folded in) 7 rounding (S8);
- *     FX: 7 quant mode 8 act_min 9 act_max 14 out_overflow 15 reciprocal
- *     16 reciprocal_bits
+ *     FX: 7 quant mode 8 act_min 9 act_max 14 out_overflow, 12-13 and 15-18 as
+ *     AVG_POOL
  *   CONCAT: 0 axis (0, 1 or 2)     RESHAPE: none     TRANSPOSE: 0..2 perm
  *   PAD: 0..5 before_h after_h before_w after_w before_c after_c, 6 mode
  *     (0: the zero point, 1: reflect, 2: symmetric, as TFLite's MIRROR_PAD)
@@ -41,7 +43,8 @@ typedef enum {
     DQ_P_DILATION_H = 4, DQ_P_DILATION_W = 5, DQ_P_GROUPS = 6, DQ_P_ROUNDING = 7,
     DQ_P_ACT_MIN = 8, DQ_P_ACT_MAX = 9, DQ_P_KERNEL_H = 10, DQ_P_KERNEL_W = 11,
     DQ_P_ACC_BITS = 12, DQ_P_ACC_OVERFLOW = 13, DQ_P_OUT_OVERFLOW = 14,
-    DQ_P_RECIPROCAL = 15, DQ_P_RECIPROCAL_BITS = 16,
+    DQ_P_RECIPROCAL = 15, DQ_P_RECIPROCAL_BITS = 16, DQ_P_POOL_DIVISION = 17,
+    DQ_P_GUARD_BITS = 18,
     /* ADD (S8) */
     DQ_P_LEFT_SHIFT = 0, DQ_P_IN1_MULTIPLIER = 1, DQ_P_IN1_SHIFT = 2,
     DQ_P_IN2_MULTIPLIER = 3, DQ_P_IN2_SHIFT = 4, DQ_P_OUT_MULTIPLIER = 5,
@@ -109,6 +112,14 @@ typedef struct {            /* MEAN over H and W, MCU int8 */
     dq_rounding rounding;
 } dq_mean_s8_params;
 
+typedef struct {            /* AVG_POOL and MEAN, FPGA fixed point (params 15-18) */
+    int32_t reciprocal, reciprocal_bits;   /* division 0: sum * reciprocal >> bits */
+    int32_t division;       /* 0 reciprocal, 1 divide: the sum << guard_bits in the
+                               accumulator (q->acc_bits, q->acc_overflow), / count
+                               truncated toward zero (ap_fixed, hls4ml's avg()) */
+    int32_t guard_bits;     /* extra fractional bits of the accumulator, 0..8 */
+} dq_mean_fx_params;
+
 /* Reference kernels: plain loops, the specification every optimized kernel
  * (dq_kernels.h) must reproduce bit for bit. */
 dq_status dq_conv2d_s8(const dq_ctx *ctx, const dq_window *w, const dq_requant_s8 *q,
@@ -144,11 +155,16 @@ dq_status dq_fully_connected_fx(const dq_ctx *ctx, const dq_requant_fx *q, int32
                                 int32_t n_out, int8_t *out);
 dq_status dq_add_fx(const dq_requant_fx *q, int32_t shift1, const int8_t *in1,
                     int32_t shift2, const int8_t *in2, int32_t n, int8_t *out);
-dq_status dq_avg_pool_fx(const dq_window *w, const dq_requant_fx *q, int32_t reciprocal,
-                         int32_t reciprocal_bits, const dq_dims *in_dims, const int8_t *in,
-                         const dq_dims *out_dims, int8_t *out);
-dq_status dq_mean_fx(const dq_requant_fx *q, int32_t reciprocal, int32_t reciprocal_bits,
+dq_status dq_avg_pool_fx(const dq_window *w, const dq_requant_fx *q,
+                         const dq_mean_fx_params *mp, const dq_dims *in_dims,
+                         const int8_t *in, const dq_dims *out_dims, int8_t *out);
+dq_status dq_mean_fx(const dq_requant_fx *q, const dq_mean_fx_params *mp,
                      const dq_dims *in_dims, const int8_t *in, int8_t *out);
+/* The shared step of both: terms added (in order) and scaled to the output. */
+int64_t dq_mean_fx_add(int64_t acc, int32_t x, const dq_requant_fx *q,
+                       const dq_mean_fx_params *mp);
+int8_t dq_mean_fx_out(int64_t acc, int32_t count, const dq_requant_fx *q,
+                      const dq_mean_fx_params *mp);
 
 /* Data movement, shared by both modes (int8 storage). */
 dq_status dq_concat(int32_t axis, int32_t n_inputs, const dq_dims *in_dims,

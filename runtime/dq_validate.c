@@ -122,6 +122,16 @@ static dq_status check_add(const dq_model *m, const dq_op *op) {
     return DQ_OK;
 }
 
+/* AVG_POOL and MEAN, FX: dq_mean_fx_params and the change of fractional bits */
+static dq_status check_mean_fx(const int32_t *p, const dq_tensor *in, const dq_tensor *out) {
+    CHECK(IN_RANGE(p[7], 0, 2) && IN_RANGE(p[14], 0, 1), DQ_ERR_PARAM);
+    CHECK(IN_RANGE(p[17], 0, 1) && IN_RANGE(p[18], 0, 8), DQ_ERR_PARAM);
+    if (p[17]) CHECK(IN_RANGE(p[12], 8, 32) && IN_RANGE(p[13], 0, 1), DQ_ERR_PARAM);
+    else CHECK(IN_RANGE(p[15], 0, 1 << 16) && IN_RANGE(p[16], 0, 24), DQ_ERR_PARAM);
+    CHECK(IN_RANGE(in->frac_bits - out->frac_bits, -8, 8), DQ_ERR_PARAM);
+    return DQ_OK;
+}
+
 static dq_status check_pool(const dq_model *m, const dq_op *op) {
     const dq_tensor *in = &m->tensors[op->inputs[0]], *out = &m->tensors[op->output];
     CHECK(op->n_inputs == 1, DQ_ERR_OP);
@@ -129,11 +139,8 @@ static dq_status check_pool(const dq_model *m, const dq_op *op) {
     dq_status s = check_window(op->params, 0);
     if (s != DQ_OK) return s;
     if (!is_s8(m) && op->type == DQ_OP_AVG_POOL) {
-        CHECK(IN_RANGE(op->params[7], 0, 2) && IN_RANGE(op->params[14], 0, 1), DQ_ERR_PARAM);
-        CHECK(IN_RANGE(op->params[15], 0, 1 << 16) && IN_RANGE(op->params[16], 0, 24),
-              DQ_ERR_PARAM);
-        CHECK(IN_RANGE(in->frac_bits - out->frac_bits, -8, 8), DQ_ERR_PARAM);
-        return check_range(m, op);
+        s = check_mean_fx(op->params, in, out);
+        return s != DQ_OK ? s : check_range(m, op);
     }
     CHECK(same_quant(in, out), DQ_ERR_PARAM);
     return check_range(m, op);
@@ -149,10 +156,8 @@ static dq_status check_mean(const dq_model *m, const dq_op *op) {
         CHECK(p[1] >= 0 && IN_RANGE(p[2], -31, 30) && IN_RANGE(p[7], 0, 1), DQ_ERR_PARAM);
         return DQ_OK;
     }
-    CHECK(IN_RANGE(p[7], 0, 2) && IN_RANGE(p[14], 0, 1), DQ_ERR_PARAM);
-    CHECK(IN_RANGE(p[15], 0, 1 << 16) && IN_RANGE(p[16], 0, 24), DQ_ERR_PARAM);
-    CHECK(IN_RANGE(in->frac_bits - out->frac_bits, -8, 8), DQ_ERR_PARAM);
-    return check_range(m, op);                 /* the kernel clamps to params 8, 9 */
+    const dq_status s = check_mean_fx(p, in, out);
+    return s != DQ_OK ? s : check_range(m, op);   /* the kernel clamps to params 8, 9 */
 }
 
 static dq_status check_concat(const dq_model *m, const dq_op *op) {

@@ -188,10 +188,14 @@ def _requant_data(filt: np.ndarray, layer: FX.FxLayer) -> list[np.ndarray]:
 
 
 def _linear(w: _Writer, layer: FX.FxLayer) -> None:
-    n = layer.node
+    """The kernel adds inputs in memory order: with sum_order 'hwc' the flatten before
+    left its input channels-last (_reshape), and the weight columns follow it."""
+    n, weight = layer.node, layer.weight
+    if layer.extra.get("order") is not None:
+        weight = weight[:, layer.extra["order"]]
     w.ops.append(F.Op("fully_connected", [w.tensor(n.inputs[0])], w.tensor(n.name),
                       _requant_params(layer, w.fx),
-                      _requant_data(layer.weight.astype(np.int8), layer)))
+                      _requant_data(weight.astype(np.int8), layer)))
 
 
 def _add(w: _Writer, layer: FX.FxLayer) -> None:
@@ -209,10 +213,15 @@ def _window(layer: FX.FxLayer) -> dict:
 
 
 def _mean_params(layer: FX.FxLayer, w: _Writer) -> dict:
-    return {"rounding": FX.QUANT[layer.quant], "act_min": layer.act[0],
-            "act_max": layer.act[1], "out_overflow": FX.OVERFLOW[w.fx.options.out_overflow],
-            "reciprocal": layer.extra["reciprocal"],
-            "reciprocal_bits": layer.extra["reciprocal_bits"]}
+    """pool_division 'reciprocal': reciprocal, reciprocal_bits; 'divide': pool_division
+    1, the guard bits and the accumulator (fixedpoint._scaled_mean)."""
+    o, e = w.fx.options, layer.extra
+    p = {"rounding": FX.QUANT[layer.quant], "act_min": layer.act[0],
+         "act_max": layer.act[1], "out_overflow": FX.OVERFLOW[o.out_overflow]}
+    if "count" in e:
+        return p | {"pool_division": 1, "guard_bits": e["guard_bits"],
+                    "acc_bits": o.acc_bits, "acc_overflow": FX.OVERFLOW[o.acc_overflow]}
+    return p | {"reciprocal": e["reciprocal"], "reciprocal_bits": e["reciprocal_bits"]}
 
 
 def _maxpool(w: _Writer, layer: FX.FxLayer) -> None:
@@ -249,6 +258,13 @@ def _reshape(w: _Writer, layer: FX.FxLayer) -> None:
     n = layer.node
     src, shape = n.inputs[0], w.fx.graph.shape_of(n.inputs[0])
     x = w.tensor(src)
+    if _hwc_flatten(w.fx, n):
+        # the runtime tensor holds the flatten in (h, w, c) order: not the IR's element
+        # order, so it is named apart (its consumers read it through the IR name)
+        t = w.extra(f"{n.name}/hwc", n.name, (1, 1, n.shape[0]))
+        w.index[n.name] = t
+        w.ops.append(F.Op("reshape", [x], t))
+        return
     if len(shape) == 3 and shape[0] > 1 and shape[1] * shape[2] > 1:
         t = w.extra(f"{n.name}/chw", src, (shape[0], shape[1], shape[2]))
         w.ops.append(F.Op("transpose", [x], t, {0: 2, 1: 0, 2: 1}))
@@ -260,6 +276,12 @@ def _reshape(w: _Writer, layer: FX.FxLayer) -> None:
         w.ops.append(F.Op("transpose", [t], w.tensor(n.name), {0: 1, 1: 2, 2: 0}))
         return
     w.ops.append(F.Op("reshape", [x], w.tensor(n.name)))
+
+
+def _hwc_flatten(fx: FX.FxModel, node: G.Node) -> bool:
+    """A flatten whose consumers add its elements channels-last (sum_order 'hwc')."""
+    return any(fx.layers[c.name].extra.get("order") is not None
+               for c in fx.graph.nodes if node.name in c.inputs and c.op == "linear")
 
 
 OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "maxpool": _maxpool,
