@@ -66,7 +66,8 @@ def mirror(graph: G.Graph, plan: QuantPlan, target, temperature: float = 1.0):
 
 
 def load(path: Path, target=None) -> "Runner":
-    return Runner(Path(path))
+    from .. import runtime
+    return Runner(Path(path), runtime.kernels_of(target))
 
 
 class Runner:
@@ -74,9 +75,9 @@ class Runner:
     would: x * 2^frac rounded by the target's quantization mode (trn: floor), then
     saturated to the input bits."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, kernels: str | None = None):
         from .. import runtime
-        self.model = runtime.Model(path.read_bytes(), str(path))
+        self.model = runtime.Model(path.read_bytes(), str(path), kernels)
         self.meta = json.loads((path.parent / TENSORS).read_text())
         self.names = self.meta["tensors"]          # runtime tensor index -> IR tensor
 

@@ -42,15 +42,16 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
 
 
 def load(path: Path, target=None) -> "Runner":
-    return Runner(Path(path))
+    from .. import runtime
+    return Runner(Path(path), runtime.kernels_of(target))
 
 
 class Runner:
     """Runs model.dqm; input and output scales come from the model.tflite beside it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, kernels: str | None = None):
         from .. import runtime
-        self.model = runtime.Model(path.read_bytes(), str(path))
+        self.model = runtime.Model(path.read_bytes(), str(path), kernels)
         reader = _Reader((path.parent / tflite.ARTIFACT).read_bytes())
         self.input_qp, self.output_qp = (
             QParams(8, *reader.quant(t)) for t in (reader.graph.inputs[0], reader.graph.outputs[0]))
