@@ -27,9 +27,7 @@ dq_status dq_add_s8_opt(const dq_add_s8_params *p, int32_t n, const int8_t *in1,
             scaled(in2 + i, p->in2_offset, p->left_shift, p->in2_multiplier, p->in2_shift));
         const __m256i v = dq_offset_clamp_avx2(dq_mul_by_quantized_multiplier_avx2(sum, m, s),
                                                p->out_offset, p->act_min, p->act_max);
-        int32_t lanes[8];
-        _mm256_storeu_si256((__m256i *)lanes, v);
-        for (int32_t j = 0; j < 8; ++j) out[i + j] = (int8_t)lanes[j];
+        dq_store8_avx2(out + i, v);
     }
     return dq_add_s8(p, n - i, in1 + i, in2 + i, out + i);
 }

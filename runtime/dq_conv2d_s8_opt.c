@@ -132,8 +132,7 @@ static void requantize_block(const dq_requant_s8 *q, const int32_t *bias, __m256
     int32_t v[BLOCK];
     if (n == BLOCK && q->rounding == DQ_ROUND_DOUBLE) {
         acc = _mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)(bias + oc0)));
-        _mm256_storeu_si256((__m256i *)v, dq_requantize_s8_avx2(acc, q, oc0));
-        for (int32_t j = 0; j < BLOCK; ++j) out[j] = (int8_t)v[j];
+        dq_store8_avx2(out, dq_requantize_s8_avx2(acc, q, oc0));
         return;
     }
     _mm256_storeu_si256((__m256i *)v, acc);

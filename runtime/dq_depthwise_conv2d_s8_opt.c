@@ -37,8 +37,7 @@ static void store8(const dq_requant_s8 *q, const int32_t *bias, __m256i acc, int
     int32_t v[8];
     acc = _mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)(bias + c)));
     if (q->rounding == DQ_ROUND_DOUBLE) {
-        _mm256_storeu_si256((__m256i *)v, dq_requantize_s8_avx2(acc, q, c));
-        for (int32_t j = 0; j < 8; ++j) out[c + j] = (int8_t)v[j];
+        dq_store8_avx2(out + c, dq_requantize_s8_avx2(acc, q, c));
         return;
     }
     _mm256_storeu_si256((__m256i *)v, acc);

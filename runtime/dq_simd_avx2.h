@@ -56,6 +56,13 @@ static inline __m256i dq_offset_clamp_avx2(__m256i v, int32_t offset, int32_t lo
     return _mm256_add_epi32(v, _mm256_set1_epi32(offset));
 }
 
+/* Stores 8 int32 lanes, each already in [-128, 127], as 8 bytes. */
+static inline void dq_store8_avx2(int8_t *out, __m256i v) {
+    const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(v, v), v);   /* lanes 0, 4 */
+    const __m256i two = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+    _mm_storel_epi64((__m128i *)out, _mm256_castsi256_si128(two));
+}
+
 /* 8 int32 accumulators of channels oc0 .. oc0 + 7 to int8 (as int32 lanes). */
 static inline __m256i dq_requantize_s8_avx2(__m256i acc, const dq_requant_s8 *q, int32_t oc0) {
     const __m256i shift = _mm256_loadu_si256((const __m256i *)(q->shift + oc0));

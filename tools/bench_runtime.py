@@ -103,9 +103,15 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(m for m in zoo.MODELS if zoo.weights_file(m).is_file()))
     args = ap.parse_args()
     results = bench(args.models.split(","), args.batch, args.repeats)
+    load = os.getloadavg()[0]
     doc = (f"# C runtime speed\n\nMeasured by `python tools/bench_runtime.py --repeats "
            f"{args.repeats} --batch {args.batch}` on {cpu()}; one thread each, medians of "
-           f"{args.repeats} interleaved rounds.\n\n"
+           f"{args.repeats} interleaved rounds. Load average at the end of the run: "
+           f"{load:.1f} on {os.cpu_count()} cores (the machine was shared): absolute times "
+           "depend on that load; the ratios between runners timed in the same rounds are "
+           "the comparable figures. \"C reference\" and \"C optimized\" are the two kernel "
+           "sets of the C runtime (docs/runtime.md), same integers; \"C optimized\" is what "
+           "mcu-int8 runs by default.\n\n"
            + table(results, 1, f"Batch {args.batch}, microseconds per sample:") + "\n\n"
            + table(results, 0, "Batch 1, microseconds per call:") + "\n")
     atomic_write(args.out, doc.encode())
