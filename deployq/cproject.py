@@ -76,7 +76,7 @@ def write_c_project(model_path: Path, out_dir: Path, inputs: np.ndarray | None =
     model_path, out_dir = Path(model_path), Path(out_dir)
     from . import runtime
     blob = model_path.read_bytes()
-    model = runtime.Model(blob, str(model_path))
+    model = runtime.Model(blob, str(model_path), kernels="ref")   # as the MCU build: no -DDQ_KERNELS
     rows = _test_rows(model, inputs)
     expected = model.run(rows)
     with StagedDir(out_dir, (model_path,)) as tmp:

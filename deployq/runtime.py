@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DeployqError, InputError
+from .errors import DeployqError, InputError, TargetError
 from .rtformat import HEADER, OP, OPS, TENSOR
 
 _HERE = Path(__file__).resolve().parent
@@ -26,6 +26,8 @@ SOURCES = next((d for d in (_HERE / "runtime_c", _HERE.parent / "runtime")
                 if (d / "dq_runtime.h").is_file()), _HERE.parent / "runtime")
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC"]
 KERNELS = ("ref", "opt")
+DEFAULT_KERNELS = "opt"         # what mcu-int8 and fpga-fixed run unless a target says ref
+OPT_FLAGS = os.environ.get("DEPLOYQ_OPT_CFLAGS", "-march=native").split()
 OP_NAMES = {code: name for name, code in OPS.items()}
 
 
@@ -47,9 +49,11 @@ def _sources(sources: Path = SOURCES) -> list[Path]:
 
 
 def _flags(kernels: str) -> list[str]:
+    """The optimized set is compiled for this machine's instruction set (AVX2 where
+    present: runtime/dq_*_opt.c test __AVX2__); the reference set for any x86-64."""
     if kernels not in KERNELS:
         raise InputError(f"unknown C kernel set {kernels!r}: choose {' or '.join(KERNELS)}")
-    return [*CFLAGS, f"-DDQ_KERNELS={kernels}"]
+    return [*CFLAGS, f"-DDQ_KERNELS={kernels}", *(OPT_FLAGS if kernels == "opt" else [])]
 
 
 def library_path(kernels: str = "ref", sources: Path = SOURCES) -> Path:
@@ -133,6 +137,16 @@ def load_library(path: Path) -> ctypes.CDLL:
     return lib
 
 
+def kernels_of(target) -> str:
+    """The kernel set a target asks for: its option 'kernels' ('opt', the default, or
+    'ref', the reference loops); both give the same integers."""
+    kernels = (target.options.get("kernels") if target is not None else None) or DEFAULT_KERNELS
+    if kernels not in KERNELS:
+        raise TargetError(f"target {target.name}: kernels={kernels!r}; choose "
+                          f"{' or '.join(KERNELS)} (runtime/dq_kernels.h)")
+    return kernels
+
+
 def _ptr(a: np.ndarray, ctype):
     assert a.flags.c_contiguous, "arrays passed to the runtime must be C-contiguous"
     return a.ctypes.data_as(ctypes.POINTER(ctype))
@@ -141,9 +155,9 @@ def _ptr(a: np.ndarray, ctype):
 class Model:
     """A model file loaded (and validated) by the C runtime."""
 
-    def __init__(self, blob: bytes, where: str = "the model", kernels: str = "ref",
+    def __init__(self, blob: bytes, where: str = "the model", kernels: str | None = None,
                  lib: ctypes.CDLL | None = None):
-        self.lib = lib or library(kernels)
+        self.lib = lib or library(kernels or DEFAULT_KERNELS)
         self.blob = np.frombuffer(blob, np.uint8).copy()      # numpy aligns to 16 bytes
         self.handle = ctypes.create_string_buffer(self.lib.dq_model_struct_bytes())
         status = self.lib.dq_model_init(self.handle, _ptr(self.blob, ctypes.c_uint8),

@@ -221,8 +221,8 @@ uint32_t dq_op_scratch_request(const dq_model *m, const dq_op *op) {
 }
 
 dq_status dq_run_op(const dq_model *m, uint32_t i, uint8_t *arena) {
-    const dq_ctx ctx = {m->scratch_bytes[i] ? arena + m->scratch_offset[i] : NULL,
-                        (int32_t)m->scratch_bytes[i]};
+    const uint32_t bytes = dq_op_scratch_request(m, &m->ops[i]);
+    const dq_ctx ctx = {bytes ? arena + m->scratch_offset[i] : NULL, (int32_t)bytes};
     return RUN[m->ops[i].type](m, &m->ops[i], &ctx, arena);
 }
 

@@ -17,11 +17,11 @@
 #if DQ_SET == DQ_KERNELS_opt
 const dq_kernel_set dq_kernels = {
     .conv2d_s8 = dq_conv2d_s8_opt, .conv2d_s8_scratch = dq_conv2d_s8_opt_scratch,
-    .depthwise_conv2d_s8 = dq_depthwise_conv2d_s8,
+    .depthwise_conv2d_s8 = dq_depthwise_conv2d_s8_opt,
     .fully_connected_s8 = dq_fully_connected_s8,
     .conv2d_fx = dq_conv2d_fx, .depthwise_conv2d_fx = dq_depthwise_conv2d_fx,
     .fully_connected_fx = dq_fully_connected_fx,
-    .add_s8 = dq_add_s8, .max_pool_s8 = dq_max_pool_s8, .avg_pool_s8 = dq_avg_pool_s8,
+    .add_s8 = dq_add_s8_opt, .max_pool_s8 = dq_max_pool_s8_opt, .avg_pool_s8 = dq_avg_pool_s8,
     .mean_s8 = dq_mean_s8, .add_fx = dq_add_fx, .avg_pool_fx = dq_avg_pool_fx,
     .mean_fx = dq_mean_fx, .name = "opt",
 };

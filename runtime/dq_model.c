@@ -74,9 +74,10 @@ static uint32_t *buffer_offset(dq_model *m, uint32_t b) {
     return b < m->header.n_tensors ? &m->tensor_offset[b] : &m->scratch_offset[b - m->header.n_tensors];
 }
 
+/* scratch: asked of the op's kernel each time (a few operations; dq_model stays small) */
 static uint32_t buffer_size(const dq_model *m, uint32_t b) {
     const uint32_t n = m->header.n_tensors;
-    return ((b < n ? m->tensor_bytes[b] : m->scratch_bytes[b - n]) + 3) & ~3u;
+    return ((b < n ? m->tensor_bytes[b] : dq_op_scratch_request(m, &m->ops[b - n])) + 3) & ~3u;
 }
 
 static void tensor_lives(const dq_model *m, live_range *live) {
@@ -95,8 +96,6 @@ static void plan_arena(dq_model *m) {
     const uint32_t n = m->header.n_tensors, n_buffers = n + m->header.n_ops;
     tensor_lives(m, live);
     for (uint32_t t = 0; t < n; ++t) m->tensor_bytes[t] = (uint32_t)dq_tensor_elems(&m->tensors[t]);
-    for (uint32_t i = 0; i < m->header.n_ops; ++i)
-        m->scratch_bytes[i] = dq_op_scratch_request(m, &m->ops[i]);
     m->arena_bytes = 0;
     for (uint32_t b = 0; b < n_buffers; ++b) {
         const live_range rb = buffer_range(live, n, b);
@@ -138,7 +137,7 @@ size_t dq_tensor_bytes(const dq_model *m, uint32_t t) {
 }
 
 size_t dq_scratch_bytes(const dq_model *m, uint32_t op) {
-    return op < m->header.n_ops ? m->scratch_bytes[op] : 0;
+    return op < m->header.n_ops ? dq_op_scratch_request(m, &m->ops[op]) : 0;
 }
 
 size_t dq_model_struct_bytes(void) { return sizeof(dq_model); }

@@ -54,6 +54,11 @@ dq_status dq_pad(const int32_t *p, int8_t value, const dq_dims *in_dims, const i
         const int32_t sy = pad_source(y, p[0], in_dims->h, p[6]);
         for (int32_t x = 0; x < out_dims->w; ++x) {
             const int32_t sx = pad_source(x, p[2], in_dims->w, p[6]);
+            if (sy >= 0 && sx >= 0 && p[4] == 0 && p[5] == 0) {   /* a whole source pixel */
+                memcpy(out + (y * out_dims->w + x) * out_dims->c,
+                       in + (sy * in_dims->w + sx) * in_dims->c, (size_t)in_dims->c);
+                continue;
+            }
             for (int32_t c = 0; c < out_dims->c; ++c) {
                 const int32_t sc = pad_source(c, p[4], in_dims->c, p[6]);
                 const int inside = sy >= 0 && sx >= 0 && sc >= 0;

@@ -77,7 +77,6 @@ typedef struct {
     uint32_t tensor_offset[DQ_MAX_TENSORS];   /* arena offsets, planned at init */
     uint32_t tensor_bytes[DQ_MAX_TENSORS];
     uint32_t scratch_offset[DQ_MAX_OPS];      /* each op's kernel scratch, in the arena */
-    uint32_t scratch_bytes[DQ_MAX_OPS];
     uint32_t arena_bytes;
 } dq_model;
 

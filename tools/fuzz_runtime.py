@@ -32,7 +32,8 @@ def build(workdir: Path, kernels: str = "ref") -> Path:
         raise SystemExit("clang not found: apt-get install clang libclang-rt-14-dev")
     workdir.mkdir(parents=True, exist_ok=True)
     exe = workdir / "fuzz_loader"
-    cmd = [clang, *FLAGS, f"-DDQ_KERNELS={kernels}", "-o", str(exe), str(SOURCES / "fuzz" / "dq_fuzz_loader.c"),
+    simd = ["-march=native"] if kernels == "opt" else []      # as deployq/runtime.py builds it
+    cmd = [clang, *FLAGS, *simd, f"-DDQ_KERNELS={kernels}", "-o", str(exe), str(SOURCES / "fuzz" / "dq_fuzz_loader.c"),
            *map(str, sorted(SOURCES.glob("*.c"))), "-lm"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:

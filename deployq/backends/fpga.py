@@ -70,7 +70,8 @@ def mirror(graph: G.Graph, plan: QuantPlan, target, temperature: float = 1.0):
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":
     """threads: accepted for the protocol; the C runtime runs one thread."""
-    return Runner(Path(path))
+    from .. import runtime
+    return Runner(Path(path), runtime.kernels_of(target))
 
 
 def extras(out_dir: Path) -> dict:
@@ -82,9 +83,9 @@ class Runner(crunner.CRunner):
     would: x * 2^frac rounded by the target's quantization mode (trn: floor), then
     saturated to the input bits. Both grids are powers of two with zero point 0."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, kernels: str | None = None):
         from .. import runtime
-        self.model = runtime.Model(path.read_bytes(), str(path))
+        self.model = runtime.Model(path.read_bytes(), str(path), kernels)
         self.meta = m = json.loads((path.parent / TENSORS).read_text())
         if "output_bits" not in m:
             raise InputError(f"{path.parent / TENSORS} was written by an older deployq; "

@@ -45,7 +45,8 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":
     """threads: accepted for the protocol; the C runtime runs one thread."""
-    return Runner(Path(path))
+    from .. import runtime
+    return Runner(Path(path), runtime.kernels_of(target))
 
 
 def extras(out_dir: Path) -> dict:
@@ -66,9 +67,9 @@ class Runner(crunner.CRunner):
     """Runs model.dqm; input and output scales come from the model.tflite beside it,
     tensor names and layers from the tensors.json and layers.json beside it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, kernels: str | None = None):
         from .. import runtime
-        self.model = runtime.Model(path.read_bytes(), str(path))
+        self.model = runtime.Model(path.read_bytes(), str(path), kernels)
         f = TfliteFile.read(path.parent / tflite.ARTIFACT)
         self.input_qp, self.output_qp = (f.qparams(t) for t in (f.graph.inputs[0],
                                                                 f.graph.outputs[0]))
