@@ -9,7 +9,8 @@ ap_fixed type per layer field (docs/fpga-fixed.md, "hls4ml"):
   input / layer result   ap_fixed<b, b-f, Q, O_out>        (the input: O = AP_SAT)
   weight                 ap_fixed<b + F - f0, b - f0>      (f0, F: min / max f_w)
   bias, accum            ap_fixed<A, A - (f_x + F), AP_TRN, O_acc>
-  ReLU                   a separate layer with the producer's result type
+  ReLU                   a separate layer with the producer's result type (a ReLU
+                         after a pool: the IR's clamp [0, inf), its own type)
   avg pool accum         ap_fixed<A, A - (f_x + g), AP_TRN, O_acc>   (g: pool_guard_bits)
   max pool, flatten      the input's type (values move unchanged)
 
@@ -62,8 +63,8 @@ def _why_not(options: FX.Options, node: G.Node, previous: str) -> str | None:
         return "grouped/depthwise conv (hls4ml's PyTorch parser takes groups=1 only)"
     if node.op in ("conv2d", "linear") and a.get("act") not in (None, (0.0, math.inf)):
         return f"activation range {a['act']} (ReLU6/Hardtanh: no hls4ml PyTorch layer)"
-    if node.op == "clamp":
-        return "clamp/Hardtanh (no hls4ml PyTorch layer)"
+    if node.op == "clamp" and (a["lo"], a["hi"]) != (0.0, math.inf):
+        return f"clamp to [{a['lo']}, {a['hi']}] (ReLU6/Hardtanh: no hls4ml PyTorch layer)"
     if node.op == "gap":
         return "global/adaptive average pool (AdaptiveAvgPool2d: no hls4ml PyTorch layer)"
     if node.op in ("add", "concat"):
@@ -172,6 +173,8 @@ def build_module(fx: FX.FxModel):
             mods[name] = nn.AvgPool2d(a["kernel"], a["stride"])
         elif node.op == "reshape":
             mods[name] = nn.Flatten()
+        elif node.op == "clamp":                      # a ReLU the IR did not fold
+            mods[name] = nn.ReLU()
     return _Chain(mods)
 
 

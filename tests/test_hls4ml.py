@@ -29,19 +29,20 @@ needs_hls4ml = pytest.mark.skipif(
 
 
 class AvgNet(nn.Module):
-    """A LeNet-sized CNN with 3x3 average pooling (divisor 9: not a power of two)."""
+    """A LeNet-sized CNN with a 3x3 average pool of signed values (divisor 9: not a
+    power of two; negative sums are where division and reciprocal differ), a ReLU
+    after it, and a flatten of a 2x2 map (where the summation order can matter)."""
 
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.pool1 = nn.AvgPool2d(3, stride=2)
-        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
-        self.pool2 = nn.AvgPool2d(2, stride=1)
+        self.pool1 = nn.AvgPool2d(3, stride=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, stride=2)
         self.fc = nn.Linear(12 * 2 * 2, 10)
 
     def forward(self, x):
-        x = self.pool1(torch.relu(self.conv1(x)))
-        x = self.pool2(torch.relu(self.conv2(x)))
+        x = torch.relu(self.pool1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
         return self.fc(torch.flatten(x, 1))
 
 
