@@ -10,6 +10,7 @@ sweep (2 models x trn/rnd/rnd_conv x wrap/sat x 8/4 bits) is tools/hls4ml_sweep.
 its figures in docs/fpga-fixed.md."""
 import dataclasses
 import importlib.util
+import json
 import shutil
 
 import numpy as np
@@ -142,3 +143,29 @@ def test_types_follow_the_plan():
     assert types["features_0"]["accum"] == f"ap_fixed<16,{16 - f_acc},AP_TRN,AP_SAT>"
     assert types["features_0_relu"] == {"result": types["features_0"]["result"]}
     assert types["x"]["result"].endswith("AP_SAT>")
+
+
+@needs_hls4ml
+def test_cli_writes_the_hls4ml_project(run_cli, tmp_path):
+    code, out, err = run_cli("export", "-t", "fpga-fixed", "-o", tmp_path / "out",
+                             "--hls4ml", tmp_path / "h")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "h" / H.CONFIG).read_text())
+    assert meta["types"]["features_0"]["accum"].startswith("ap_fixed<32,")
+    firmware = tmp_path / "h" / H.PROJECT / "firmware"
+    assert (firmware / "deployq.cpp").is_file() and (firmware / "parameters.h").is_file()
+    assert "AP_TRN,AP_SAT" in (firmware / "defines.h").read_text()
+    assert out.splitlines()[-1] == str(tmp_path / "h" / H.PROJECT)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-t", "onnx-int8"], "needs an fpga target"),
+    (["-t", "fpga-fixed", "--model", "zoo:dsnet-digits"], "hls4ml cannot take")])
+def test_cli_refuses_with_one_line_and_writes_nothing(run_cli, tmp_path, args, message):
+    if "fpga-fixed" in args and importlib.util.find_spec("hls4ml") is None:
+        message = "pip install"
+    code, out, err = run_cli("export", *args, "-o", tmp_path / "out", "--hls4ml",
+                             tmp_path / "h")
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "h").exists()
