@@ -9,7 +9,8 @@ ap_fixed type per layer field (docs/fpga-fixed.md, "hls4ml"):
   input / layer result   ap_fixed<b, b-f, Q, O_out>        (the input: O = AP_SAT)
   weight                 ap_fixed<b + F - f0, b - f0>      (f0, F: min / max f_w)
   bias, accum            ap_fixed<A, A - (f_x + F), AP_TRN, O_acc>
-  ReLU                   a separate layer with the producer's result type
+  ReLU                   a separate layer with the producer's result type (a ReLU
+                         after a pool: the IR's clamp [0, inf), its own type)
   avg pool accum         ap_fixed<A, A - (f_x + g), AP_TRN, O_acc>   (g: pool_guard_bits)
   max pool, flatten      the input's type (values move unchanged)
 
@@ -54,27 +55,31 @@ def name_of(ir_name: str) -> str:
 # --- what maps ---------------------------------------------------------------------
 
 def _why_not(options: FX.Options, node: G.Node, previous: str) -> str | None:
-    """Why the mapping cannot take this node, from the graph and the target options."""
-    a = node.attrs
-    if node.inputs != [previous]:
-        return f"{node.op} (only a chain of single-input layers maps)"
-    if node.op == "conv2d" and a["groups"] != 1:
-        return "grouped/depthwise conv (hls4ml's PyTorch parser takes groups=1 only)"
-    if node.op in ("conv2d", "linear") and a.get("act") not in (None, (0.0, math.inf)):
-        return f"activation range {a['act']} (ReLU6/Hardtanh: no hls4ml PyTorch layer)"
-    if node.op == "clamp":
-        return "clamp/Hardtanh (no hls4ml PyTorch layer)"
-    if node.op == "gap":
-        return "global/adaptive average pool (AdaptiveAvgPool2d: no hls4ml PyTorch layer)"
-    if node.op in ("add", "concat"):
-        return f"{node.op} (not in deployq's hls4ml mapping)"
-    if node.op == "reshape" and len(node.shape) != 1:
-        return "reshape to a feature map (only a flatten maps)"
-    if node.op in ("maxpool", "avgpool") and (any(a["padding"]) or a.get("ceil_mode")):
-        return "pooling with padding or ceil_mode"
-    if node.op == "avgpool" and options.pool_division != "divide":
-        return "average pool with pool_division='reciprocal' (hls4ml divides)"
-    return None
+    """Why the mapping cannot take this node (every reason), from the graph and the
+    target options; None when it can."""
+    a, op = node.attrs, node.op
+    act = a.get("act")
+    reasons = [
+        (op in ("add", "concat"), f"{op} (not in deployq's hls4ml mapping)"),
+        (op not in ("add", "concat") and node.inputs != [previous],
+         "a branch (only a chain of single-input layers maps)"),
+        (op == "conv2d" and a.get("groups") != 1,
+         "grouped/depthwise conv (hls4ml's PyTorch parser takes groups=1 only)"),
+        (op in G.ACT_HOSTS and act not in (None, (0.0, math.inf)),
+         f"activation range {act} (ReLU6/Hardtanh: no hls4ml PyTorch layer)"),
+        (op == "clamp" and (a.get("lo"), a.get("hi")) != (0.0, math.inf),
+         f"clamp to [{a.get('lo')}, {a.get('hi')}] (ReLU6/Hardtanh: no hls4ml PyTorch "
+         "layer)"),
+        (op == "gap",
+         "global/adaptive average pool (AdaptiveAvgPool2d: no hls4ml PyTorch layer)"),
+        (op == "reshape" and len(node.shape) != 1,
+         "reshape to a feature map (only a flatten maps)"),
+        (op in ("maxpool", "avgpool") and (any(a["padding"]) or bool(a.get("ceil_mode"))),
+         "pooling with padding or ceil_mode"),
+        (op == "avgpool" and options.pool_division != "divide",
+         "average pool with pool_division='reciprocal' (hls4ml divides)")]
+    why = [r for bad, r in reasons if bad]
+    return " and ".join(why) or None
 
 
 def _why_not_plan(fx: FX.FxModel, node: G.Node) -> str | None:
@@ -172,6 +177,8 @@ def build_module(fx: FX.FxModel):
             mods[name] = nn.AvgPool2d(a["kernel"], a["stride"])
         elif node.op == "reshape":
             mods[name] = nn.Flatten()
+        elif node.op == "clamp":                      # a ReLU the IR did not fold
+            mods[name] = nn.ReLU()
     return _Chain(mods)
 
 

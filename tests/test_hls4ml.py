@@ -10,6 +10,7 @@ sweep (2 models x trn/rnd/rnd_conv x wrap/sat x 8/4 bits) is tools/hls4ml_sweep.
 its figures in docs/fpga-fixed.md."""
 import dataclasses
 import importlib.util
+import json
 import shutil
 
 import numpy as np
@@ -29,19 +30,20 @@ needs_hls4ml = pytest.mark.skipif(
 
 
 class AvgNet(nn.Module):
-    """A LeNet-sized CNN with 3x3 average pooling (divisor 9: not a power of two)."""
+    """A LeNet-sized CNN with a 3x3 average pool of signed values (divisor 9: not a
+    power of two; negative sums are where division and reciprocal differ), a ReLU
+    after it, and a flatten of a 2x2 map (where the summation order can matter)."""
 
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.pool1 = nn.AvgPool2d(3, stride=2)
-        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
-        self.pool2 = nn.AvgPool2d(2, stride=1)
+        self.pool1 = nn.AvgPool2d(3, stride=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, stride=2)
         self.fc = nn.Linear(12 * 2 * 2, 10)
 
     def forward(self, x):
-        x = self.pool1(torch.relu(self.conv1(x)))
-        x = self.pool2(torch.relu(self.conv2(x)))
+        x = torch.relu(self.pool1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
         return self.fc(torch.flatten(x, 1))
 
 
@@ -120,7 +122,8 @@ def test_unmappable_layers_named_in_one_error():
     msg = str(e.value)
     for why in ("grouped/depthwise", "ReLU6", "AdaptiveAvgPool2d", "add"):
         assert why in msg, msg
-    assert msg.count("'") >= 8                 # every layer named
+    for layer in ("stem.0", "block.dw", "block.add", "down.0", "down.3", "pool"):
+        assert f"'{layer}'" in msg, msg
 
 
 def test_per_channel_narrow_accumulator_refused():
@@ -141,3 +144,29 @@ def test_types_follow_the_plan():
     assert types["features_0"]["accum"] == f"ap_fixed<16,{16 - f_acc},AP_TRN,AP_SAT>"
     assert types["features_0_relu"] == {"result": types["features_0"]["result"]}
     assert types["x"]["result"].endswith("AP_SAT>")
+
+
+@needs_hls4ml
+def test_cli_writes_the_hls4ml_project(run_cli, tmp_path):
+    code, out, err = run_cli("export", "-t", "fpga-fixed", "-o", tmp_path / "out",
+                             "--hls4ml", tmp_path / "h")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "h" / H.CONFIG).read_text())
+    assert meta["types"]["features_0"]["accum"].startswith("ap_fixed<32,")
+    firmware = tmp_path / "h" / H.PROJECT / "firmware"
+    assert (firmware / "deployq.cpp").is_file() and (firmware / "parameters.h").is_file()
+    assert "AP_TRN,AP_SAT" in (firmware / "defines.h").read_text()
+    assert out.splitlines()[-1] == str(tmp_path / "h" / H.PROJECT)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-t", "onnx-int8"], "needs an fpga target"),
+    (["-t", "fpga-fixed", "--model", "zoo:dsnet-digits"], "hls4ml cannot take")])
+def test_cli_refuses_with_one_line_and_writes_nothing(run_cli, tmp_path, args, message):
+    if "fpga-fixed" in args and importlib.util.find_spec("hls4ml") is None:
+        message = "pip install"
+    code, out, err = run_cli("export", *args, "-o", tmp_path / "out", "--hls4ml",
+                             tmp_path / "h")
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "h").exists()

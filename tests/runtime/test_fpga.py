@@ -230,3 +230,50 @@ def test_non_pow2_plan_is_refused():
     plan.layers[graph.output].output.scale[:] = 0.3
     with pytest.raises(TargetError, match="power of two"):
         fpga.lower(graph, plan, _target())
+
+
+# --- the hls4ml-facing settings: pool_division, pool_guard_bits, sum_order ---------
+
+def _avgnet():
+    from tests.test_hls4ml import AvgNet          # 3x3 average pool, flatten of a 2x2 map
+    return G.capture(randomized(AvgNet()), (1, 8, 8))
+
+
+@pytest.mark.parametrize("options", [
+    {"pool_division": "reciprocal", "sum_order": "chw"}, {"pool_guard_bits": 3},
+    {"acc_bits": 10, "acc_overflow": "sat"},
+    {"acc_bits": 10, "acc_overflow": "sat", "sum_order": "chw"},
+    {"acc_bits": 8, "acc_overflow": "sat", "pool_guard_bits": 2}])
+@pytest.mark.parametrize("quant", ["trn", "rnd"])
+def test_pool_division_and_sum_order_bit_exact(tmp_path, options, quant):
+    graph = _avgnet()
+    x = np.random.default_rng(4).random((200, 1, 8, 8), dtype=np.float32)
+    target = _target(**options)
+    c_out, ref = _compare(graph, _plan(graph, x[:50], target, rounding=quant), target, x,
+                          tmp_path)
+    np.testing.assert_array_equal(c_out, ref)
+
+
+@pytest.mark.parametrize("a, b", [
+    ({"pool_division": "divide"}, {"pool_division": "reciprocal"}),
+    ({"pool_guard_bits": 0}, {"pool_guard_bits": 2}),
+    ({"acc_bits": 10, "acc_overflow": "sat", "sum_order": "hwc"},
+     {"acc_bits": 10, "acc_overflow": "sat", "sum_order": "chw"})])
+def test_each_hls_setting_changes_results(tmp_path, a, b):
+    """On a signed 3x3 average pool read by a linear layer (AvgNet's ReLU after its
+    pool would hide the negative means, where division and reciprocal differ)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.AvgPool2d(3, stride=2),
+                        nn.Flatten(), nn.Linear(6 * 3 * 3, 10))
+    graph = G.capture(randomized(net), (1, 8, 8))
+    x = np.random.default_rng(5).random((300, 1, 8, 8), dtype=np.float32)
+    assert (_outputs(graph, x, tmp_path, {}, **a) != _outputs(graph, x, tmp_path, {}, **b)).any()
+
+
+def test_divide_truncates_toward_zero_where_the_reciprocal_is_one_low():
+    """hls4ml's avg(): -18 / 9 = -2 exactly; round(2^16 / 9) = 7282 > 2^16 / 9 makes the
+    reciprocal's floor of -18 * 7282 / 2^16 come out -3 (docs/fpga-fixed.md)."""
+    total = np.array([-19, -18, -17, -1, 0, 1, 17, 18, 19])
+    np.testing.assert_array_equal(FX.divide(total, 9), [-2, -2, -1, 0, 0, 0, 1, 2, 2])
+    r = FX.reciprocal(9, 16)
+    assert FX.shift(np.array([-18 * r]), 16, "trn")[0] == -3

@@ -153,3 +153,18 @@ def test_input_and_output_saturation_stop_the_gradient():
     (grad,) = torch.autograd.grad(out.sum(), xt)
     assert out[1].item() == 0 and grad[1].abs().sum() == 0     # ReLU clamps sample 1
     np.testing.assert_array_equal(grad[0].flatten().numpy(), [0.5, -0.25])
+
+
+@pytest.mark.parametrize("options", [
+    {"acc_bits": 10, "acc_overflow": "sat"},
+    {"acc_bits": 10, "acc_overflow": "sat", "sum_order": "chw", "pool_guard_bits": 2},
+    {"pool_division": "reciprocal"}])
+def test_hls_settings_bit_exact(tmp_path, options):
+    """AvgNet (3x3 average pool, flatten of a 2x2 map): mirror = NumPy = C runtime."""
+    from tests.test_hls4ml import AvgNet
+    graph = G.capture(randomized(AvgNet()), (1, 8, 8))
+    x = np.random.default_rng(6).random((100, 1, 8, 8), dtype=np.float32)
+    target = _target(**options)
+    cfg = P.PlanConfig(default={"rounding": "rnd"})
+    plan = P.make(graph, calibrate.collect(graph, x[:50]), target, cfg)
+    _check_exact(graph, plan, target, x, tmp_path)
