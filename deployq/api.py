@@ -394,15 +394,17 @@ def list_targets(targets_dir=None) -> list[T.Target]:
 
 
 def bits_config(tgt: T.Target, activation_bits: int | None = None,
-                weight_bits: int | None = None, calibration: str | None = None
-                ) -> P.PlanConfig:
-    """Plan settings for every layer (the input keeps the target's default bits:
-    DQ quantizes activations, not the image), checked against the target now."""
+                weight_bits: int | None = None, calibration: str | None = None,
+                output: str | None = None) -> P.PlanConfig:
+    """Plan settings for every layer, checked against the target now. The input and
+    the logits (layer `output`) keep the target's default activation bits: DQ quantizes
+    the hidden activations, not the image, and 4-bit logits tie on argmax."""
     default = {k: v for k, v in (("activation_bits", activation_bits),
                                  ("weight_bits", weight_bits),
                                  ("calibration", calibration)) if v is not None}
-    config = P.PlanConfig(default=default, by_type={
-        "input": {"activation_bits": tgt.defaults["activation_bits"]}})
+    keep = {"activation_bits": tgt.defaults["activation_bits"]}
+    config = P.PlanConfig(default=default, by_type={"input": keep},
+                          by_name={output: keep} if output else {})
     config.resolve(tgt, "every layer", "conv2d")
     return config
 
@@ -423,7 +425,7 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
                    **{k: v for k, v in options.items() if k in fields})
     cfg.check()                                       # bad input fails before slow work
     tgt = T.get(target, targets_dir)
-    config = bits_config(tgt, activation_bits, weight_bits, calibration)
+    bits_config(tgt, activation_bits, weight_bits, calibration)     # fail early
     session = session or open_session(**{k: v for k, v in options.items()
                                          if k not in fields} | {"seed": cfg.seed})
     if session.model.program is not None:
@@ -433,5 +435,6 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
     if any(_same(o, f) for o in outputs for f in session.model.files):
         raise InputError(f"{out} holds an input file; choose another --out")
     ds = session.dataset
+    config = bits_config(tgt, activation_bits, weight_bits, calibration, session.graph.output)
     return H.train(session.model.module, session.graph, tgt, ds.x_train, ds.y_train, cfg,
                    Path(out), on_epoch, config)
