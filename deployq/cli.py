@@ -354,6 +354,48 @@ def harden_(method, target, model, weights, data, out, calibration, calib_sample
         click.echo(Path(out) / name)
 
 
+@cli.command(name="amplify")
+@click.option("--targets", "-t", "target_list", default="mcu-int8,fpga-fixed",
+              show_default=True, help="Targets that dump their tensors (mcu-int8, "
+                                      "fpga-fixed, tflite-int8, tflite-int8-ref).")
+@_model_options
+@click.option("--attack", default="pgd", show_default=True, help="pgd, or noise (+-eps).")
+@click.option("--eps", default=0.03, show_default=True, type=float)
+@click.option("--samples", "-n", default=200, show_default=True, type=int,
+              help="Test samples (the first N).")
+@click.option("--steps", default=10, show_default=True, type=int, help="PGD steps.")
+@click.option("--activation-bits", default=None, type=int,
+              help="Bits of every activation but the input and the logits "
+                   "(default: each target's).")
+@click.option("--weight-bits", default=None, type=int, help="Bits of every weight.")
+@click.option("--json", "json_path", default=None, help="Also write the table as JSON.")
+@_plan_option
+def amplify_(target_list, model, weights, data, out, calibration, calib_samples, seed,
+             targets_dir, attack, eps, samples, steps, activation_bits, weight_bits,
+             json_path, plan_paths):
+    """Per layer: the relative perturbation ||a(x_adv) - a(x)|| / ||a(x)|| under the attack,
+    on float and on each target's runtime, and its multiple of float's (DQ's
+    error amplification)."""
+    from . import amplify as A, api, report
+    from .plan import QuantPlan
+    names = api.with_plan_targets(_split(target_list), api.plans_by_target(plan_paths))
+    tgts = api.targets_or_fail(names, targets_dir)
+    plans = {QuantPlan.load(p).target: QuantPlan.load(p) for p in plan_paths}
+    session = _session(model, weights, data, seed, calib_samples)
+    config = None
+    if activation_bits or weight_bits or calibration:
+        configs = {t.name: api.bits_config(t, activation_bits, weight_bits, calibration,
+                                           session.graph.output) for t in tgts}
+        config = configs
+    result = A.amplify(names, session, out, eps, samples, attack, steps, targets_dir,
+                       plans, config)
+    click.echo(f"{result['model']}: ||a(x_adv) - a(x)|| / ||a(x)|| per layer, {attack} "
+               f"eps {eps}, {result['samples']} test samples")
+    click.echo(report.columns(A.table(result)))
+    if json_path:
+        report.write_json(result, json_path)
+
+
 def _list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
