@@ -42,6 +42,7 @@ Outputs: OUT/weights.safetensors (the module's state_dict), OUT/plan.json (the t
 plan calibrated for those weights), OUT/harden.json (settings, curves, timings)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -342,10 +343,11 @@ def train(module: nn.Module, graph: G.Graph, target: T.Target, x: np.ndarray,
     calib = data.x_train[np.sort(np.random.default_rng(cfg.seed).permutation(
         len(data.x_train))[:cfg.calib_samples])]
     net = QatNet(module, graph, target, plan_config)
+    ident = _identity(cfg, target.name, net.config, module)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
-    state = _resume(out, module, opt, sched, cfg, target.name)
+    state = _resume(out, module, opt, sched, ident)
     net.plan = state.plan or net.calibrate(calib)
     state.plan = net.plan
     loss_fn = METHODS[cfg.method]
@@ -354,14 +356,18 @@ def train(module: nn.Module, graph: G.Graph, target: T.Target, x: np.ndarray,
         row = _epoch(net, loss_fn, opt, data, cfg, epoch, batches)
         sched.step()
         state.epoch, state.curves = epoch + 1, state.curves + [row]
-        log.info("epoch %d/%d: loss %.4f, validation clean %.2f%%, robust %.2f%% "
+        log.info("epoch %d/%d: loss %.4f, validation clean %.2f%%, robust %s "
                  "(PGD-%d, eps %g), %.0f s", epoch + 1, cfg.epochs, row["loss"],
-                 100 * row["val_clean"], 100 * row["val_robust"], cfg.val_steps,
+                 100 * row["val_clean"], _percent(row["val_robust"]), cfg.val_steps,
                  cfg.eps, row["seconds"])
-        _checkpoint(out, module, opt, sched, cfg, target.name, state)
+        _checkpoint(out, module, opt, sched, ident, state)
         if on_epoch is not None:
             on_epoch(state)
-    return _finish(out, net, cfg, target, state, data)
+    return _finish(out, net, ident, state, data)
+
+
+def _percent(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
 
 
 def _epoch(net: QatNet, loss_fn, opt, data: Split, cfg: Config, epoch: int,
@@ -391,21 +397,27 @@ def _epoch(net: QatNet, loss_fn, opt, data: Split, cfg: Config, epoch: int,
 
 # --- checkpoints and outputs -------------------------------------------------------
 
-def _identity(cfg: Config, target: str) -> dict:
-    return {"format": FORMAT, "version": VERSION, "target": target, "config": asdict(cfg)}
+def _identity(cfg: Config, target: str, plan_config: P.PlanConfig, module) -> dict:
+    """What a checkpoint must match to be resumed: the settings, the plan settings and
+    the starting weights (sha256)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode() + t.detach().contiguous().numpy().tobytes())
+    return {"format": FORMAT, "version": VERSION, "target": target, "config": asdict(cfg),
+            "plan_config": plan_config.to_json(), "start_weights": h.hexdigest()[:16]}
 
 
-def _checkpoint(out: Path, module, opt, sched, cfg, target: str, state: State) -> None:
+def _checkpoint(out: Path, module, opt, sched, ident: dict, state: State) -> None:
     import io
     buf = io.BytesIO()
-    torch.save({"identity": json.dumps(_identity(cfg, target)), "module": module.state_dict(),
+    torch.save({"identity": json.dumps(ident), "module": module.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "epoch": state.epoch, "curves": json.dumps(state.curves),
                 "plan": json.dumps(state.plan.to_json())}, buf)
     atomic_write(out / CHECKPOINT, buf.getvalue())
 
 
-def _resume(out: Path, module, opt, sched, cfg: Config, target: str) -> State:
+def _resume(out: Path, module, opt, sched, ident: dict) -> State:
     """The state of OUT/checkpoint.pt when it was written by the same settings."""
     path = out / CHECKPOINT
     if not path.is_file():
@@ -416,9 +428,10 @@ def _resume(out: Path, module, opt, sched, cfg: Config, target: str) -> State:
     except Exception as e:          # a truncated or foreign file: say which, never unpickle
         raise InputError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it "
                          "to start over") from None
-    if identity != _identity(cfg, target):
-        raise InputError(f"{path} was written by other settings ({identity.get('config')}); "
-                         "use another --out, or delete it to start over")
+    if identity != ident:
+        differ = sorted(k for k in ident if identity.get(k) != ident[k])
+        raise InputError(f"{path} was written by other settings (different {', '.join(differ)}"
+                         "); use another --out, or delete it to start over")
     module.load_state_dict(ck["module"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(ck["scheduler"])
@@ -427,11 +440,10 @@ def _resume(out: Path, module, opt, sched, cfg: Config, target: str) -> State:
                  P.QuantPlan.from_json(json.loads(ck["plan"])))
 
 
-def _finish(out: Path, net: QatNet, cfg: Config, target: T.Target, state: State,
-            data: Split) -> dict:
+def _finish(out: Path, net: QatNet, ident: dict, state: State, data: Split) -> dict:
     from safetensors.torch import save
     state_dict = {k: v.detach().contiguous() for k, v in net.module.state_dict().items()}
-    report = _identity(cfg, target.name) | {
+    report = ident | {
         "curves": state.curves,
         "train_samples": int(len(data.x_train)), "val_samples": int(len(data.x_val)),
         "final": state.curves[-1] if state.curves else None,
