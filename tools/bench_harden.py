@@ -9,6 +9,10 @@
         one harden epoch of plain QAT, dq, pgd and dq+pgd side by side on a slice of
         Fashion-MNIST (order alternated over the repeats), and the ratios
 
+    python tools/bench_harden.py subset --train-samples 12000 --json fmnist12k.npz
+        a seeded slice of Fashion-MNIST's training split (with the whole test split) as
+        an .npz for `-d`: the runs of docs/harden.md trained on it to fit a shared machine
+
 A run is NAME=MODEL (the model as it is, with a calibrated plan: post-training
 quantization) or NAME=MODEL@DIR (DIR from `deployq harden`: its weights and plan.json).
 Single-threaded and seeded.
@@ -110,9 +114,19 @@ def cmd_time(args) -> None:
     print(f"dq+pgd / pgd:   {med['dq+pgd'] / med['pgd']:.2f}x (goal <= 1.2)")
 
 
+def cmd_subset(args) -> None:
+    import numpy as np
+    from deployq import data
+    ds = data.load(args.data or "fashion-mnist")
+    idx = np.sort(np.random.default_rng(0).permutation(len(ds.x_train))[:args.train_samples])
+    np.savez(args.json, x=ds.x_train[idx], y=ds.y_train[idx], x_test=ds.x_test,
+             y_test=ds.y_test)
+    print(f"{args.json}: {len(idx)} training samples, {len(ds.x_test)} test samples")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["eval", "time"])
+    ap.add_argument("command", choices=["eval", "time", "subset"])
     ap.add_argument("--run", action="append", default=[], help="NAME=MODEL[@DIR]")
     ap.add_argument("--data", default=None)
     ap.add_argument("--eps", type=float, default=0.03)
@@ -128,7 +142,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    {"eval": cmd_eval, "time": cmd_time}[args.command](args)
+    {"eval": cmd_eval, "time": cmd_time, "subset": cmd_subset}[args.command](args)
     print(f"({time.time() - t0:.0f} s; machine shared with other jobs)", file=sys.stderr)
     return 0
 
