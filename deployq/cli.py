@@ -382,11 +382,9 @@ def amplify_(target_list, model, weights, data, out, calibration, calib_samples,
     tgts = api.targets_or_fail(names, targets_dir)
     plans = {QuantPlan.load(p).target: QuantPlan.load(p) for p in plan_paths}
     session = _session(model, weights, data, seed, calib_samples)
-    config = None
-    if activation_bits or weight_bits or calibration:
-        configs = {t.name: api.bits_config(t, activation_bits, weight_bits, calibration,
-                                           session.graph.output) for t in tgts}
-        config = configs
+    config = {t.name: api.bits_config(t, activation_bits, weight_bits, calibration,
+                                      session.graph.output) for t in tgts
+              } if activation_bits or weight_bits or calibration else None
     result = A.amplify(names, session, out, eps, samples, attack, steps, targets_dir,
                        plans, config)
     click.echo(f"{result['model']}: ||a(x_adv) - a(x)|| / ||a(x)|| per layer, {attack} "
