@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import api, attacks, backends, graph as G, mirror
+from . import targets as T
 from .errors import InputError
 
 log = logging.getLogger("deployq")
@@ -116,7 +117,7 @@ def amplify(targets: list[str], session: api.Session, out=api.DEFAULT_OUT, eps: 
     columns = {"float": relative(float_tensors(graph, x), float_tensors(graph, x_adv))}
     wrong = {"float": float((session.model.logits(x_adv).argmax(1) != y).mean())}
     for name in targets:
-        tgt = api.T.get(name, targets_dir)
+        tgt = T.get(name, targets_dir)
         plan = (plans or {}).get(name)
         if plan is None and name in (config or {}):
             plan = P.make(graph, session.stats, tgt, config[name], api.provenance(session))
