@@ -13,8 +13,8 @@ range, zero where it saturates: the clamp at the calibrated range is DQ's bounde
 ReLU). The activation grids are calibrated once, on training samples, before the first
 epoch, and stay fixed: the network learns to fit them. (Re-calibrating every epoch
 failed: trained activations outgrow the clamp, a fresh min-max range then widens the
-4-bit grid until most values round to zero; measured on Fashion-MNIST, validation
-accuracy fell to 11% after one epoch.) OUT/plan.json is that plan with the final
+4-bit grid until most values round to zero; on Fashion-MNIST, validation accuracy
+fell to 11% after one epoch.) OUT/plan.json is that plan with the final
 weights' grids, and the plan to deploy them with (`--plan OUT/plan.json`).
 Biases stay float (their int32 grid is far finer than the weights').
 Dropout is not applied (the graph is the inference graph).
