@@ -439,3 +439,50 @@ def list_targets(targets_dir=None) -> list[T.Target]:
     return sorted(T.all_targets(targets_dir).values(), key=lambda t: t.name)
 
 
+
+
+def bits_config(tgt: T.Target, activation_bits: int | None = None,
+                weight_bits: int | None = None, calibration: str | None = None,
+                output: str | None = None) -> P.PlanConfig:
+    """Plan settings for every layer, checked against the target now. The input and
+    the logits (layer `output`) keep the target's default activation bits: DQ quantizes
+    the hidden activations, not the image, and 4-bit logits tie on argmax."""
+    default = {k: v for k, v in (("activation_bits", activation_bits),
+                                 ("weight_bits", weight_bits),
+                                 ("calibration", calibration)) if v is not None}
+    keep = {"activation_bits": tgt.defaults["activation_bits"]}
+    config = P.PlanConfig(default=default, by_type={"input": keep},
+                          by_name={output: keep} if output else {})
+    config.resolve(tgt, "every layer", "conv2d")
+    return config
+
+
+def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epochs: int = 3,
+           eps: float = 0.03, beta: float = 3e-4, session: Session | None = None,
+           targets_dir=None, on_epoch=None, activation_bits: int | None = None,
+           weight_bits: int | None = None, calibration: str | None = None,
+           **options) -> dict:
+    """Quantization-aware training of the session's model for TARGET's plan with
+    METHOD (deployq.harden.METHODS: dq, pgd, dq+pgd); writes OUT/weights.safetensors,
+    OUT/plan.json and OUT/harden.json, checkpoints in OUT and resumes from them.
+    options: harden.Config fields (steps, lr, batch, val_fraction, ...) and, without
+    `session`, open_session's arguments."""
+    from . import harden as H
+    fields = set(H.Config.__dataclass_fields__)
+    cfg = H.Config(method=method, epochs=epochs, eps=eps, beta=beta,
+                   **{k: v for k, v in options.items() if k in fields})
+    cfg.check()                                       # bad input fails before slow work
+    tgt = T.get(target, targets_dir)
+    bits_config(tgt, activation_bits, weight_bits, calibration)     # fail early
+    session = session or open_session(**{k: v for k, v in options.items()
+                                         if k not in fields} | {"seed": cfg.seed})
+    if session.model.program is not None:
+        raise InputError("harden trains an nn.Module; give the model as zoo:NAME or "
+                         "path/file.py:factory, not a .pt2 program")
+    outputs = [Path(out) / f for f in (H.WEIGHTS, H.PLAN, H.REPORT, H.CHECKPOINT)]
+    if any(_same(o, f) for o in outputs for f in session.model.files):
+        raise InputError(f"{out} holds an input file; choose another --out")
+    ds = session.dataset
+    config = bits_config(tgt, activation_bits, weight_bits, calibration, session.graph.output)
+    return H.train(session.model.module, session.graph, tgt, ds.x_train, ds.y_train, cfg,
+                   Path(out), on_epoch, config)

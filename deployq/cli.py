@@ -487,6 +487,89 @@ def _results(path) -> dict:
     return doc
 
 
+@cli.command(name="harden")
+@click.option("--method", default="dq", show_default=True,
+              help="dq (Defensive Quantization's penalty; --beta 0: plain QAT), pgd "
+                   "(PGD adversarial training), dq+pgd.")
+@click.option("--target", "-t", default="fpga-fixed", show_default=True,
+              help="The target whose plan the model is trained for.")
+@_model_options
+@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--eps", default=0.03, show_default=True, type=float,
+              help="L-inf radius of PGD training and of the robust validation accuracy.")
+@click.option("--beta", default=3e-4, show_default=True, type=float,
+              help="Weight of DQ's penalty (beta/2) * sum ||W^T W - I||_F^2.")
+@click.option("--steps", default=7, show_default=True, type=int, help="PGD steps in training.")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate.")
+@click.option("--batch", default=64, show_default=True, type=int)
+@click.option("--val-fraction", default=0.1, show_default=True, type=float,
+              help="Share of the training split held out for validation.")
+@click.option("--val-samples", default=500, show_default=True, type=int,
+              help="Validation samples attacked each epoch (robust accuracy).")
+@click.option("--activation-bits", default=None, type=int,
+              help="Bits of every activation but the input (default: the target's).")
+@click.option("--weight-bits", default=None, type=int,
+              help="Bits of every weight (default: the target's).")
+def harden_(method, target, model, weights, data, out, calibration, calib_samples, seed,
+            targets_dir, epochs, eps, beta, steps, lr, batch, val_fraction, val_samples,
+            activation_bits, weight_bits):
+    """Quantization-aware training for TARGET's plan with Defensive Quantization's
+    Lipschitz penalty and/or PGD adversarial training: OUT/weights.safetensors (for -w),
+    OUT/plan.json (for --plan), OUT/harden.json. Resumes from OUT/checkpoint.pt."""
+    from . import api
+    r = api.harden(target, method, out, epochs, eps, beta, targets_dir=targets_dir,
+                   activation_bits=activation_bits, weight_bits=weight_bits,
+                   calibration=calibration, steps=steps, lr=lr, batch=batch,
+                   val_fraction=val_fraction, val_samples=val_samples, seed=seed,
+                   calib_samples=calib_samples, model=model, weights=weights, data=data)
+    f = r["final"]
+    robust = "-" if f["val_robust"] is None else f"{100 * f['val_robust']:.2f}%"
+    click.echo(f"{method} on {target}: validation clean {100 * f['val_clean']:.2f}%, "
+               f"robust {robust} (eps {eps}), {r['epoch_seconds']:.0f} s per epoch")
+    for name in ("weights.safetensors", "plan.json", "harden.json"):
+        click.echo(Path(out) / name)
+
+
+@cli.command(name="amplify")
+@click.option("--targets", "-t", "target_list", default="mcu-int8,fpga-fixed",
+              show_default=True, help="Targets that dump their tensors (mcu-int8, "
+                                      "fpga-fixed, tflite-int8, tflite-int8-ref).")
+@_model_options
+@click.option("--attack", default="pgd", show_default=True, help="pgd, or noise (+-eps).")
+@click.option("--eps", default=0.03, show_default=True, type=float)
+@click.option("--samples", "-n", default=200, show_default=True, type=int,
+              help="Test samples (the first N).")
+@click.option("--steps", default=10, show_default=True, type=int, help="PGD steps.")
+@click.option("--activation-bits", default=None, type=int,
+              help="Bits of every activation but the input and the logits "
+                   "(default: each target's).")
+@click.option("--weight-bits", default=None, type=int, help="Bits of every weight.")
+@click.option("--json", "json_path", default=None, help="Also write the table as JSON.")
+@_plan_option
+def amplify_(target_list, model, weights, data, out, calibration, calib_samples, seed,
+             targets_dir, attack, eps, samples, steps, activation_bits, weight_bits,
+             json_path, plan_paths):
+    """Per layer: the relative perturbation ||a(x_adv) - a(x)|| / ||a(x)|| under the attack,
+    on float and on each target's runtime, and its multiple of float's (DQ's
+    error amplification)."""
+    from . import amplify as A, api, report
+    from .plan import QuantPlan
+    names = api.with_plan_targets(_split(target_list), api.plans_by_target(plan_paths))
+    tgts = api.targets_or_fail(names, targets_dir)
+    plans = {QuantPlan.load(p).target: QuantPlan.load(p) for p in plan_paths}
+    session = _session(model, weights, data, seed, calib_samples)
+    config = {t.name: api.bits_config(t, activation_bits, weight_bits, calibration,
+                                      session.graph.output) for t in tgts
+              } if activation_bits or weight_bits or calibration else None
+    result = A.amplify(names, session, out, eps, samples, attack, steps, targets_dir,
+                       plans, config)
+    click.echo(f"{result['model']}: ||a(x_adv) - a(x)|| / ||a(x)|| per layer, {attack} "
+               f"eps {eps}, {result['samples']} test samples")
+    click.echo(report.columns(A.table(result)))
+    if json_path:
+        report.write_json(result, json_path)
+
+
 def _list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 

@@ -1,0 +1,151 @@
+"""Benchmarks of `deployq harden` (docs/harden.md).
+
+    python tools/bench_harden.py eval --run plain=zoo:lenet-fmnist \\
+        --run vanilla=zoo:lenet-fmnist@runs/vanilla --run dq=zoo:lenet-fmnist@runs/dq ...
+        robust accuracy on fpga-fixed (4-bit activations, 8-bit weights) measured on the
+        C runtime, worst case over PGD from the model's float copy (transfer) and
+        through the target's bit-exact mirror (bpda), with 95% Wilson intervals
+    python tools/bench_harden.py time [--train-samples 3000]
+        one harden epoch of plain QAT, dq, pgd and dq+pgd side by side on a slice of
+        Fashion-MNIST (order alternated over the repeats), and the ratios
+
+    python tools/bench_harden.py subset --train-samples 12000 --json fmnist12k.npz
+        a seeded slice of Fashion-MNIST's training split (with the whole test split) as
+        an .npz for `-d`: the runs of docs/harden.md trained on it to fit a shared machine
+
+A run is NAME=MODEL (the model as it is, with a calibrated plan: post-training
+quantization) or NAME=MODEL@DIR (DIR from `deployq harden`: its weights and plan.json).
+Single-threaded and seeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from deployq import api, plan as P, robustness as R, targets as T  # noqa: E402
+
+TARGET = "fpga-fixed"
+
+
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion p measured on n samples."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def evaluate_run(name: str, spec: str, args) -> dict:
+    model, _, folder = spec.partition("@")
+    weights = str(Path(folder) / "weights.safetensors") if folder else None
+    session = api.open_session(model, weights, args.data)
+    tgt = T.get(TARGET)
+    if folder:
+        plan_path = Path(folder) / "plan.json"
+    else:                                        # post-training quantization
+        config = api.bits_config(tgt, args.activation_bits, args.weight_bits,
+                                 output=session.graph.output)
+        plan = P.make(session.graph, session.stats, tgt, config, api.provenance(session))
+        plan_path = Path(tempfile.mkdtemp()) / "plan.json"
+        plan.save(plan_path)
+    cfg = R.Config(["pgd"], [args.eps], ["transfer", "bpda"], args.steps, args.restarts,
+                   samples=args.samples)
+    out = Path(tempfile.mkdtemp())
+    result = api.evaluate([TARGET], session, out, args.samples, None, None, cfg,
+                          {TARGET: plan_path})
+    rows = {r["target"]: r for r in result["results"]}
+    robust = {t["target"]: t["eps"][0]["robust"] for t in result["robustness"]["targets"]}
+    return {"run": name, "model": model, "weights": weights,
+            "float_clean": rows["float"]["accuracy"], "float_robust": robust["float"],
+            "clean": rows[TARGET]["accuracy"], "robust": robust[TARGET],
+            "samples": args.samples}
+
+
+def cmd_eval(args) -> None:
+    rows = [evaluate_run(*r.split("=", 1), args) for r in args.run]
+    n = args.samples
+    print(f"{TARGET}, {args.activation_bits}-bit activations, {args.weight_bits}-bit weights; "
+          f"eps {args.eps}; PGD-{args.steps} x {args.restarts} (transfer + bpda, worst "
+          f"case) on the C runtime; {n} test samples; 95% Wilson intervals")
+    print(f"{'run':<10} {'float clean':>11} {'float robust':>20} {'clean':>7} {'robust':>20}")
+    for r in rows:
+        lo, hi = wilson(r["robust"], n)
+        flo, fhi = wilson(r["float_robust"], n)
+        print(f"{r['run']:<10} {100 * r['float_clean']:>10.1f}% "
+              f"{100 * r['float_robust']:>6.1f}% [{100 * flo:.1f}, {100 * fhi:.1f}] "
+              f"{100 * r['clean']:>6.1f}% {100 * r['robust']:>6.1f}% "
+              f"[{100 * lo:.1f}, {100 * hi:.1f}]")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+METHODS = [("qat", "dq", 0.0), ("dq", "dq", 3e-4), ("pgd", "pgd", 0.0),
+           ("dq+pgd", "dq+pgd", 3e-4)]
+
+
+def cmd_time(args) -> None:
+    session = api.open_session("zoo:lenet-fmnist", None, args.data)
+    ds = session.dataset
+    ds.x_train, ds.y_train = ds.x_train[:args.train_samples], ds.y_train[:args.train_samples]
+    seconds: dict[str, list[float]] = {m[0]: [] for m in METHODS}
+    state = {k: v.clone() for k, v in session.model.module.state_dict().items()}
+    for rep in range(args.repeats):
+        for label, method, beta in (METHODS if rep % 2 == 0 else METHODS[::-1]):
+            session.model.module.load_state_dict(state)
+            with tempfile.TemporaryDirectory() as out:
+                r = api.harden(TARGET, method, out, 1, args.eps, beta, session=session,
+                               activation_bits=args.activation_bits,
+                               weight_bits=args.weight_bits, steps=args.pgd_steps,
+                               val_samples=50, val_steps=1)
+            seconds[label].append(r["epoch_seconds"])
+            print(f"repeat {rep + 1}: {label:<7} {r['epoch_seconds']:.1f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    print(f"median epoch seconds on {args.train_samples} samples: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in med.items()))
+    print(f"dq / plain QAT: {med['dq'] / med['qat']:.2f}x (goal <= 2)")
+    print(f"dq+pgd / pgd:   {med['dq+pgd'] / med['pgd']:.2f}x (goal <= 1.2)")
+
+
+def cmd_subset(args) -> None:
+    import numpy as np
+    from deployq import data
+    ds = data.load(args.data or "fashion-mnist")
+    idx = np.sort(np.random.default_rng(0).permutation(len(ds.x_train))[:args.train_samples])
+    np.savez(args.json, x=ds.x_train[idx], y=ds.y_train[idx], x_test=ds.x_test,
+             y_test=ds.y_test)
+    print(f"{args.json}: {len(idx)} training samples, {len(ds.x_test)} test samples")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["eval", "time", "subset"])
+    ap.add_argument("--run", action="append", default=[], help="NAME=MODEL[@DIR]")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--eps", type=float, default=0.03)
+    ap.add_argument("--samples", "-n", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--restarts", type=int, default=1)
+    ap.add_argument("--activation-bits", type=int, default=4)
+    ap.add_argument("--weight-bits", type=int, default=8)
+    ap.add_argument("--train-samples", type=int, default=3000)
+    ap.add_argument("--pgd-steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    {"eval": cmd_eval, "time": cmd_time, "subset": cmd_subset}[args.command](args)
+    print(f"({time.time() - t0:.0f} s; machine shared with other jobs)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
