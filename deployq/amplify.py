@@ -28,19 +28,8 @@ log = logging.getLogger("deployq")
 ATTACKS = ("pgd", "noise")
 
 
-def dumper(runner):
-    """sample -> {tensor name: int codes} for a runner that can dump, else None."""
-    model = getattr(runner, "model", None)
-    if hasattr(runner, "dump"):
-        return runner.dump
-    if model is not None and hasattr(model, "dump") and hasattr(runner, "meta"):
-        return lambda x: dict(zip(runner.names, model.dump(runner.quantize(x[None])[0])))
-    return None
-
-
 def can_dump(target) -> bool:
-    runner = backends.get(target.backend).Runner
-    return hasattr(runner, "dump") or target.backend == "fpga"
+    return backends.supports(backends.get(target.backend), "dump")
 
 
 def perturb(model, x: np.ndarray, y: np.ndarray, attack: str, eps: float, steps: int,
@@ -71,28 +60,18 @@ def float_tensors(graph: G.Graph, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def target_tensors(runner, exported, graph: G.Graph, x: np.ndarray) -> dict[str, np.ndarray]:
     """{IR layer: (N, elements) codes minus zero point} from the runtime's dumps."""
-    dump = dumper(runner)
-    layers = [G.INPUT] + [n.name for n in graph.nodes]
+    layers = {G.INPUT, *(n.name for n in graph.nodes)}
     rows: dict[str, list] = {}
     for sample in x:
         by_layer = {}
-        for tensor, codes in dump(sample).items():      # in execution order: the last wins
-            layer = _layer(tensor, graph, layers)
-            if layer is not None:
+        for tensor, codes in runner.dump(sample).items():   # execution order: the last wins
+            layer = runner.layer_of(tensor)
+            if layer in layers:
                 by_layer[layer] = codes.astype(np.int64)
         for layer, codes in by_layer.items():
             zp = int(exported.plan.tensor(layer).zero_point[0])
             rows.setdefault(layer, []).append(codes - zp)
     return {k: np.stack(v) for k, v in rows.items()}
-
-
-def _layer(tensor: str, graph: G.Graph, layers: list[str]) -> str | None:
-    if tensor in layers:                                 # fpga: IR names
-        return tensor
-    if tensor.startswith("IN/") or tensor in ("input", "serving_default_input:0"):
-        return G.INPUT
-    from .backends.tflite import layer_of
-    return layer_of(tensor, graph)
 
 
 def amplify(targets: list[str], session: api.Session, out=api.DEFAULT_OUT, eps: float = 0.03,

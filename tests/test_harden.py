@@ -137,8 +137,13 @@ def test_amplify_on_float_and_the_c_runtime(digits, tmp_path):
                   steps=3)
     rows = {row["layer"]: row for row in r["layers"]}
     assert set(rows) == {"input"} | {n.name for n in session.graph.nodes}
+    # fpga-fixed holds a flatten before a dense layer channels-last (sum_order hwc): that
+    # tensor is not in the IR's element order, so its runner maps it to no layer
+    hwc = {n.name for n in session.graph.nodes if n.op == "reshape"}
     for name in ("float", "mcu-int8", "fpga-fixed"):
-        assert all(row[name] is not None and row[name] > 0 for row in r["layers"]), name
+        rows_measured = [row for row in r["layers"]
+                         if not (name == "fpga-fixed" and row["layer"] in hwc)]
+        assert all(row[name] is not None and row[name] > 0 for row in rows_measured), name
         # an L-inf step of 0.1 on pixels in [0, 1]: the input moves by 5-60%
         assert 0.05 < rows["input"][name] < 0.6
     table = A.table(r)
@@ -151,7 +156,7 @@ def test_amplify_of_identical_inputs_is_zero(digits, tmp_path):
     runner = api.load_runner(ex)
     x, _ = digits.dataset.test(5)
     t = A.target_tensors(runner, ex, digits.graph, x)
-    assert set(t) == {"input"} | {n.name for n in digits.graph.nodes}
+    assert set(t) == {"input"} | {n.name for n in digits.graph.nodes if n.op != "reshape"}
     assert all(v == 0 for v in A.relative(t, t).values())
     shifted = A.relative(t, {k: v + 1 for k, v in t.items()})
     assert all(v > 0 for v in shifted.values())

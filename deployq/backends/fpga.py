@@ -112,8 +112,9 @@ class Runner(crunner.CRunner):
 
     def layer_of(self, tensor: str) -> str | None:
         """Runtime tensors carry IR names; the extra ones of a reshape ('<layer>/chw',
-        '<layer>/chw_out') belong to none."""
-        return None if tensor.endswith(("/chw", "/chw_out")) else tensor
+        '<layer>/chw_out', and '<layer>/hwc', a flatten held channels-last) belong to
+        none: their elements are not in the IR's order."""
+        return None if tensor.endswith(("/chw", "/chw_out", "/hwc")) else tensor
 
 
 def _grid(bits: int, frac: int) -> QParams:
