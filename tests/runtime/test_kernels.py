@@ -159,13 +159,15 @@ def _inputs(n_in: int, seed: int, n: int = 6) -> np.ndarray:
 
 
 def differences(blob: bytes, lib_a, lib_b, seed: int = 0, n: int = 6) -> list[str]:
-    """The tensors (index: first differing sample) where two builds disagree."""
+    """Where two builds disagree: every tensor of each sample (dq_invoke_dump), and the
+    outputs of all samples in one dq_invoke call (kernels keep prepared scratch data
+    from the first sample of a call to the next ones)."""
     a, b = runtime.Model(blob, lib=lib_a), runtime.Model(blob, lib=lib_b)
-    found = []
-    for k, row in enumerate(_inputs(a.tensor_bytes[a.input_index], seed, n)):
-        for t, (x, y) in enumerate(zip(a.dump(row), b.dump(row))):
-            if not np.array_equal(x, y):
-                found.append(f"tensor {t}, sample {k}")
+    rows = _inputs(a.tensor_bytes[a.input_index], seed, n)
+    found = [f"tensor {t}, sample {k}" for k, row in enumerate(rows)
+             for t, (x, y) in enumerate(zip(a.dump(row), b.dump(row))) if not np.array_equal(x, y)]
+    if not np.array_equal(a.run(rows), b.run(rows)):
+        found.append("outputs of one batch call")
     return found
 
 
@@ -336,7 +338,7 @@ def _ubsan_cc() -> str | None:
 
 def _run_under_ubsan(cc: str, sources: Path, tmp_path: Path, blob: bytes):
     exe = tmp_path / "dq_run_file"
-    subprocess.run([cc, "-std=c99", "-g", "-O1", "-fsanitize=undefined",
+    subprocess.run([cc, "-std=c99", "-g", "-O0", "-fsanitize=undefined",
                     "-fno-sanitize-recover=undefined", "-o", str(exe),
                     str(runtime.SOURCES / "fuzz" / "dq_run_file.c"),
                     *map(str, sorted(sources.glob("*.c"))), "-lm"], check=True)
@@ -372,3 +374,17 @@ def test_add_overflow_model_is_clean_under_ubsan_and_the_old_kernel_is_not(tmp_p
     (old / "dq_add_s8.c").write_text(OLD_ADD)                 # the kernel before the fix
     broken = _run_under_ubsan(cc, old, old, add_overflow_model())
     assert broken.returncode != 0 and "signed integer overflow" in broken.stderr
+
+
+def test_targets_run_the_optimized_set_unless_they_ask_for_ref(tmp_path):
+    from deployq import targets as T
+    from deployq.backends import fpga
+    from deployq.errors import TargetError
+    path = api.export("fpga-fixed", api.open_session("zoo:lenet-digits"), tmp_path).path
+    target = T.get("fpga-fixed")
+    assert fpga.load(path, target).model.kernels == "opt"
+    target.options = dict(target.options, kernels="ref")
+    assert fpga.load(path, target).model.kernels == "ref"
+    target.options = dict(target.options, kernels="fast")
+    with pytest.raises(TargetError, match="kernels='fast'; choose ref or opt"):
+        fpga.load(path, target)
