@@ -388,3 +388,35 @@ def test_targets_run_the_optimized_set_unless_they_ask_for_ref(tmp_path):
     target.options = dict(target.options, kernels="fast")
     with pytest.raises(TargetError, match="kernels='fast'; choose ref or opt"):
         fpga.load(path, target)
+
+
+def _sanitizer_cc() -> str | None:
+    for cc in ("clang", "gcc", "cc"):
+        if shutil.which(cc) and subprocess.run(
+                [cc, "-fsanitize=address,undefined", "-x", "c", "-", "-o", "/dev/null"],
+                input="int main(void){return 0;}", capture_output=True, text=True).returncode == 0:
+            return cc
+    return None
+
+
+@pytest.mark.skipif(_sanitizer_cc() is None, reason="no C compiler with ASan and UBSan")
+def test_optimized_set_is_clean_under_asan_and_ubsan(tmp_path):
+    """The SIMD kernels read and write only inside their tensors and scratch (vector
+    loads at channel tails, packed filters), on random single-op models of every kind."""
+    exe = tmp_path / "dq_run_file"
+    subprocess.run([_sanitizer_cc(), "-std=c99", "-g", "-O1", *runtime.OPT_FLAGS,
+                    "-DDQ_KERNELS=opt", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=undefined", "-o", str(exe),
+                    str(runtime.SOURCES / "fuzz" / "dq_run_file.c"),
+                    *map(str, sorted(runtime.SOURCES.glob("*.c"))), "-lm"], check=True)
+    for mode, kind in [(F.MODE_S8, k) for k in KINDS] + [(F.MODE_FX, "conv2d")]:
+        for seed in range(6):
+            blob = random_window_model(seed, mode, kind)
+            rows = _inputs(runtime.Model(blob).tensor_bytes[0], seed, 3)
+            (tmp_path / "m.dqm").write_bytes(blob)
+            (tmp_path / "in.bin").write_bytes(rows.tobytes())
+            run = subprocess.run([str(exe), "m.dqm", "in.bin", "out.bin"], cwd=tmp_path,
+                                 capture_output=True, text=True)
+            assert run.returncode == 0, (kind, seed, run.stderr[-1500:])
+            out = np.fromfile(tmp_path / "out.bin", np.int8).reshape(len(rows), -1)
+            np.testing.assert_array_equal(out, runtime.Model(blob, kernels="ref").run(rows))
