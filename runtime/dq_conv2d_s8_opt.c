@@ -1,7 +1,8 @@
 /* CONV2D, int8, optimized set (dq_kernels.h): the same integers as dq_conv2d_s8.c.
  *
  * With AVX2 (compiled with -mavx2 or -march=native on a machine that has it): per
- * group, the filter is packed once per call into int16 pairs, 8 output channels wide
+ * group, the filter is packed into int16 pairs, 8 output channels wide, on the first
+ * sample of each dq_invoke call (kept in the op's scratch for the others, dq_ctx)
  *   packed[block][k / 2][j][k % 2] = filter[oc = block * 8 + j][k]   (0 beyond O or K)
  * where k runs over the K = kernel_h * kernel_w * group_in taps of one output. For a
  * tile of up to 4 output pixels, im2col writes each pixel's K values (x + input_offset,
@@ -27,6 +28,7 @@
 
 typedef struct {
     int32_t group_in, group_out, k_pairs, blocks;
+    size_t group_packed;      /* int16 values of one group's packed filter */
 } conv_shape;
 
 static conv_shape shape_of(const dq_window *w, const dq_dims *in_dims, const dq_dims *out_dims) {
@@ -36,13 +38,14 @@ static conv_shape shape_of(const dq_window *w, const dq_dims *in_dims, const dq_
     s.group_out = out_dims->c / groups;
     s.k_pairs = (w->kernel_h * w->kernel_w * s.group_in + 1) / 2;
     s.blocks = (s.group_out + BLOCK - 1) / BLOCK;
+    s.group_packed = (size_t)s.blocks * s.k_pairs * BLOCK * 2;
     return s;
 }
 
 size_t dq_conv2d_s8_opt_scratch(const dq_window *w, const dq_dims *in_dims,
                                 const dq_dims *out_dims) {
     const conv_shape s = shape_of(w, in_dims, out_dims);
-    const size_t packed = (size_t)s.blocks * s.k_pairs * BLOCK * 2 * sizeof(int16_t);
+    const size_t packed = (size_t)w->groups_or_multiplier * s.group_packed * sizeof(int16_t);
     const size_t cols = (size_t)TILE * s.k_pairs * 2 * sizeof(int16_t);
     return packed + cols;
 }
@@ -51,7 +54,7 @@ size_t dq_conv2d_s8_opt_scratch(const dq_window *w, const dq_dims *in_dims,
 static void pack_filter(const conv_shape *s, int32_t taps, const int8_t *filter, int32_t g,
                         int16_t *packed) {
     const int32_t k_total = taps * s->group_in;
-    memset(packed, 0, (size_t)s->blocks * s->k_pairs * BLOCK * 2 * sizeof(int16_t));
+    memset(packed, 0, s->group_packed * sizeof(int16_t));
     for (int32_t j = 0; j < s->group_out; ++j) {
         const int8_t *f = filter + (int64_t)(g * s->group_out + j) * k_total;
         int16_t *dst = packed + (int64_t)(j / BLOCK) * s->k_pairs * BLOCK * 2 + (j % BLOCK) * 2;
@@ -187,14 +190,16 @@ dq_status dq_conv2d_s8_opt(const dq_ctx *ctx, const dq_window *w, const dq_requa
     const conv_shape s = shape_of(w, in_dims, out_dims);
     const int32_t groups = w->groups_or_multiplier, pixels = out_dims->h * out_dims->w;
     int16_t *packed = (int16_t *)ctx->buffer;
-    int16_t *cols = packed + (size_t)s.blocks * s.k_pairs * BLOCK * 2;
+    int16_t *cols = packed + groups * s.group_packed;
     __m256i acc[TILE];
     if (pixels < TILE) {
         conv_direct(&s, w, q, in_dims, in, filter, bias, out_dims, out, cols);
         return DQ_OK;
     }
+    if (ctx->first_sample)                   /* packed once per dq_invoke call */
+        for (int32_t g = 0; g < groups; ++g)
+            pack_filter(&s, w->kernel_h * w->kernel_w, filter, g, packed + g * s.group_packed);
     for (int32_t g = 0; g < groups; ++g) {
-        pack_filter(&s, w->kernel_h * w->kernel_w, filter, g, packed);
         for (int32_t p0 = 0; p0 < pixels; p0 += TILE) {
             const int32_t n = pixels - p0 < TILE ? pixels - p0 : TILE;
             for (int32_t t = 0; t < n; ++t)
@@ -203,7 +208,8 @@ dq_status dq_conv2d_s8_opt(const dq_ctx *ctx, const dq_window *w, const dq_requa
             for (int32_t b = 0; b < s.blocks; ++b) {
                 const int32_t oc0 = g * s.group_out + b * BLOCK;
                 const int32_t nc = s.group_out - b * BLOCK < BLOCK ? s.group_out - b * BLOCK : BLOCK;
-                dot_tile(cols, n, s.k_pairs, packed + (size_t)b * s.k_pairs * BLOCK * 2, acc);
+                dot_tile(cols, n, s.k_pairs,
+                         packed + g * s.group_packed + (size_t)b * s.k_pairs * BLOCK * 2, acc);
                 for (int32_t t = 0; t < n; ++t)
                     requantize_block(q, bias, acc[t], oc0, nc,
                                      out + (int64_t)(p0 + t) * out_dims->c + oc0);

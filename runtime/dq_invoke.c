@@ -220,9 +220,9 @@ uint32_t dq_op_scratch_request(const dq_model *m, const dq_op *op) {
     return (uint32_t)fn(fc ? NULL : &w, &in, &out);
 }
 
-dq_status dq_run_op(const dq_model *m, uint32_t i, uint8_t *arena) {
+dq_status dq_run_op(const dq_model *m, uint32_t i, uint8_t *arena, int first_sample) {
     const uint32_t bytes = dq_op_scratch_request(m, &m->ops[i]);
-    const dq_ctx ctx = {bytes ? arena + m->scratch_offset[i] : NULL, (int32_t)bytes};
+    const dq_ctx ctx = {bytes ? arena + m->scratch_offset[i] : NULL, (int32_t)bytes, first_sample};
     return RUN[m->ops[i].type](m, &m->ops[i], &ctx, arena);
 }
 
@@ -230,10 +230,11 @@ void dq_set_input(const dq_model *m, uint8_t *arena, const int8_t *input) {
     memcpy(tensor(m, arena, m->header.input), input, m->tensor_bytes[m->header.input]);
 }
 
-static dq_status invoke_one(const dq_model *m, uint8_t *arena, const int8_t *input) {
+static dq_status invoke_one(const dq_model *m, uint8_t *arena, const int8_t *input,
+                            int first_sample) {
     dq_set_input(m, arena, input);
     for (uint32_t i = 0; i < m->header.n_ops; ++i) {
-        const dq_status s = dq_run_op(m, i, arena);
+        const dq_status s = dq_run_op(m, i, arena, first_sample);
         if (s != DQ_OK) return s;
     }
     return DQ_OK;
@@ -245,7 +246,7 @@ dq_status dq_invoke(const dq_model *m, uint8_t *arena, const int8_t *input, int8
     const size_t in_bytes = m->tensor_bytes[m->header.input];
     const size_t out_bytes = m->tensor_bytes[m->header.output];
     for (int32_t i = 0; i < n; ++i) {
-        const dq_status s = invoke_one(m, arena, input + i * in_bytes);
+        const dq_status s = invoke_one(m, arena, input + i * in_bytes, i == 0);
         if (s != DQ_OK) return s;
         memcpy(output + i * out_bytes, tensor(m, arena, m->header.output), out_bytes);
     }
@@ -260,7 +261,7 @@ dq_status dq_invoke_dump(const dq_model *m, uint8_t *arena, const int8_t *input,
     memcpy(dump + at[m->header.input], input, m->tensor_bytes[m->header.input]);
     for (uint32_t i = 0; i < m->header.n_ops; ++i) {
         const dq_op *op = &m->ops[i];
-        const dq_status s = dq_run_op(m, i, arena);
+        const dq_status s = dq_run_op(m, i, arena, 1);
         if (s != DQ_OK) return s;
         memcpy(dump + at[op->output], tensor(m, arena, op->output), m->tensor_bytes[op->output]);
     }

@@ -59,15 +59,16 @@ static dq_status check_order(const dq_model *m) {
 }
 
 /* Greedy arena plan over buffers: tensors live from the op that writes them to the
- * last op that reads them; the scratch of op i (dq_kernels.h) lives at op i only. Each
+ * last op that reads them; the scratch of op i (dq_kernels.h) lives for the whole
+ * dq_invoke call (kernels keep prepared data there between samples, dq_ctx). Each
  * buffer, tensors first, takes the lowest 4-aligned offset free of every buffer
  * placed before it whose lifetime overlaps. Without scratch this is the tensor plan. */
 typedef struct { int16_t first, last; } live_range;
 
 static live_range buffer_range(const live_range *tensor_live, uint32_t n_tensors, uint32_t b) {
     if (b < n_tensors) return tensor_live[b];
-    live_range r = {(int16_t)(b - n_tensors), (int16_t)(b - n_tensors)};
-    return r;
+    live_range whole_run = {-1, DQ_MAX_OPS};         /* scratch: its op's, for the whole call */
+    return whole_run;
 }
 
 static uint32_t *buffer_offset(dq_model *m, uint32_t b) {

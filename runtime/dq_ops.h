@@ -73,10 +73,14 @@ static inline dq_dims dq_dims_of(const dq_tensor *t) {
 }
 
 /* A kernel's context: the scratch memory it asked for (dq_kernels.h, *_scratch),
- * planned in the arena at load time; NULL with 0 bytes when it asked for none. */
+ * planned in the arena at load time; NULL with 0 bytes when it asked for none. The
+ * scratch belongs to its op for the whole of one dq_invoke call: on first_sample (the
+ * first sample of the call) the kernel must write what it reads back later (e.g. a
+ * packed filter); on the other samples it finds there what it left. */
 typedef struct {
     void *buffer;
     int32_t bytes;
+    int32_t first_sample;
 } dq_ctx;
 
 typedef struct {
@@ -179,7 +183,7 @@ dq_status dq_slice(int32_t axis, int32_t begin, const dq_dims *in_dims, const in
 
 /* Internal: running one op of a validated model (dq_invoke.c), for the profiler, and
  * the scratch bytes an op's kernel asks for, for the arena planner (dq_model.c). */
-dq_status dq_run_op(const dq_model *m, uint32_t op, uint8_t *arena);
+dq_status dq_run_op(const dq_model *m, uint32_t op, uint8_t *arena, int first_sample);
 void dq_set_input(const dq_model *m, uint8_t *arena, const int8_t *input);
 uint32_t dq_op_scratch_request(const dq_model *m, const dq_op *op);
 

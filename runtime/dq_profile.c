@@ -13,7 +13,7 @@ dq_status dq_invoke_profile(const dq_model *m, uint8_t *arena, const int8_t *inp
         dq_set_input(m, arena, input);
         for (uint32_t i = 0; i < m->header.n_ops; ++i) {
             const clock_t t0 = clock();
-            const dq_status s = dq_run_op(m, i, arena);
+            const dq_status s = dq_run_op(m, i, arena, r == 0);
             ticks[i] += (int64_t)(clock() - t0);
             if (s != DQ_OK) return s;
         }

@@ -159,13 +159,15 @@ def _inputs(n_in: int, seed: int, n: int = 6) -> np.ndarray:
 
 
 def differences(blob: bytes, lib_a, lib_b, seed: int = 0, n: int = 6) -> list[str]:
-    """The tensors (index: first differing sample) where two builds disagree."""
+    """Where two builds disagree: every tensor of each sample (dq_invoke_dump), and the
+    outputs of all samples in one dq_invoke call (kernels keep prepared scratch data
+    from the first sample of a call to the next ones)."""
     a, b = runtime.Model(blob, lib=lib_a), runtime.Model(blob, lib=lib_b)
-    found = []
-    for k, row in enumerate(_inputs(a.tensor_bytes[a.input_index], seed, n)):
-        for t, (x, y) in enumerate(zip(a.dump(row), b.dump(row))):
-            if not np.array_equal(x, y):
-                found.append(f"tensor {t}, sample {k}")
+    rows = _inputs(a.tensor_bytes[a.input_index], seed, n)
+    found = [f"tensor {t}, sample {k}" for k, row in enumerate(rows)
+             for t, (x, y) in enumerate(zip(a.dump(row), b.dump(row))) if not np.array_equal(x, y)]
+    if not np.array_equal(a.run(rows), b.run(rows)):
+        found.append("outputs of one batch call")
     return found
 
 
@@ -336,7 +338,7 @@ def _ubsan_cc() -> str | None:
 
 def _run_under_ubsan(cc: str, sources: Path, tmp_path: Path, blob: bytes):
     exe = tmp_path / "dq_run_file"
-    subprocess.run([cc, "-std=c99", "-g", "-O1", "-fsanitize=undefined",
+    subprocess.run([cc, "-std=c99", "-g", "-O0", "-fsanitize=undefined",
                     "-fno-sanitize-recover=undefined", "-o", str(exe),
                     str(runtime.SOURCES / "fuzz" / "dq_run_file.c"),
                     *map(str, sorted(sources.glob("*.c"))), "-lm"], check=True)
@@ -372,3 +374,49 @@ def test_add_overflow_model_is_clean_under_ubsan_and_the_old_kernel_is_not(tmp_p
     (old / "dq_add_s8.c").write_text(OLD_ADD)                 # the kernel before the fix
     broken = _run_under_ubsan(cc, old, old, add_overflow_model())
     assert broken.returncode != 0 and "signed integer overflow" in broken.stderr
+
+
+def test_targets_run_the_optimized_set_unless_they_ask_for_ref(tmp_path):
+    from deployq import targets as T
+    from deployq.backends import fpga
+    from deployq.errors import TargetError
+    path = api.export("fpga-fixed", api.open_session("zoo:lenet-digits"), tmp_path).path
+    target = T.get("fpga-fixed")
+    assert fpga.load(path, target).model.kernels == "opt"
+    target.options = dict(target.options, kernels="ref")
+    assert fpga.load(path, target).model.kernels == "ref"
+    target.options = dict(target.options, kernels="fast")
+    with pytest.raises(TargetError, match="kernels='fast'; choose ref or opt"):
+        fpga.load(path, target)
+
+
+def _sanitizer_cc() -> str | None:
+    for cc in ("clang", "gcc", "cc"):
+        if shutil.which(cc) and subprocess.run(
+                [cc, "-fsanitize=address,undefined", "-x", "c", "-", "-o", "/dev/null"],
+                input="int main(void){return 0;}", capture_output=True, text=True).returncode == 0:
+            return cc
+    return None
+
+
+@pytest.mark.skipif(_sanitizer_cc() is None, reason="no C compiler with ASan and UBSan")
+def test_optimized_set_is_clean_under_asan_and_ubsan(tmp_path):
+    """The SIMD kernels read and write only inside their tensors and scratch (vector
+    loads at channel tails, packed filters), on random single-op models of every kind."""
+    exe = tmp_path / "dq_run_file"
+    subprocess.run([_sanitizer_cc(), "-std=c99", "-g", "-O1", *runtime.OPT_FLAGS,
+                    "-DDQ_KERNELS=opt", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=undefined", "-o", str(exe),
+                    str(runtime.SOURCES / "fuzz" / "dq_run_file.c"),
+                    *map(str, sorted(runtime.SOURCES.glob("*.c"))), "-lm"], check=True)
+    for mode, kind in [(F.MODE_S8, k) for k in KINDS] + [(F.MODE_FX, "conv2d")]:
+        for seed in range(6):
+            blob = random_window_model(seed, mode, kind)
+            rows = _inputs(runtime.Model(blob).tensor_bytes[0], seed, 3)
+            (tmp_path / "m.dqm").write_bytes(blob)
+            (tmp_path / "in.bin").write_bytes(rows.tobytes())
+            run = subprocess.run([str(exe), "m.dqm", "in.bin", "out.bin"], cwd=tmp_path,
+                                 capture_output=True, text=True)
+            assert run.returncode == 0, (kind, seed, run.stderr[-1500:])
+            out = np.fromfile(tmp_path / "out.bin", np.int8).reshape(len(rows), -1)
+            np.testing.assert_array_equal(out, runtime.Model(blob, kernels="ref").run(rows))
