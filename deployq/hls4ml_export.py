@@ -30,6 +30,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from . import fixedpoint as FX
 from . import graph as G
@@ -149,9 +151,6 @@ def layer_types(fx: FX.FxModel) -> dict[str, dict[str, str]]:
 
 def build_module(fx: FX.FxModel):
     """A float64 torch module computing the IR with the plan's integer weights."""
-    import torch
-    from torch import nn
-
     mods: dict[str, nn.Module] = {}
     for node in fx.graph.nodes:
         layer, a, name = fx.layers[node.name], node.attrs, name_of(node.name)
@@ -179,30 +178,22 @@ def build_module(fx: FX.FxModel):
             mods[name] = nn.Flatten()
         elif node.op == "clamp":                      # a ReLU the IR did not fold
             mods[name] = nn.ReLU()
-    return _Chain(mods)
+    return Chain(mods)
 
 
-def _chain_class():
-    from torch import nn
+class Chain(nn.Module):
+    """The layers in order; forward's argument is the hls4ml input layer 'x'."""
 
-    class Chain(nn.Module):
-        """The layers in order; forward's argument is the hls4ml input layer 'x'."""
+    def __init__(self, mods: dict[str, nn.Module]):
+        super().__init__()
+        self.order = list(mods)
+        for k, m in mods.items():
+            self.add_module(k, m)
 
-        def __init__(self, mods):
-            super().__init__()
-            self.order = list(mods)
-            for k, m in mods.items():
-                self.add_module(k, m)
-
-        def forward(self, x):
-            for k in self.order:
-                x = getattr(self, k)(x)
-            return x
-    return Chain
-
-
-def _Chain(mods):
-    return _chain_class()(mods)
+    def forward(self, x):
+        for k in self.order:
+            x = getattr(self, k)(x)
+        return x
 
 
 def hls_config(fx: FX.FxModel) -> dict:

@@ -5,7 +5,7 @@ wrap/sat with a narrow accumulator (12 bits at 8 bits, 8 bits at 4 bits; per-ten
 weights, so the mapping is exact), and per-channel weights with a 32-bit accumulator.
 Each case compiles one hls4ml project (about a minute on a shared 2-core machine).
 
-    PYTHONPATH=$PWD python tools/hls4ml_sweep.py [--quick] [--models avgnet] > sweep.md
+    PYTHONPATH=$PWD python tools/hls4ml_sweep.py [--quick] [--models avgnet] [--bits 4] > sweep.md
 
 Per case: the share of samples whose every element agrees, per traced layer (the
 minimum over layers) and at the output; the negative control (one conv's rounding
@@ -28,13 +28,13 @@ from deployq import fixedpoint as FX                                # noqa: E402
 from tests.test_hls4ml import lowered, run_case, session_of         # noqa: E402
 
 
-def cases(quick: bool, models: list[str]):
-    for ovf, bits, rnd, model in itertools.product(["sat", "wrap"], [8, 4],
+def cases(quick: bool, models: list[str], bit_widths: list[int]):
+    for ovf, bits, rnd, model in itertools.product(["sat", "wrap"], bit_widths,
                                                     ["trn", "rnd", "rnd_conv"], models):
         yield model, bits, rnd, ovf, 12 if bits == 8 else 8, "per-tensor"
         if quick:
             return
-    for model, bits in itertools.product(models, [8, 4]):
+    for model, bits in itertools.product(models, bit_widths):
         yield model, bits, "trn", "wrap", 32, "per-channel"
 
 
@@ -53,13 +53,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one case")
     ap.add_argument("--models", default="lenet,avgnet", help="comma-separated")
+    ap.add_argument("--bits", default="8,4", help="comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print("| model | bits | rounding | acc overflow | acc bits | weights | layers identical "
           "(min) | outputs identical | all elements | flipped rounding: outputs / elements "
           "| outputs changed by the narrow acc | seconds |")
     print("|" + "---|" * 12)
-    for case in cases(args.quick, args.models.split(",")):
+    for case in cases(args.quick, args.models.split(","),
+                      [int(b) for b in args.bits.split(",")]):
         t = time.time()
         with tempfile.TemporaryDirectory() as d:
             ok, flipped, *_ = run_case(Path(d), *case)
