@@ -247,23 +247,21 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
     from . import api, backends
     from .plan import QuantPlan
     tgt = api.targets_or_fail([target], targets_dir)[0]
-    if c_project and not backends.supports(backends.get(tgt.backend), "c_project"):
+    backend = backends.get(tgt.backend)
+    if c_project and not backends.supports(backend, "c_project"):
         raise click.BadParameter(f"needs an mcu target, not {target}", param_hint="--c-project")
-    if hls4ml_dir and tgt.backend != "fpga":
+    if hls4ml_dir and not backends.supports(backend, "hls4ml_project"):
         raise click.BadParameter(f"needs an fpga target, not {target}", param_hint="--hls4ml")
     plan = QuantPlan.load(plan_path) if plan_path else None
     session = _session(model, weights, data, seed, calib_samples)
     if hls4ml_dir:
-        from . import fixedpoint, hls4ml_export
-        hls4ml_export.import_hls4ml()
-        hls4ml_export.check_graph(session.graph, fixedpoint.Options.from_target(tgt))
+        backend.hls4ml_check(session.graph, tgt)
     result = api.export(target, session, out, calibration, targets_dir, plan, plan_path)
     click.echo(f"{result.path}\n{result.path.parent / 'plan.json'}")
     if hls4ml_dir:
-        click.echo(hls4ml_export.export_plan(session.graph, result.plan, tgt, Path(hls4ml_dir)))
+        click.echo(backend.hls4ml_project(session.graph, result.plan, tgt, Path(hls4ml_dir)))
     if c_project:
-        click.echo(backends.get(tgt.backend).c_project(result.path, Path(c_project),
-                                                       session.dataset.test(20)[0]))
+        click.echo(backend.c_project(result.path, Path(c_project), session.dataset.test(20)[0]))
 
 
 @cli.command(name="select")

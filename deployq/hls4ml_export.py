@@ -225,12 +225,6 @@ def import_hls4ml():
     return hls4ml
 
 
-def export_plan(graph: G.Graph, plan, target, out_dir: Path) -> Path:
-    """deployq export --hls4ml: the plan's fixed-point integers as an hls4ml project."""
-    from .backends import fpga
-    return export(fpga.lower(graph, plan, target), out_dir)
-
-
 def export(fx: FX.FxModel, out_dir: Path) -> Path:
     """Write the hls4ml project (out_dir/project) and out_dir/deployq_hls4ml.json (the
     types per layer and the input quantization). Refuses unmappable layers first."""

@@ -15,12 +15,6 @@ from .errors import TargetError
 SETTINGS = ("weight_bits", "activation_bits", "granularity", "weight_scheme",
             "activation_scheme", "scale", "calibration", "rounding")
 EXTRA_DEFAULTS = ("percentile", "weight_clip")
-# widths each backend executes (a target file may allow a subset): int8 runtimes hold
-# narrower weights on the int8 grid (container_bits = 8) and run 8-bit activations only
-BACKEND_BITS = {"onnx": (range(2, 9), (8,)), "tflite": (range(2, 9), (8,)),
-                "mcu": (range(2, 9), (8,)), "qemu": (range(2, 9), (8,)),
-                "fpga": (range(2, 9), range(2, 9))}
-INT8_BACKENDS = ("onnx", "tflite", "mcu", "qemu")
 TEXT_SETTINGS = ("granularity", "weight_scheme", "activation_scheme", "scale",
                  "calibration", "rounding")
 log = logging.getLogger("deployq")
@@ -171,10 +165,11 @@ def _setting_type(key: str, v, path: Path, section: str) -> None:
 def _backend_fits(target: Target, path: Path) -> None:
     """The target allows only widths its backend executes (else a 16-bit target would
     be exported as 8 bits and score wrong numbers)."""
-    limits = BACKEND_BITS.get(target.backend)
+    from .backends import EXECUTED_BITS
+    limits = EXECUTED_BITS.get(target.backend)
     if limits is None:
         return
-    for key, ok in zip(("weight_bits", "activation_bits"), limits):
+    for key, ok in zip(("weight_bits", "activation_bits"), limits[:2]):
         values = target.allowed.get(key, [target.defaults.get(key)])
         bad = [v for v in values if v not in ok]
         if bad:
@@ -182,7 +177,7 @@ def _backend_fits(target: Target, path: Path) -> None:
                               f"{min(ok)}..{max(ok)}, not {bad}; allow only those")
     narrow = [b for b in target.allowed.get("weight_bits", [target.defaults.get("weight_bits")])
               if b < 8]
-    if target.backend in INT8_BACKENDS and narrow and target.container_bits != 8:
+    if limits[2] == 8 and narrow and target.container_bits != 8:
         raise TargetError(f"{path}: backend '{target.backend}' runs int8 weights only; "
                           f"weight_bits {narrow} need container_bits = 8")
 

@@ -11,6 +11,8 @@ and, when listed in CAPABILITIES, the module hooks
   mirror(graph, plan, target, temperature) -> torch callable   its own BPDA mirror
   extras(out_dir) -> dict       figures of the export to add to its profile row
   c_project(artifact, out_dir, inputs) -> Path   a C project for a microcontroller
+  hls4ml_project(graph, plan, target, out_dir) -> Path   an hls4ml project computing
+      the same integers (with hls4ml_check(graph, target): its refusal, before any work)
 
 Every Runner follows the Runner protocol below; the runner capabilities 'dump' and
 'layer_times' add the methods of Dumps and LayerTimes. Code outside this package asks
@@ -27,7 +29,13 @@ import numpy as np
 from ..errors import TargetError
 
 RUNNER_CAPABILITIES = ("dump", "layer_times")
-HOOKS = ("mirror", "extras", "c_project")
+# what each backend executes, read by targets.py before any backend is imported (a
+# target file may allow a subset): (weight bits, activation bits, container bits). The
+# int8 runtimes hold narrower weights on the int8 grid and run 8-bit activations only.
+EXECUTED_BITS = {"onnx": (range(2, 9), (8,), 8), "tflite": (range(2, 9), (8,), 8),
+                 "mcu": (range(2, 9), (8,), 8), "qemu": (range(2, 9), (8,), 8),
+                 "fpga": (range(2, 9), range(2, 9), None)}
+HOOKS = ("mirror", "extras", "c_project", "hls4ml_project")
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from . import crunner
 
 ARTIFACT = "model.dqm"
 TENSORS = "tensors.json"
-CAPABILITIES = crunner.CAPABILITIES | {"mirror"}
+CAPABILITIES = crunner.CAPABILITIES | {"mirror", "hls4ml_project"}
 
 
 def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
@@ -66,6 +66,19 @@ def mirror(graph: G.Graph, plan: QuantPlan, target, temperature: float = 1.0):
     fixed-point forward pass of this target with straight-through gradients."""
     from ..fxmirror import FxMirror
     return FxMirror(lower(graph, plan, target), temperature)
+
+
+def hls4ml_check(graph: G.Graph, target) -> None:
+    """hls4ml is installed and takes every layer of graph (else one error naming each)."""
+    from .. import hls4ml_export
+    hls4ml_export.import_hls4ml()
+    hls4ml_export.check_graph(graph, FX.Options.from_target(target))
+
+
+def hls4ml_project(graph: G.Graph, plan: QuantPlan, target, out_dir: Path) -> Path:
+    """The plan's fixed-point integers as an hls4ml project (deployq.hls4ml_export)."""
+    from .. import hls4ml_export
+    return hls4ml_export.export(lower(graph, plan, target), Path(out_dir))
 
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":
