@@ -391,3 +391,32 @@ def list_targets(targets_dir=None) -> list[T.Target]:
     return sorted(T.all_targets(targets_dir).values(), key=lambda t: t.name)
 
 
+
+
+def certify(targets: list[str], eps, samples: int | None = 200, complete: bool = False,
+            time_limit: float = 10.0, session: Session | None = None,
+            out: str | Path = DEFAULT_OUT, calibration: str | None = None, targets_dir=None,
+            plans: dict[str, str | Path] | None = None, attack_steps: int = 20,
+            corners: int = 4, **session_args) -> dict:
+    """Certified accuracy of the float model (IBP) and of each target on its exact
+    integer arithmetic (deployq.certify) at each eps (a list, or text like
+    '1/255,2/255'), on the first `samples` test samples, next to clean accuracy and
+    accuracy under attack on the runtime; with `complete`, branch and bound decides
+    the rest within time_limit seconds per sample. Result under 'certify'."""
+    from . import certify as C
+    eps = C.parse_eps(eps if isinstance(eps, str) else ",".join(map(str, eps)))
+    for t in targets_or_fail(targets, targets_dir):
+        C.check_target(t)
+    if samples is not None and samples < 1 or time_limit <= 0:
+        raise InputError(f"certify needs samples >= 1 and a positive time limit, "
+                         f"got {samples}, {time_limit}")
+    session = session or open_session(**session_args)
+    x, y = session.dataset.test(samples)
+    runners = {}
+    for name in targets:
+        exported = export(name, session, out, calibration, targets_dir,
+                          plan_path=(plans or {}).get(name))
+        runners[name] = (exported, load_runner(exported))
+    cfg = C.Config(eps, complete, time_limit, attack_steps, corners, session.seed)
+    return {"model": session.model.spec, "data": session.data_spec, "samples": int(len(x)),
+            "seed": session.seed, "certify": C.evaluate(session, runners, x, y, cfg)}

@@ -51,6 +51,8 @@ def text(result: dict) -> str:
         parts += [f"flag {f['target']}: {f['message']}" for f in _flags(result)]
     if "profile" in result:
         parts += ["", _machine(result), columns(_profile_rows(result))]
+    if "certify" in result:
+        parts += ["", _certify_title(result), columns(_certify_rows(result))]
     return "\n".join(parts)
 
 
@@ -133,6 +135,42 @@ def _machine(result: dict) -> str:
             "one thread per runtime; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
 
 
+def _certify_title(result: dict) -> str:
+    c = result["certify"]
+    return (f"Certified accuracy ({c['samples']} samples; interval bounds on each target's "
+            f"exact integer arithmetic; in parentheses: accuracy under PGD-{c['attack_steps']} "
+            f"and {c['corners']} box points, run on the runtime)")
+
+
+def _certify_rows(result: dict) -> list[tuple]:
+    c = result["certify"]
+    rows = [("target", "clean") + tuple(f"eps {e:.4g}" for e in c["eps"])]
+    return rows + [(t["target"], _pct(t["clean"])) + tuple(
+        f"{_pct(e['certified'])} ({_pct(e['attacked'])})" for e in t["eps"])
+        for t in c["targets"]]
+
+
+def _certify_detail_rows(result: dict) -> list[tuple]:
+    """Per target and eps: float certificates that fail on the target and the reverse,
+    boxes the perturbation cannot move, soundness violations, complete verification."""
+    rows = [("target", "eps", "float-certified", "certified here", "float only",
+             "here only", "unmoved inputs", "violations", "complete: cert/fals/undecided")]
+    for t in result["certify"]["targets"][1:]:
+        for e in t["eps"]:
+            c = e.get("complete")
+            rows.append((t["target"], f"{e['eps']:.4g}", e.get("float_certified", "-"),
+                         e.get("certified_n", "-"), e.get("float_not_here", "-"),
+                         e.get("here_not_float", "-"), e["trivial"], e["violations"],
+                         "-" if not c else
+                         f"{c['certified']}/{c['falsified']}/{c['undecided'] + c['unconfirmed']}"))
+    return rows
+
+
+def certify_text(result: dict) -> str:
+    return "\n".join([f"{result['model']} on {result['data']}", _certify_title(result),
+                      columns(_certify_rows(result)), "", columns(_certify_detail_rows(result))])
+
+
 def markdown(result: dict) -> str:
     parts = ["# deployq report", "", f"**{_title(result)}**, seed {result['seed']}", "",
              _md_table(_accuracy_rows(result))]
@@ -149,6 +187,9 @@ def markdown(result: dict) -> str:
     if "profile" in result:
         parts += ["", "## Size and speed", "", _machine(result), "",
                   _md_table(_profile_rows(result))]
+    if "certify" in result:
+        parts += ["", f"## {_certify_title(result)}", "", _md_table(_certify_rows(result)),
+                  "", _md_table(_certify_detail_rows(result))]
     for skipped in result.get("skipped", []):
         parts += ["", f"- skipped {skipped['target']}: {skipped['reason']}"]
     return "\n".join(parts) + "\n"
@@ -212,6 +253,9 @@ def scores(doc: dict) -> dict[tuple, float]:
                 for b in e["by"]:
                     out[(t["target"], f"{b['source']}/{b['attack']}", e["eps"])] = \
                         float(b["accuracy"])
+        for t in doc.get("certify", {}).get("targets", []):
+            for e in t["eps"]:
+                out[(t["target"], "certified", e["eps"])] = float(e["certified"])
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"results file is malformed ({type(e).__name__}: {e}); "
                          "re-run deployq to regenerate it") from None
