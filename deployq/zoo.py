@@ -68,14 +68,24 @@ class DSNet(nn.Module):
 ARCHS = {"lenet": LeNet, "dsnet": DSNet}
 MODELS = [f"{arch}-{data}" for arch in ARCHS for data in DATASETS]
 ADV = "-adv"                  # suffix of adversarially trained weights of a model
+QAIBP = "-qaibp"              # QA-IBP certified training (tools/train_qaibp.py)
+VARIANTS = (ADV, QAIBP)
+
+
+def _base(name: str) -> str:
+    """The architecture-dataset part of a zoo name ('lenet-fmnist-qaibp' -> 'lenet-fmnist')."""
+    for suffix in VARIANTS:
+        name = name.removesuffix(suffix)
+    return name
 
 
 def build(name: str) -> nn.Module:
     """An untrained zoo model by name, e.g. 'lenet-digits' (or 'lenet-digits-adv')."""
-    arch, _, data = name.removesuffix(ADV).partition("-")
+    arch, _, data = _base(name).partition("-")
     if arch not in ARCHS or data not in DATASETS:
         raise InputError(f"unknown zoo model '{name}': choose one of {', '.join(MODELS)} "
-                         f"(NAME{ADV}: adversarially trained weights)")
+                         f"(NAME{ADV}: adversarially trained weights, NAME{QAIBP}: "
+                         "certifiably trained)")
     ch, hw, _ = DATASETS[data]
     return ARCHS[arch](ch, hw, 10)
 
@@ -98,4 +108,4 @@ def load(name: str) -> nn.Module:
 
 
 def default_data(name: str) -> str:
-    return DATA_SPECS[name.removesuffix(ADV).partition("-")[2]]
+    return DATA_SPECS[_base(name).partition("-")[2]]

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deployq import data, qaibp, zoo  # noqa: E402
 from deployq.io import atomic_write  # noqa: E402
 
-EPOCHS = {"lenet-fmnist": 20, "lenet-digits": 60}
+EPOCHS = {"lenet-fmnist": 10, "lenet-digits": 60}
 
 
 def save_npz(name: str, model: torch.nn.Module) -> Path:
