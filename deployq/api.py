@@ -286,7 +286,9 @@ RUN_DEFAULTS = {"model": models.DEFAULT_MODEL, "weights": None, "data": None,
                 "restarts": 1, "queries": 100, "robust_samples": 200,
                 "temperature": 1.0,
                 # profiling stage: latency repeats (0 turns it off)
-                "profile_repeats": 30}
+                "profile_repeats": 30,
+                # certify stage (deployq.certify): eps list ([] turns it off), samples
+                "certify": [], "certify_samples": 200}
 ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",
                "restarts": "restarts", "queries": "queries", "robust_samples": "samples",
                "temperature": "temperature"}
@@ -349,8 +351,25 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
     if cfg["profile_repeats"]:
         result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
                                     targets_dir=cfg["targets_dir"], reuse=True)
+    if cfg["certify"]:
+        result["certify"] = _certify_stage(cfg, names, session, plans)
     result["skipped"] = skipped
     return result, report.write(result, cfg["out"])
+
+
+def _certify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:
+    """The run's certify stage on the targets whose arithmetic deployq models exactly."""
+    from . import certify as C
+    chosen = []
+    for name in names:
+        try:
+            C.check_target(T.get(name, cfg["targets_dir"]))
+            chosen.append(name)
+        except TargetError as e:
+            log.info("certify stage: %s", e)
+    return certify(chosen, _config_list(cfg, "certify"), cfg["certify_samples"],
+                   session=session, out=cfg["out"], calibration=cfg["calibration"],
+                   targets_dir=cfg["targets_dir"], plans=plans)["certify"]
 
 
 def load_exported(target: str, out: str | Path = DEFAULT_OUT, targets_dir=None) -> Exported:

@@ -221,15 +221,17 @@ def attack_points(sem: Semantics, module, x, y, eps, steps: int, seed: int):
 
 
 def check_points(sem: Semantics, points, lo, hi, y):
-    """Run each point on the runtime: (correct on all, outputs inside the bounds on
-    all) per sample."""
-    correct = np.ones(len(y), bool)
-    inside = np.ones(len(y), bool)
+    """Run each point on the runtime. Per sample: correct on all points; runtime
+    outputs inside the box's bounds on all; and equal, on all, to the bounds of the
+    point's own codes (a point's bounds are the arithmetic itself, so any wrong rule
+    that matters shows here even when a wide box hides it)."""
+    correct, inside, exact = (np.ones(len(y), bool) for _ in range(3))
     for p in points:
         out = sem.run(p)
         correct &= out.argmax(1) == y
         inside &= ((out >= lo) & (out <= hi)).all(1)
-    return correct, inside
+        exact &= (sem.point(sem.flat(sem.codes(p))) == out).all(1)
+    return correct, inside & exact
 
 
 # --- complete verification: branch and bound over the integer box ---------------------
@@ -361,14 +363,14 @@ def _eps_row(sem, module, x, y, eps, cfg: Config, clean, float_cert) -> dict:
     qlo, qhi = sem.box(x, eps)
     lo, hi = batched_bounds(sem.bounds, qlo, qhi)
     cert = certified(lo, hi, y)
-    points = (attack_points(sem, module, x, y, eps, cfg.attack_steps, cfg.seed)
+    points = ([x] + attack_points(sem, module, x, y, eps, cfg.attack_steps, cfg.seed)
               + corner_points(sem, qlo, qhi, x, eps, cfg.corners, cfg.seed))
     correct, inside = check_points(sem, points, lo, hi, y)
     attacked = clean & correct
     row = {"eps": eps, "certified": _mean(cert), "attacked": _mean(attacked),
            "trivial": int((qlo == qhi).all(1).sum()),
-           # a certified sample that an attack point flips, or any runtime output
-           # outside its bounds: never expected (the soundness check)
+           # a certified sample that an attack point flips, or a runtime output
+           # outside its bounds or unlike its point's: never expected (soundness)
            "violations": int((cert & ~attacked).sum() + (~inside).sum())}
     if float_cert is not None:
         row |= {"float_certified": int(float_cert.sum()), "certified_n": int(cert.sum()),

@@ -102,15 +102,16 @@ def _violations(sem, session, eps, n=40):
 def test_planted_off_by_one_rounding_is_caught(tmp_path, digits, monkeypatch, name):
     """Bounds computed with a wrong rounding rule (half up where the runtime truncates;
     floor where it rounds half away) disagree with the runtime: the soundness check
-    reports it. Without the plant it reports nothing."""
+    reports it on narrow boxes (wide ones can hide one LSB). Without the plant it
+    reports nothing."""
     sem = _digits_semantics(digits, name, tmp_path)
-    assert _violations(sem, digits, 0.02) == 0
+    assert _violations(sem, digits, 0.02) == 0 and _violations(sem, digits, 0.001) == 0
     if name == "fpga-fixed":
         shift = FX.shift
         monkeypatch.setattr(FX, "shift", lambda x, s, q: shift(x, s, "rnd" if q == "trn" else q))
     else:
         monkeypatch.setattr(ibp, "rounding_divide_by_pot", lambda x, e: x >> e)
-    assert _violations(sem, digits, 0.02) > 0
+    assert _violations(sem, digits, 0.001) > 0
 
 
 def test_certificates_hold_on_the_runtime_and_never_exceed_attacks(tmp_path):
@@ -138,22 +139,26 @@ def _brute_force(sem, q0, dims, values, y):
 
 
 def test_branch_and_bound_agrees_with_enumeration(tmp_path, digits):
-    """Boxes with the two most influential input codes free over all 256 values (the
-    samples with the smallest margins first): branch and bound's verdict equals
-    running every point; both verdicts occur."""
-    sem = _digits_semantics(digits, "mcu-int8", tmp_path)
+    """fpga-fixed at 4 bits (16 input codes): boxes with the three most influential
+    input codes free over their whole range, on the samples with the smallest and the
+    largest margins:
+    branch and bound's verdict equals running every point; both verdicts occur."""
+    target = _target("fpga-fixed")
     x, y = digits.dataset.test(100)
+    sem = _semantics(digits.graph, digits.dataset.calibration(512, 0), target, tmp_path,
+                     weight_bits=4, activation_bits=4, rounding="rnd")
     out = sem.run(x).astype(float)
     margin = out[np.arange(len(y)), y] - np.where(np.eye(10)[y] > 0, -1e9, out).max(1)
     score = C.margin_gradient(sem, digits.model.module)
     seen = set()
-    for i in np.argsort(margin)[:12]:
+    order = np.argsort(margin)
+    for i in np.stack([order[:4], order[::-1][:4]], 1).reshape(-1):
         q0 = sem.flat(sem.codes(x[i:i + 1]))[0]
-        dims = np.argsort(-np.abs(score(q0[None], int(y[i]))[0]))[:2]
+        dims = np.argsort(-np.abs(score(q0[None], int(y[i]))[0]))[:3]
         lo, hi = q0.copy(), q0.copy()
-        lo[dims], hi[dims] = -128, 127
+        lo[dims], hi[dims] = -8, 7
         status, cex, _ = C.branch_and_bound(sem, score, lo, hi, int(y[i]), 60.0)
-        truth = _brute_force(sem, q0, dims, np.arange(-128, 128), int(y[i]))
+        truth = _brute_force(sem, q0, dims, np.arange(-8, 8), int(y[i]))
         assert status == ("certified" if truth else "falsified")
         if cex is not None:
             assert sem.point(cex[None]).argmax(1)[0] != y[i]
