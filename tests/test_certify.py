@@ -41,8 +41,8 @@ def _box_check(sem, x, eps, k=6):
     return exact, inside
 
 
-FX_VARIANTS = [(32, "wrap", "sat", "trn", 8), (12, "wrap", "wrap", "rnd", 8),
-               (12, "sat", "sat", "rnd_conv", 6), (16, "sat", "wrap", "trn", 4)]
+FX_VARIANTS = [(12, "wrap", "wrap", "rnd", 8), (12, "sat", "sat", "rnd_conv", 6),
+               (32, "wrap", "sat", "trn", 4)]
 
 
 @pytest.mark.parametrize("acc_bits, acc_ov, out_ov, quant, bits", FX_VARIANTS)
