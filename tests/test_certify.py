@@ -177,7 +177,7 @@ def test_complete_verification_confirms_counterexamples_on_the_runtime(tmp_path,
     c = row["complete"]
     assert c["unconfirmed"] == 0 and row["violations"] == 0
     assert c["certified"] + c["falsified"] + c["undecided"] == len(x)
-    assert c["certified"] == round(row["certified"] * len(x))
+    assert c["certified"] >= round(row["certified"] * len(x))
 
 
 def test_verify_returns_a_counterexample_inside_the_ball(tmp_path, digits):
