@@ -21,7 +21,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Callable
 
 import numpy as np

@@ -201,12 +201,19 @@ def split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
 
 def train(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
           config: Config | None = None,
-          progress: Callable[[int, int, dict], None] | None = None, **overrides
-          ) -> tuple[nn.Module, Log]:
+          progress: Callable[[int, int, dict], None] | None = None, target=None,
+          **overrides) -> tuple[nn.Module, Log]:
     """QA-IBP training of `model` (float checkpoint or fresh) on (x_train, y_train):
     float32 (N, C, H, W) in [0, 1] and int labels. A validation split is carved from
-    them (config.val_fraction, seeded). progress(epoch, epochs, entry) is called after
-    each epoch. Returns the model (eval mode; BN statistics as given) and the log."""
+    them (config.val_fraction, seeded). `target` (a targets.Target or its name) sets
+    the simulated bits to its default weight bits; overrides (eps, epochs, seed, ...)
+    set Config fields. progress(epoch, epochs, entry) is called after each epoch.
+    Returns the model (eval mode; BN statistics as given) and the log. The certificate
+    of the result is computed on the target itself (deployq.certify)."""
+    if target is not None:
+        from . import targets as T
+        tgt = T.get(target) if isinstance(target, str) else target
+        overrides.setdefault("bits", int(tgt.defaults["weight_bits"]))
     cfg = Config(**{**(config.__dict__ if config else {}), **overrides})
     _check_config(cfg)
     torch.manual_seed(cfg.seed)
