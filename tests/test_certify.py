@@ -119,7 +119,7 @@ def test_certificates_hold_on_the_runtime_and_never_exceed_attacks(tmp_path):
     certified sample is flipped by PGD (mirror and float) or by box points run on the
     runtime, no runtime output leaves its bounds, and certificates exist."""
     result = api.certify(["fpga-fixed", "mcu-int8", "tflite-int8-ref"], "1/255,4/255",
-                         samples=60, out=tmp_path, attack_steps=10,
+                         samples=40, out=tmp_path, attack_steps=10,
                          model="zoo:lenet-digits-qaibp")["certify"]
     rows = [e for t in result["targets"] for e in t["eps"]]
     assert all(e["violations"] == 0 for e in rows)
@@ -252,3 +252,19 @@ def test_qaibp_bounds_contain_the_simulated_forward_pass():
                   * eps).clamp(0, 1)
             out = sim(xp)
             assert bool(((out >= lo - 1e-4) & (out <= hi + 1e-4)).all())
+
+
+def test_run_stage_writes_certify_into_results_and_report(tmp_path):
+    from deployq import report
+    cfg = {"targets": ["fpga-fixed", "onnx-int8"], "attacks": [], "profile_repeats": 0,
+           "certify": ["1/255"], "certify_samples": 6, "samples": 20, "out": str(tmp_path)}
+    result, files = api.run(cfg)
+    rows = result["certify"]["targets"]
+    assert [r["target"] for r in rows] == ["float", "fpga-fixed"]      # onnx-int8 skipped
+    assert "Certified accuracy" in (tmp_path / "report.md").read_text()
+    doc = report.load(tmp_path / "results.json")
+    assert ("fpga-fixed", "certified", 1 / 255) in report.scores(doc)
+    worse = {**doc, "certify": {**doc["certify"], "targets": [
+        {**t, "eps": [{**e, "certified": e["certified"] - 0.5} for e in t["eps"]]}
+        for t in doc["certify"]["targets"]]}}
+    assert any("certified" in line for line in report.compare(worse, doc, 1.0))
