@@ -395,10 +395,27 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
         if cfg["profile_repeats"]:
             result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
                                         targets_dir=cfg["targets_dir"], reuse=True)
+        if cfg["certify"]:
+            result["certify"] = _certify_stage(cfg, names, session, plans)
         result["skipped"] = skipped
         files = report.write(result, cfg["out"])
         write_manifest(cfg["out"], result)
     return result, files
+
+
+def _certify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:
+    """The run's certify stage on the targets whose arithmetic deployq models exactly."""
+    from . import certify as C
+    chosen = []
+    for name in names:
+        try:
+            C.check_target(T.get(name, cfg["targets_dir"]))
+            chosen.append(name)
+        except TargetError as e:
+            log.info("certify stage: %s", e)
+    return certify(chosen, _config_list(cfg, "certify"), cfg["certify_samples"],
+                   session=session, out=cfg["out"], calibration=cfg["calibration"],
+                   targets_dir=cfg["targets_dir"], plans=plans)["certify"]
 
 
 def load_exported(target: str, out: str | Path = DEFAULT_OUT, targets_dir=None) -> Exported:
@@ -486,3 +503,32 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
     config = bits_config(tgt, activation_bits, weight_bits, calibration, session.graph.output)
     return H.train(session.model.module, session.graph, tgt, ds.x_train, ds.y_train, cfg,
                    Path(out), on_epoch, config)
+
+
+def certify(targets: list[str], eps, samples: int | None = 200, complete: bool = False,
+            time_limit: float = 10.0, session: Session | None = None,
+            out: str | Path = DEFAULT_OUT, calibration: str | None = None, targets_dir=None,
+            plans: dict[str, str | Path] | None = None, attack_steps: int = 20,
+            corners: int = 4, **session_args) -> dict:
+    """Certified accuracy of the float model (IBP) and of each target on its exact
+    integer arithmetic (deployq.certify) at each eps (a list, or text like
+    '1/255,2/255'), on the first `samples` test samples, next to clean accuracy and
+    accuracy under attack on the runtime; with `complete`, branch and bound decides
+    the rest within time_limit seconds per sample. Result under 'certify'."""
+    from . import certify as C
+    eps = C.parse_eps(eps if isinstance(eps, str) else ",".join(map(str, eps)))
+    for t in targets_or_fail(targets, targets_dir):
+        C.check_target(t)
+    if samples is not None and samples < 1 or time_limit <= 0:
+        raise InputError(f"certify needs samples >= 1 and a positive time limit, "
+                         f"got {samples}, {time_limit}")
+    session = session or open_session(**session_args)
+    x, y = session.dataset.test(samples)
+    runners = {}
+    for name in targets:
+        exported = export(name, session, out, calibration, targets_dir,
+                          plan_path=(plans or {}).get(name))
+        runners[name] = (exported, load_runner(exported))
+    cfg = C.Config(eps, complete, time_limit, attack_steps, corners, session.seed)
+    return {"model": session.model.spec, "data": session.data_spec, "samples": int(len(x)),
+            "seed": session.seed, "certify": C.evaluate(session, runners, x, y, cfg)}

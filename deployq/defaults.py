@@ -22,7 +22,9 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 "restarts": 1, "queries": 100, "robust_samples": 200,
                 "temperature": 1.0,
                 # profiling stage: latency repeats (0 turns it off)
-                "profile_repeats": 30}
+                "profile_repeats": 30,
+                # certify stage (deployq.certify): eps list ([] turns it off), samples
+                "certify": [], "certify_samples": 200}
 
 # run setting -> robustness.Config field
 ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",

@@ -26,31 +26,41 @@ def text(result: dict) -> str:
         parts += [f"flag {f['target']}: {f['message']}" for f in V.flags(result)]
     if "profile" in result:
         parts += ["", V.machine(result), columns(V.profile_rows(result))]
+    if "certify" in result:
+        parts += ["", V.certify_title(result), columns(V.certify_rows(result))]
     return "\n".join(parts)
+
+
+def certify_text(result: dict) -> str:
+    return "\n".join([f"{result['model']} on {result['data']}", V.certify_title(result),
+                      columns(V.certify_rows(result)), "", columns(V.certify_detail_rows(result))])
 
 
 def markdown(result: dict) -> str:
     parts = ["# deployq report", "", f"**{V.title(result)}**, seed {result['seed']}", "",
-             _md_table(V.accuracy_rows(result))]
+             md_table(V.accuracy_rows(result))]
     pairs = V.pair_rows(result)
     if len(pairs) > 1:
-        parts += ["", "Integer outputs compared between targets:", "", _md_table(pairs)]
+        parts += ["", "Integer outputs compared between targets:", "", md_table(pairs)]
     if "robustness" in result:
-        parts += ["", f"## {V.robust_title(result)}", "", _md_table(V.robust_rows(result)),
-                  "", "Accuracy per source and attack:", "", _md_table(V.source_rows(result))]
+        parts += ["", f"## {V.robust_title(result)}", "", md_table(V.robust_rows(result)),
+                  "", "Accuracy per source and attack:", "", md_table(V.source_rows(result))]
         flags = V.flags(result)
         parts += ["", "Honesty checks: " + ("all passed." if not flags else
                                             f"{len(flags)} flag(s):")]
         parts += [f"- **{f['target']}** `{f['check']}`: {f['message']}" for f in flags]
     if "profile" in result:
         parts += ["", "## Size and speed", "", V.machine(result), "",
-                  _md_table(V.profile_rows(result))]
+                  md_table(V.profile_rows(result))]
+    if "certify" in result:
+        parts += ["", f"## {V.certify_title(result)}", "", md_table(V.certify_rows(result)),
+                  "", md_table(V.certify_detail_rows(result))]
     for skipped in result.get("skipped", []):
         parts += ["", f"- skipped {skipped['target']}: {skipped['reason']}"]
     return "\n".join(parts) + "\n"
 
 
-def _md_table(rows) -> str:
+def md_table(rows) -> str:
     lines = ["| " + " | ".join(map(str, rows[0])) + " |",
              "|" + "---|" * len(rows[0])]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows[1:]])
@@ -107,6 +117,9 @@ def scores(doc: dict) -> dict[tuple, float]:
                 for b in e["by"]:
                     out[(t["target"], f"{b['source']}/{b['attack']}", e["eps"])] = \
                         float(b["accuracy"])
+        for t in doc.get("certify", {}).get("targets", []):
+            for e in t["eps"]:
+                out[(t["target"], "certified", e["eps"])] = float(e["certified"])
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"results file is malformed ({type(e).__name__}: {e}); "
                          "re-run deployq to regenerate it") from None

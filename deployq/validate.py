@@ -193,6 +193,10 @@ CONFIG = {
     "temperature": (lambda v: _is_num(v) and v > 0, "a number > 0"),
     "profile_repeats": (lambda v: _is_int(v) and (v == 0 or v >= 3),
                         "0 (no profiling) or a whole number >= 3"),
+    "certify": (lambda v: isinstance(v, list) and all(
+        isinstance(e, str) or (_is_num(e) and 0 < e <= 1) for e in v),
+        "a list of eps (numbers in (0, 1] or fractions like '1/255')"),
+    "certify_samples": (_int_at_least(1), "a whole number >= 1"),
 }
 PATH_KEYS = ("weights", "out", "targets_dir")
 

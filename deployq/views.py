@@ -122,3 +122,34 @@ def machine(result: dict) -> str:
     m = result["profile"]["machine"]
     return (f"Measured on {m['cpu']} ({m['cores']} cores; ISA: {', '.join(m['isa']) or '-'}), "
             "one thread per runtime; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+
+
+def certify_title(result: dict) -> str:
+    c = result["certify"]
+    return (f"Certified accuracy ({c['samples']} samples; interval bounds on each target's "
+            f"exact integer arithmetic; in parentheses: accuracy under PGD-{c['attack_steps']} "
+            f"and {c['corners']} box points, run on the runtime)")
+
+
+def certify_rows(result: dict) -> list[tuple]:
+    c = result["certify"]
+    rows = [("target", "clean") + tuple(f"eps {e:.4g}" for e in c["eps"])]
+    return rows + [(t["target"], pct(t["clean"])) + tuple(
+        f"{pct(e['certified'])} ({pct(e['attacked'])})" for e in t["eps"])
+        for t in c["targets"]]
+
+
+def certify_detail_rows(result: dict) -> list[tuple]:
+    """Per target and eps: float certificates that fail on the target and the reverse,
+    boxes the perturbation cannot move, soundness violations, complete verification."""
+    rows = [("target", "eps", "float-certified", "certified here", "float only",
+             "here only", "unmoved inputs", "violations", "complete: cert/fals/undecided")]
+    for t in result["certify"]["targets"][1:]:
+        for e in t["eps"]:
+            c = e.get("complete")
+            rows.append((t["target"], f"{e['eps']:.4g}", e.get("float_certified", "-"),
+                         e.get("certified_n", "-"), e.get("float_not_here", "-"),
+                         e.get("here_not_float", "-"), e["trivial"], e["violations"],
+                         "-" if not c else
+                         f"{c['certified']}/{c['falsified']}/{c['undecided'] + c['unconfirmed']}"))
+    return rows

@@ -68,13 +68,15 @@ class DSNet(nn.Module):
 ARCHS = {"lenet": LeNet, "dsnet": DSNet}
 MODELS = [f"{arch}-{data}" for arch in ARCHS for data in DATASETS]
 ADV = "-adv"                  # suffix of adversarially trained weights of a model
-DQ = "-dq"                    # suffix of weights hardened by Defensive Quantization for
-                              # fpga-fixed at 4-bit activations (tools/train_harden_zoo.py)
+DQ = "-dq"                    # Defensive Quantization for fpga-fixed at 4-bit
+                              # activations (tools/train_harden_zoo.py)
+QAIBP = "-qaibp"              # QA-IBP certified training (tools/train_qaibp.py)
+VARIANTS = (ADV, DQ, QAIBP)
 
 
 def _base(name: str) -> str:
-    """The model name without a weights suffix."""
-    for suffix in (ADV, DQ):
+    """The architecture-dataset part of a zoo name ('lenet-fmnist-qaibp' -> 'lenet-fmnist')."""
+    for suffix in VARIANTS:
         name = name.removesuffix(suffix)
     return name
 
@@ -85,7 +87,7 @@ def build(name: str) -> nn.Module:
     if arch not in ARCHS or data not in DATASETS:
         raise InputError(f"unknown zoo model '{name}': choose one of {', '.join(MODELS)} "
                          f"(NAME{ADV}: adversarially trained weights, NAME{DQ}: "
-                         "Defensive Quantization)")
+                         f"Defensive Quantization, NAME{QAIBP}: certifiably trained)")
     ch, hw, _ = DATASETS[data]
     return ARCHS[arch](ch, hw, 10)
 

@@ -13,6 +13,9 @@ and, when listed in CAPABILITIES, the module hooks
   c_project(artifact, out_dir, inputs) -> Path   a C project for a microcontroller
   hls4ml_project(graph, plan, target, out_dir) -> Path   an hls4ml project computing
       the same integers (with hls4ml_check(graph, target): its refusal, before any work)
+  semantics(exported, graph, runner) -> certify.Semantics   the exact integer model the
+      certificates are computed on (with certifiable(target): TargetError where the
+      target's settings run kernels deployq does not reproduce bit for bit)
 
 Every Runner follows the Runner protocol below; the runner capabilities 'dump' and
 'layer_times' add the methods of Dumps and LayerTimes. Code outside this package asks
@@ -35,7 +38,7 @@ RUNNER_CAPABILITIES = ("dump", "layer_times")
 EXECUTED_BITS = {"onnx": (range(2, 9), (8,), 8), "tflite": (range(2, 9), (8,), 8),
                  "mcu": (range(2, 9), (8,), 8), "qemu": (range(2, 9), (8,), 8),
                  "fpga": (range(2, 9), range(2, 9), None)}
-HOOKS = ("mirror", "extras", "c_project", "hls4ml_project")
+HOOKS = ("mirror", "extras", "c_project", "hls4ml_project", "semantics")
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from . import crunner
 
 ARTIFACT = "model.dqm"
 TENSORS = "tensors.json"
-CAPABILITIES = crunner.CAPABILITIES | {"mirror", "hls4ml_project"}
+CAPABILITIES = crunner.CAPABILITIES | {"mirror", "hls4ml_project", "semantics"}
 
 
 def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
@@ -79,6 +79,17 @@ def hls4ml_project(graph: G.Graph, plan: QuantPlan, target, out_dir: Path) -> Pa
     """The plan's fixed-point integers as an hls4ml project (deployq.hls4ml_export)."""
     from .. import hls4ml_export
     return hls4ml_export.export(lower(graph, plan, target), Path(out_dir))
+
+
+def certifiable(target) -> None:
+    """Every rounding and overflow mode is modelled exactly (deployq.fixedpoint)."""
+
+
+def semantics(exported, graph: G.Graph, runner):
+    from .. import certify
+    plan, target = exported.plan, exported.target
+    return certify.fx_semantics(exported, graph, runner, lower(graph, plan, target),
+                                mirror(graph, plan, target))
 
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":

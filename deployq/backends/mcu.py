@@ -25,7 +25,7 @@ from . import crunner, tflite
 ARTIFACT = "model.dqm"
 NAMES = "tensors.json"          # the .tflite tensor name of each runtime tensor
 ROUNDING = {"double": 0, "single": 1}
-CAPABILITIES = crunner.CAPABILITIES | {"c_project"}
+CAPABILITIES = crunner.CAPABILITIES | {"c_project", "semantics"}
 
 
 def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
@@ -41,6 +41,16 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
     from .. import runtime
     runtime.Model(blob, str(path))            # the loader's validation, once, at export
     return path, plan
+
+
+def certifiable(target) -> None:
+    """Every target of this backend runs the C runtime's (= LiteRT reference) integers."""
+
+
+def semantics(exported, graph: G.Graph, runner):
+    from .. import certify
+    return certify.s8_semantics(exported, graph, runner,
+                                (exported.path.parent / ARTIFACT).read_bytes())
 
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":

@@ -29,7 +29,7 @@ ARTIFACT = "model.elf"
 PROJECT = "c-project"
 FOOTPRINT = "footprint.json"
 # no dump or layer timers: the device build has neither (its host twin, mcu-int8, has)
-CAPABILITIES = frozenset({"extras"})
+CAPABILITIES = frozenset({"extras", "semantics"})
 
 
 def export(graph, plan, target, out_dir: Path, calib=None):
@@ -42,6 +42,16 @@ def export(graph, plan, target, out_dir: Path, calib=None):
     atomic_write(out_dir / FOOTPRINT, json.dumps(fp, indent=1).encode())
     shutil.copy2(elf["stream"], out_dir / ARTIFACT)
     return out_dir / ARTIFACT, plan
+
+
+def certifiable(target) -> None:
+    """Every target of this backend runs the C runtime's (= LiteRT reference) integers."""
+
+
+def semantics(exported, graph, runner):
+    from .. import certify
+    return certify.s8_semantics(exported, graph, runner,
+                                (exported.path.parent / mcu.ARTIFACT).read_bytes())
 
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":

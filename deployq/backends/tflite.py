@@ -33,12 +33,29 @@ from .tfgraph import INPUT_SCOPE
 
 ARTIFACT = "model.tflite"
 LAYERS = "layers.json"          # IR layer names in graph order (scope L<i> -> name)
-CAPABILITIES = frozenset({"dump"})
+CAPABILITIES = frozenset({"dump", "semantics"})
 KERNELS = {"xnnpack": OpResolverType.AUTO, "reference": OpResolverType.BUILTIN_REF}
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 
 # --- running ---------------------------------------------------------------------------
+
+def certifiable(target) -> None:
+    """Only the reference kernels: XNNPACK's integers differ from them (docs/tflite.md)."""
+    if target.options.get("kernels", "xnnpack") != "reference":
+        raise TargetError(f"cannot certify {target.name}: it runs LiteRT's XNNPACK kernels, "
+                          "whose arithmetic deployq does not reproduce bit for bit; certify "
+                          "its reference-kernel twin (tflite-int8-ref) instead")
+
+
+def semantics(exported, graph, runner):
+    """The .tflite translated to the C runtime's model file, which LiteRT's reference
+    kernels match bit for bit (tests/runtime/test_mcu.py)."""
+    from .. import certify
+    from . import get            # the mcu backend owns that translation (mcu imports us)
+    blob, _ = get("mcu").from_tflite((exported.path.parent / ARTIFACT).read_bytes(), 0)
+    return certify.s8_semantics(exported, graph, runner, blob)
+
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":
     kernels = (target.options.get("kernels", "xnnpack") if target is not None

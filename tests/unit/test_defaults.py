@@ -35,3 +35,9 @@ def test_api_reads_the_same_table():
     assert api.RUN_DEFAULTS is D.RUN_DEFAULTS and api.ROBUST_KEYS is D.ROBUST_KEYS
     assert models.DEFAULT_MODEL == D.MODEL
     assert str(api.DEFAULT_OUT) == D.OUT and api.CALIB_SAMPLES == D.CALIB_SAMPLES
+
+
+def test_every_run_setting_is_validated():
+    """A deployq.toml key without a type check would reach the run unchecked."""
+    from deployq import validate
+    assert set(D.RUN_DEFAULTS) <= set(validate.CONFIG)
