@@ -261,7 +261,7 @@ def run_cell(job: dict) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "worker.pid").write_text(str(os.getpid()))
     try:
-        out = {"id": job["id"], "result": _evaluate(job, folder)}
+        out = {"id": job["id"], "result": _relative(_evaluate(job, folder), folder)}
     except DeployqError as e:
         out = {"id": job["id"], "error": str(e)}
     except Exception as e:              # a bug in one cell must not end the sweep
@@ -286,6 +286,17 @@ def _evaluate(job: dict, folder: Path) -> dict:
     settings = {"weight_bits": axes["weight_bits"], "activation_bits": axes["activation_bits"]}
     return api.evaluate([axes["target"]], session, folder, job["samples"], job["calibration"],
                         job["targets_dir"], robust, plans, settings)
+
+
+def _relative(result: dict, folder: Path) -> dict:
+    """Paths in the result relative to the sweep's OUT (cells/ID/...), so sweep.json
+    does not depend on where OUT is (or on which node wrote it)."""
+    base = folder.parent.parent
+    for row in result["results"]:
+        for key in ("artifact", "plan"):
+            if key in row:
+                row[key] = os.path.relpath(row[key], base)
+    return result
 
 
 def _session(job: dict, model: str):
@@ -342,6 +353,8 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     sweep = prepare(config)
+    if executor == "ray":
+        check_address(address)
     cells = sweep.cells()
     for s in sweep.skipped:
         log.warning("sweep: skipping %s: %s", _label(s["axes"]), s["reason"])
@@ -416,14 +429,15 @@ def without_timings(doc: dict) -> dict:
 # --- executors -------------------------------------------------------------------------
 
 def _worker_main(conn) -> None:
-    """A local pool worker: receives jobs, sends back outcomes, until it gets None."""
+    """A local pool worker: receives jobs, sends back outcomes, until it gets None (or
+    the sweep process is gone)."""
     one_thread()
     logging.basicConfig(format="deployq: %(message)s", level=logging.WARNING)
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        conn.send(run_cell(job))
+    try:
+        while (job := conn.recv()) is not None:
+            conn.send(run_cell(job))
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
 
 
 class LocalPool:
@@ -518,6 +532,24 @@ class RayPool:
 def _ray_cell(job: dict) -> dict:
     one_thread()
     return run_cell(job)
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A Ray address answers on TCP (ray.init itself would wait for a long time), and
+    Ray is importable."""
+    import importlib.util
+    import socket
+    if importlib.util.find_spec("ray") is None:
+        raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'")
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout).close()
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot reach Ray at {address}: {e}; give the host:port of a "
+                         "running 'ray start --head' (or leave --address out for a local "
+                         "Ray)") from None
 
 
 def connect_ray(workers: int, address: str | None):
