@@ -165,7 +165,7 @@ def prepare(config: dict) -> Sweep:
     cfg = SWEEP_DEFAULTS | config
     for key in ("models", "targets", "weight_bits", "activation_bits", "eps", "strength",
                 "attacks", "sources", "plans"):
-        _nonempty_list(cfg, key, allow_empty=key == "plans")
+        _nonempty_list(cfg, key, allow_empty=key in ("plans", "weight_bits"))
     if not cfg["weight_bits"] and not cfg["plans"]:
         raise InputError("weight_bits is empty and no plans are given: nothing to run; "
                          "e.g. weight_bits = [8, 4]")

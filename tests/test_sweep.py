@@ -223,3 +223,10 @@ def test_ray_and_local_give_the_same_sweep_json(local_out, tmp_path):
     masks = {t["eps"][0]["robust_mask"] for c in local["cells"]
              for t in c["result"]["robustness"]["targets"]}
     assert len(masks) > 2
+
+
+def test_eval_weight_bits_outside_the_target_is_one_line(run_cli, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_cli("eval", "-t", "onnx-int8", "--weight-bits", "9", "-o", out)
+    assert code == 2 and "weight_bits=9" in _one_error_line(err)
+    assert not out.exists()
