@@ -430,7 +430,11 @@ def without_timings(doc: dict) -> dict:
 
 def _worker_main(conn) -> None:
     """A local pool worker: receives jobs, sends back outcomes, until it gets None (or
-    the sweep process is gone)."""
+    the sweep process is gone). DEPLOYQ_SWEEP_OWN_SESSIONS=1 puts each worker in a
+    session of its own: where the kernel shares CPU per session (autogroup), workers
+    then compete as separate jobs instead of splitting one job's share (docs/sweep.md)."""
+    if os.environ.get("DEPLOYQ_SWEEP_OWN_SESSIONS") == "1":
+        os.setsid()
     one_thread()
     logging.basicConfig(format="deployq: %(message)s", level=logging.WARNING)
     try:

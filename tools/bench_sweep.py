@@ -4,7 +4,7 @@ then a sweep killed at 50% (SIGKILL of the whole process group once half the cel
 stored) and resumed, against a full run.
 
     PYTHONPATH=$PWD python tools/bench_sweep.py [--rounds 1] [--out /tmp/bench-sweep]
-        [--samples 200] [--steps 10] [--skip-ray]
+        [--samples 200] [--steps 10] [--skip-ray] [--skip-resume] [--own-sessions]
 
 Prints one line per run and a summary (ratios, load average), and writes
 OUT/bench.json. The cells: zoo:lenet-digits on fpga-fixed and onnx-int8, weights 8 and
@@ -101,7 +101,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-resume", action="store_true")
+    ap.add_argument("--own-sessions", action="store_true",
+                    help="DEPLOYQ_SWEEP_OWN_SESSIONS=1: each local worker in its own session "
+                         "(Linux autogroup shares CPU per session on a loaded machine)")
     args = ap.parse_args()
+    if args.own_sessions:
+        os.environ["DEPLOYQ_SWEEP_OWN_SESSIONS"] = "1"
     base = Path(args.out)
     base.mkdir(parents=True, exist_ok=True)
     cfg = base / "sweep.toml"
