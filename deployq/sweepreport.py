@@ -39,6 +39,7 @@ def paired_interval(a, b) -> tuple[float, float]:
     """95% interval of mean(a) - mean(b) for two boolean masks on the same samples:
     Newcombe's square-and-add of Wilson intervals with the paired correlation
     (Newcombe 1998, Stat Med 17:2635, method 10)."""
+    a, b = [bool(x) for x in a], [bool(y) for y in b]
     n = len(a)
     both, only_a = sum(x and y for x, y in zip(a, b)), sum(x and not y for x, y in zip(a, b))
     only_b = sum(y and not x for x, y in zip(a, b))
@@ -57,8 +58,8 @@ def paired_interval(a, b) -> tuple[float, float]:
 def mcnemar(a, b) -> float:
     """Exact two-sided McNemar p-value: are a and b (boolean masks on the same samples)
     correct equally often? Binomial test on the discordant pairs."""
-    gains = sum(x and not y for x, y in zip(a, b))
-    losses = sum(y and not x for x, y in zip(a, b))
+    gains = int(sum(bool(x) and not y for x, y in zip(a, b)))
+    losses = int(sum(bool(y) and not x for x, y in zip(a, b)))
     m = gains + losses
     if m == 0:
         return 1.0
@@ -228,14 +229,17 @@ def _first_eps(rows: list[dict], r: dict) -> float:
 def song_table(rows: list[dict]) -> list[tuple]:
     table = [("model", "target", "width", "eps", "metric", "plain float", "plain quantized",
               "plain loss (abs, rel)", "adv float", "adv quantized", "adv loss (abs, rel)")]
+    seen = set()
     for s in song_rows(rows):
-        for metric in ("clean", "robust"):
+        key = (s["model"], s["target"], s["width"], s["strength"])
+        for metric in ("clean", "robust")[key in seen:]:     # clean once per width
             cells = []
             for kind in ("plain", "adv"):
                 f, q, loss, rel = s[f"{kind}_{metric}"]
                 cells += [_pct(f), _pct(q), f"{_pts(loss)} pts, {_pct(rel)}"]
-            table.append((s["model"], s["target"], s["width"], f"{s['eps']:g}", metric,
-                          *cells))
+            table.append((s["model"], s["target"], s["width"],
+                          "-" if metric == "clean" else f"{s['eps']:g}", metric, *cells))
+        seen.add(key)
     return table
 
 

@@ -112,6 +112,8 @@ def test_statistics_helpers():
     b = [False] * 10 + [False] * 10
     assert SR.mcnemar(a, b) == pytest.approx(2 / 1024)           # 10 gains, no loss
     assert SR.mcnemar(a, a) == 1.0                               # negative control
+    big = np.arange(200) < 100                  # numpy masks (as the report passes them)
+    assert SR.mcnemar(big, np.zeros(200, bool)) == pytest.approx(2 * 0.5 ** 100)
     low, high = SR.paired_interval(a, b)
     assert 0 < low < 0.5 < high <= 1
 
@@ -132,6 +134,13 @@ def test_local_sweep_writes_every_view(local_out):
     plan = json.loads((out / Path(result["results"][1]["artifact"]).parent
                        / "plan.json").read_text())
     assert {lp["weight"]["bits"] for lp in plan["layers"].values() if "weight" in lp} == {4}
+    from deployq.robustness import unpacked
+    for c in doc["cells"]:                      # the per-sample masks give the accuracies
+        rob = c["result"]["robustness"]
+        for t in rob["targets"]:
+            mask = unpacked(t["eps"][0]["robust_mask"], rob["samples"])
+            assert mask.mean() == pytest.approx(t["eps"][0]["robust"])
+            assert unpacked(t["clean_mask"], rob["samples"]).mean() == pytest.approx(t["clean"])
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert len(rows) == 8 and {r["subject"] for r in rows} == {"float", "fpga-fixed"}
     md = (out / "report.md").read_text()
