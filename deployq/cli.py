@@ -251,7 +251,10 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
     from . import api, report
     plans = api.plans_by_target(plan_paths)
     names = api.with_plan_targets(_split(target_list), plans)
-    api.targets_or_fail(names, targets_dir)
+    settings = {"weight_bits": weight_bits, "activation_bits": activation_bits}
+    for tgt in api.targets_or_fail(names, targets_dir):
+        if tgt.name not in plans:
+            api.plan_settings(tgt, settings)         # before the session: fail fast
     robust = None
     if attacks is not None:
         from .robustness import Config
@@ -259,7 +262,7 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
                         seed=seed)
     session = _session(model, weights, data, seed, calib_samples)
     result = api.evaluate(names, session, out, samples, calibration, targets_dir, robust,
-                          plans, {"weight_bits": weight_bits, "activation_bits": activation_bits})
+                          plans, settings)
     click.echo(report.text(result))
     if robust is not None:
         click.echo("\n".join(str(f) for f in report.write(result, out)))
