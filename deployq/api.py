@@ -70,16 +70,20 @@ class Exported:
 
 def export(target: str, session: Session | None = None, out: str | Path = DEFAULT_OUT,
            calibration: str | None = None, targets_dir=None, plan: P.QuantPlan | None = None,
-           plan_path: str | Path | None = None, **session_args) -> Exported:
+           plan_path: str | Path | None = None, settings: dict | None = None,
+           **session_args) -> Exported:
     """Write OUT/TARGET/{artifact, plan.json} and return where they are. With `plan`
     (e.g. from `select`, or read from plan_path), export that plan as it is instead of
-    calibrating a new one; it must be for this target and name the graph's layers."""
+    calibrating a new one; it must be for this target and name the graph's layers.
+    `settings` (e.g. {"weight_bits": 4}) are model-wide plan settings (PlanConfig
+    default), checked against the target; a given plan keeps its own."""
     session = session or open_session(**session_args)
     tgt = T.get(target, targets_dir)
     if plan is None and plan_path is not None:
         plan = P.QuantPlan.load(plan_path)
     if plan is None:
-        config = P.PlanConfig(default={"calibration": calibration} if calibration else {})
+        config = P.PlanConfig(default=({"calibration": calibration} if calibration else {})
+                              | plan_settings(tgt, settings))
         plan = P.make(session.graph, session.stats, tgt, config, provenance(session))
     else:
         check_plan(plan, session.graph, tgt, plan_path or "the plan")
@@ -108,6 +112,17 @@ REJECTED = {"DQ_ERR_PARAM": "a scale, zero point, multiplier or shift is outside
             "DQ_ERR_SHAPE": "a layer's shapes do not fit together",
             "DQ_ERR_OP": "an op the runtime does not have",
             "DQ_ERR_TENSOR": "a tensor's type or size is invalid"}
+
+
+def plan_settings(tgt: T.Target, settings: dict | None) -> dict:
+    """Model-wide settings ({"weight_bits": 4, ...}; None values dropped), each checked
+    against the target before any work."""
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    for key, value in settings.items():
+        if key not in T.SETTINGS:
+            raise InputError(f"unknown plan setting {key!r}; known: {', '.join(T.SETTINGS)}")
+        tgt.check(key, value, f"{key} for {tgt.name}")
+    return settings
 
 
 def provenance(session: Session) -> dict:
@@ -208,14 +223,18 @@ def load_runner(exported: Exported, threads: int = 1) -> backends.Runner:
 def evaluate(targets: list[str], session: Session | None = None,
              out: str | Path = DEFAULT_OUT, samples: int | None = None,
              calibration: str | None = None, targets_dir=None, robust=None,
-             plans: dict[str, str | Path] | None = None, **session_args) -> dict:
+             plans: dict[str, str | Path] | None = None, settings: dict | None = None,
+             **session_args) -> dict:
     """Export each target (with its plan.json from `plans`, {target: path}, when given,
     e.g. from `select`), then score the float and integer models on the test split.
     Between integer targets whose outputs share quantization parameters, also count
     bit-identical int8 outputs and the largest difference in LSBs. With `robust` (a
     robustness.Config), also attack float and every target on the first
-    robust.samples of those test samples (results under 'robustness')."""
-    targets_or_fail(targets, targets_dir)
+    robust.samples of those test samples (results under 'robustness'). `settings`:
+    model-wide plan settings for every target without a plan (see export)."""
+    for tgt in targets_or_fail(targets, targets_dir):
+        if tgt.name not in (plans or {}):
+            plan_settings(tgt, settings)            # bad bits fail before slow work
     validate.out_dir(out, targets)
     session = session or open_session(**session_args)
     if samples is not None and samples < 1:
@@ -233,7 +252,7 @@ def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, 
     outputs, runners = {}, {}
     for name in targets:
         exported = export(name, session, out, calibration, targets_dir,
-                          plan_path=(plans or {}).get(name))
+                          plan_path=(plans or {}).get(name), settings=settings)
         log.info("scoring %s on %d test samples", name, len(x))
         runners[name] = (exported, load_runner(exported))
         logits = runners[name][1].run(x)
@@ -391,7 +410,8 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
     validate.samples(cfg["samples"], len(session.dataset.x_test), "samples")
     with out_lock(cfg["out"]):
         result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
-                          cfg["targets_dir"], robust, plans)
+                          cfg["targets_dir"], robust, plans,
+                          {k: cfg[k] for k in ("weight_bits", "activation_bits")})
         if cfg["profile_repeats"]:
             result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
                                         targets_dir=cfg["targets_dir"], reuse=True)

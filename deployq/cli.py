@@ -54,6 +54,14 @@ def _plan_option(f):
              "one per target.")(f)
 
 
+def _bits_options(f):
+    f = click.option("--activation-bits", default=None, type=click.IntRange(2, 16),
+                     help="Activation bits of every layer (default: the target's).")(f)
+    return click.option("--weight-bits", default=None, type=click.IntRange(2, 16),
+                        help="Weight bits of every layer, for every target without a "
+                             "--plan (default: the target's).")(f)
+
+
 def _session(model, weights, data, seed, calib_samples):
     from . import api
     return api.open_session(model, weights, data, seed, calib_samples)
@@ -381,15 +389,19 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
               type=click.IntRange(1),
               help="Square attack queries per sample.")
 @_plan_option
+@_bits_options
 def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,
           targets_dir, samples, json_path, attacks, eps, sources, steps, restarts, queries,
-          plan_paths):
+          plan_paths, weight_bits, activation_bits):
     """Export to each target and compare float and integer accuracy on the test split;
     with --attacks, also robust accuracy measured on each runtime."""
     from . import api, report
     plans = api.plans_by_target(plan_paths)
     names = api.with_plan_targets(_split(target_list), plans)
-    api.targets_or_fail(names, targets_dir)
+    settings = {"weight_bits": weight_bits, "activation_bits": activation_bits}
+    for tgt in api.targets_or_fail(names, targets_dir):
+        if tgt.name not in plans:
+            api.plan_settings(tgt, settings)         # before the session: fail fast
     robust = None
     if attacks is not None:
         from .robustness import Config
@@ -399,7 +411,7 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
     from .io import out_lock, write_manifest
     with out_lock(out):
         result = api.evaluate(names, session, out, samples, calibration, targets_dir,
-                              robust, plans)
+                              robust, plans, settings)
         files = report.write(result, out) if robust is not None else []
         if files:
             write_manifest(out, result)
@@ -604,6 +616,59 @@ def certify_(target_list, eps, model, weights, data, out, calibration, calib_sam
     click.echo(report.certify_text(result))
     if json_path:
         report.write_json(result, json_path)
+
+
+@cli.command()
+@click.option("--config", "-c", default=None, type=click.Path(dir_okay=False),
+              help="sweep.toml: models, targets, weight_bits, activation_bits, plans, eps, "
+                   "strength, attacks, sources, samples, seed, ... (docs/sweep.md).")
+@click.option("--models", "-m", default=None, help="Comma-separated models (zoo:NAME, files).")
+@click.option("--targets", "-t", "target_list", default=None, help="Comma-separated targets.")
+@click.option("--weight-bits", default=None, help="Comma-separated widths, or 'default'.")
+@click.option("--activation-bits", default=None, help="Comma-separated widths, or 'default'.")
+@click.option("--eps", default=None, help="Comma-separated L-inf budgets.")
+@click.option("--samples", "-n", default=None, type=click.IntRange(1),
+              help="Test samples per cell (clean and attacked).")
+@click.option("--out", "-o", default=None, help="Output directory (default sweep-out).")
+@click.option("--executor", default="local", show_default=True,
+              type=click.Choice(["local", "ray"]))
+@click.option("--workers", "-j", default=None, type=click.IntRange(1),
+              help="Worker processes (local) or CPUs of a local Ray (default: all cores).")
+@click.option("--address", default=None, help="Ray cluster address (host:port).")
+@click.pass_context
+def sweep(ctx, config, models, target_list, weight_bits, activation_bits, eps, samples, out,
+          executor, workers, address):
+    """Robustness over a grid of models x targets x bits x plans x eps x attack strength:
+    every cell one 'eval', cached under OUT/cells/; writes OUT/sweep.json, sweep.csv,
+    report.md, report.html. Exit 1 when a cell failed."""
+    from . import sweep as S
+    cfg = S.read_config(config) if config else {}
+    flags = {"models": models and _list(models), "targets": target_list and _list(target_list),
+             "weight_bits": weight_bits and _widths(weight_bits, "--weight-bits"),
+             "activation_bits": activation_bits and _widths(activation_bits,
+                                                            "--activation-bits"),
+             "eps": eps and _floats(eps, "--eps"), "samples": samples, "out": out}
+    cfg |= {k: v for k, v in flags.items() if v is not None}
+    if address and executor != "ray":
+        raise click.BadParameter("only with --executor ray", param_hint="--address")
+    doc, files = S.run(cfg, executor, workers, address)
+    failed = [c for c in doc["cells"] if c["status"] != "ok"]
+    click.echo(f"{len(doc['cells'])} cells: {len(doc['cells']) - len(failed)} ok, "
+               f"{len(failed)} failed; {len(doc['skipped'])} skipped")
+    for c in failed:
+        click.echo(f"failed {c['id']}: {c['error']}")
+    click.echo("\n".join(str(f) for f in files))
+    if failed:
+        ctx.exit(1)
+
+
+def _widths(text: str, option: str) -> list:
+    from .errors import InputError
+    try:
+        return [v if v == "default" else int(v) for v in _list(text)]
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated integers or 'default', "
+                         f"got {text!r}") from None
 
 
 def _list(text: str) -> list[str]:

@@ -13,6 +13,8 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 "targets": None, "out": OUT, "calibration": None,
                 "samples": None, "seed": 0, "calib_samples": CALIB_SAMPLES,
                 "targets_dir": None,
+                # uniform bits for every target without a plan (None: the target's default)
+                "weight_bits": None, "activation_bits": None,
                 # plan.json files (e.g. from 'deployq select') used for their targets
                 "plans": [],
                 # robustness stage (attacks = [] turns it off); a few minutes on 2 cores

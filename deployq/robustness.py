@@ -95,9 +95,10 @@ def evaluate(subject: Subject, x: np.ndarray, y: np.ndarray, cfg: Config,
             robust &= correct
             by.append({"source": source, "attack": attack, "accuracy": _mean(correct)})
         log.info("%s eps=%g: robust accuracy %.1f%%", subject.name, eps, 100 * _mean(robust))
-        rows.append({"eps": eps, "robust": _mean(robust), "by": by})
+        rows.append({"eps": eps, "robust": _mean(robust), "by": by,
+                     "robust_mask": packed(robust)})
     entry = {"target": subject.name, "clean": _mean(clean), "mirror": subject.mirror,
-             "eps": rows}
+             "eps": rows, "clean_mask": packed(clean)}
     return entry | {"flags": checks(entry)}
 
 
@@ -129,6 +130,16 @@ def _white_box(A, attack: str, model, x, y, eps: float, cfg: Config):
     if attack == "fgsm":
         return A.fgsm(model, x, y, eps)
     return A.pgd(model, x, y, eps, cfg.steps, restarts=cfg.restarts, seed=cfg.seed)
+
+
+def packed(mask: np.ndarray) -> str:
+    """A per-sample boolean mask as hex (numpy.packbits, first sample in the high bit):
+    paired statistics (McNemar) between targets scored on the same samples need it."""
+    return np.packbits(np.asarray(mask, bool)).tobytes().hex()
+
+
+def unpacked(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
 
 
 def _mean(mask: np.ndarray) -> float:

@@ -197,6 +197,8 @@ CONFIG = {
         isinstance(e, str) or (_is_num(e) and 0 < e <= 1) for e in v),
         "a list of eps (numbers in (0, 1] or fractions like '1/255')"),
     "certify_samples": (_int_at_least(1), "a whole number >= 1"),
+    "weight_bits": (_int_at_least(1), "a whole number of bits"),
+    "activation_bits": (_int_at_least(1), "a whole number of bits"),
 }
 PATH_KEYS = ("weights", "out", "targets_dir")
 

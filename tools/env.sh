@@ -16,7 +16,7 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ] \
     || { echo "deployq: Python >= 3.11 needed, $("$python" --version) found" >&2; exit 2; }
   "$python" -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$root/tools/requirements-dev.txt"
-  "$venv/bin/pip" install -q --disable-pip-version-check -e "$root[test,tflite,hls4ml]"
+  "$venv/bin/pip" install -q --disable-pip-version-check -e "$root[test,tflite,hls4ml,ray]"
   # the peer library of the robustness tests, without its declared torchvision (which
   # would replace the CPU torch with a CUDA build); it imports only torch and numpy/scipy
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "torchattacks>=3.5"

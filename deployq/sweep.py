@@ -1,0 +1,580 @@
+"""deployq sweep: a grid of independent cells (model x target x weight bits x activation
+bits x selected plan x eps x attack strength), each cell exactly one `deployq eval`
+(api.evaluate with its robustness stage: the same code, nothing re-implemented).
+
+Cells are cached under OUT/cells/ID/cell.json, where ID is a content hash of everything
+the cell's numbers depend on (model weights, data, seed, target file, plan settings,
+attack settings, deployq version), so a re-run or a killed sweep computes only what is
+missing, and a cell is counted once however often it ran. Executors: a local process
+pool (`local`, the default) or Ray (`ray`, locally or on a cluster); both run the same
+`run_cell` and give the same sweep.json apart from its `run` section and each cell's
+`seconds`. The results' views are in deployq/sweepreport.py."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DeployqError, InputError
+
+log = logging.getLogger("deployq")
+FORMAT, VERSION = "deployq-sweep", 1
+DEFAULT = "default"         # an axis value meaning "the target's default"
+RETRIES = 2                 # reruns of a cell whose worker died (killed, out of memory)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+SWEEP_DEFAULTS = {
+    "models": ["zoo:lenet-digits"], "targets": ["fpga-fixed"], "weight_bits": [DEFAULT],
+    "activation_bits": [DEFAULT], "plans": [], "eps": [0.05, 0.1, 0.2],
+    "strength": [{"name": "default", "steps": 10, "restarts": 1, "queries": 100}],
+    "attacks": ["fgsm", "pgd"], "sources": ["transfer", "bpda", "blackbox"],
+    "samples": 200, "seed": 0, "calib_samples": 512, "calibration": None, "data": None,
+    "targets_dir": None, "out": "sweep-out", "temperature": 1.0,
+}
+AXES = ("model", "target", "weight_bits", "activation_bits", "plan", "eps", "strength")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid; `id` is its content hash (set by Sweep.cells)."""
+    model: str
+    target: str
+    weight_bits: int | None
+    activation_bits: int | None
+    plan: dict | None
+    eps: float
+    strength: dict
+    id: str = ""
+
+    def axes(self) -> dict:
+        return {"model": self.model, "target": self.target, "weight_bits": self.weight_bits,
+                "activation_bits": self.activation_bits,
+                "plan": plan_label(self.plan) if self.plan else None, "eps": self.eps,
+                "strength": self.strength["name"]}
+
+
+def plan_label(plan: dict) -> str:
+    return f"{plan['method']}@{plan['budget']}"
+
+
+@dataclass
+class Sweep:
+    """A checked sweep configuration (SWEEP_DEFAULTS' keys)."""
+    cfg: dict
+    targets: dict = field(default_factory=dict)        # name -> targets.Target
+    fingerprints: dict = field(default_factory=dict)   # model spec -> sha256 of weights
+    skipped: list = field(default_factory=list)        # [{"axes", "reason"}]
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg["out"])
+
+    def cells(self) -> list[Cell]:
+        """Every valid cell in grid order; invalid ones go to self.skipped."""
+        self.skipped = []
+        cells = []
+        for cell in _grid(self.cfg):
+            reason = self._invalid(cell)
+            if reason:
+                self.skipped.append({"axes": cell.axes(), "reason": reason})
+                continue
+            cells.append(Cell(**{**cell.__dict__, "id": self.cell_id(cell)}))
+        return cells
+
+    def _invalid(self, cell: Cell) -> str | None:
+        from . import api, backends
+        from .errors import TargetError
+        tgt = self.targets[cell.target]
+        settings = {"weight_bits": cell.weight_bits, "activation_bits": cell.activation_bits}
+        try:
+            backends.get(tgt.backend)
+            api.plan_settings(tgt, settings)
+        except TargetError as e:
+            return str(e)
+        if cell.plan and len(tgt.allowed.get("weight_bits", [])) < 2:
+            return f"target {tgt.name} allows one weight width only: nothing to select"
+        return None
+
+    def cell_id(self, cell: Cell) -> str:
+        """sha256 (first 16 hex digits) of everything the cell's result depends on."""
+        from . import __version__
+        c = self.cfg
+        tgt = self.targets[cell.target]
+        key = {"deployq": __version__, "axes": cell.axes(), "plan": cell.plan,
+               "strength": cell.strength,
+               "model_sha256": self.fingerprints[cell.model], "data": c["data"],
+               "data_sha256": _file_sha(c["data"]), "target_sha256": _file_sha(tgt.path),
+               **{k: c[k] for k in ("attacks", "sources", "samples", "seed",
+                                    "calib_samples", "calibration", "temperature")}}
+        text = json.dumps(key, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def job(self, cell: Cell) -> dict:
+        """What a worker needs to run the cell (plain data: it crosses processes)."""
+        c = self.cfg
+        return {"id": cell.id, "axes": cell.axes(), "plan": cell.plan,
+                "strength": cell.strength, "dir": str(self.out / "cells" / cell.id),
+                **{k: c[k] for k in ("data", "attacks", "sources", "samples", "seed",
+                                     "calib_samples", "calibration", "targets_dir",
+                                     "temperature")}}
+
+
+def _grid(cfg: dict):
+    weights = [(None if b == DEFAULT else b, None) for b in cfg["weight_bits"]]
+    weights += [(None, p) for p in cfg["plans"]]
+    for model in cfg["models"]:
+        for target in cfg["targets"]:
+            for wbits, plan in weights:
+                for abits in cfg["activation_bits"]:
+                    for strength in cfg["strength"]:
+                        for eps in cfg["eps"]:
+                            yield Cell(model, target, wbits,
+                                       None if abits == DEFAULT else abits, plan,
+                                       float(eps), strength)
+
+
+def _file_sha(path) -> str | None:
+    """sha256 of a file (a target TOML, an .npz data set); None for a name or folder."""
+    if path is None or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --- configuration -----------------------------------------------------------------
+
+def read_config(path) -> dict:
+    """A sweep.toml: any of SWEEP_DEFAULTS' keys at top level."""
+    import tomllib
+    try:
+        cfg = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise InputError(f"cannot read sweep config {path}: {e}") from None
+    unknown = sorted(set(cfg) - set(SWEEP_DEFAULTS))
+    if unknown:
+        raise InputError(f"{path}: unknown keys {unknown}; known: {', '.join(SWEEP_DEFAULTS)}")
+    return cfg
+
+
+def prepare(config: dict) -> Sweep:
+    """Check every axis and setting (one InputError/TargetError before any work) and
+    load each model once for its fingerprint."""
+    from . import api
+    cfg = SWEEP_DEFAULTS | config
+    for key in ("models", "targets", "weight_bits", "activation_bits", "eps", "strength",
+                "attacks", "sources", "plans"):
+        _nonempty_list(cfg, key, allow_empty=key in ("plans", "weight_bits"))
+    if not cfg["weight_bits"] and not cfg["plans"]:
+        raise InputError("weight_bits is empty and no plans are given: nothing to run; "
+                         "e.g. weight_bits = [8, 4]")
+    sweep = Sweep(cfg, {t.name: t for t in api.targets_or_fail(cfg["targets"],
+                                                                cfg["targets_dir"])})
+    _check_bits(sweep, "weight_bits")
+    _check_bits(sweep, "activation_bits")
+    cfg["plans"] = [_check_plan(p) for p in cfg["plans"]]
+    cfg["strength"] = [_check_strength(s) for s in cfg["strength"]]
+    _twice(cfg["models"], "models")
+    _twice([s["name"] for s in cfg["strength"]], "strength names")
+    robust_config(cfg, cfg["eps"], cfg["strength"][0])      # attacks, sources, eps, samples
+    sweep.fingerprints = {m: _fingerprint(m) for m in cfg["models"]}
+    return sweep
+
+
+def _nonempty_list(cfg: dict, key: str, allow_empty: bool = False) -> None:
+    value = cfg[key]
+    if not isinstance(value, list) or (not value and not allow_empty):
+        raise InputError(f"sweep axis {key!r} must be a non-empty list, got {value!r}")
+
+
+def _twice(values: list, what: str) -> None:
+    twice = sorted({str(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise InputError(f"{what} listed more than once: {', '.join(twice)}")
+
+
+def _check_bits(sweep: Sweep, key: str) -> None:
+    """Each width is 'default' or an integer some target allows (the other targets'
+    cells are skipped and listed)."""
+    values = sweep.cfg[key]
+    _twice(values, key)
+    for v in values:
+        if v == DEFAULT:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise InputError(f"{key} values are integers or {DEFAULT!r}, got {v!r}")
+        if not any(v in t.allowed.get(key, [t.defaults[key]]) for t in sweep.targets.values()):
+            ranges = {n: t.allowed.get(key, [t.defaults[key]]) for n, t in sweep.targets.items()}
+            raise InputError(f"{key}={v} is outside every target's range ({ranges}); "
+                             "drop it or add a target that allows it")
+
+
+def _check_plan(plan) -> dict:
+    from . import select as S
+    if not isinstance(plan, dict) or set(plan) - {"method", "budget", "eps"} or \
+            "budget" not in plan:
+        raise InputError(f"a plans entry is a table with budget (and method, eps), e.g. "
+                         f"{{method = \"adversarial\", budget = \"4bits\"}}; got {plan!r}")
+    plan = {"method": "adversarial", "eps": 0.1} | plan
+    if plan["method"] not in S.METHODS:
+        raise InputError(f"plans: method {plan['method']!r} is unknown; choose one of "
+                         f"{', '.join(S.METHODS)}")
+    S.parse_budget(str(plan["budget"]))
+    return plan
+
+
+def _check_strength(s) -> dict:
+    keys = {"name", "steps", "restarts", "queries"}
+    if not isinstance(s, dict) or not set(s) <= keys or "name" not in s:
+        raise InputError(f"a strength entry is a table with name (and steps, restarts, "
+                         f"queries), got {s!r}")
+    return {"steps": 10, "restarts": 1, "queries": 100} | s
+
+
+def robust_config(cfg: dict, eps: list, strength: dict):
+    """The robustness.Config of a cell: exactly what `deployq eval --attacks` builds."""
+    from .robustness import Config
+    try:
+        return Config(list(cfg["attacks"]), list(eps), list(cfg["sources"]),
+                      strength["steps"], strength["restarts"], strength["queries"],
+                      cfg["samples"], cfg["temperature"], seed=cfg["seed"])
+    except TypeError as e:
+        raise InputError(f"sweep attack settings of the wrong type: {e}") from None
+
+
+def _fingerprint(spec: str) -> str:
+    from . import models
+    return models.load(spec).fingerprint()
+
+
+# --- one cell (runs in a worker) -----------------------------------------------------
+
+_SESSIONS: dict = {}        # per worker process: a session per (model, data, seed, ...)
+
+
+def run_cell(job: dict) -> dict:
+    """Run one cell as `deployq eval` does; never raises for the cell's own failure:
+    {"id", "result"} or {"id", "error"}, with "seconds"."""
+    start = time.perf_counter()
+    folder = Path(job["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "worker.pid").write_text(str(os.getpid()))
+    try:
+        out = {"id": job["id"], "result": _relative(_evaluate(job, folder), folder)}
+    except DeployqError as e:
+        out = {"id": job["id"], "error": str(e)}
+    except Exception as e:              # a bug in one cell must not end the sweep
+        log.exception("cell %s failed", job["id"])
+        out = {"id": job["id"], "error": f"{type(e).__name__}: {e}"}
+    (folder / "worker.pid").unlink(missing_ok=True)
+    return out | {"seconds": round(time.perf_counter() - start, 3)}
+
+
+def _evaluate(job: dict, folder: Path) -> dict:
+    from . import api
+    axes = job["axes"]
+    session = _session(job, axes["model"])
+    robust = robust_config(job, [axes["eps"]], job["strength"])
+    plans = None
+    if job["plan"]:
+        p = job["plan"]
+        path, _ = api.select(axes["target"], str(p["budget"]), p["method"], p["eps"], session,
+                             folder / "select", job["calibration"],
+                             targets_dir=job["targets_dir"])
+        plans = {axes["target"]: path}
+    settings = {"weight_bits": axes["weight_bits"], "activation_bits": axes["activation_bits"]}
+    return api.evaluate([axes["target"]], session, folder, job["samples"], job["calibration"],
+                        job["targets_dir"], robust, plans, settings)
+
+
+def _relative(result: dict, folder: Path) -> dict:
+    """Paths in the result relative to the sweep's OUT (cells/ID/...), so sweep.json
+    does not depend on where OUT is (or on which node wrote it)."""
+    base = folder.parent.parent
+    for row in result["results"]:
+        for key in ("artifact", "plan"):
+            if key in row:
+                row[key] = os.path.relpath(row[key], base)
+    return result
+
+
+def _session(job: dict, model: str):
+    from . import api
+    key = (model, job["data"], job["seed"], job["calib_samples"])
+    if key not in _SESSIONS:
+        _SESSIONS[key] = api.open_session(model, None, job["data"], job["seed"],
+                                          job["calib_samples"])
+    return _SESSIONS[key]
+
+
+def one_thread() -> None:
+    """A worker uses one thread per runtime: workers, not threads, share the cores."""
+    for var in THREAD_VARS:
+        os.environ[var] = "1"
+    import torch
+    torch.set_num_threads(1)
+
+
+# --- running the sweep ---------------------------------------------------------------
+
+class Progress:
+    """Cells done / total, ETA from the computed cells' pace, failures by cell."""
+
+    def __init__(self, total: int, cached: int):
+        self.total, self.done, self.failed = total, cached, []
+        self.computed, self.start = 0, time.perf_counter()
+
+    def update(self, cell_id: str, outcome: dict) -> None:
+        self.done += 1
+        self.computed += 1
+        if "error" in outcome:
+            self.failed.append(cell_id)
+            log.warning("sweep: cell %s failed: %s", cell_id, outcome["error"])
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.computed * (self.total - self.done)
+        log.info("sweep: %d/%d cells done, %d failed, ETA %s", self.done, self.total,
+                 len(self.failed), _clock(eta))
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
+
+
+def run(config: dict, executor: str = "local", workers: int | None = None,
+        address: str | None = None) -> tuple[dict, list[Path]]:
+    """Check the sweep, run the missing cells, write OUT/sweep.json, sweep.csv,
+    report.md and report.html. Returns (sweep document, files written)."""
+    from . import sweepreport
+    if executor not in ("local", "ray"):
+        raise InputError(f"--executor {executor!r} is unknown; choose local or ray")
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    sweep = prepare(config)
+    if executor == "ray":
+        check_address(address)
+    cells = sweep.cells()
+    for s in sweep.skipped:
+        log.warning("sweep: skipping %s: %s", _label(s["axes"]), s["reason"])
+    start = time.perf_counter()
+    done = {c.id: o for c in cells if (o := _cached(sweep, c)) is not None}
+    todo = [c for c in cells if c.id not in done]
+    log.info("sweep: %d cells (%d cached, %d to run, %d skipped), %s executor, %d workers",
+             len(cells), len(done), len(todo), len(sweep.skipped), executor, workers)
+    if todo:
+        pool = RayPool(workers, address) if executor == "ray" else LocalPool(workers)
+        progress = Progress(len(cells), len(done))
+        by_id = {c.id: c for c in todo}
+
+        def finished(outcome: dict) -> None:
+            if outcome["id"] in done:          # a retried cell reported twice counts once
+                return
+            done[outcome["id"]] = outcome
+            _store(sweep, by_id[outcome["id"]], outcome)
+            progress.update(outcome["id"], outcome)
+
+        pool.run([sweep.job(c) for c in todo], finished)
+    doc = document(sweep, cells, done, {
+        "executor": executor, "workers": workers, "computed": len(todo),
+        "cached": len(cells) - len(todo), "wall_seconds": round(time.perf_counter() - start, 3)})
+    return doc, sweepreport.write(doc, sweep.out)
+
+
+def _label(axes: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in axes.items() if v is not None)
+
+
+def _cached(sweep: Sweep, cell: Cell) -> dict | None:
+    """A computed cell's outcome from OUT/cells/ID/cell.json (only successful cells are
+    stored, so a failed cell runs again)."""
+    path = sweep.out / "cells" / cell.id / "cell.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if stored.get("id") == cell.id and "result" in stored else None
+
+
+def _store(sweep: Sweep, cell: Cell, outcome: dict) -> None:
+    from .io import atomic_write
+    if "result" in outcome:
+        atomic_write(sweep.out / "cells" / cell.id / "cell.json",
+                     json.dumps({"axes": cell.axes()} | outcome, indent=1).encode())
+
+
+def document(sweep: Sweep, cells: list[Cell], done: dict, run_info: dict) -> dict:
+    """sweep.json: every cell in grid order with its axes and eval result (or error),
+    the skipped cells with reasons; `run` and each cell's `seconds` are the only
+    fields that depend on how and when it ran."""
+    rows = []
+    for c in cells:
+        o = done.get(c.id, {"error": "not run"})
+        row = {"id": c.id, "axes": c.axes(), "status": "ok" if "result" in o else "failed",
+               "seconds": o.get("seconds")}
+        rows.append(row | ({"result": o["result"]} if "result" in o else {"error": o["error"]}))
+    cfg = {k: v for k, v in sweep.cfg.items() if k != "out"}
+    return {"format": FORMAT, "version": VERSION, "config": cfg, "cells": rows,
+            "skipped": sweep.skipped, "run": run_info}
+
+
+def without_timings(doc: dict) -> dict:
+    """The sweep document with `run` and cell `seconds` removed: what two executors
+    (or two runs) must agree on exactly."""
+    return {k: v for k, v in doc.items() if k != "run"} | {
+        "cells": [{k: v for k, v in c.items() if k != "seconds"} for c in doc["cells"]]}
+
+
+# --- executors -------------------------------------------------------------------------
+
+def _worker_main(conn) -> None:
+    """A local pool worker: receives jobs, sends back outcomes, until it gets None (or
+    the sweep process is gone). DEPLOYQ_SWEEP_OWN_SESSIONS=1 puts each worker in a
+    session of its own: where the kernel shares CPU per session (autogroup), workers
+    then compete as separate jobs instead of splitting one job's share (docs/sweep.md)."""
+    if os.environ.get("DEPLOYQ_SWEEP_OWN_SESSIONS") == "1":
+        os.setsid()
+    one_thread()
+    logging.basicConfig(format="deployq: %(message)s", level=logging.WARNING)
+    try:
+        while (job := conn.recv()) is not None:
+            conn.send(run_cell(job))
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+
+
+class LocalPool:
+    """`workers` processes (spawned: no inherited torch state), one job at a time each.
+    The pool knows which cell each worker holds, so a worker that dies (killed, out of
+    memory) has exactly its cell re-queued, up to RETRIES times, and is replaced."""
+
+    def __init__(self, workers: int):
+        import multiprocessing as mp
+        self.ctx, self.workers = mp.get_context("spawn"), workers
+
+    def _spawn(self):
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker_main, args=(child,), daemon=True)
+        proc.start()
+        child.close()
+        return parent, proc
+
+    def run(self, jobs: list[dict], finished) -> None:
+        from collections import deque
+        from multiprocessing.connection import wait
+        queue, attempts = deque(jobs), {j["id"]: 0 for j in jobs}
+        idle = [self._spawn() for _ in range(min(self.workers, len(jobs)))]
+        busy: dict = {}                       # conn -> (proc, job)
+        try:
+            while queue or busy:
+                while queue and idle:
+                    conn, proc = idle.pop()
+                    job = queue.popleft()
+                    conn.send(job)
+                    busy[conn] = (proc, job)
+                for conn in wait(list(busy)):
+                    proc, job = busy.pop(conn)
+                    try:
+                        outcome = conn.recv()
+                    except (EOFError, OSError):
+                        self._died(proc, job, queue, attempts, finished)
+                        idle.append(self._spawn())
+                        continue
+                    finished(outcome)
+                    idle.append((conn, proc))
+        finally:
+            for conn, proc in idle + [(c, p) for c, (p, _) in busy.items()]:
+                _stop(conn, proc)
+
+    @staticmethod
+    def _died(proc, job: dict, queue, attempts: dict, finished) -> None:
+        proc.join(5)
+        attempts[job["id"]] += 1
+        if attempts[job["id"]] > RETRIES:
+            finished({"id": job["id"], "seconds": None, "error":
+                      f"its worker died {attempts[job['id']]} times (exit code {proc.exitcode})"})
+            return
+        log.warning("sweep: worker %d running cell %s died (exit code %s); retrying the cell",
+                    proc.pid, job["id"], proc.exitcode)
+        queue.appendleft(job)
+
+
+def _stop(conn, proc) -> None:
+    try:
+        conn.send(None)
+    except (OSError, ValueError):
+        pass
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+
+
+class RayPool:
+    """Ray tasks (one CPU each) running run_cell; Ray re-runs a task whose worker died
+    (max_retries). Connects on construction: an unreachable address fails here, before
+    any cell runs."""
+
+    def __init__(self, workers: int, address: str | None):
+        self.ray = connect_ray(workers, address)
+
+    def run(self, jobs: list[dict], finished) -> None:
+        ray = self.ray
+        task = ray.remote(num_cpus=1, max_retries=RETRIES)(_ray_cell)
+        pending = {task.remote(job): job for job in jobs}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    finished(ray.get(ref))
+                except ray.exceptions.RayError as e:
+                    finished({"id": job["id"], "seconds": None,
+                              "error": f"ray: {type(e).__name__}: {str(e).splitlines()[0]}"})
+
+
+def _ray_cell(job: dict) -> dict:
+    one_thread()
+    return run_cell(job)
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """A Ray address answers on TCP (ray.init itself would wait for a long time), and
+    Ray is importable."""
+    import importlib.util
+    import socket
+    if importlib.util.find_spec("ray") is None:
+        raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'")
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout).close()
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot reach Ray at {address}: {e}; give the host:port of a "
+                         "running 'ray start --head' (or leave --address out for a local "
+                         "Ray)") from None
+
+
+def connect_ray(workers: int, address: str | None):
+    """ray, initialised: a local instance with `workers` CPUs, or the cluster at address."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'") from None
+    if ray.is_initialized():
+        return ray
+    env = {"env_vars": {v: "1" for v in THREAD_VARS}}
+    try:
+        if address:
+            ray.init(address=address, runtime_env=env, logging_level=logging.ERROR,
+                     log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, runtime_env=env,
+                     logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
+        raise InputError(f"cannot start or reach Ray"
+                         f"{' at ' + address if address else ''}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                         "check --address (host:port of a running 'ray start --head')") from None
+    return ray

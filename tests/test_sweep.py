@@ -1,0 +1,241 @@
+"""deployq sweep: grid and validation, bad input (exit 2 before any work), caching and
+resume, a killed worker's cell retried, a failing cell reported, and the local and Ray
+executors giving the same sweep.json. Cells are tiny (30 samples, 2 PGD steps) on the
+fpga-fixed target (the C runtime: no TensorFlow start-up)."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployq import sweep as S, sweepreport as SR
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """
+models = ["zoo:lenet-digits"]
+targets = ["fpga-fixed"]
+weight_bits = [8, 4]
+eps = [0.05, 0.1]
+strength = [{name = "fast", steps = 2, restarts = 1, queries = 10}]
+samples = 30
+"""
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("deployq: error: "), err
+    return lines[0]
+
+
+def _config(tmp_path, text=TINY, name="sweep.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _doc(out) -> dict:
+    return json.loads((Path(out) / "sweep.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def local_out(tmp_path_factory):
+    """The tiny sweep run once with 2 local workers (a subprocess, as a user runs it)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    cfg = _config(folder)
+    out = folder / "out"
+    p = _cli("sweep", "-c", cfg, "-o", out, "-j", "2")
+    assert p.returncode == 0, p.stderr
+    return out, cfg
+
+
+def _cli(*args, **kw):
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "deployq", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+# --- grid and validation (no runtime) -----------------------------------------------------
+
+def test_grid_lists_invalid_cells_and_hashes_the_settings():
+    cfg = {"targets": ["fpga-fixed", "onnx-int8"], "activation_bits": [8, 4],
+           "weight_bits": [8], "eps": [0.1], "plans": [{"budget": "4bits"}],
+           "strength": [{"name": "fast", "steps": 2}]}
+    sweep = S.prepare(cfg)
+    cells = sweep.cells()
+    # 2 targets x (1 width + 1 plan) x 2 activation widths; onnx-int8 executes 8 bits only
+    assert len(cells) + len(sweep.skipped) == 8
+    assert [s["axes"]["target"] for s in sweep.skipped] == ["onnx-int8", "onnx-int8"]
+    assert all("activation_bits=4" in s["reason"] for s in sweep.skipped)
+    assert len({c.id for c in cells}) == len(cells)
+    assert [c.id for c in S.prepare(cfg).cells()] == [c.id for c in cells]   # stable
+    other = S.prepare(cfg | {"samples": 50}).cells()
+    assert not {c.id for c in other} & {c.id for c in cells}   # samples changes every id
+
+
+@pytest.mark.parametrize("args, config, words", [
+    ((), "eps = []", "eps"),
+    (("-m", "zoo:nope"), "", "unknown zoo model"),
+    (("-t", "nope"), "", "unknown target"),
+    ((), 'plans = [{method = "bogus", budget = "4bits"}]', "bogus"),
+    (("--weight-bits", "12"), "", "outside every target"),
+    (("--weight-bits", "8,8"), "", "more than once"),
+    ((), "colour = 1", "unknown keys"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(run_cli, tmp_path, args, config, words):
+    cfg = _config(tmp_path, config)
+    out = tmp_path / "out"
+    code, _, err = run_cli("sweep", "-c", cfg, "-o", out, *args)
+    assert code == 2 and words in _one_error_line(err)
+    assert not out.exists()
+
+
+def test_unreachable_ray_address_fails_before_any_work(tmp_path):
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'deployq[ray]')")
+    out = tmp_path / "out"
+    p = _cli("sweep", "-c", _config(tmp_path), "-o", out, "--executor", "ray",
+             "--address", "127.0.0.1:9")
+    assert p.returncode == 2 and "Ray at 127.0.0.1:9" in _one_error_line(p.stderr)
+    assert not out.exists()
+
+
+def test_statistics_helpers():
+    lo, hi = SR.wilson(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)     # Wilson (1927), tabulated
+    a = [True] * 10 + [False] * 10
+    b = [False] * 10 + [False] * 10
+    assert SR.mcnemar(a, b) == pytest.approx(2 / 1024)           # 10 gains, no loss
+    assert SR.mcnemar(a, a) == 1.0                               # negative control
+    big = np.arange(200) < 100                  # numpy masks (as the report passes them)
+    assert SR.mcnemar(big, np.zeros(200, bool)) == pytest.approx(2 * 0.5 ** 100)
+    low, high = SR.paired_interval(a, b)
+    assert 0 < low < 0.5 < high <= 1
+
+
+# --- running: local pool, cache, resume -------------------------------------------------------
+
+def test_local_sweep_writes_every_view(local_out):
+    out, _ = local_out
+    doc = _doc(out)
+    assert [c["status"] for c in doc["cells"]] == ["ok"] * 4
+    assert len({c["id"] for c in doc["cells"]}) == 4
+    axes = [(c["axes"]["weight_bits"], c["axes"]["eps"]) for c in doc["cells"]]
+    assert axes == [(8, 0.05), (8, 0.1), (4, 0.05), (4, 0.1)]
+    cell = doc["cells"][2]
+    result = cell["result"]                     # exactly what `deployq eval` returns
+    assert [r["target"] for r in result["results"]] == ["float", "fpga-fixed"]
+    assert result["robustness"]["eps"] == [0.05] and result["robustness"]["steps"] == 2
+    plan = json.loads((out / Path(result["results"][1]["artifact"]).parent
+                       / "plan.json").read_text())
+    assert {lp["weight"]["bits"] for lp in plan["layers"].values() if "weight" in lp} == {4}
+    from deployq.robustness import unpacked
+    for c in doc["cells"]:                      # the per-sample masks give the accuracies
+        rob = c["result"]["robustness"]
+        for t in rob["targets"]:
+            mask = unpacked(t["eps"][0]["robust_mask"], rob["samples"])
+            assert mask.mean() == pytest.approx(t["eps"][0]["robust"])
+            assert unpacked(t["clean_mask"], rob["samples"]).mean() == pytest.approx(t["clean"])
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 8 and {r["subject"] for r in rows} == {"float", "fpga-fixed"}
+    md = (out / "report.md").read_text()
+    assert "| w4 |" in md and "McNemar" in md
+    assert "<svg" in (out / "report.html").read_text()
+
+
+def test_rerun_is_cached_and_resume_computes_only_the_missing(local_out, tmp_path):
+    out, cfg = local_out
+    first = _doc(out)
+    p = _cli("sweep", "-c", cfg, "-o", out, "-j", "2")
+    assert p.returncode == 0, p.stderr
+    again = _doc(out)
+    assert again["run"]["computed"] == 0 and again["run"]["cached"] == 4
+    assert S.without_timings(again) == S.without_timings(first)
+    for c in first["cells"][1::2]:                   # as if killed half-way
+        (out / "cells" / c["id"] / "cell.json").unlink()
+    p = _cli("sweep", "-c", cfg, "-o", out, "-j", "1")
+    resumed = _doc(out)
+    assert resumed["run"]["computed"] == 2 and resumed["run"]["cached"] == 2
+    assert S.without_timings(resumed) == S.without_timings(first)
+
+
+def test_killed_worker_cell_is_retried_and_counted_once(tmp_path):
+    out = tmp_path / "out"
+    cfg = _config(tmp_path, TINY.replace("eps = [0.05, 0.1]", "eps = [0.1]"))
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "deployq", "sweep", "-c", str(cfg),
+                             "-o", str(out), "-j", "1"], env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    deadline, killed = time.time() + 120, None
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        for pid_file in out.glob("cells/*/worker.pid"):
+            try:
+                pid = int(pid_file.read_text())
+            except (OSError, ValueError):
+                continue
+            assert pid != proc.pid
+            os.kill(pid, signal.SIGKILL)                     # mid-cell
+            killed = pid_file.parent.name
+            break
+        time.sleep(0.02)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert killed, "no worker was seen running a cell"
+    assert proc.returncode == 0, stderr
+    assert f"running cell {killed} died" in stderr and "retrying" in stderr
+    doc = _doc(out)
+    assert [c["status"] for c in doc["cells"]] == ["ok", "ok"]
+    assert sorted(c["id"] for c in doc["cells"]) == sorted(
+        p.name for p in (out / "cells").iterdir() if (p / "cell.json").is_file())
+    assert doc["run"]["computed"] == 2
+
+
+def test_failing_cell_is_reported_and_the_sweep_goes_on(tmp_path):
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    text = (ROOT / "targets" / "fpga-fixed.toml").read_text()
+    (targets / "fpga-acc4.toml").write_text(
+        text.replace('name = "fpga-fixed"', 'name = "fpga-acc4"')
+            .replace("acc_bits = 32", "acc_bits = 4"))              # outside 8..32
+    cfg = _config(tmp_path, TINY.replace('targets = ["fpga-fixed"]',
+                                         'targets = ["fpga-fixed", "fpga-acc4"]')
+                  .replace("weight_bits = [8, 4]", "weight_bits = [8]")
+                  .replace("eps = [0.05, 0.1]", "eps = [0.1]")
+                  + f'targets_dir = "{targets}"\n')
+    out = tmp_path / "out"
+    p = _cli("sweep", "-c", cfg, "-o", out, "-j", "1")
+    assert p.returncode == 1
+    doc = _doc(out)
+    status = {c["axes"]["target"]: c for c in doc["cells"]}
+    assert status["fpga-fixed"]["status"] == "ok"
+    assert status["fpga-acc4"]["status"] == "failed"
+    assert "acc_bits=4" in status["fpga-acc4"]["error"]
+    assert "acc_bits=4" in (out / "report.md").read_text()
+
+
+# --- Ray ----------------------------------------------------------------------------------
+
+def test_ray_and_local_give_the_same_sweep_json(local_out, tmp_path):
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'deployq[ray]')")
+    out, cfg = local_out
+    ray_out = tmp_path / "ray"
+    p = _cli("sweep", "-c", cfg, "-o", ray_out, "--executor", "ray", "-j", "2")
+    assert p.returncode == 0, p.stderr
+    local, ray = _doc(out), _doc(ray_out)
+    assert ray["run"]["executor"] == "ray" and ray["run"]["computed"] == 4
+    assert S.without_timings(ray) == S.without_timings(local)
+    # the comparison has teeth: the cells differ from one another in their masks
+    masks = {t["eps"][0]["robust_mask"] for c in local["cells"]
+             for t in c["result"]["robustness"]["targets"]}
+    assert len(masks) > 2
+
+
+def test_eval_weight_bits_outside_the_target_is_one_line(run_cli, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_cli("eval", "-t", "onnx-int8", "--weight-bits", "9", "-o", out)
+    assert code == 2 and "weight_bits=9" in _one_error_line(err)
+    assert not out.exists()
