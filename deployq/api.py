@@ -175,7 +175,7 @@ def evaluate(targets: list[str], session: Session | None = None,
         raise InputError(f"--samples must be at least 1, got {samples}")
     x, y = session.dataset.test(samples)
     float_pred = session.model.logits(x).argmax(1)
-    rows = [{"target": "float", "accuracy": _acc(float_pred, y), "agreement": 1.0}]
+    rows = [{"target": "float"} | _scored(float_pred, y) | {"agreement": 1.0}]
     outputs, runners = {}, {}
     for name in targets:
         exported = export(name, session, out, calibration, targets_dir,
@@ -186,7 +186,7 @@ def evaluate(targets: list[str], session: Session | None = None,
         pred = logits.argmax(1)
         outputs[name] = (exported.plan.tensor(session.graph.output), logits,
                          _weight_grid(exported.plan))
-        rows.append({"target": name, "accuracy": _acc(pred, y),
+        rows.append({"target": name} | _scored(pred, y) | {
                      "agreement": float((pred == float_pred).mean()),
                      "artifact": str(exported.path)}
                     | ({"plan": str(plans[name])} if name in (plans or {}) else {}))
@@ -213,12 +213,24 @@ def robustness(session: Session, runners: dict, x: np.ndarray, y: np.ndarray,
                                  exported.plan.tensor(session.graph.output),
                                  getattr(runner, "output_qp", None))
         log.info("%s: mirror top-1 agreement %.1f%%", name, 100 * agree["top1"])
-        subjects.append(R.Subject(name, runner.run, {"transfer": module, "bpda": m}, agree))
-    log.info("attacking %d models on %d samples: %s x %s at eps %s", len(subjects), n,
-             ",".join(cfg.sources), ",".join(cfg.attacks), ",".join(map(str, cfg.eps)))
+        subjects.append(R.Subject(name, runner.run, {"transfer": module, "bpda": m}, agree,
+                                  {"transfer": "transfer",
+                                   "bpda": _mirror_key(exported, cfg.temperature)}))
+    log.info("attacking %d models on %d samples: %s", len(subjects), n, cfg.describe())
     cache: dict = {}
-    return cfg.to_json() | {"samples": int(n),
-                            "targets": [R.evaluate(s, x, y, cfg, cache) for s in subjects]}
+    entries = [R.evaluate(s, x, y, cfg, cache) for s in subjects]
+    R.compare_to_float(entries)
+    return cfg.to_json() | {"samples": int(n), "targets": entries}
+
+
+def _mirror_key(exported: Exported, temperature: float) -> str:
+    """Two targets get the same mirror (so the same bpda attacks) when their backends
+    plan grids. The plan-grid mirror depends on the plan's input and layers only; a
+    backend's own mirror may read its target too, so it is keyed by the target."""
+    backend = backends.get(exported.target.backend)
+    builder = exported.target.name if hasattr(backend, "mirror") else "grid"
+    plan = exported.plan.to_json()
+    return json.dumps([builder, temperature, plan["input"], plan["layers"]], sort_keys=True)
 
 
 def _pairs(outputs: dict) -> list[dict]:
@@ -246,6 +258,13 @@ def _weight_grid(plan: P.QuantPlan) -> list[dict]:
 
 def _acc(pred: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
+
+
+def _scored(pred: np.ndarray, y: np.ndarray) -> dict:
+    """Accuracy, its Wilson 95% interval and the per-sample mask (deployq.stats)."""
+    from . import stats
+    return {"accuracy": _acc(pred, y), "accuracy_ci95": stats.interval(pred == y),
+            "accuracy_mask": stats.pack(pred == y)}
 
 
 def plans_by_target(paths: list[str | Path]) -> dict[str, Path]:
@@ -279,29 +298,34 @@ RUN_DEFAULTS = {"model": models.DEFAULT_MODEL, "weights": None, "data": None,
                 "targets_dir": None,
                 # plan.json files (e.g. from 'deployq select') used for their targets
                 "plans": [],
-                # robustness stage (attacks = [] turns it off); a few minutes on 2 cores
-                # for the built-in model and every built-in target
-                "attacks": ["fgsm", "pgd"], "eps": [0.05, 0.1, 0.2],
-                "sources": ["transfer", "bpda", "blackbox"], "steps": 10,
-                "restarts": 1, "queries": 100, "robust_samples": 200,
-                "temperature": 1.0,
+                # robustness stage (attacks = [] turns it off): a strength preset
+                # (robustness.PRESETS: fast, standard, thorough) whose attacks, steps,
+                # restarts, target_classes and queries a key given here overrides;
+                # eps as numbers or fractions ("8/255")
+                "strength": "standard", "attacks": None, "eps": [0.05, 0.1, 0.2],
+                "sources": ["transfer", "bpda", "blackbox"], "steps": None,
+                "restarts": None, "target_classes": None, "queries": None,
+                "robust_samples": 200, "temperature": 1.0,
                 # profiling stage: latency repeats (0 turns it off)
                 "profile_repeats": 30}
 ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",
                "restarts": "restarts", "queries": "queries", "robust_samples": "samples",
-               "temperature": "temperature"}
+               "temperature": "temperature", "strength": "strength",
+               "target_classes": "target_classes"}
 
 
 def robust_config(cfg: dict):
     """The robustness.Config a run config asks for, or None when attacks is empty."""
     from . import robustness as R
-    if not cfg["attacks"]:
+    if cfg["attacks"] is not None and not cfg["attacks"]:
         return None
-    for key in ("attacks", "eps", "sources"):
+    for key in ("eps", "sources") + (("attacks",) if cfg["attacks"] is not None else ()):
         _config_list(cfg, key)
+    settings = {field: cfg[key] for key, field in ROBUST_KEYS.items()}
+    eps = [R.parse_eps(e) for e in cfg["eps"]]
+    settings |= {"eps": [v for v, _ in eps], "eps_text": [t for _, t in eps]}
     try:
-        return R.Config(**{field: cfg[key] for key, field in ROBUST_KEYS.items()},
-                        seed=cfg["seed"])
+        return R.Config(**settings, seed=cfg["seed"])
     except TypeError as e:
         raise InputError(f"robustness settings of the wrong type: {e}") from None
 

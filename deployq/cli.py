@@ -219,24 +219,29 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
               help="Test samples to score (default: the whole test split).")
 @click.option("--json", "json_path", default=None, help="Also write the results as JSON.")
 @click.option("--attacks", "-a", default=None,
-              help="Comma-separated white-box attacks (fgsm, pgd): adds the robustness "
-                   "evaluation and writes OUT/results.json, report.md, report.html.")
+              help="Comma-separated white-box attacks (fgsm, pgd, apgd-ce, apgd-t): adds "
+                   "the robustness evaluation and writes OUT/results.json, report.md, "
+                   "report.html (default with --strength: the preset's).")
+@click.option("--strength", default=None,
+              help="Attack strength preset: fast, standard or thorough (adds the "
+                   "robustness evaluation; --attacks alone uses standard).")
 @click.option("--eps", default="0.05,0.1,0.2", show_default=True,
-              help="Comma-separated L-inf budgets in input units ([0, 1]).")
+              help="Comma-separated L-inf budgets in input units, in (0, 1]; fractions "
+                   "such as 8/255 are kept exact.")
 @click.option("--sources", default="transfer,bpda,blackbox", show_default=True,
               help="Where adversarial examples come from: transfer (float model "
                    "gradients), bpda (the target's mirror), blackbox (Square attack "
                    "querying the runtime).")
-@click.option("--steps", default=10, show_default=True, type=click.IntRange(1),
-              help="PGD steps.")
-@click.option("--restarts", default=1, show_default=True, type=click.IntRange(1),
-              help="PGD random restarts.")
-@click.option("--queries", default=100, show_default=True, type=click.IntRange(1),
-              help="Square attack queries per sample.")
+@click.option("--steps", default=None, type=int,
+              help="PGD/APGD iterations (default: the strength's).")
+@click.option("--restarts", default=None, type=int,
+              help="PGD/APGD-CE random restarts (default: the strength's).")
+@click.option("--queries", default=None, type=int,
+              help="Square attack queries per sample (default: the strength's).")
 @_plan_option
 def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,
-          targets_dir, samples, json_path, attacks, eps, sources, steps, restarts, queries,
-          plan_paths):
+          targets_dir, samples, json_path, attacks, strength, eps, sources, steps, restarts,
+          queries, plan_paths):
     """Export to each target and compare float and integer accuracy on the test split;
     with --attacks, also robust accuracy measured on each runtime."""
     from . import api, report
@@ -244,10 +249,13 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
     names = api.with_plan_targets(_split(target_list), plans)
     api.targets_or_fail(names, targets_dir)
     robust = None
-    if attacks is not None:
-        from .robustness import Config
-        robust = Config(_list(attacks), _floats(eps, "--eps"), _list(sources), steps, restarts, queries, samples,
-                        seed=seed)
+    if attacks is not None or strength is not None:
+        from .robustness import Config, parse_eps
+        values = [parse_eps(e) for e in _list(eps)]
+        robust = Config(_list(attacks) if attacks is not None else None,
+                        [v for v, _ in values], _list(sources), steps, restarts, queries,
+                        samples, seed=seed, strength=strength or "standard",
+                        eps_text=[t for _, t in values])
     session = _session(model, weights, data, seed, calib_samples)
     result = api.evaluate(names, session, out, samples, calibration, targets_dir, robust,
                           plans)
@@ -267,8 +275,11 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
 @click.option("--vs-float", is_flag=True,
               help="Also fail when a target's clean or robust accuracy is more than "
                    "--max-drop below the float model's in RESULTS.")
+@click.option("--significant", is_flag=True,
+              help="Count a drop only when McNemar's exact test on the per-sample "
+                   "results says it is significant (p < 0.05; same samples needed).")
 @click.pass_context
-def compare(ctx, results, baseline, max_drop, vs_float):
+def compare(ctx, results, baseline, max_drop, vs_float, significant):
     """CI gate: exit 1 when any target's clean or robust accuracy in RESULTS falls more
     than --max-drop points below BASELINE (or below float with --vs-float)."""
     from . import report
@@ -276,7 +287,7 @@ def compare(ctx, results, baseline, max_drop, vs_float):
         raise click.UsageError("give --baseline FILE, --vs-float, or both")
     current = report.load(results)
     reference = report.load(baseline) if baseline else None
-    failures = report.compare(current, reference, max_drop, vs_float)
+    failures = report.compare(current, reference, max_drop, vs_float, significant)
     for line in failures:
         click.echo(f"FAIL {line}")
     if failures:
@@ -290,11 +301,14 @@ def compare(ctx, results, baseline, max_drop, vs_float):
 @click.option("--config", "-c", default=None, type=click.Path(dir_okay=False),
               help="deployq.toml with model, weights, data, targets, out, calibration, "
                    "samples, seed, calib_samples, targets_dir, and the robustness "
-                   "settings attacks, eps, sources, steps, restarts, queries, "
-                   "robust_samples, temperature, plans (all optional; attacks = [] "
-                   "turns attacks off).")
+                   "settings strength, attacks, eps, sources, steps, restarts, "
+                   "target_classes, queries, robust_samples, temperature, plans (all "
+                   "optional; attacks = [] turns attacks off).")
+@click.option("--strength", default=None,
+              help="Attack strength preset (fast, standard, thorough); overrides the "
+                   "config's 'strength' (default: standard).")
 @_plan_option
-def run(config, plan_paths):
+def run(config, strength, plan_paths):
     """The whole pipeline from one config: export to every target, evaluate clean and
     under attack (FGSM and PGD from the float model and each target's mirror, and a
     black-box Square attack, all scored on the runtimes), and write OUT/results.json,
@@ -304,6 +318,8 @@ def run(config, plan_paths):
     cfg = api.read_config(config) if config else {}
     if plan_paths and isinstance(cfg.get("plans", []), list):
         cfg["plans"] = cfg.get("plans", []) + list(plan_paths)
+    if strength is not None:
+        cfg["strength"] = strength
     result, files = api.run(cfg)
     click.echo(report.text(result))
     for skipped in result["skipped"]:

@@ -20,7 +20,8 @@ def html(result: dict) -> str:
         parts += ["<p>Integer outputs compared between targets:</p>", _table(pairs)]
     if "robustness" in result:
         parts += [f"<h2>{escape(R._robust_title(result))}</h2>", plot(result),
-                  _table(R._robust_rows(result)), "<p>Accuracy per source and attack:</p>",
+                  _table(R._robust_rows(result)), f"<p>{escape(R.SIGNIFICANCE_NOTE)}</p>",
+                  "<p>Accuracy per source and attack:</p>",
                   _table(R._by_rows(result))]
         flags = R._flags(result)
         parts.append("<p>Honesty checks: all passed.</p>" if not flags else

@@ -21,9 +21,9 @@ def columns(rows) -> str:
 
 
 def _accuracy_rows(result: dict) -> list[tuple]:
-    rows = [("target", "accuracy", "top-1 agreement with float")]
-    return rows + [(r["target"], _pct(r["accuracy"]), _pct(r["agreement"]))
-                   for r in result["results"]]
+    rows = [("target", "accuracy [95% interval]", "top-1 agreement with float")]
+    return rows + [(r["target"], _pct_ci(r["accuracy"], r.get("accuracy_ci95")),
+                    _pct(r["agreement"])) for r in result["results"]]
 
 
 def _pair_rows(result: dict) -> list[tuple]:
@@ -35,6 +35,14 @@ def _pair_rows(result: dict) -> list[tuple]:
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _pct_ci(v, ci=None, mark: str = "") -> str:
+    """An accuracy with its 95% interval when the results carry one (older files
+    do not), and a mark (e.g. '*' for a significant difference from float)."""
+    if v is None or not ci:
+        return _pct(v) + mark
+    return f"{100 * v:.1f}%{mark} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 def _title(result: dict) -> str:
@@ -56,37 +64,51 @@ def text(result: dict) -> str:
 
 def _robust_title(result: dict) -> str:
     r = result["robustness"]
+    if "description" in r:
+        return f"Robust accuracy on the runtimes ({r['samples']} samples; {r['description']})"
     return (f"Robust accuracy on the runtimes ({r['samples']} samples; worst case over "
             f"{', '.join(r['sources'])} x {', '.join(r['attacks'])}; PGD {r['steps']} "
             f"steps, {r['restarts']} restart(s); square {r['queries']} queries)")
 
 
+SIGNIFICANCE_NOTE = ("Intervals are Wilson 95% intervals over the samples; * marks a "
+                     "target whose robust accuracy differs from float's on the same "
+                     "samples by McNemar's exact test (p < 0.05).")
+
+
+def _eps_labels(r: dict) -> list[str]:
+    """eps as the user wrote them (8/255) when the results keep that, else %g."""
+    return r.get("eps_text") or [f"{e:g}" for e in r["eps"]]
+
+
 def _robust_rows(result: dict) -> list[tuple]:
     r = result["robustness"]
-    rows = [("target", "clean") + tuple(f"eps {e:g}" for e in r["eps"])
+    rows = [("target", "clean") + tuple(f"eps {e}" for e in _eps_labels(r))
             + ("mirror agreement", "flags")]
     for t in r["targets"]:
         m = t.get("mirror")
         mirror = "-" if not m else _pct(m["top1"]) + (
             f" ({_pct(m['identical'])} bit-identical)" if m.get("identical") is not None
             else "")
-        rows.append((t["target"], _pct(t["clean"]))
-                    + tuple(_pct(e["robust"]) for e in t["eps"])
+        rows.append((t["target"], _pct_ci(t["clean"], t.get("clean_ci95")))
+                    + tuple(_pct_ci(e["robust"], e.get("robust_ci95"),
+                                    "*" if e.get("vs_float", {}).get("significant") else "")
+                            for e in t["eps"])
                     + (mirror, str(len(t["flags"])) if t["flags"] else "none"))
     return rows
 
 
 def _by_rows(result: dict) -> list[tuple]:
     r = result["robustness"]
-    rows = [("target", "source", "attack") + tuple(f"eps {e:g}" for e in r["eps"])]
+    rows = [("target", "source", "attack") + tuple(f"eps {e}" for e in _eps_labels(r))]
     for t in r["targets"]:
         keys = list(dict.fromkeys((b["source"], b["attack"])
                                   for e in t["eps"] for b in e["by"]))
         for source, attack in keys:
+            found = [next((b for b in e["by"] if (b["source"], b["attack"]) ==
+                           (source, attack)), {}) for e in t["eps"]]
             rows.append((t["target"], source, attack) + tuple(
-                _pct(next((b["accuracy"] for b in e["by"]
-                           if (b["source"], b["attack"]) == (source, attack)), None))
-                for e in t["eps"]))
+                _pct_ci(b.get("accuracy"), b.get("accuracy_ci95")) for b in found))
     return rows
 
 
@@ -141,7 +163,8 @@ def markdown(result: dict) -> str:
         parts += ["", "Integer outputs compared between targets:", "", _md_table(pairs)]
     if "robustness" in result:
         parts += ["", f"## {_robust_title(result)}", "", _md_table(_robust_rows(result)),
-                  "", "Accuracy per source and attack:", "", _md_table(_by_rows(result))]
+                  "", SIGNIFICANCE_NOTE, "",
+                  "Accuracy per source and attack:", "", _md_table(_by_rows(result))]
         flags = _flags(result)
         parts += ["", "Honesty checks: " + ("all passed." if not flags else
                                             f"{len(flags)} flag(s):")]
@@ -218,27 +241,75 @@ def scores(doc: dict) -> dict[tuple, float]:
     return out
 
 
+def masks(doc: dict) -> dict[tuple, tuple[str, int]]:
+    """The keys of scores() -> (per-sample mask in hex, sample count), where the
+    results carry masks (deployq.stats.pack)."""
+    out = {}
+    for r in doc.get("results", []):
+        if "accuracy_mask" in r:
+            out[(r["target"], "clean", None)] = (r["accuracy_mask"], doc["samples"])
+    for t in doc.get("robustness", {}).get("targets", []):
+        for e in t["eps"]:
+            n = e.get("samples", doc["robustness"].get("samples"))
+            if "robust_mask" in e:
+                out[(t["target"], "worst-case", e["eps"])] = (e["robust_mask"], n)
+            for b in e["by"]:
+                if "accuracy_mask" in b:
+                    out[(t["target"], f"{b['source']}/{b['attack']}", e["eps"])] = (
+                        b["accuracy_mask"], n)
+    return out
+
+
 def compare(current: dict, reference: dict | None, max_drop: float,
-            vs_float: bool = False) -> list[str]:
+            vs_float: bool = False, significant: bool = False) -> list[str]:
     """One line per score more than max_drop percentage points below its reference:
     the same (target, attack, eps) in `reference` (a baseline results document), or
     with vs_float the float model's clean and worst-case robust accuracy. Scores the
-    reference lacks are not compared."""
+    reference lacks are not compared. With `significant`, a drop counts only when
+    McNemar's exact test on the two per-sample results (the same samples) finds it
+    significant."""
     if not max_drop >= 0:
         raise InputError(f"--max-drop must be >= 0 points, got {max_drop}")
     now = scores(current)
     refs = {}
     if reference is not None:
         refs = scores(reference)
+    now_masks = masks(current) if significant else {}
+    ref_masks = masks(reference) if significant and reference is not None else {}
     failures = []
     for (target, attack, eps), value in sorted(now.items(), key=str):
-        checks = [("baseline", refs.get((target, attack, eps)))]
+        checks = [("baseline", refs.get((target, attack, eps)), ref_masks, target)]
         if vs_float and target != "float" and attack in ("clean", "worst-case"):
-            checks.append(("float", now.get(("float", attack, eps))))
-        for name, ref in checks:
-            if ref is not None and value < ref - max_drop / 100:
-                where = "clean" if eps is None else f"{attack} eps {eps:g}"
-                failures.append(f"{target} {where}: {_pct(value)} is "
-                                f"{100 * (ref - value):.2f} points below {name} "
-                                f"{_pct(ref)} (allowed {max_drop:g})")
+            checks.append(("float", now.get(("float", attack, eps)), now_masks, "float"))
+        for name, ref, pool, ref_target in checks:
+            if ref is None or not value < ref - max_drop / 100:
+                continue
+            note = ""
+            if significant:
+                test = _paired(now_masks, (target, attack, eps), pool,
+                               (ref_target, attack, eps))
+                if not test["significant"]:
+                    continue
+                note = f", McNemar p = {test['p']:.2g}"
+            where = "clean" if eps is None else f"{attack} eps {eps:g}"
+            failures.append(f"{target} {where}: {_pct(value)} is "
+                            f"{100 * (ref - value):.2f} points below {name} "
+                            f"{_pct(ref)} (allowed {max_drop:g}{note})")
     return failures
+
+
+def _paired(now: dict, key: tuple, pool: dict, ref_key: tuple) -> dict:
+    """McNemar between two stored per-sample masks, or InputError why it cannot run."""
+    from . import stats
+    if key not in now or ref_key not in pool:
+        raise InputError(f"--significant needs per-sample results for {key[0]} "
+                         f"{key[1]}; these results lack them: re-run deployq to "
+                         "regenerate them")
+    (a, n), (b, m) = now[key], pool[ref_key]
+    if n != m:
+        raise InputError(f"--significant needs the same samples, got {n} and {m} for "
+                         f"{key[0]} {key[1]}; use the same data, seed and sample counts")
+    try:
+        return stats.paired(stats.unpack(a, n), stats.unpack(b, n))
+    except ValueError as e:
+        raise InputError(f"results file is malformed ({e}); re-run deployq") from None
