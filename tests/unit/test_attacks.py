@@ -208,3 +208,17 @@ def test_apgd_stays_in_its_ball_is_seeded_and_beats_fgsm(lenet, norm, eps, kw):
     assert torch.equal(adv, A.apgd(model, x, y, eps, steps=20, norm=norm, seed=1, **kw))
     if norm == "linf":
         assert _acc(model, adv, y) < _acc(model, A.fgsm(model, x, y, eps), y) - 0.1
+
+
+def test_run_config_takes_strength_and_eps_fractions():
+    from deployq import api
+    cfg = api.robust_config(api.RUN_DEFAULTS | {"eps": ["8/255", 0.1], "strength": "fast"})
+    assert cfg.eps == [8 / 255, 0.1] and cfg.eps_text == ["8/255", "0.1"]
+    assert cfg.attacks == ["fgsm", "pgd"] and cfg.queries == 100
+    assert api.robust_config(api.RUN_DEFAULTS).strength == "standard"
+    assert api.robust_config(api.RUN_DEFAULTS | {"attacks": []}) is None
+    for bad, words in (({"strength": "max"}, "unknown strength"),
+                       ({"queries": 0}, "queries"), ({"eps": [2]}, "(0, 1]"),
+                       ({"eps": "0.1"}, "must be a list")):
+        with pytest.raises(InputError, match=words.replace("(", r"\(").replace("]", r"\]")):
+            api.robust_config(api.RUN_DEFAULTS | bad)
