@@ -248,7 +248,7 @@ def evaluate(targets: list[str], session: Session | None = None,
 def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, plans):
     x, y = session.dataset.test(samples)
     float_pred = session.model.logits(x).argmax(1)
-    rows = [{"target": "float", "accuracy": _acc(float_pred, y), "agreement": 1.0}]
+    rows = [{"target": "float"} | _scored(float_pred, y) | {"agreement": 1.0}]
     outputs, runners = {}, {}
     for name in targets:
         exported = export(name, session, out, calibration, targets_dir,
@@ -259,7 +259,7 @@ def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, 
         pred = logits.argmax(1)
         outputs[name] = (exported.plan.tensor(session.graph.output), logits,
                          _weight_grid(exported.plan))
-        rows.append({"target": name, "accuracy": _acc(pred, y),
+        rows.append({"target": name} | _scored(pred, y) | {
                      "agreement": float((pred == float_pred).mean()),
                      "artifact": str(exported.path)}
                     | ({"plan": str(plans[name])} if name in (plans or {}) else {}))
@@ -286,12 +286,24 @@ def robustness(session: Session, runners: dict, x: np.ndarray, y: np.ndarray,
                                  exported.plan.tensor(session.graph.output),
                                  runner.output_qp)
         log.info("%s: mirror top-1 agreement %.1f%%", name, 100 * agree["top1"])
-        subjects.append(R.Subject(name, runner.run, {"transfer": module, "bpda": m}, agree))
-    log.info("attacking %d models on %d samples: %s x %s at eps %s", len(subjects), n,
-             ",".join(cfg.sources), ",".join(cfg.attacks), ",".join(map(str, cfg.eps)))
+        subjects.append(R.Subject(name, runner.run, {"transfer": module, "bpda": m}, agree,
+                                  {"transfer": "transfer",
+                                   "bpda": _mirror_key(exported, cfg.temperature)}))
+    log.info("attacking %d models on %d samples: %s", len(subjects), n, cfg.describe())
     cache: dict = {}
-    return cfg.to_json() | {"samples": int(n),
-                            "targets": [R.evaluate(s, x, y, cfg, cache) for s in subjects]}
+    entries = [R.evaluate(s, x, y, cfg, cache) for s in subjects]
+    R.compare_to_float(entries)
+    return cfg.to_json() | {"samples": int(n), "targets": entries}
+
+
+def _mirror_key(exported: Exported, temperature: float) -> str:
+    """Two targets get the same mirror (so the same bpda attacks) when their backends
+    plan grids. The plan-grid mirror depends on the plan's input and layers only; a
+    backend's own mirror may read its target too, so it is keyed by the target."""
+    backend = backends.get(exported.target.backend)
+    builder = exported.target.name if backends.supports(backend, "mirror") else "grid"
+    plan = exported.plan.to_json()
+    return json.dumps([builder, temperature, plan["input"], plan["layers"]], sort_keys=True)
 
 
 def _pairs(outputs: dict) -> list[dict]:
@@ -319,6 +331,13 @@ def _weight_grid(plan: P.QuantPlan) -> list[dict]:
 
 def _acc(pred: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
+
+
+def _scored(pred: np.ndarray, y: np.ndarray) -> dict:
+    """Accuracy, its Wilson 95% interval and the per-sample mask (deployq.stats)."""
+    from . import stats
+    return {"accuracy": _acc(pred, y), "accuracy_ci95": stats.interval(pred == y),
+            "accuracy_mask": stats.pack(pred == y)}
 
 
 def plans_by_target(paths: list[str | Path]) -> dict[str, Path]:
@@ -352,13 +371,15 @@ def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
 def robust_config(cfg: dict):
     """The robustness.Config a run config asks for, or None when attacks is empty."""
     from . import robustness as R
-    if not cfg["attacks"]:
+    if cfg["attacks"] is not None and not cfg["attacks"]:
         return None
-    for key in ("attacks", "eps", "sources"):
+    for key in ("eps", "sources") + (("attacks",) if cfg["attacks"] is not None else ()):
         _config_list(cfg, key)
+    settings = {field: cfg[key] for key, field in ROBUST_KEYS.items()}
+    eps = [R.parse_eps(e) for e in cfg["eps"]]
+    settings |= {"eps": [v for v, _ in eps], "eps_text": [t for _, t in eps]}
     try:
-        return R.Config(**{field: cfg[key] for key, field in ROBUST_KEYS.items()},
-                        seed=cfg["seed"])
+        return R.Config(**settings, seed=cfg["seed"])
     except TypeError as e:
         raise InputError(f"robustness settings of the wrong type: {e}") from None
 

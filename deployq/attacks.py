@@ -95,6 +95,152 @@ def _project(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch
     return (x + d).clamp(0, 1)
 
 
+# --- APGD (Croce & Hein, ICML 2020) -----------------------------------------------
+
+def _checkpoints(steps: int) -> set[int]:
+    """The iterations where APGD may halve its step. The paper's schedule p_0 = 0,
+    p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), in whole steps as its
+    reference code counts them: intervals of int(0.22 N) steps, each the previous one
+    less int(0.03 N), at least int(0.06 N) (each at least 1)."""
+    gap, shrink, floor = (max(int(f * steps), 1) for f in (0.22, 0.03, 0.06))
+    marks, k = set(), gap
+    while k <= steps:
+        marks.add(k)
+        gap = max(gap - shrink, floor)
+        k += gap
+    return marks
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor, target=None) -> torch.Tensor:
+    """Per-sample cross-entropy of the true class (to be maximised)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target=None) -> torch.Tensor:
+    """Per-sample Difference of Logits Ratio (Croce & Hein 2020), to be maximised.
+    Untargeted: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3); targeted at class t:
+    -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), with pi the logits in descending
+    order. Shift- and scale-invariant, so it does not vanish on confident models."""
+    z = logits
+    top = z.sort(1, descending=True).values
+    z_y = z.gather(1, y[:, None])[:, 0]
+    if target is None:
+        other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), -float("inf")).amax(1)
+        return -(z_y - other) / (top[:, 0] - top[:, 2] + 1e-12)
+    z_t = z.gather(1, target[:, None])[:, 0]
+    return -(z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)
+
+
+LOSSES = {"ce": ce_loss, "dlr": dlr_loss}
+
+
+def _margin_t(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """True logit minus the largest other: < 0 means misclassified."""
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -float("inf"))
+    return logits.gather(1, y[:, None])[:, 0] - other.amax(1)
+
+
+def _loss_and_grad(model, loss_fn, x, y, target):
+    """Per-sample loss, its gradient (each sample's own) and the margin, at x."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    loss = loss_fn(logits, y, target)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad, _margin_t(logits.detach(), y)
+
+
+def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *[1] * (like.ndim - 1))
+
+
+def _apgd_run(model, x, y, eps: float, steps: int, norm: str, loss_fn, target, start,
+              rho: float = 0.75, alpha: float = 0.75):
+    """One APGD run from `start` (Algorithm 1): a first plain step, then steps with
+    momentum alpha; at each checkpoint the step of a sample halves and it returns to
+    its best point when fewer than rho of the steps since the last checkpoint raised
+    its loss, or when neither its step nor its best loss changed. Returns, per sample,
+    the iterate of smallest margin (true logit minus the largest other) and that
+    margin."""
+    marks = _checkpoints(steps)
+    eta = torch.full((len(x),), 2.0 * eps)
+    cur = start
+    loss, grad, margin = _loss_and_grad(model, loss_fn, cur, y, target)
+    best_loss, best_x, best_grad = loss.clone(), cur.clone(), grad.clone()
+    low_margin, low_x = margin.clone(), cur.clone()
+    prev = cur
+    rises = torch.zeros(len(x))
+    last_mark, mark_eta, mark_loss = 0, eta.clone(), best_loss.clone()
+    for k in range(steps):
+        z = _project(cur + _view(eta, x) * _direction(grad, norm), x, eps, norm)
+        a = 1.0 if k == 0 else alpha
+        nxt = _project(cur + a * (z - cur) + (1 - a) * (cur - prev), x, eps, norm)
+        prev, cur = cur, nxt
+        new_loss, grad, margin = _loss_and_grad(model, loss_fn, cur, y, target)
+        rises += (new_loss > loss).float()
+        loss = new_loss
+        up = loss > best_loss
+        best_loss = torch.where(up, loss, best_loss)
+        best_x[up], best_grad[up] = cur[up], grad[up]
+        lower = margin < low_margin
+        low_margin = torch.where(lower, margin, low_margin)
+        low_x[lower] = cur[lower]
+        if k + 1 in marks:
+            stuck = (rises < rho * (k + 1 - last_mark)) | (
+                (eta == mark_eta) & (best_loss == mark_loss))
+            mark_eta, mark_loss = eta.clone(), best_loss.clone()
+            eta = torch.where(stuck, eta / 2, eta)
+            cur, grad = cur.clone(), grad.clone()
+            cur[stuck], grad[stuck] = best_x[stuck], best_grad[stuck]
+            prev = torch.where(_view(stuck, x), cur, prev)
+            rises.zero_()
+            last_mark = k + 1
+    return low_x.detach(), low_margin
+
+
+def apgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 100,
+         norm: str = "linf", loss: str = "ce", restarts: int = 1, target_classes: int = 0,
+         seed: int = 0) -> torch.Tensor:
+    """Auto-PGD (Croce & Hein, "Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks", ICML 2020, Algorithm 1), L-inf or L2.
+
+    loss 'ce' (APGD-CE) or 'dlr' (untargeted DLR). With target_classes = k > 0 it is
+    APGD-T: the targeted DLR loss towards each of the k classes ranked highest on the
+    clean input after the true one, in turn. Each run (restart or target) starts at a
+    uniform random point of the eps ball drawn from a generator seeded with `seed`, and
+    runs only on the samples no earlier run misclassified. `steps` gradient steps per
+    run (steps + 1 gradient evaluations). Returns, per sample, the point of smallest
+    margin seen over all runs: a misclassified point when any run found one."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if eps == 0:
+        return x.clone()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        clean = model(x)
+    best, margin = x.clone(), _margin_t(clean, y)
+    order = clean.argsort(1, descending=True)
+    runs = ([(None, LOSSES[loss])] * max(1, restarts) if target_classes <= 0 else
+            [(rank, dlr_loss) for rank in range(1, target_classes + 1)
+             for _ in range(max(1, restarts))])
+    for rank, loss_fn in runs:
+        active = torch.nonzero(margin >= 0)[:, 0]
+        if not len(active):
+            break
+        xa, ya = x[active], y[active]
+        target = None if rank is None else _target(order[active], ya, rank)
+        start = _project(xa + _random_start(xa, eps, norm, gen), xa, eps, norm)
+        adv, m = _apgd_run(model, xa, ya, eps, steps, norm, loss_fn, target, start)
+        lower = m < margin[active]
+        best[active[lower]], margin[active[lower]] = adv[lower], m[lower]
+    return best.detach()
+
+
+def _target(order: torch.Tensor, y: torch.Tensor, rank: int) -> torch.Tensor:
+    """The class ranked `rank` (1 = highest) on the clean logits among those != y."""
+    others = order[order != y[:, None]].view(len(y), -1)
+    return others[:, min(rank, others.shape[1]) - 1]
+
+
 # --- black box ----------------------------------------------------------------------
 
 def margin(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -113,8 +259,8 @@ def square_attack(runner_fn, x: np.ndarray, y: np.ndarray, eps: float, queries: 
     Starts from vertical stripes of +-eps, then each query changes one random square
     window (side from the paper's schedule of p_init over `queries`) of every still
     correctly classified sample to a random +-eps per channel, keeping the change when
-    the margin loss falls. One batched runner_fn call per query, `queries` + 1 calls in
-    all; samples already misclassified stop changing. Seeded: same seed, same result."""
+    the margin loss falls. One batched runner_fn call per query on the samples still
+    correct, `queries` + 1 calls in all; samples already misclassified stop changing. Seeded: same seed, same result."""
     rng = np.random.default_rng(seed)
     x = np.asarray(x, np.float32)
     if eps == 0 or queries < 1:
@@ -128,17 +274,23 @@ def square_attack(runner_fn, x: np.ndarray, y: np.ndarray, eps: float, queries: 
         if not len(active):
             break
         side = _square_side(p_init, i, queries, h, w)
-        cand = best[active].copy()
-        for k, j in enumerate(active):
-            r, s = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-            window = rng.choice([-eps, eps], size=(c, 1, 1)).astype(np.float32)
-            cand[k, :, r:r + side, s:s + side] = np.clip(
-                x[j, :, r:r + side, s:s + side] + window, 0, 1)
+        inside = _windows(rng, len(active), side, h, w)
+        window = rng.choice([-eps, eps], size=(len(active), c, 1, 1)).astype(np.float32)
+        cand = np.where(inside, np.clip(x[active] + window, 0, 1), best[active])
         new = margin(runner_fn(cand), y[active])
         better = new < loss[active]
         best[active[better]] = cand[better]
         loss[active[better]] = new[better]
     return best
+
+
+def _windows(rng, n: int, side: int, h: int, w: int) -> np.ndarray:
+    """(n, 1, h, w) masks, each one side x side square at a uniformly random place."""
+    r = rng.integers(0, h - side + 1, size=n)[:, None]
+    s = rng.integers(0, w - side + 1, size=n)[:, None]
+    rows = (np.arange(h) >= r) & (np.arange(h) < r + side)
+    cols = (np.arange(w) >= s) & (np.arange(w) < s + side)
+    return (rows[:, :, None] & cols[:, None, :])[:, None]
 
 
 def _square_side(p_init: float, i: int, queries: int, h: int, w: int) -> int:

@@ -373,26 +373,30 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
               help="Test samples to score (default: the whole test split).")
 @click.option("--json", "json_path", default=None, help="Also write the results as JSON.")
 @click.option("--attacks", "-a", default=None,
-              help="Comma-separated white-box attacks (fgsm, pgd): adds the robustness "
-                   "evaluation and writes OUT/results.json, report.md, report.html.")
+              help="Comma-separated white-box attacks (fgsm, pgd, apgd-ce, apgd-t): adds "
+                   "the robustness evaluation and writes OUT/results.json, report.md, "
+                   "report.html (default with --strength: the preset's).")
+@click.option("--strength", default=None,
+              help="Attack strength preset: fast, standard or thorough (adds the "
+                   "robustness evaluation; --attacks alone uses standard).")
 @click.option("--eps", default=D.csv("eps"), show_default=True,
-              help="Comma-separated L-inf budgets in input units ([0, 1]).")
+              help="Comma-separated L-inf budgets in input units, in (0, 1]; fractions "
+                   "such as 8/255 are kept exact.")
 @click.option("--sources", default=D.csv("sources"), show_default=True,
               help="Where adversarial examples come from: transfer (float model "
                    "gradients), bpda (the target's mirror), blackbox (Square attack "
                    "querying the runtime).")
-@click.option("--steps", default=D.RUN_DEFAULTS["steps"], show_default=True,
-              type=click.IntRange(1), help="PGD steps.")
-@click.option("--restarts", default=D.RUN_DEFAULTS["restarts"], show_default=True,
-              type=click.IntRange(1), help="PGD random restarts.")
-@click.option("--queries", default=D.RUN_DEFAULTS["queries"], show_default=True,
-              type=click.IntRange(1),
-              help="Square attack queries per sample.")
+@click.option("--steps", default=None, type=int,
+              help="PGD/APGD iterations (default: the strength's).")
+@click.option("--restarts", default=None, type=int,
+              help="PGD/APGD-CE random restarts (default: the strength's).")
+@click.option("--queries", default=None, type=int,
+              help="Square attack queries per sample (default: the strength's).")
 @_plan_option
 @_bits_options
 def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,
-          targets_dir, samples, json_path, attacks, eps, sources, steps, restarts, queries,
-          plan_paths, weight_bits, activation_bits):
+          targets_dir, samples, json_path, attacks, strength, eps, sources, steps, restarts,
+          queries, plan_paths, weight_bits, activation_bits):
     """Export to each target and compare float and integer accuracy on the test split;
     with --attacks, also robust accuracy measured on each runtime."""
     from . import api, report
@@ -403,10 +407,13 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
         if tgt.name not in plans:
             api.plan_settings(tgt, settings)         # before the session: fail fast
     robust = None
-    if attacks is not None:
-        from .robustness import Config
-        robust = Config(_list(attacks), _floats(eps, "--eps"), _list(sources), steps, restarts, queries, samples,
-                        seed=seed)
+    if attacks is not None or strength is not None:
+        from .robustness import Config, parse_eps
+        values = [parse_eps(e) for e in _list(eps)]
+        robust = Config(_list(attacks) if attacks is not None else None,
+                        [v for v, _ in values], _list(sources), steps, restarts, queries,
+                        samples, seed=seed, strength=strength or "standard",
+                        eps_text=[t for _, t in values])
     session = _session(model, weights, data, seed, calib_samples)
     from .io import out_lock, write_manifest
     with out_lock(out):
@@ -434,8 +441,11 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
 @click.option("--allow-mismatch", is_flag=True,
               help="Compare even when RESULTS and BASELINE differ in model, data, samples, "
                    "seed or attack settings (a warning per difference instead of an error).")
+@click.option("--significant", is_flag=True,
+              help="Count a drop only when McNemar's exact test on the per-sample "
+                   "results says it is significant (p < 0.05; same samples needed).")
 @click.pass_context
-def compare(ctx, results, baseline, max_drop, vs_float, allow_mismatch):
+def compare(ctx, results, baseline, max_drop, vs_float, allow_mismatch, significant):
     """CI gate: exit 1 when any target's clean or robust accuracy in RESULTS falls more
     than --max-drop points below BASELINE (or below float with --vs-float)."""
     from . import report, validate
@@ -451,7 +461,7 @@ def compare(ctx, results, baseline, max_drop, vs_float, allow_mismatch):
                              "or pass --allow-mismatch")
         for d in differ:
             log.warning("warning: runs differ: %s", d)
-    failures = report.compare(current, reference, max_drop, vs_float)
+    failures = report.compare(current, reference, max_drop, vs_float, significant)
     for line in failures:
         click.echo(f"FAIL {line}")
     if failures:
@@ -465,11 +475,14 @@ def compare(ctx, results, baseline, max_drop, vs_float, allow_mismatch):
 @click.option("--config", "-c", default=None, type=click.Path(dir_okay=False),
               help="deployq.toml with model, weights, data, targets, out, calibration, "
                    "samples, seed, calib_samples, targets_dir, and the robustness "
-                   "settings attacks, eps, sources, steps, restarts, queries, "
-                   "robust_samples, temperature, plans (all optional; attacks = [] "
-                   "turns attacks off).")
+                   "settings strength, attacks, eps, sources, steps, restarts, "
+                   "target_classes, queries, robust_samples, temperature, plans (all "
+                   "optional; attacks = [] turns attacks off).")
+@click.option("--strength", default=None,
+              help="Attack strength preset (fast, standard, thorough); overrides the "
+                   "config's 'strength' (default: standard).")
 @_plan_option
-def run(config, plan_paths):
+def run(config, strength, plan_paths):
     """The whole pipeline from one config: export to every target, evaluate clean and
     under attack (FGSM and PGD from the float model and each target's mirror, and a
     black-box Square attack, all scored on the runtimes), and write OUT/results.json,
@@ -481,6 +494,8 @@ def run(config, plan_paths):
         api.plans_by_target(list(plan_paths))       # readable, one per target
     if plan_paths and isinstance(cfg.get("plans", []), list):
         cfg["plans"] = cfg.get("plans", []) + list(plan_paths)
+    if strength is not None:
+        cfg["strength"] = strength
     result, files = api.run(cfg)
     click.echo(report.text(result))
     for skipped in result["skipped"]:

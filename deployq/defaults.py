@@ -17,12 +17,14 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 "weight_bits": None, "activation_bits": None,
                 # plan.json files (e.g. from 'deployq select') used for their targets
                 "plans": [],
-                # robustness stage (attacks = [] turns it off); a few minutes on 2 cores
-                # for the built-in model and every built-in target
-                "attacks": ["fgsm", "pgd"], "eps": [0.05, 0.1, 0.2],
-                "sources": ["transfer", "bpda", "blackbox"], "steps": 10,
-                "restarts": 1, "queries": 100, "robust_samples": 200,
-                "temperature": 1.0,
+                # robustness stage (attacks = [] turns it off): a strength preset
+                # (robustness.PRESETS: fast, standard, thorough) whose attacks, steps,
+                # restarts, target_classes and queries a key given here overrides;
+                # eps as numbers or fractions ("8/255")
+                "strength": "standard", "attacks": None, "eps": [0.05, 0.1, 0.2],
+                "sources": ["transfer", "bpda", "blackbox"], "steps": None,
+                "restarts": None, "target_classes": None, "queries": None,
+                "robust_samples": 200, "temperature": 1.0,
                 # profiling stage: latency repeats (0 turns it off)
                 "profile_repeats": 30,
                 # certify stage (deployq.certify): eps list ([] turns it off), samples
@@ -31,7 +33,8 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
 # run setting -> robustness.Config field
 ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",
                "restarts": "restarts", "queries": "queries", "robust_samples": "samples",
-               "temperature": "temperature"}
+               "temperature": "temperature", "strength": "strength",
+               "target_classes": "target_classes"}
 
 
 def csv(key: str) -> str:

@@ -20,7 +20,8 @@ def html(result: dict) -> str:
         parts += ["<p>Integer outputs compared between targets:</p>", _table(pairs)]
     if "robustness" in result:
         parts += [f"<h2>{escape(V.robust_title(result))}</h2>", plot(result),
-                  _table(V.robust_rows(result)), "<p>Accuracy per source and attack:</p>",
+                  _table(V.robust_rows(result)), f"<p>{escape(V.SIGNIFICANCE_NOTE)}</p>",
+                  "<p>Accuracy per source and attack:</p>",
                   _table(V.source_rows(result))]
         flags = V.flags(result)
         parts.append("<p>Honesty checks: all passed.</p>" if not flags else

@@ -44,7 +44,7 @@ def markdown(result: dict) -> str:
         parts += ["", "Integer outputs compared between targets:", "", md_table(pairs)]
     if "robustness" in result:
         parts += ["", f"## {V.robust_title(result)}", "", md_table(V.robust_rows(result)),
-                  "", "Accuracy per source and attack:", "", md_table(V.source_rows(result))]
+                  "", V.SIGNIFICANCE_NOTE, "", "Accuracy per source and attack:", "", md_table(V.source_rows(result))]
         flags = V.flags(result)
         parts += ["", "Honesty checks: " + ("all passed." if not flags else
                                             f"{len(flags)} flag(s):")]
@@ -126,27 +126,75 @@ def scores(doc: dict) -> dict[tuple, float]:
     return out
 
 
+def masks(doc: dict) -> dict[tuple, tuple[str, int]]:
+    """The keys of scores() -> (per-sample mask in hex, sample count), where the
+    results carry masks (deployq.stats.pack)."""
+    out = {}
+    for r in doc.get("results", []):
+        if "accuracy_mask" in r:
+            out[(r["target"], "clean", None)] = (r["accuracy_mask"], doc["samples"])
+    for t in doc.get("robustness", {}).get("targets", []):
+        for e in t["eps"]:
+            n = e.get("samples", doc["robustness"].get("samples"))
+            if "robust_mask" in e:
+                out[(t["target"], "worst-case", e["eps"])] = (e["robust_mask"], n)
+            for b in e["by"]:
+                if "accuracy_mask" in b:
+                    out[(t["target"], f"{b['source']}/{b['attack']}", e["eps"])] = (
+                        b["accuracy_mask"], n)
+    return out
+
+
 def compare(current: dict, reference: dict | None, max_drop: float,
-            vs_float: bool = False) -> list[str]:
+            vs_float: bool = False, significant: bool = False) -> list[str]:
     """One line per score more than max_drop percentage points below its reference:
     the same (target, attack, eps) in `reference` (a baseline results document), or
     with vs_float the float model's clean and worst-case robust accuracy. Scores the
-    reference lacks are not compared."""
+    reference lacks are not compared. With `significant`, a drop counts only when
+    McNemar's exact test on the two per-sample results (the same samples) finds it
+    significant."""
     if not max_drop >= 0:
         raise InputError(f"--max-drop must be >= 0 points, got {max_drop}")
     now = scores(current)
     refs = {}
     if reference is not None:
         refs = scores(reference)
+    now_masks = masks(current) if significant else {}
+    ref_masks = masks(reference) if significant and reference is not None else {}
     failures = []
     for (target, attack, eps), value in sorted(now.items(), key=str):
-        checks = [("baseline", refs.get((target, attack, eps)))]
+        checks = [("baseline", refs.get((target, attack, eps)), ref_masks, target)]
         if vs_float and target != "float" and attack in ("clean", "worst-case"):
-            checks.append(("float", now.get(("float", attack, eps))))
-        for name, ref in checks:
-            if ref is not None and value < ref - max_drop / 100:
-                where = "clean" if eps is None else f"{attack} eps {eps:g}"
-                failures.append(f"{target} {where}: {_pct(value)} is "
-                                f"{100 * (ref - value):.2f} points below {name} "
-                                f"{_pct(ref)} (allowed {max_drop:g})")
+            checks.append(("float", now.get(("float", attack, eps)), now_masks, "float"))
+        for name, ref, pool, ref_target in checks:
+            if ref is None or not value < ref - max_drop / 100:
+                continue
+            note = ""
+            if significant:
+                test = _paired(now_masks, (target, attack, eps), pool,
+                               (ref_target, attack, eps))
+                if not test["significant"]:
+                    continue
+                note = f", McNemar p = {test['p']:.2g}"
+            where = "clean" if eps is None else f"{attack} eps {eps:g}"
+            failures.append(f"{target} {where}: {_pct(value)} is "
+                            f"{100 * (ref - value):.2f} points below {name} "
+                            f"{_pct(ref)} (allowed {max_drop:g}{note})")
     return failures
+
+
+def _paired(now: dict, key: tuple, pool: dict, ref_key: tuple) -> dict:
+    """McNemar between two stored per-sample masks, or InputError why it cannot run."""
+    from . import stats
+    if key not in now or ref_key not in pool:
+        raise InputError(f"--significant needs per-sample results for {key[0]} "
+                         f"{key[1]}; these results lack them: re-run deployq to "
+                         "regenerate them")
+    (a, n), (b, m) = now[key], pool[ref_key]
+    if n != m:
+        raise InputError(f"--significant needs the same samples, got {n} and {m} for "
+                         f"{key[0]} {key[1]}; use the same data, seed and sample counts")
+    try:
+        return stats.paired(stats.unpack(a, n), stats.unpack(b, n))
+    except ValueError as e:
+        raise InputError(f"results file is malformed ({e}); re-run deployq") from None

@@ -6,8 +6,8 @@ report.md and report.html with
     paired test on the same samples,
   - plain vs adversarially trained models side by side: absolute and relative loss to
     quantization (Song et al., arXiv 2110.12308).
-No heavy imports. The statistics are small local helpers (wilson, paired_interval,
-mcnemar); deployq/stats.py may take them over."""
+No heavy imports. Intervals and McNemar's test come from deployq/stats.py; the paired
+interval of a difference (Newcombe) is here."""
 from __future__ import annotations
 
 import csv
@@ -17,23 +17,13 @@ import math
 from html import escape
 from pathlib import Path
 
+from . import stats
 from .io import atomic_write
 
-Z95 = 1.959964
 ADV = "-adv"
 
 
-# --- statistics ----------------------------------------------------------------------
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
+# --- statistics (intervals and tests: deployq/stats.py) ---------------------------------
 
 def paired_interval(a, b) -> tuple[float, float]:
     """95% interval of mean(a) - mean(b) for two boolean masks on the same samples:
@@ -46,7 +36,7 @@ def paired_interval(a, b) -> tuple[float, float]:
     neither = n - both - only_a - only_b
     ka, kb = both + only_a, both + only_b
     pa, pb = ka / n, kb / n
-    (la, ua), (lb, ub) = wilson(ka, n), wilson(kb, n)
+    (la, ua), (lb, ub) = stats.wilson(ka, n), stats.wilson(kb, n)
     denom = math.sqrt((both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither))
     phi = (both * neither - only_a * only_b) / denom if denom else 0.0
     d = pa - pb
@@ -56,22 +46,16 @@ def paired_interval(a, b) -> tuple[float, float]:
 
 
 def mcnemar(a, b) -> float:
-    """Exact two-sided McNemar p-value: are a and b (boolean masks on the same samples)
-    correct equally often? Binomial test on the discordant pairs."""
-    gains = int(sum(bool(x) and not y for x, y in zip(a, b)))
-    losses = int(sum(bool(y) and not x for x, y in zip(a, b)))
-    m = gains + losses
-    if m == 0:
-        return 1.0
-    tail = sum(math.comb(m, i) for i in range(min(gains, losses) + 1)) / 2 ** m
-    return min(1.0, 2 * tail)
+    """Exact two-sided McNemar p-value of two boolean masks on the same samples."""
+    return stats.paired([bool(x) for x in a], [bool(y) for y in b])["p"]
 
 
 # --- reading cells -------------------------------------------------------------------
 
 def _masks(entry: dict, eps_row: dict, n: int):
-    from .robustness import unpacked
-    return unpacked(entry["clean_mask"], n), unpacked(eps_row["robust_mask"], n)
+    import numpy as np
+    return (np.array(stats.unpack(entry["clean_mask"], n), bool),
+            np.array(stats.unpack(eps_row["robust_mask"], n), bool))
 
 
 def observations(doc: dict) -> list[dict]:
@@ -90,7 +74,7 @@ def observations(doc: dict) -> list[dict]:
             clean, robust = masks[name]
             row = cell["axes"] | {"cell": cell["id"], "subject": name, "samples": n,
                                   "clean": t["clean"], "robust": t["eps"][0]["robust"]}
-            lo, hi = wilson(int(robust.sum()), n)
+            lo, hi = stats.wilson(int(robust.sum()), n)
             row |= {"robust_low": lo, "robust_high": hi}
             if name != "float":
                 row |= _change(masks["float"], masks[name])

@@ -16,14 +16,27 @@ def pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
 
+def pct_ci(v, ci=None, mark: str = "") -> str:
+    """An accuracy with its 95% interval when the results carry one (older files do
+    not), and a mark (e.g. '*' for a significant difference from float)."""
+    if v is None or not ci:
+        return pct(v) + mark
+    return f"{100 * v:.1f}%{mark} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+SIGNIFICANCE_NOTE = ("Intervals are Wilson 95% intervals over the samples; * marks a "
+                     "target whose robust accuracy differs from float's on the same "
+                     "samples by McNemar's exact test (p < 0.05).")
+
+
 def title(result: dict) -> str:
     return f"{result['model']} on {result['data']} ({result['samples']} test samples)"
 
 
 def accuracy_rows(result: dict) -> list[tuple]:
-    rows = [("target", "accuracy", "top-1 agreement with float")]
-    return rows + [(r["target"], pct(r["accuracy"]), pct(r["agreement"]))
-                   for r in result["results"]]
+    rows = [("target", "accuracy [95% interval]", "top-1 agreement with float")]
+    return rows + [(r["target"], pct_ci(r["accuracy"], r.get("accuracy_ci95")),
+                    pct(r["agreement"])) for r in result["results"]]
 
 
 def pair_rows(result: dict) -> list[tuple]:
@@ -35,18 +48,27 @@ def pair_rows(result: dict) -> list[tuple]:
 
 def robust_title(result: dict) -> str:
     r = result["robustness"]
+    if "description" in r:
+        return f"Robust accuracy on the runtimes ({r['samples']} samples; {r['description']})"
     return (f"Robust accuracy on the runtimes ({r['samples']} samples; worst case over "
             f"{', '.join(r['sources'])} x {', '.join(r['attacks'])}; PGD {r['steps']} "
             f"steps, {r['restarts']} restart(s); square {r['queries']} queries)")
 
 
+def eps_labels(r: dict) -> list[str]:
+    """eps as the user wrote them (8/255) when the results keep that, else %g."""
+    return r.get("eps_text") or [f"{e:g}" for e in r["eps"]]
+
+
 def robust_rows(result: dict) -> list[tuple]:
     r = result["robustness"]
-    rows = [("target", "clean") + tuple(f"eps {e:g}" for e in r["eps"])
+    rows = [("target", "clean") + tuple(f"eps {e}" for e in eps_labels(r))
             + ("mirror agreement", "flags")]
     for t in r["targets"]:
-        rows.append((t["target"], pct(t["clean"]))
-                    + tuple(pct(e["robust"]) for e in t["eps"])
+        rows.append((t["target"], pct_ci(t["clean"], t.get("clean_ci95")))
+                    + tuple(pct_ci(e["robust"], e.get("robust_ci95"),
+                                   "*" if e.get("vs_float", {}).get("significant") else "")
+                            for e in t["eps"])
                     + (_mirror(t.get("mirror")), str(len(t["flags"])) if t["flags"] else "none"))
     return rows
 
@@ -62,15 +84,15 @@ def _mirror(m: dict | None) -> str:
 def source_rows(result: dict) -> list[tuple]:
     """Accuracy per (source, attack) and eps, one row per target and pair."""
     r = result["robustness"]
-    rows = [("target", "source", "attack") + tuple(f"eps {e:g}" for e in r["eps"])]
+    rows = [("target", "source", "attack") + tuple(f"eps {e}" for e in eps_labels(r))]
     for t in r["targets"]:
         keys = list(dict.fromkeys((b["source"], b["attack"])
                                   for e in t["eps"] for b in e["by"]))
         for source, attack in keys:
+            found = [next((b for b in e["by"] if (b["source"], b["attack"]) ==
+                           (source, attack)), {}) for e in t["eps"]]
             rows.append((t["target"], source, attack) + tuple(
-                pct(next((b["accuracy"] for b in e["by"]
-                          if (b["source"], b["attack"]) == (source, attack)), None))
-                for e in t["eps"]))
+                pct_ci(b.get("accuracy"), b.get("accuracy_ci95")) for b in found))
     return rows
 
 

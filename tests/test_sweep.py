@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from deployq import stats
 import pytest
 
 from deployq import sweep as S, sweepreport as SR
@@ -106,7 +108,7 @@ def test_unreachable_ray_address_fails_before_any_work(tmp_path):
 
 
 def test_statistics_helpers():
-    lo, hi = SR.wilson(8, 10)
+    lo, hi = stats.wilson(8, 10)
     assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)     # Wilson (1927), tabulated
     a = [True] * 10 + [False] * 10
     b = [False] * 10 + [False] * 10
@@ -134,7 +136,9 @@ def test_local_sweep_writes_every_view(local_out):
     plan = json.loads((out / Path(result["results"][1]["artifact"]).parent
                        / "plan.json").read_text())
     assert {lp["weight"]["bits"] for lp in plan["layers"].values() if "weight" in lp} == {4}
-    from deployq.robustness import unpacked
+    from deployq.stats import unpack
+    def unpacked(text, n):
+        return np.array(unpack(text, n), bool)
     for c in doc["cells"]:                      # the per-sample masks give the accuracies
         rob = c["result"]["robustness"]
         for t in rob["targets"]:

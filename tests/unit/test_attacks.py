@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from deployq import attacks as A, robustness as R
+from deployq import attacks as A, robustness as R, stats
 from deployq.errors import InputError
 
 
@@ -75,39 +75,150 @@ class RoundedInput(torch.nn.Module):
         return self.model(torch.round(x * 3) / 3)
 
 
-def test_gradient_masking_fires_the_flags(lenet):
-    model, x, y = lenet
-    masked = RoundedInput(model)
-
+def _runner(model):
     def run(v):
         with torch.no_grad():
-            return masked(torch.from_numpy(v)).numpy()
-    cfg = R.Config(["fgsm", "pgd"], [0.1, 0.3], ["transfer", "blackbox"], steps=10,
-                   queries=200, samples=None)
-    entry = R.evaluate(R.Subject("masked", run, {"transfer": masked}), x.numpy(),
-                       y.numpy(), cfg)
-    checks = {f["check"] for f in entry["flags"]}
-    assert {"blackbox_beats_whitebox", "large_eps_not_zero"} <= checks, entry
+            return model(torch.from_numpy(v)).numpy()
+    return run
+
+
+def _cfg(**kw):
+    return R.Config(**({"attacks": ["fgsm", "apgd-ce"], "eps": [0.1, 0.3],
+                        "sources": ["transfer", "bpda", "blackbox"], "steps": 20,
+                        "restarts": 1, "queries": 200, "samples": None} | kw))
+
+
+def _evaluate(subjects, x, y, cfg):
+    entries = [R.evaluate(s, x.numpy(), y.numpy(), cfg) for s in subjects]
+    R.compare_to_float(entries)
+    return {e["target"]: e for e in entries}
+
+
+class ZeroGradient(torch.nn.Module):
+    """The float model's outputs with no gradient at all: a fully masked mirror."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.detach()) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_gradient_masking_fires_the_flags(lenet):
+    """Targets that run exactly as float does but whose mirror (bpda) is masked: with
+    transfer too, bpda and transfer disagree; with bpda alone, the target looks more
+    robust than float while the black-box attack on it does no better than on float."""
+    model, x, y = lenet
+    x, y = x[:60], y[:60]
+    masked, run = ZeroGradient(model), _runner(model)
+    subjects = [R.Subject("float", run, {"transfer": model}),
+                R.Subject("masked", run, {"transfer": model, "bpda": masked},
+                          {"top1": 0.97, "identical": None}),
+                R.Subject("bpda-only", run, {"bpda": masked})]
+    entries = _evaluate(subjects, x, y, _cfg())
+    flags = {name: {f["check"] for f in e["flags"]} for name, e in entries.items()}
+    assert {"large_eps_not_zero", "bpda_transfer_disagree",
+            "mirror_disagrees"} <= flags["masked"], flags
+    assert {"more_robust_than_float", "large_eps_not_zero"} <= flags["bpda-only"], flags
+    assert flags["float"] == set(), flags
 
 
 def test_an_honest_model_raises_no_flag(lenet):
     model, x, y = lenet
+    subjects = [R.Subject("float", _runner(model), {"transfer": model}),
+                R.Subject("copy", _runner(model), {"transfer": model, "bpda": model},
+                          {"top1": 1.0, "identical": None})]
+    entries = _evaluate(subjects, x[:60], y[:60], _cfg(queries=50))
+    assert [f for e in entries.values() for f in e["flags"]] == []
+    assert not any(r["vs_float"]["significant"] for r in entries["copy"]["eps"])
 
-    def run(v):
-        with torch.no_grad():
-            return model(torch.from_numpy(v)).numpy()
-    cfg = R.Config(["fgsm", "pgd"], [0.1, 0.3], ["transfer", "blackbox"], steps=10,
-                   queries=50, samples=None)
-    entry = R.evaluate(R.Subject("float", run, {"transfer": model}), x.numpy(), y.numpy(),
-                       cfg)
-    assert entry["flags"] == [], entry["flags"]
+
+def test_results_carry_intervals_and_masks(lenet):
+    model, x, y = lenet
+    entry = R.evaluate(R.Subject("float", _runner(model), {"transfer": model}),
+                       x.numpy(), y.numpy(), _cfg(eps=[0.1], sources=["transfer"], steps=5))
+    row = entry["eps"][0]
+    lo, hi = row["robust_ci95"]
+    assert lo <= row["robust"] <= hi and hi - lo > 0.05          # 120 samples: wide
+    n = row["samples"]
+    assert sum(stats.unpack(row["robust_mask"], n)) == round(row["robust"] * n)
+    for b in row["by"]:
+        assert row["robust"] <= b["accuracy"] <= entry["clean"]
+
+
+def test_strength_presets_and_overrides():
+    fast, std = R.Config(strength="fast"), R.Config()
+    assert (fast.attacks, fast.steps, fast.restarts, fast.queries) == (
+        ["fgsm", "pgd"], 10, 1, 100)
+    assert std.strength == "standard" and std.attacks == ["fgsm", "apgd-ce", "apgd-t"]
+    assert (std.steps, std.target_classes, std.queries) == (100, 9, 1000)
+    thorough = R.Config(strength="thorough", queries=7)
+    assert thorough.queries == 7 and thorough.restarts == 5
+    text = std.describe()
+    assert "APGD-CE 100 iterations" in text and "9 target classes" in text
+    assert "Square 1000 queries" in text
+
+
+def test_eps_fractions_keep_their_value_and_text():
+    value, text = R.parse_eps("8/255")
+    assert value == 8 / 255 and text == "8/255"
+    cfg = R.Config(eps=[0.1, value], eps_text=["0.1", text])
+    assert cfg.eps == [8 / 255, 0.1] and cfg.eps_text == ["8/255", "0.1"]
+    for bad in ("1/0", "abc", "8/x"):
+        with pytest.raises(InputError, match="fractions"):
+            R.parse_eps(bad)
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"eps": [1.5]}, "[0, 1]"), ({"eps": [-0.1]}, "[0, 1]"),
-    ({"attacks": ["cw"]}, "unknown attack 'cw'"), ({"sources": ["oracle"]}, "unknown source"),
-    ({"attacks": ["pgd", "pgd"]}, "twice"), ({"steps": 0}, "steps")])
+    ({"eps": [1.5]}, "(0, 1]"), ({"eps": [-0.1]}, "(0, 1]"), ({"eps": [0.0]}, "(0, 1]"),
+    ({"eps": ["0.1"]}, "(0, 1]"), ({"attacks": ["cw"]}, "unknown attack 'cw'"),
+    ({"sources": ["oracle"]}, "unknown source"), ({"attacks": ["pgd", "pgd"]}, "twice"),
+    ({"steps": 0}, "steps"), ({"queries": -5}, "queries"), ({"restarts": 1.5}, "restarts"),
+    ({"target_classes": 0}, "target-classes"), ({"strength": "max"}, "unknown strength")])
 def test_bad_settings_are_named(kwargs, words):
     with pytest.raises(InputError) as e:
         R.Config(**kwargs)
     assert words in str(e.value)
+
+
+# --- APGD --------------------------------------------------------------------------
+
+def test_apgd_checkpoints_follow_the_paper():
+    assert sorted(A._checkpoints(100)) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_dlr_is_shift_and_scale_invariant_where_ce_is_not():
+    g = torch.Generator().manual_seed(0)
+    z, y = torch.randn(6, 10, generator=g), torch.arange(6)
+    t = (y + 1) % 10
+    assert torch.allclose(A.dlr_loss(3 * z + 1, y), A.dlr_loss(z, y), atol=1e-5)
+    assert torch.allclose(A.dlr_loss(3 * z + 1, y, t), A.dlr_loss(z, y, t), atol=1e-5)
+    assert not torch.allclose(A.ce_loss(3 * z + 1, y), A.ce_loss(z, y), atol=1e-3)
+
+
+@pytest.mark.parametrize("norm, eps, kw", [("linf", 0.1, {}), ("l2", 1.0, {}),
+                                           ("linf", 0.1, {"target_classes": 2})])
+def test_apgd_stays_in_its_ball_is_seeded_and_beats_fgsm(lenet, norm, eps, kw):
+    model, x, y = lenet
+    adv = A.apgd(model, x, y, eps, steps=20, norm=norm, seed=1, **kw)
+    d = (adv - x).flatten(1)
+    size = d.abs().max(1).values if norm == "linf" else d.norm(dim=1)
+    assert size.max() <= eps + 1e-5 and adv.min() >= 0 and adv.max() <= 1
+    assert torch.equal(adv, A.apgd(model, x, y, eps, steps=20, norm=norm, seed=1, **kw))
+    if norm == "linf":
+        assert _acc(model, adv, y) < _acc(model, A.fgsm(model, x, y, eps), y) - 0.1
+
+
+def test_run_config_takes_strength_and_eps_fractions():
+    from deployq import api
+    cfg = api.robust_config(api.RUN_DEFAULTS | {"eps": ["8/255", 0.1], "strength": "fast"})
+    assert cfg.eps == [8 / 255, 0.1] and cfg.eps_text == ["8/255", "0.1"]
+    assert cfg.attacks == ["fgsm", "pgd"] and cfg.queries == 100
+    assert api.robust_config(api.RUN_DEFAULTS).strength == "standard"
+    assert api.robust_config(api.RUN_DEFAULTS | {"attacks": []}) is None
+    for bad, words in (({"strength": "max"}, "unknown strength"),
+                       ({"queries": 0}, "queries"), ({"eps": [2]}, "(0, 1]"),
+                       ({"eps": "0.1"}, "must be a list")):
+        with pytest.raises(InputError, match=words.replace("(", r"\(").replace("]", r"\]")):
+            api.robust_config(api.RUN_DEFAULTS | bad)
