@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from . import targets as T
 from .defaults import ROBUST_KEYS, RUN_DEFAULTS
 from .errors import InputError, TargetError
 from . import validate
-from .io import StagedDir, out_lock, write_manifest
+from .io import StagedDir, atomic_write, out_lock, write_manifest
 
 log = logging.getLogger("deployq")
 DEFAULT_OUT = Path(defaults.OUT)
@@ -515,6 +516,9 @@ def bits_config(tgt: T.Target, activation_bits: int | None = None,
     return config
 
 
+QAIBP = "qa-ibp"                 # harden's certified-training method (deployq.qaibp)
+
+
 def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epochs: int = 3,
            eps: float = 0.03, beta: float = 3e-4, session: Session | None = None,
            targets_dir=None, on_epoch=None, activation_bits: int | None = None,
@@ -526,6 +530,8 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
     options: harden.Config fields (steps, lr, batch, val_fraction, ...) and, without
     `session`, open_session's arguments."""
     from . import harden as H
+    if method == QAIBP:
+        return _harden_qaibp(target, out, epochs, eps, session, targets_dir, **options)
     fields = set(H.Config.__dataclass_fields__)
     cfg = H.Config(method=method, epochs=epochs, eps=eps, beta=beta,
                    **{k: v for k, v in options.items() if k in fields})
@@ -544,6 +550,42 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
     config = bits_config(tgt, activation_bits, weight_bits, calibration, session.graph.output)
     return H.train(session.model.module, session.graph, tgt, ds.x_train, ds.y_train, cfg,
                    Path(out), on_epoch, config)
+
+
+def _harden_qaibp(target: str, out, epochs: int, eps: float, session: Session | None,
+                  targets_dir, *, seed: int = 0, lr: float | None = None,
+                  batch: int | None = None, val_fraction: float | None = None,
+                  **options) -> dict:
+    """harden --method qa-ibp: QA-IBP certified training (deployq.qaibp) at TARGET's
+    default bits; OUT/weights.safetensors and OUT/harden.json (no checkpoints)."""
+    from safetensors.torch import save
+    from . import harden as H, qaibp
+    tgt = T.get(target, targets_dir)
+    given = {"lr": lr, "batch": batch, "val_fraction": val_fraction}
+    cfg = qaibp.Config(eps=eps, epochs=epochs, seed=seed,
+                       bits=int(tgt.defaults["weight_bits"]),
+                       **{k: v for k, v in given.items() if v is not None})
+    qaibp.check_config(cfg)                               # before any slow work
+    session_args = {k: v for k, v in options.items()
+                    if k in ("model", "weights", "data", "calib_samples")}
+    session = session or open_session(**session_args, seed=seed)
+    model, train_log = qaibp.train(session.model.module, session.dataset.x_train,
+                                   session.dataset.y_train, cfg, _progress_log)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    report = {"format": H.FORMAT, "version": H.VERSION, "method": QAIBP,
+              "target": tgt.name, "model": session.model.spec, "config": train_log.config,
+              "curves": train_log.epochs, "final": train_log.epochs[-1] | {"val_robust": None},
+              "epoch_seconds": float(np.mean([e["seconds"] for e in train_log.epochs]))}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(out) / H.WEIGHTS, save(state))
+    atomic_write(Path(out) / H.REPORT, json.dumps(report, indent=1).encode())
+    return report
+
+
+def _progress_log(epoch: int, epochs: int, entry: dict) -> None:
+    log.info("qa-ibp epoch %d/%d: loss %.3f, validation clean %.1f%%, certified %.1f%%",
+             epoch, epochs, entry["loss"], 100 * entry["val_clean"],
+             100 * entry["val_certified"])
 
 
 def certify(targets: list[str], eps, samples: int | None = 200, complete: bool = False,

@@ -515,7 +515,8 @@ def _results(path) -> dict:
 @cli.command(name="harden")
 @click.option("--method", default="dq", show_default=True,
               help="dq (Defensive Quantization's penalty; --beta 0: plain QAT), pgd "
-                   "(PGD adversarial training), dq+pgd.")
+                   "(PGD adversarial training), dq+pgd, or qa-ibp (certified training "
+                   "through the quantized interval bounds, docs/certify.md).")
 @click.option("--target", "-t", default="fpga-fixed", show_default=True,
               help="The target whose plan the model is trained for.")
 @_model_options

@@ -215,7 +215,7 @@ def train(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
         tgt = T.get(target) if isinstance(target, str) else target
         overrides.setdefault("bits", int(tgt.defaults["weight_bits"]))
     cfg = Config(**{**(config.__dict__ if config else {}), **overrides})
-    _check_config(cfg)
+    check_config(cfg)
     torch.manual_seed(cfg.seed)
     (xt, yt), (xv, yv) = split(x_train, y_train, cfg.val_fraction, cfg.seed)
     xt, yt = torch.from_numpy(xt), torch.from_numpy(yt)
@@ -249,7 +249,7 @@ def train(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
     return model, log
 
 
-def _check_config(cfg: Config) -> None:
+def check_config(cfg: Config) -> None:
     if not 0 < cfg.eps <= 1:
         raise InputError(f"eps must be in (0, 1], got {cfg.eps}")
     if cfg.epochs < 1 or cfg.batch < 1:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deployq import amplify as A, api, harden as H, models, targets as T
+from deployq.errors import InputError
 
 SMALL = dict(val_samples=40, val_steps=2, steps=2, batch=64, seed=0)
 
@@ -166,3 +167,22 @@ def test_amplify_refuses_a_target_without_dumps(run_cli, tmp_path):
     code, _, err = run_cli("amplify", "-t", "onnx-int8", "-o", tmp_path / "o")
     assert code == 2 and "cannot dump" in _one_error_line(err)
     assert not (tmp_path / "o").exists()
+
+
+def test_qa_ibp_method_trains_certifiably_and_writes_weights(tmp_path):
+    """harden --method qa-ibp runs deployq.qaibp's certified training for the target's
+    bits and writes weights every command takes (-w)."""
+    from safetensors.torch import load_file
+    r = api.harden("fpga-fixed", "qa-ibp", tmp_path, epochs=1, eps=0.02,
+                   model="zoo:lenet-digits")
+    assert r["method"] == "qa-ibp" and r["config"]["bits"] == 8
+    assert 0.5 < r["final"]["val_clean"] <= 1 and 0 <= r["final"]["val_certified"] <= 1
+    weights = load_file(str(tmp_path / "weights.safetensors"))
+    session = api.open_session("zoo:lenet-digits", str(tmp_path / "weights.safetensors"))
+    assert set(weights) == set(session.model.module.state_dict())
+
+
+def test_qa_ibp_method_refuses_bad_eps_before_work(tmp_path):
+    with pytest.raises(InputError, match="eps"):
+        api.harden("fpga-fixed", "qa-ibp", tmp_path, epochs=1, eps=0.0)
+    assert not any(tmp_path.iterdir())
