@@ -243,10 +243,11 @@ def evaluate(targets: list[str], session: Session | None = None,
     validate.samples(samples, len(session.dataset.x_test))
     with out_lock(out):
         return _evaluate(targets, session, out, samples, calibration, targets_dir, robust,
-                         plans)
+                         plans, settings)
 
 
-def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, plans):
+def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, plans,
+              settings):
     x, y = session.dataset.test(samples)
     float_pred = session.model.logits(x).argmax(1)
     rows = [{"target": "float"} | _scored(float_pred, y) | {"agreement": 1.0}]
