@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import stats
+from .defaults import RUN_DEFAULTS
 from .errors import InputError
 
 log = logging.getLogger("deployq")
@@ -58,7 +59,7 @@ class Config:
     samples: int | None = 200
     temperature: float = 1.0
     seed: int = 0
-    strength: str = "standard"
+    strength: str = RUN_DEFAULTS["strength"]
     target_classes: int | None = None
     eps_text: list[str] | None = None     # eps as the user wrote them ('8/255'), if so
 

@@ -148,7 +148,7 @@ def test_results_carry_intervals_and_masks(lenet):
 
 
 def test_strength_presets_and_overrides():
-    fast, std = R.Config(strength="fast"), R.Config()
+    fast, std = R.Config(strength="fast"), R.Config(strength="standard")
     assert (fast.attacks, fast.steps, fast.restarts, fast.queries) == (
         ["fgsm", "pgd"], 10, 1, 100)
     assert std.strength == "standard" and std.attacks == ["fgsm", "apgd-ce", "apgd-t"]
@@ -215,7 +215,7 @@ def test_run_config_takes_strength_and_eps_fractions():
     cfg = api.robust_config(api.RUN_DEFAULTS | {"eps": ["8/255", 0.1], "strength": "fast"})
     assert cfg.eps == [8 / 255, 0.1] and cfg.eps_text == ["8/255", "0.1"]
     assert cfg.attacks == ["fgsm", "pgd"] and cfg.queries == 100
-    assert api.robust_config(api.RUN_DEFAULTS).strength == "standard"
+    assert api.robust_config(api.RUN_DEFAULTS).strength == "fast"      # run: docs/robustness.md
     assert api.robust_config(api.RUN_DEFAULTS | {"attacks": []}) is None
     for bad, words in (({"strength": "max"}, "unknown strength"),
                        ({"queries": 0}, "queries"), ({"eps": [2]}, "(0, 1]"),
