@@ -11,12 +11,15 @@
 
 Integer bounds are exact sets of codes: every op of both integer modes is monotone
 non-decreasing in each input (rounding shifts, fixed-point multipliers with m >= 0,
-saturation, clamps, max, sums; a product by a signed weight is handled by the weight's
-sign), so the image of a box lies between the images of its ends. The two exceptions
-are handled soundly: a wrapping fit (AP_WRAP) keeps [wrap(lo), wrap(hi)] only when no
-value of the interval crosses a wrap boundary and widens to the full range otherwise;
-an int32 left shift that could overflow in a multiplier widens the output to its clamp
-range. At a point (lo == hi) every function here is the runtime's arithmetic itself
+saturation, clamps, max, sums, division truncating toward zero by a positive count; a
+product by a signed weight is handled by the weight's sign), so the image of a box lies
+between the images of its ends. fpga-fixed follows fixedpoint.py term by term where
+saturation makes the order matter: each product saturated into the accumulator before
+it is added, in the kernel's order (linear: sum_order), and the pool sum term by term.
+The two exceptions are handled soundly: a wrapping fit (AP_WRAP) keeps
+[wrap(lo), wrap(hi)] only when no value of the interval crosses a wrap boundary and
+widens to the full range otherwise; an int32 left shift that could overflow in a
+multiplier widens the output to its clamp range. At a point (lo == hi) every function here is the runtime's arithmetic itself
 (tests check both against the C runtime on every output)."""
 from __future__ import annotations
 
@@ -129,13 +132,15 @@ def _fx_requant(acc, s, layer: FX.FxLayer, fx: FX.FxModel):
 
 
 def _fx_acc(bias, exact_lo, exact_hi, taps_lo, taps_hi, layer, fx):
-    """FX.accumulate on bounds. Wrapping is modular (one fit of the exact sum), and so
-    is saturation when no partial sum can leave the range; otherwise the saturating
-    sum in hardware order is monotone in every tap, so the taps' lower (upper) bounds
-    give its lower (upper) bound."""
+    """FX.accumulate on bounds. Wrapping is modular (one fit of fit(bias) + the exact
+    sum), and so is saturation when no product or partial sum can leave the range;
+    otherwise acc = fit(acc + fit(product)) in the kernel's order is monotone in every
+    product (saturation is monotone, and so is a sum of monotone terms), so
+    FX.accumulate of the products' lower (upper) bounds is its lower (upper) bound."""
     o = fx.options
     if o.acc_overflow == "wrap" or FX._bound(layer, fx) < 2 ** (o.acc_bits - 1):
-        return fit_bounds(bias + exact_lo(), bias + exact_hi(), o.acc_bits, o.acc_overflow)
+        b = FX.fit(bias, o.acc_bits, o.acc_overflow)
+        return fit_bounds(b + exact_lo(), b + exact_hi(), o.acc_bits, o.acc_overflow)
     return (FX.accumulate(bias, taps_lo(), fx, np.inf),
             FX.accumulate(bias, taps_hi(), fx, np.inf))
 
@@ -178,11 +183,18 @@ def _fx_linear(x, *, layer: FX.FxLayer, fx: FX.FxModel):
     lo, hi = x
     w = layer.weight
     wp, wn = _signed_parts(w)
-    taps = lambda xp, xn: (np.maximum(w[:, i], 0) * xp[:, i:i + 1] +
-                           np.minimum(w[:, i], 0) * xn[:, i:i + 1] for i in range(w.shape[1]))
     acc = _fx_acc(layer.bias, lambda: lo @ wp.T + hi @ wn.T, lambda: hi @ wp.T + lo @ wn.T,
-                  lambda: taps(lo, hi), lambda: taps(hi, lo), layer, fx)
+                  lambda: _linear_taps(lo, hi, layer), lambda: _linear_taps(hi, lo, layer),
+                  layer, fx)
     return _fx_requant(acc, layer.shift, layer, fx)
+
+
+def _linear_taps(x_for_pos, x_for_neg, layer: FX.FxLayer):
+    """The products of FX.linear_taps in its order (sum_order), each at its bound."""
+    w, order = layer.weight, layer.extra.get("order")
+    for i in (range(w.shape[1]) if order is None else order):
+        yield (np.maximum(w[:, i], 0) * x_for_pos[:, i:i + 1] +
+               np.minimum(w[:, i], 0) * x_for_neg[:, i:i + 1])
 
 
 def _fx_add(a, b, *, layer: FX.FxLayer, fx: FX.FxModel):
@@ -198,18 +210,34 @@ def _fx_maxpool(x, *, layer: FX.FxLayer, fx: FX.FxModel):
                  for t in x)
 
 
-def _fx_mean(totals, layer: FX.FxLayer, fx: FX.FxModel):
-    e = layer.extra
-    return _fx_requant(tuple(t * e["reciprocal"] for t in totals),
-                       layer.shift + e["reciprocal_bits"], layer, fx)
+def _fx_mean(terms, layer: FX.FxLayer, fx: FX.FxModel):
+    """FX._scaled_mean on bounds; terms: (lower, upper) bounds of each term in the
+    kernel's order. 'divide': FX.pool_sum (wrapping: one fit of the exact sum, widened
+    where it crosses a wrap boundary; saturating: monotone per term), then the
+    division truncating toward zero (monotone), then requantization. 'reciprocal': the
+    exact sum times a reciprocal >= 0 (monotone)."""
+    e, o = layer.extra, fx.options
+    lo_terms, hi_terms = terms
+    if "count" not in e:
+        return _fx_requant((sum(lo_terms) * e["reciprocal"], sum(hi_terms) * e["reciprocal"]),
+                           layer.shift + e["reciprocal_bits"], layer, fx)
+    if o.acc_overflow == "wrap":
+        g = e["guard_bits"]
+        acc = fit_bounds(sum(lo_terms) << g, sum(hi_terms) << g, o.acc_bits, "wrap")
+    else:
+        acc = FX.pool_sum(lo_terms, layer, fx), FX.pool_sum(hi_terms, layer, fx)
+    return _fx_requant(tuple(FX.divide(a, e["count"]) for a in acc), layer.shift, layer, fx)
 
 
 def _fx_avgpool(x, *, layer, fx):
-    return _fx_mean(tuple(sum(FX._windows(t, layer.node, 0)) for t in x), layer, fx)
+    return _fx_mean(tuple(FX._windows(t, layer.node, 0) for t in x), layer, fx)
 
 
 def _fx_gap(x, *, layer, fx):
-    return _fx_mean(tuple(t.sum((2, 3), keepdims=True) for t in x), layer, fx)
+    """Pixels in row-major order, as FX.gap."""
+    h, w = x[0].shape[2:]
+    return _fx_mean(tuple([t[:, :, i:i + 1, j:j + 1] for i in range(h) for j in range(w)]
+                          for t in x), layer, fx)
 
 
 def _fx_each(fn):
