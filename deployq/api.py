@@ -394,14 +394,7 @@ def _config_list(cfg: dict, key: str) -> list:
 
 def read_config(path: str | Path) -> dict:
     """A deployq.toml: any of RUN_DEFAULTS' keys at top level."""
-    import tomllib
-    try:
-        config = tomllib.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"cannot read config {path}: {' '.join(str(e).split())}") from None
-    unknown = sorted(set(config) - set(RUN_DEFAULTS))
-    if unknown:
-        raise InputError(f"{path}: unknown keys {unknown}; known: {', '.join(RUN_DEFAULTS)}")
+    config = validate.toml_file(path, RUN_DEFAULTS, "config")
     validate.config(config, path)           # types and ranges, before any work
     return validate.config_paths(config, Path(path).parent)
 

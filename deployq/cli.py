@@ -386,11 +386,11 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
               help="Where adversarial examples come from: transfer (float model "
                    "gradients), bpda (the target's mirror), blackbox (Square attack "
                    "querying the runtime).")
-@click.option("--steps", default=None, type=int,
+@click.option("--steps", default=None, type=click.IntRange(1),
               help="PGD/APGD iterations (default: the strength's).")
-@click.option("--restarts", default=None, type=int,
+@click.option("--restarts", default=None, type=click.IntRange(1),
               help="PGD/APGD-CE random restarts (default: the strength's).")
-@click.option("--queries", default=None, type=int,
+@click.option("--queries", default=None, type=click.IntRange(1),
               help="Square attack queries per sample (default: the strength's).")
 @_plan_option
 @_bits_options

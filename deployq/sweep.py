@@ -147,15 +147,8 @@ def _file_sha(path) -> str | None:
 
 def read_config(path) -> dict:
     """A sweep.toml: any of SWEEP_DEFAULTS' keys at top level."""
-    import tomllib
-    try:
-        cfg = tomllib.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"cannot read sweep config {path}: {e}") from None
-    unknown = sorted(set(cfg) - set(SWEEP_DEFAULTS))
-    if unknown:
-        raise InputError(f"{path}: unknown keys {unknown}; known: {', '.join(SWEEP_DEFAULTS)}")
-    return cfg
+    from . import validate
+    return validate.toml_file(path, SWEEP_DEFAULTS, "sweep config")
 
 
 def prepare(config: dict) -> Sweep:

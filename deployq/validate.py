@@ -207,6 +207,19 @@ CONFIG = {
 PATH_KEYS = ("weights", "out", "targets_dir")
 
 
+def toml_file(path, known, what: str) -> dict:
+    """A TOML file whose top-level keys are all in `known` (one line naming the rest)."""
+    import tomllib
+    try:
+        cfg = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise InputError(f"cannot read {what} {path}: {' '.join(str(e).split())}") from None
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise InputError(f"{path}: unknown keys {unknown}; known: {', '.join(known)}")
+    return cfg
+
+
 def config(cfg: dict, where) -> dict:
     """Every known key has the right type and range (unknown keys are the caller's)."""
     for key, value in cfg.items():
