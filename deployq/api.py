@@ -510,9 +510,6 @@ def bits_config(tgt: T.Target, activation_bits: int | None = None,
     return config
 
 
-QAIBP = "qa-ibp"                 # harden's certified-training method (deployq.qaibp)
-
-
 def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epochs: int = 3,
            eps: float = 0.03, beta: float = 3e-4, session: Session | None = None,
            targets_dir=None, on_epoch=None, activation_bits: int | None = None,
@@ -524,7 +521,7 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
     options: harden.Config fields (steps, lr, batch, val_fraction, ...) and, without
     `session`, open_session's arguments."""
     from . import harden as H
-    if method == QAIBP:
+    if method == H.QAIBP:
         return _harden_qaibp(target, out, epochs, eps, session, targets_dir, **options)
     fields = set(H.Config.__dataclass_fields__)
     cfg = H.Config(method=method, epochs=epochs, eps=eps, beta=beta,
@@ -566,7 +563,7 @@ def _harden_qaibp(target: str, out, epochs: int, eps: float, session: Session | 
     model, train_log = qaibp.train(session.model.module, session.dataset.x_train,
                                    session.dataset.y_train, cfg, _progress_log)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    report = {"format": H.FORMAT, "version": H.VERSION, "method": QAIBP,
+    report = {"format": H.FORMAT, "version": H.VERSION, "method": H.QAIBP,
               "target": tgt.name, "model": session.model.spec, "config": train_log.config,
               "curves": train_log.epochs, "final": train_log.epochs[-1] | {"val_robust": None},
               "epoch_seconds": float(np.mean([e["seconds"] for e in train_log.epochs]))}

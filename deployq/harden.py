@@ -63,6 +63,7 @@ from .io import atomic_write
 
 log = logging.getLogger("deployq")
 FORMAT, VERSION = "deployq-harden", 1
+QAIBP = "qa-ibp"          # certified training: deployq.qaibp, run by api.harden
 CHECKPOINT, WEIGHTS, REPORT, PLAN = "checkpoint.pt", "weights.safetensors", "harden.json", "plan.json"
 
 
@@ -85,7 +86,7 @@ class Config:
         """Every bad value as one InputError, before any slow work."""
         if self.method not in METHODS:
             raise InputError(f"--method {self.method!r} is unknown; choose one of "
-                             f"{', '.join(METHODS)}")
+                             f"{', '.join([*METHODS, QAIBP])}")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta)
                 and self.beta >= 0):
             raise InputError(f"--beta must be a number >= 0, got {self.beta}")
