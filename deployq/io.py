@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -118,6 +119,8 @@ def _acquire(folder: Path) -> int:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue                # its creator removed it (empty) between the two calls
         except OSError as e:
             raise InputError(f"cannot write to {folder}: {e.strerror}; "
                              "choose a writable --out") from None
@@ -220,7 +223,7 @@ class StagedDir:
         self.results = results
         register_input(*protected)
         check_holds_no_input(self.final, protected)
-        if self.final.exists() and not self.final.is_dir():
+        if _not_a_dir(self.final):
             raise InputError(f"{self.final} exists and is not a directory; "
                              "choose another output directory")
 
@@ -268,6 +271,14 @@ class StagedDir:
         finally:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _not_a_dir(path: Path) -> bool:
+    """path exists and is no directory (one stat: another process may be swapping it)."""
+    try:
+        return not stat.S_ISDIR(path.stat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _inside(path: Path, folder: Path) -> bool:
