@@ -531,16 +531,22 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
     bits_config(tgt, activation_bits, weight_bits, calibration)     # fail early
     session = session or open_session(**{k: v for k, v in options.items()
                                          if k not in fields} | {"seed": cfg.seed})
+    _check_trainable(session, out)
+    ds = session.dataset
+    config = bits_config(tgt, activation_bits, weight_bits, calibration, session.graph.output)
+    return H.train(session.model.module, session.graph, tgt, ds.x_train, ds.y_train, cfg,
+                   Path(out), on_epoch, config)
+
+
+def _check_trainable(session: Session, out) -> None:
+    """harden trains a module, and its outputs never land on an input file."""
+    from . import harden as H
     if session.model.program is not None:
         raise InputError("harden trains an nn.Module; give the model as zoo:NAME or "
                          "path/file.py:factory, not a .pt2 program")
     outputs = [Path(out) / f for f in (H.WEIGHTS, H.PLAN, H.REPORT, H.CHECKPOINT)]
     if any(_same(o, f) for o in outputs for f in session.model.files):
         raise InputError(f"{out} holds an input file; choose another --out")
-    ds = session.dataset
-    config = bits_config(tgt, activation_bits, weight_bits, calibration, session.graph.output)
-    return H.train(session.model.module, session.graph, tgt, ds.x_train, ds.y_train, cfg,
-                   Path(out), on_epoch, config)
 
 
 def _harden_qaibp(target: str, out, epochs: int, eps: float, session: Session | None,
@@ -560,6 +566,7 @@ def _harden_qaibp(target: str, out, epochs: int, eps: float, session: Session | 
     session_args = {k: v for k, v in options.items()
                     if k in ("model", "weights", "data", "calib_samples")}
     session = session or open_session(**session_args, seed=seed)
+    _check_trainable(session, out)
     model, train_log = qaibp.train(session.model.module, session.dataset.x_train,
                                    session.dataset.y_train, cfg, _progress_log)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
