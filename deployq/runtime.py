@@ -27,6 +27,9 @@ SOURCES = next((d for d in (_HERE / "runtime_c", _HERE.parent / "runtime")
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-shared", "-fPIC"]
 KERNELS = ("ref", "opt")
 DEFAULT_KERNELS = "opt"         # what mcu-int8 and fpga-fixed run unless a target says ref
+# not a user's choice: the Cortex-M DSP kernels (runtime/dq_arm_dsp.h) built for the
+# host in portable C, for the exported project's arena size and host-side tests
+DSP_TWIN = "opt-dsp"
 OPT_FLAGS = os.environ.get("DEPLOYQ_OPT_CFLAGS", "-march=native").split()
 OP_NAMES = {code: name for name, code in OPS.items()}
 
@@ -50,7 +53,10 @@ def _sources(sources: Path = SOURCES) -> list[Path]:
 
 def _flags(kernels: str) -> list[str]:
     """The optimized set is compiled for this machine's instruction set (AVX2 where
-    present: runtime/dq_*_opt.c test __AVX2__); the reference set for any x86-64."""
+    present: runtime/dq_*_opt.c test __AVX2__); the reference set for any x86-64.
+    DSP_TWIN: the optimized set's Cortex-M kernels in portable C."""
+    if kernels == DSP_TWIN:
+        return [*CFLAGS, "-DDQ_KERNELS=opt", "-DDQ_DSP_PORTABLE"]
     if kernels not in KERNELS:
         raise InputError(f"unknown C kernel set {kernels!r}: choose {' or '.join(KERNELS)}")
     return [*CFLAGS, f"-DDQ_KERNELS={kernels}", *(OPT_FLAGS if kernels == "opt" else [])]

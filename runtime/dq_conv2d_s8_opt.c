@@ -18,7 +18,10 @@
  * Scratch (either path): planned in the arena by dq_model_init, sized by the query. */
 #include <string.h>
 
+#include "dq_arm_dsp.h"
 #include "dq_kernels.h"
+
+#if !DQ_DSP   /* else dq_*_dsp.c */
 
 #if defined(__AVX2__)
 #include "dq_simd_avx2.h"
@@ -277,3 +280,5 @@ dq_status dq_conv2d_s8_opt(const dq_ctx *ctx, const dq_window *w, const dq_requa
 }
 
 #endif
+
+#endif   /* !DQ_DSP */

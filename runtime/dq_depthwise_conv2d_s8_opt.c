@@ -4,7 +4,10 @@
  * channels; |x + offset| <= 255 and |w| <= 128, so the int16 product is exact before it
  * is widened to int32. Remaining channels, depth multipliers above 1 and builds
  * without AVX2 use the reference loop. No scratch. */
+#include "dq_arm_dsp.h"
 #include "dq_kernels.h"
+
+#if !DQ_DSP   /* else dq_*_dsp.c */
 
 #if defined(__AVX2__)
 #include "dq_simd_avx2.h"
@@ -99,3 +102,5 @@ dq_status dq_depthwise_conv2d_s8_opt(const dq_ctx *ctx, const dq_window *w,
 }
 
 #endif
+
+#endif   /* !DQ_DSP */

@@ -18,7 +18,8 @@
 const dq_kernel_set dq_kernels = {
     .conv2d_s8 = dq_conv2d_s8_opt, .conv2d_s8_scratch = dq_conv2d_s8_opt_scratch,
     .depthwise_conv2d_s8 = dq_depthwise_conv2d_s8_opt,
-    .fully_connected_s8 = dq_fully_connected_s8,
+    .fully_connected_s8 = dq_fully_connected_s8_opt,
+    .fully_connected_s8_scratch = dq_fully_connected_s8_opt_scratch,
     .conv2d_fx = dq_conv2d_fx, .depthwise_conv2d_fx = dq_depthwise_conv2d_fx,
     .fully_connected_fx = dq_fully_connected_fx,
     .add_s8 = dq_add_s8_opt, .max_pool_s8 = dq_max_pool_s8_opt, .avg_pool_s8 = dq_avg_pool_s8,

@@ -212,6 +212,45 @@ def test_portable_optimized_set_bit_identical(libs, portable_opt, kind):
         assert not differences(blob, libs[0], portable_opt, seed), (seed, kind)
 
 
+
+# --- the Cortex-M DSP kernels (runtime/dq_arm_dsp.h) built for the host ---------------
+
+DSP_KINDS = ["conv2d", "depthwise_conv2d", "fully_connected"]
+
+
+@pytest.fixture(scope="module")
+def dsp_twin():
+    """The optimized set's Cortex-M kernels in portable C (-DDQ_DSP_PORTABLE): the
+    algorithm tests/runtime/test_qemu.py runs on the emulated Cortex-M4."""
+    return runtime.library(runtime.DSP_TWIN)
+
+
+@pytest.mark.parametrize("kind", DSP_KINDS)
+def test_cortex_m_kernels_bit_identical_on_random_ops_and_corner_shapes(libs, dsp_twin, kind):
+    assert dsp_twin.dq_kernels_name() == b"opt"
+    for seed in range(24):
+        blob = random_window_model(seed, F.MODE_S8, kind)
+        assert not differences(blob, libs[0], dsp_twin, seed), (seed, kind)
+
+
+@pytest.mark.parametrize("old, new, kind", [
+    ("? k ^ 3 : k;", "? k : k;", "conv2d"),          # im2col leaves the natural order
+    ("dq_smlad(dq_sxtb16(w0), c02, s0)", "dq_smlad(dq_sxtb16(w0), c13, s0)",
+     "fully_connected")])                            # a dot pairs the wrong halves
+def test_a_wrong_cortex_m_kernel_is_caught(libs, tmp_path, old, new, kind):
+    """Negative control: a quad-order mistake in the DSP kernels must be found by the
+    comparison above."""
+    src = tmp_path / "runtime"
+    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
+    header = (src / "dq_arm_dsp.h").read_text()
+    assert old in header
+    (src / "dq_arm_dsp.h").write_text(header.replace(old, new))
+    bad = runtime.load_library(runtime.build(runtime.DSP_TWIN, out=tmp_path / "libdq-bad.so",
+                                             sources=src))
+    found = [seed for seed in range(12)
+             if differences(random_window_model(seed, F.MODE_S8, kind), libs[0], bad, seed)]
+    assert found, kind
+
 def test_scratch_is_planned_in_the_arena(libs):
     blob = random_window_model(1, F.MODE_S8, "conv2d")
     ref, opt = (runtime.Model(blob, lib=lib) for lib in libs)
