@@ -243,6 +243,10 @@ def _allowed(allowed: dict, defaults: dict, key: str) -> str:
 @_model_options
 @click.option("--c-project", default=None, type=click.Path(file_okay=False),
               help="mcu-int8: also write a self-contained Cortex-M C project into DIR.")
+@click.option("--kernels", default=None, type=click.Choice(["opt", "ref"]),
+              help="C kernel set of the --c-project build: opt (DSP-extension kernels, "
+                   "bit-exact with ref) or ref. Default: the target's option 'kernels', "
+                   "else opt.")
 @click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
               help="Export this plan.json (e.g. from 'deployq select') as it is, "
                    "instead of calibrating a new plan.")
@@ -250,7 +254,7 @@ def _allowed(allowed: dict, defaults: dict, key: str) -> str:
               help="fpga-fixed: also write an hls4ml project (Vivado, io_parallel) into DIR "
                    "whose C simulation computes the same outputs bit for bit.")
 def export(target, model, weights, data, out, calibration, calib_samples, seed, targets_dir,
-           c_project, plan_path, hls4ml_dir):
+           c_project, kernels, plan_path, hls4ml_dir):
     """Quantize the model for TARGET and write OUT/TARGET/ (artifact and plan.json)."""
     from . import api, backends
     from .plan import QuantPlan
@@ -258,6 +262,9 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
     backend = backends.get(tgt.backend)
     if c_project and not backends.supports(backend, "c_project"):
         raise click.BadParameter(f"needs an mcu target, not {target}", param_hint="--c-project")
+    if kernels and not c_project:
+        raise click.BadParameter("chooses the kernels of a --c-project build: add --c-project DIR",
+                                 param_hint="--kernels")
     if hls4ml_dir and not backends.supports(backend, "hls4ml_project"):
         raise click.BadParameter(f"needs an fpga target, not {target}", param_hint="--hls4ml")
     plan = QuantPlan.load(plan_path) if plan_path else None
@@ -269,7 +276,9 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
     if hls4ml_dir:
         click.echo(backend.hls4ml_project(session.graph, result.plan, tgt, Path(hls4ml_dir)))
     if c_project:
-        click.echo(backend.c_project(result.path, Path(c_project), session.dataset.test(20)[0]))
+        from . import runtime
+        click.echo(backend.c_project(result.path, Path(c_project), session.dataset.test(20)[0],
+                                     kernels or runtime.kernels_of(tgt)))
 
 
 @cli.command(name="select")

@@ -68,22 +68,32 @@ def require_tools(tools=TOOLS) -> None:
 # --- writing the project -----------------------------------------------------------
 
 def write_c_project(model_path: Path, out_dir: Path, inputs: np.ndarray | None = None,
-                    quant: tuple | None = None) -> Path:
+                    quant: tuple | None = None, kernels: str = "opt") -> Path:
     """Write the C project for model_path into out_dir (replaced as a whole, atomically).
     inputs: int8 rows (N, input bytes), or None (20 seeded random int8 rows); quant:
     the (input, output) QParams for the header's defines, or None. The mcu backend's
-    c_project hook gives both from float samples. Returns out_dir."""
+    c_project hook gives both from float samples. kernels: the set the Makefile builds
+    ("opt": the DSP-extension kernels, runtime/dq_arm_dsp.h; "ref": the reference
+    loops). The expected test outputs always come from the host's reference set, so
+    the self-checking test program checks the device's kernels against it. Returns
+    out_dir."""
     model_path, out_dir = Path(model_path), Path(out_dir)
     from . import runtime
+    if kernels not in runtime.KERNELS:
+        raise InputError(f"unknown C kernel set {kernels!r} for the C project: choose "
+                         f"{' or '.join(runtime.KERNELS)}")
     blob = model_path.read_bytes()
-    model = runtime.Model(blob, str(model_path), kernels="ref")   # as the MCU build: no -DDQ_KERNELS
+    model = runtime.Model(blob, str(model_path), kernels="ref")
+    # the arena holds the device kernels' scratch: planned by the same algorithm on the host
+    device = model if kernels == "ref" else runtime.Model(blob, str(model_path),
+                                                          kernels=runtime.DSP_TWIN)
     rows = _test_rows(model, inputs)
     expected = model.run(rows)
     with StagedDir(out_dir, (model_path,)) as tmp:
-        _copy_sources(tmp)
+        _copy_sources(tmp, kernels)
         _write(tmp / "model_data.h", _model_data_h(len(blob)))
         _write(tmp / "model_data.c", _model_data_c(blob))
-        _write(tmp / "deployq_model.h", _model_header(model, blob, model_path, quant))
+        _write(tmp / "deployq_model.h", _model_header(device, blob, model_path, quant, kernels))
         _write(tmp / "test" / "test_vectors.h", _vectors_h(len(rows)))
         _write(tmp / "test" / "test_vectors.c", _vectors_c(rows, expected))
     return out_dir
@@ -101,7 +111,7 @@ def _test_rows(model, inputs) -> np.ndarray:
     return rows
 
 
-def _copy_sources(tmp: Path) -> None:
+def _copy_sources(tmp: Path, kernels: str = "opt") -> None:
     src = _sources_dir()
     (tmp / "runtime").mkdir()
     for f in sorted(src.glob("*.[ch]")):
@@ -114,8 +124,10 @@ def _copy_sources(tmp: Path) -> None:
         shutil.copy2(templates / name, tmp / "board" / name)
     for name in TEST_FILES:
         shutil.copy2(templates / name, tmp / "test" / name)
-    for name in ("Makefile", "deployq_model.c"):
-        shutil.copy2(templates / name, tmp / name)
+    shutil.copy2(templates / "deployq_model.c", tmp / "deployq_model.c")
+    makefile = (templates / "Makefile").read_text()
+    assert "\nKERNELS ?= opt\n" in makefile, "runtime/mcu/Makefile: the KERNELS line moved"
+    _write(tmp / "Makefile", makefile.replace("\nKERNELS ?= opt\n", f"\nKERNELS ?= {kernels}\n"))
 
 
 def _write(path: Path, text: str) -> None:
@@ -175,7 +187,8 @@ def _quant_defines(quant: tuple | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _model_header(model, blob: bytes, model_path: Path, quant: tuple | None) -> str:
+def _model_header(model, blob: bytes, model_path: Path, quant: tuple | None,
+                  kernels: str = "opt") -> str:
     header = np.frombuffer(blob[:F.HEADER.itemsize], F.HEADER)[0]
     tensors = np.frombuffer(blob[F.HEADER.itemsize:], F.TENSOR, int(header["n_tensors"]))
     h, w, c = (int(d) for d in tensors[model.input_index]["dims"])
@@ -189,7 +202,7 @@ def _model_header(model, blob: bytes, model_path: Path, quant: tuple | None) -> 
 
 #include "dq_runtime.h"
 
-#define DEPLOYQ_ARENA_BYTES {model.lib.dq_arena_bytes(model.handle)}u   /* dq_arena_bytes(), computed at export */
+#define DEPLOYQ_ARENA_BYTES {model.lib.dq_arena_bytes(model.handle)}u   /* dq_arena_bytes() of the {kernels} kernels (Makefile KERNELS), computed at export */
 #define DEPLOYQ_INPUT_H {h}
 #define DEPLOYQ_INPUT_W {w}
 #define DEPLOYQ_INPUT_C {c}

@@ -63,14 +63,17 @@ def extras(out_dir: Path) -> dict:
     return crunner.arena_extras(Path(out_dir) / ARTIFACT)
 
 
-def c_project(artifact: Path, out_dir: Path, inputs: np.ndarray | None = None) -> Path:
+def c_project(artifact: Path, out_dir: Path, inputs: np.ndarray | None = None,
+              kernels: str = "opt") -> Path:
     """A self-contained Cortex-M C project for the exported model (deployq.cproject),
     its test vectors the float NCHW `inputs` quantized as this runner does (None: 20
-    seeded random rows), its header with the input and output quantization."""
+    seeded random rows), its header with the input and output quantization; kernels:
+    the set its Makefile builds (opt: the DSP-extension kernels, or ref)."""
     from ..cproject import write_c_project
-    runner = Runner(Path(artifact))
+    runner = Runner(Path(artifact), "ref")
     rows = None if inputs is None else runner.rows(inputs)
-    return write_c_project(artifact, out_dir, rows, (runner.input_qp, runner.output_qp))
+    return write_c_project(artifact, out_dir, rows, (runner.input_qp, runner.output_qp),
+                           kernels)
 
 
 class Runner(crunner.CRunner):

@@ -36,7 +36,8 @@ def export(graph, plan, target, out_dir: Path, calib=None):
     out_dir = Path(out_dir)
     dqm, plan = mcu.export(graph, plan, target, out_dir, calib)
     inputs = None if calib is None else np.asarray(calib[:cproject.TEST_COUNT])
-    project = mcu.c_project(dqm, out_dir / PROJECT, inputs)
+    from .. import runtime
+    project = mcu.c_project(dqm, out_dir / PROJECT, inputs, runtime.kernels_of(target))
     elf = cproject.build(project)
     fp = cproject.footprint(project)         # runs the self-checking test program
     atomic_write(out_dir / FOOTPRINT, json.dumps(fp, indent=1).encode())
