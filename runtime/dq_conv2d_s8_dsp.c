@@ -65,8 +65,7 @@ static void im2col(const dq_window *w, const dq_dims *in_dims, const int8_t *in,
 }
 
 static int8_t requantize(const dq_requant_s8 *q, int32_t acc, int32_t oc) {
-    return dq_requantize_s8(acc, q->multiplier[oc], q->shift[oc], q->output_offset, q->act_min,
-                            q->act_max, q->rounding);
+    return dq_requantize_s8_dsp(acc, q->multiplier[oc], q->shift[oc], q);
 }
 
 /* Output channels of group g for pixels p (column ca) and p + 1 (column cb, when two). */

@@ -24,8 +24,7 @@ static void tap_range(int32_t base, int32_t dil, int32_t taps, int32_t size, int
 }
 
 static int8_t requantize(const dq_requant_s8 *q, int32_t acc, int32_t oc) {
-    return dq_requantize_s8(acc, q->multiplier[oc], q->shift[oc], q->output_offset, q->act_min,
-                            q->act_max, q->rounding);
+    return dq_requantize_s8_dsp(acc, q->multiplier[oc], q->shift[oc], q);
 }
 
 typedef struct { int32_t y0, y1, x0, x1, iy, ix; } taps;   /* ranges and window origin */

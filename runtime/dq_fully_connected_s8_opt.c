@@ -26,10 +26,8 @@ dq_status dq_fully_connected_s8_opt(const dq_ctx *ctx, const dq_requant_s8 *q, i
         const int32_t o1 = o + 1 < n_out ? o + 1 : o;     /* an odd last output: itself */
         int32_t acc[2] = {bias[o], bias[o1]};
         dq_dot_1x2(col, filter + o * n_in, filter + o1 * n_in, n_in, acc);
-        out[o] = dq_requantize_s8(acc[0], q->multiplier[o], q->shift[o], q->output_offset,
-                                  q->act_min, q->act_max, q->rounding);
-        out[o1] = dq_requantize_s8(acc[1], q->multiplier[o1], q->shift[o1], q->output_offset,
-                                   q->act_min, q->act_max, q->rounding);
+        out[o] = dq_requantize_s8_dsp(acc[0], q->multiplier[o], q->shift[o], q);
+        out[o1] = dq_requantize_s8_dsp(acc[1], q->multiplier[o1], q->shift[o1], q);
     }
     return DQ_OK;
 }

@@ -1,7 +1,10 @@
 /* MAX_POOL, int8, optimized set (dq_kernels.h): the same integers as dq_pool_s8.c.
  * With AVX2: 32 channels at a time (then 16, then 8), the maximum over the in-bounds window (from -128,
  * as the reference starts), clamped to the activation range. */
+#include "dq_arm_dsp.h"
 #include "dq_kernels.h"
+
+#if !DQ_DSP   /* else dq_max_pool_s8_dsp.c */
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -78,3 +81,5 @@ dq_status dq_max_pool_s8_opt(const dq_window *w, int32_t act_min, int32_t act_ma
 }
 
 #endif
+
+#endif   /* !DQ_DSP */

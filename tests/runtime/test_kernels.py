@@ -215,7 +215,7 @@ def test_portable_optimized_set_bit_identical(libs, portable_opt, kind):
 
 # --- the Cortex-M DSP kernels (runtime/dq_arm_dsp.h) built for the host ---------------
 
-DSP_KINDS = ["conv2d", "depthwise_conv2d", "fully_connected"]
+DSP_KINDS = ["conv2d", "depthwise_conv2d", "fully_connected", "max_pool"]
 
 
 @pytest.fixture(scope="module")
