@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deployq import cproject
-from deployq.errors import TargetError
+from deployq.errors import ExportError, TargetError
 
 MISSING = cproject.missing_tools() + [t for t in ("make", "cc") if shutil.which(t) is None]
 
@@ -43,19 +43,60 @@ def exported(request, tmp_path_factory):
 
 @needs_toolchain
 def test_device_outputs_equal_host_runtime_and_litert_reference(exported, tmp_path):
+    """Both kernel sets on the device (opt: the DSP-extension kernels) give the host
+    reference kernels' and LiteRT BUILTIN_REF's integers; opt in fewer instructions."""
     from deployq import backends
     from deployq.backends import mcu, tflite
     session, host_ex, _ = exported
     x, _ = session.dataset.test(N)
-    project = mcu.c_project(host_ex.path, tmp_path / "proj", x)
-    cproject.build(project, extra_cflags="-Werror")
-    device = cproject.run_test(project)["outputs"]
-    host = backends.codes(mcu.Runner(host_ex.path), x)
+    host = backends.codes(mcu.Runner(host_ex.path, "ref"), x)
     ref = tflite.Runner(host_ex.path.parent / "model.tflite", "reference").run(x)
     ref = host_ex.plan.tensor(session.graph.output).quantize(ref).reshape(N, -1)
-    assert device.shape == (N, host.shape[1])
-    np.testing.assert_array_equal(device, host)
-    np.testing.assert_array_equal(device.astype(np.int32), ref)
+    instructions = {}
+    for kernels in ("ref", "opt"):
+        project = mcu.c_project(host_ex.path, tmp_path / kernels, x, kernels)
+        assert f"\nKERNELS ?= {kernels}\n" in (project / "Makefile").read_text()
+        cproject.build(project, extra_cflags="-Werror")
+        run = cproject.run_test(project)
+        assert run["outputs"].shape == (N, host.shape[1])
+        np.testing.assert_array_equal(run["outputs"], host)
+        np.testing.assert_array_equal(run["outputs"].astype(np.int32), ref)
+        instructions[kernels] = run["instructions"].mean()
+    assert instructions["opt"] < instructions["ref"] / 1.5, instructions
+
+
+@needs_toolchain
+def test_a_wrong_dsp_kernel_fails_the_device_self_check(exported, tmp_path):
+    """Negative control: the opt project with its columns left in natural order (the
+    filter still unpacked as {w0, w2}, {w1, w3}) must fail the firmware's comparison."""
+    from deployq.backends import mcu
+    session, host_ex, _ = exported
+    if session.model.spec != "zoo:lenet-digits":
+        pytest.skip("one model is enough for the negative control")
+    project = mcu.c_project(host_ex.path, tmp_path / "bad", session.dataset.test(N)[0])
+    header = project / "runtime" / "dq_arm_dsp.h"
+    assert "? k ^ 3 : k;" in header.read_text()
+    header.write_text(header.read_text().replace("? k ^ 3 : k;", "? k : k;"))
+    cproject.build(project)
+    with pytest.raises(ExportError, match="mismatch"):
+        cproject.run_test(project)
+
+
+@needs_toolchain
+def test_cortex_m7_build_runs_on_the_m7_board(exported):
+    """The DSP kernels compiled for a Cortex-M7 (CPU=cortex-m7) pass the self-check on
+    QEMU's MPS2-AN500 (Cortex-M7, the same memory map)."""
+    project = exported[2].path.parent / "c-project"
+    build = subprocess.run(["make", "-C", str(project), "CPU=cortex-m7", "BUILD=build-m7",
+                            "EXTRA_CFLAGS=-Werror", "build-m7/deployq_test.elf"],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-2000:]
+    run = subprocess.run(["qemu-system-arm", "-machine", "mps2-an500", "-nographic", "-monitor",
+                          "none", "-serial", "none", "-semihosting", "-kernel",
+                          str(project / "build-m7" / "deployq_test.elf")],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    text = run.stdout + run.stderr                  # semihosting writes to stderr
+    assert run.returncode == 0 and f"\nok {cproject.TEST_COUNT}\n" in text, text[-500:]
 
 
 @needs_toolchain
