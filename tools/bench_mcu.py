@@ -8,7 +8,8 @@ kernels "ref" and "opt"), built with the project's flags (arm-none-eabi-gcc -O2
 -mcpu=cortex-m4 -mthumb -mfloat-abi=soft) and run on QEMU's MPS2-AN386 with -icount
 shift=0: 20 inferences each, whose outputs the firmware checks against the host
 reference kernels' (so both rows are bit-exact or the run fails). Printed as a
-markdown table: mean instructions per inference, the ratio ref / opt, flash and RAM.
+markdown tables: mean instructions per inference, the ratio ref / opt, flash and RAM;
+then each build's footprint (deployq.cproject.footprint).
 
 Models: zoo:NAME for the zoo (its test split as inputs), and "resnet8": MLPerf Tiny's
 ResNet-8 topology for 3x32x32 images (conv 16, three residual stacks of 16, 32, 64
@@ -101,6 +102,22 @@ def table(rows: list[tuple[str, dict, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def details(rows: list[tuple[str, dict, dict]]) -> str:
+    """Flash, RAM and instructions of each build (cproject.footprint's fields)."""
+    lines = ["| model | kernels | model data | firmware flash | arena | static RAM | stack "
+             "| RAM total | instructions / inference (min-max) | est. ms @ 168 MHz |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, *fps in rows:
+        for kernels, fp in zip(SETS, fps):
+            inst = fp["instructions_per_inference"]
+            lines.append(f"| {name} | {kernels} | {fp['model_data_bytes']:,} B "
+                         f"| {fp['firmware_flash_bytes']:,} B | {fp['arena_bytes']:,} B "
+                         f"| {fp['firmware_static_ram_bytes']:,} B | {fp['stack_bytes']:,} B "
+                         f"| {fp['ram_bytes']:,} B | {inst['mean']:,.0f} ({inst['min']:,.0f}-"
+                         f"{inst['max']:,.0f}) | {fp['estimated_ms']['ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="lenet-digits,dsnet-digits,resnet8")
@@ -116,7 +133,7 @@ def main(argv=None) -> int:
             rows.append((name, fps["ref"], fps["opt"]))
             print(f"{name}: " + ", ".join(f"{k} {fps[k]['instructions_per_inference']['mean']:,.0f}"
                                           for k in SETS), file=sys.stderr)
-    text = table(rows)
+    text = table(rows) + "\n" + details(rows)
     print(text, end="")
     if args.out:
         atomic_write(Path(args.out), text.encode())
