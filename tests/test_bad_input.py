@@ -308,6 +308,9 @@ CASES = [
                      "-o", "{out}"]),
     ("c-project-not-mcu", ["export", "-t", "onnx-int8", "--c-project", "{root}/proj",
                            "-o", "{out}"]),
+    ("kernels-without-c-project", ["export", "-t", "mcu-int8", "--kernels", "ref", "-o", "{out}"]),
+    ("kernels-unknown", ["export", "-t", "mcu-int8", "--c-project", "{root}/proj",
+                         "--kernels", "fast", "-o", "{out}"]),
     # model files
     ("model-missing", ["export", "-m", "{root}/nope.py:make", "-o", "{out}"]),
     ("model-no-factory", ["export", "-m", "{m}:nothing", "-o", "{out}"]),

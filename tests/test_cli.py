@@ -154,9 +154,9 @@ def test_profile_diff_and_c_project(run_cli, tmp_path):
     assert code == 0, err
     assert "0 LSB" in out and "1 LSB" not in out
     code, out, err = run_cli("export", "-t", "mcu-int8", "-o", tmp_path,
-                             "--c-project", tmp_path / "fw")
+                             "--c-project", tmp_path / "fw", "--kernels", "ref")
     assert code == 0, err
-    assert (tmp_path / "fw" / "Makefile").is_file()
+    assert "\nKERNELS ?= ref\n" in (tmp_path / "fw" / "Makefile").read_text()
     code, _, err = run_cli("export", "-t", "onnx-int8", "-o", tmp_path,
                            "--c-project", tmp_path / "fw2")
     assert code == 2 and "needs an mcu target" in err and not (tmp_path / "fw2").exists()

@@ -2,6 +2,7 @@
 counted by QEMU (docs/mcu.md, "How instructions are counted"), side by side.
 
     python tools/bench_mcu.py [--models lenet-digits,dsnet-digits,resnet8] [--out FILE]
+                              [--calibrate]
 
 For each model, the mcu-int8 export's C project is written twice (deployq.cproject,
 kernels "ref" and "opt"), built with the project's flags (arm-none-eabi-gcc -O2
@@ -9,7 +10,9 @@ kernels "ref" and "opt"), built with the project's flags (arm-none-eabi-gcc -O2
 shift=0: 20 inferences each, whose outputs the firmware checks against the host
 reference kernels' (so both rows are bit-exact or the run fails). Printed as a
 markdown tables: mean instructions per inference, the ratio ref / opt, flash and RAM;
-then each build's footprint (deployq.cproject.footprint).
+then each build's footprint (deployq.cproject.footprint) and the wall time of one
+batch run under QEMU without -icount (as the mcu-qemu runner; a shared machine's load
+shows in it).
 
 Models: zoo:NAME for the zoo (its test split as inputs), and "resnet8": MLPerf Tiny's
 ResNet-8 topology for 3x32x32 images (conv 16, three residual stacks of 16, 32, 64
@@ -84,11 +87,26 @@ def export(name: str, work: Path) -> tuple[Path, np.ndarray | None]:
     return path, None
 
 
+def wall_time(elf: Path, project: Path, n: int = 359) -> tuple[float, float]:
+    """Seconds of one mcu-qemu style batch run (cproject.run_stream, no -icount) of 1
+    and of n seeded random rows: QEMU's start-up, and start-up plus n inferences."""
+    import time
+    rows = np.random.default_rng(0).integers(
+        -128, 128, (n, cproject._define(project, "DEPLOYQ_INPUT_BYTES")), dtype=np.int8)
+    out_bytes = cproject._define(project, "DEPLOYQ_OUTPUT_BYTES")
+    times = []
+    for batch in (rows[:1], rows):
+        start = time.perf_counter()
+        cproject.run_stream(elf, batch, out_bytes)
+        times.append(time.perf_counter() - start)
+    return times[0], times[1]
+
+
 def measure(dqm: Path, inputs, kernels: str, work: Path) -> dict:
     from deployq.backends import mcu
     project = mcu.c_project(dqm, work / f"proj-{kernels}", inputs, kernels)
-    cproject.build(project, extra_cflags="-Werror")
-    return cproject.footprint(project)
+    elf = cproject.build(project, extra_cflags="-Werror")["stream"]
+    return cproject.footprint(project) | {"wall_s": wall_time(elf, project)}
 
 
 def table(rows: list[tuple[str, dict, dict]]) -> str:
@@ -105,8 +123,9 @@ def table(rows: list[tuple[str, dict, dict]]) -> str:
 def details(rows: list[tuple[str, dict, dict]]) -> str:
     """Flash, RAM and instructions of each build (cproject.footprint's fields)."""
     lines = ["| model | kernels | model data | firmware flash | arena | static RAM | stack "
-             "| RAM total | instructions / inference (min-max) | est. ms @ 168 MHz |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| RAM total | instructions / inference (min-max) | est. ms @ 168 MHz "
+             "| QEMU wall time, 1 / 359 samples |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, *fps in rows:
         for kernels, fp in zip(SETS, fps):
             inst = fp["instructions_per_inference"]
@@ -114,14 +133,33 @@ def details(rows: list[tuple[str, dict, dict]]) -> str:
                          f"| {fp['firmware_flash_bytes']:,} B | {fp['arena_bytes']:,} B "
                          f"| {fp['firmware_static_ram_bytes']:,} B | {fp['stack_bytes']:,} B "
                          f"| {fp['ram_bytes']:,} B | {inst['mean']:,.0f} ({inst['min']:,.0f}-"
-                         f"{inst['max']:,.0f}) | {fp['estimated_ms']['ms']:.2f} |")
+                         f"{inst['max']:,.0f}) | {fp['estimated_ms']['ms']:.2f} "
+                         f"| {fp['wall_s'][0]:.2f} / {fp['wall_s'][1]:.2f} s |")
     return "\n".join(lines) + "\n"
+
+
+def calibrate(project: Path) -> str:
+    """Build tools/mcu_timer_calibration.c with the project's board files and run it
+    under QEMU (-icount shift=0): lines "iterations ticks", then "empty 0" and the ticks of
+    an empty timed region."""
+    import subprocess
+    src = Path(__file__).resolve().parent / "mcu_timer_calibration.c"
+    elf = project / "build" / "calibration.elf"
+    arch = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"]
+    subprocess.run(["arm-none-eabi-gcc", "-std=c99", *arch, "-O2", f"-I{project / 'board'}",
+                    "-T", str(project / "board" / "mps2_an386.ld"), "-nostartfiles",
+                    "-Wl,--gc-sections", str(src),
+                    *map(str, sorted((project / "board").glob("*.c"))), "-o", str(elf)],
+                   check=True)
+    return cproject._qemu(elf, project, True, 120)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="lenet-digits,dsnet-digits,resnet8")
     ap.add_argument("--out", default=None, help="also write the table to this file")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="also check the instruction count on a loop of known length")
     args = ap.parse_args(argv)
     cproject.require_tools()
     rows = []
@@ -131,6 +169,9 @@ def main(argv=None) -> int:
             dqm, inputs = export(name, work)
             fps = {k: measure(dqm, inputs, k, work) for k in SETS}
             rows.append((name, fps["ref"], fps["opt"]))
+            if args.calibrate and len(rows) == 1:
+                print("timer calibration (iterations ticks):\n" +
+                      calibrate(work / "proj-opt"), file=sys.stderr)
             print(f"{name}: " + ", ".join(f"{k} {fps[k]['instructions_per_inference']['mean']:,.0f}"
                                           for k in SETS), file=sys.stderr)
     text = table(rows) + "\n" + details(rows)
