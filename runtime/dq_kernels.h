@@ -77,6 +77,14 @@ dq_status dq_fully_connected_s8_opt(const dq_ctx *ctx, const dq_requant_s8 *q, i
                                     const int32_t *bias, int32_t n_out, int8_t *out);
 size_t dq_fully_connected_s8_opt_scratch(const dq_window *w, const dq_dims *in_dims,
                                          const dq_dims *out_dims);
+dq_status dq_conv2d_fx_opt(const dq_ctx *ctx, const dq_window *w, const dq_requant_fx *q,
+                           const dq_dims *in_dims, const int8_t *in, const int8_t *filter,
+                           const int32_t *bias, const dq_dims *out_dims, int8_t *out);
+size_t dq_conv2d_fx_opt_scratch(const dq_window *w, const dq_dims *in_dims,
+                                const dq_dims *out_dims);
+dq_status dq_fully_connected_fx_opt(const dq_ctx *ctx, const dq_requant_fx *q, int32_t n_in,
+                                    const int8_t *in, const int8_t *filter,
+                                    const int32_t *bias, int32_t n_out, int8_t *out);
 dq_status dq_add_s8_opt(const dq_add_s8_params *p, int32_t n, const int8_t *in1,
                         const int8_t *in2, int8_t *out);
 dq_status dq_max_pool_s8_opt(const dq_window *w, int32_t act_min, int32_t act_max,

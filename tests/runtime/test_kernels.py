@@ -247,9 +247,8 @@ def test_a_wrong_cortex_m_kernel_is_caught(libs, tmp_path, old, new, kind):
     (src / "dq_arm_dsp.h").write_text(header.replace(old, new))
     bad = runtime.load_library(runtime.build(runtime.DSP_TWIN, out=tmp_path / "libdq-bad.so",
                                              sources=src))
-    found = [seed for seed in range(12)
-             if differences(random_window_model(seed, F.MODE_S8, kind), libs[0], bad, seed)]
-    assert found, kind
+    assert any(differences(random_window_model(seed, F.MODE_S8, kind), libs[0], bad, seed)
+               for seed in range(12)), kind
 
 def test_scratch_is_planned_in_the_arena(libs):
     blob = random_window_model(1, F.MODE_S8, "conv2d")
@@ -339,6 +338,23 @@ def test_a_perturbed_optimized_kernel_is_caught(libs, tmp_path, condition):
              if differences(random_window_model(seed, F.MODE_S8, "conv2d"), libs[0], bad, seed)]
     assert found, "the comparison missed a wrong output"
 
+
+
+@pytest.mark.parametrize("old, new", [
+    ("return dq_fx_fit((int32_t)total, q->acc_bits, q->acc_overflow);",
+     "return (int32_t)total;"),                           # the wrapped sum not fitted
+    ("if (q->acc_overflow == DQ_FX_WRAP) return 1;", "return 1;")])  # saturation ignored
+def test_a_wrong_fx_kernel_is_caught(libs, tmp_path, old, new):
+    """Negative controls for the optimized FX conv: each shortcut the exactness argument
+    of dq_conv2d_fx_opt.c rules out must be found on the random FX conv models."""
+    src = tmp_path / "runtime"
+    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
+    code = (src / "dq_conv2d_fx_opt.c").read_text()
+    assert old in code
+    (src / "dq_conv2d_fx_opt.c").write_text(code.replace(old, new))
+    bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-bad.so", sources=src))
+    assert any(differences(random_window_model(seed, F.MODE_FX, "conv2d"), libs[0], bad, seed)
+               for seed in range(24))
 
 # --- ADD overflow (issue 12, item 5) ------------------------------------------------
 
