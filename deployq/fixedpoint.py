@@ -183,6 +183,8 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
         common = max(fa, fb)
         layer.extra = {"common": common, "shifts": (common - fa, common - fb)}
         layer.shift = np.array([common - frac], np.int64)
+    elif node.op == "mul":
+        layer.shift = np.array([sum(fx.frac(i) for i in node.inputs) - frac], np.int64)
     elif node.op in ("avgpool", "gap"):
         window = node.attrs.get("kernel") or fx.graph.shape_of(node.inputs[0])[1:]
         h, w = window
@@ -326,6 +328,13 @@ def add(a: np.ndarray, b: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndar
     return requantize(acc, layer.shift, layer, fx)
 
 
+def mul(a: np.ndarray, b: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """The exact product (frac_a + frac_b fractional bits; a (C, 1, 1) gate broadcasts)
+    fitted into the accumulator, requantized (dq_mul_fx)."""
+    acc = fit(a * b, fx.options.acc_bits, fx.options.acc_overflow)
+    return requantize(acc, layer.shift, layer, fx)
+
+
 def _windows(x: np.ndarray, node: G.Node, fill: int):
     """Every (ky, kx) slice of the padded input that a pooling window reads."""
     a = node.attrs
@@ -401,7 +410,7 @@ def clamp(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     return np.clip(x, *layer.act)
 
 
-OPS = {"conv2d": conv2d, "linear": linear, "add": add, "maxpool": maxpool,
+OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp}
 
 
@@ -435,6 +444,9 @@ def check_ranges(fx: FxModel) -> None:
         if layer.shift is not None and not np.all((layer.shift >= -24) & (layer.shift <= 48)):
             raise ExportError(f"layer '{name}': requantization shifts {layer.shift.tolist()} "
                               "outside -24..48 (a weight or output scale far from the others)")
+        if layer.node.op == "mul" and layer.shift[0] < -24:
+            raise ExportError(f"layer '{name}': output has more than 24 fractional bits "
+                              "beyond the product's")
         if layer.node.op == "add" and max(layer.extra["shifts"]) > 16:
             raise ExportError(f"layer '{name}': inputs' fractional bits differ by more than 16")
         if layer.node.op in ("avgpool", "gap") and abs(int(layer.shift[0])) > 8 + \

@@ -156,6 +156,12 @@ def add(a: torch.Tensor, b: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, 
     return requantize(acc, layer.shift, layer, fx)
 
 
+def mul(a: torch.Tensor, b: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    """fixedpoint.mul; the product's gradient (exact below 2^53: |a * b| <= 2^14)."""
+    acc = fit(a * b, fx.options.acc_bits, fx.options.acc_overflow)
+    return requantize(acc, layer.shift, layer, fx)
+
+
 def _windows(x: torch.Tensor, node: G.Node, fill: float) -> list[torch.Tensor]:
     """fixedpoint._windows: every (ky, kx) slice of the padded input."""
     a = node.attrs
@@ -207,7 +213,7 @@ def clamp(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return clip(x, *layer.act)
 
 
-OPS = {"conv2d": conv2d, "linear": linear, "add": add, "maxpool": maxpool,
+OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp}
 
 

@@ -4,7 +4,9 @@ integer kernel (QLinearConv, QGemm, QLinearAdd, ...). export() checks the optimi
 graph and refuses a model in which a conv or matmul would still run in float."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import tempfile
 from collections import Counter
@@ -32,6 +34,8 @@ FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
 # u8*s8 products pairwise in saturating int16 (vpmaddubsw) and were measured up to 9
 # output LSBs off (tests/backends/test_onnx.py); the U8U8 kernels do not saturate.
 U8_SHIFT = 128
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+log = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"uint8": (np.uint8, U8_SHIFT), "int8": (np.int8, 0)}
 
 
@@ -45,6 +49,14 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
     if float_ops:
         raise ExportError(f"ONNX Runtime would run {', '.join(float_ops)} in float after "
                           "optimization; the QDQ pattern was not fused")
+    islands = float_islands(path)
+    for i in islands:
+        log.warning("%s: ONNX Runtime has no integer kernel for %s at layer '%s': it runs "
+                    "in float between DequantizeLinear and QuantizeLinear", target.name,
+                    i["op"], i["layer"])
+    if islands:
+        plan = dataclasses.replace(plan, provenance=plan.provenance
+                                   | {"onnx_float_islands": islands})
     return path, plan
 
 
@@ -124,6 +136,20 @@ def layer_times(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> 
 
 def kernels(path: Path) -> Counter:
     """Op types of the graph ONNX Runtime executes after its optimizations."""
+    return Counter(n.op_type for n in optimized_nodes(path))
+
+
+def float_islands(path: Path) -> list[dict]:
+    """The nodes of the optimized graph that compute in float: those that read the
+    output of a DequantizeLinear (an integer kernel reads integers), by IR layer."""
+    nodes = optimized_nodes(path)
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    return [{"layer": n.name.split(":")[0], "op": n.op_type} for n in nodes
+            if n.op_type not in QDQ and dequantized & set(n.input)]
+
+
+def optimized_nodes(path: Path) -> list:
+    """The nodes ONNX Runtime executes after its optimizations, in order."""
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -131,7 +157,7 @@ def kernels(path: Path) -> Counter:
         opts.log_severity_level = 3          # silence the NchwcTransformer warning
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         optimized = onnx.load(opts.optimized_model_filepath)
-    return Counter(n.op_type for n in optimized.graph.node)
+    return list(optimized.graph.node)
 
 
 # --- building the QDQ graph ----------------------------------------------------------
@@ -238,6 +264,7 @@ OPS = {
     "conv2d": _conv,
     "linear": _linear,
     "add": lambda b, n, xs: b.act(n, b.node("Add", xs, f"{n.name}:add")),
+    "mul": lambda b, n, xs: b.act(n, b.node("Mul", xs, f"{n.name}:mul")),
     "concat": lambda b, n, xs: b.node("Concat", xs, f"{n.name}:concat", axis=1),
     "maxpool": _maxpool,
     "avgpool": _avgpool,

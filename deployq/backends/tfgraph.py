@@ -424,10 +424,16 @@ def _add(b: _Builder, n: G.Node, xs):
     return b.act(n, b.tf.add(xs[0], xs[1]))
 
 
+def _mul(b: _Builder, n: G.Node, xs):
+    """MUL; a (C, 1, 1) gate is (N, 1, 1, C) here and broadcasts over H and W."""
+    return b.act(n, b.tf.multiply(xs[0], xs[1]))
+
+
 OPS = {
     "conv2d": _conv,
     "linear": _linear,
     "add": _add,
+    "mul": _mul,
     "concat": _concat,
     "maxpool": _maxpool,
     "avgpool": _avgpool,
@@ -435,7 +441,7 @@ OPS = {
     "reshape": _reshape,
     "clamp": lambda b, n, xs: _clip(b.tf, xs[0], n.attrs["lo"], n.attrs["hi"]),
 }
-SUPPORTED = ["conv2d", "linear", "add", "concat", "maxpool (no dilation)",
+SUPPORTED = ["conv2d", "linear", "add", "mul", "concat", "maxpool (no dilation)",
              "avgpool (count_include_pad, or padding TFLite can express)", "gap",
              "reshape", "clamp"]
 
