@@ -410,8 +410,19 @@ def clamp(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     return np.clip(x, *layer.act)
 
 
+def pad(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    top, bottom, left, right = layer.node.attrs["pads"]
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+
+
+def upsample(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    sh, sw = layer.node.attrs["scale"]
+    return np.repeat(np.repeat(x, sh, 2), sw, 3)
+
+
 OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
-       "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp}
+       "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
+       "pad": pad, "upsample": upsample}
 
 
 def check_supported(graph: G.Graph, node: G.Node, backend: str = "fpga") -> None:

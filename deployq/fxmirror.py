@@ -213,8 +213,18 @@ def clamp(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return clip(x, *layer.act)
 
 
+def pad(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    return F.pad(x, G._torch_pads(layer.node.attrs["pads"]))
+
+
+def upsample(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    sh, sw = layer.node.attrs["scale"]
+    return x.repeat_interleave(sh, 2).repeat_interleave(sw, 3)
+
+
 OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
-       "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp}
+       "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
+       "pad": pad, "upsample": upsample}
 
 
 def _check_exact(fx: FX.FxModel) -> None:

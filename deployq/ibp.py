@@ -78,7 +78,8 @@ def _monotone(fn):
 
 FLOAT_IBP = {"conv2d": _float_affine, "linear": _float_affine,
              **{op: _monotone(op) for op in
-                ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp")}}
+                ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp", "pad",
+                 "upsample")}}
 
 
 # --- shared integer helpers -----------------------------------------------------------
@@ -250,7 +251,8 @@ def _fx_each(fn):
 
 FX_IBP = {"conv2d": _fx_conv, "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
           "avgpool": _fx_avgpool, "gap": _fx_gap, "reshape": _fx_each(FX.reshape),
-          "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp)}
+          "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp),
+          "pad": _fx_each(FX.pad), "upsample": _fx_each(FX.upsample)}
 
 
 # --- MODE_S8: the C runtime's model file, TFLite reference int8 rules ------------------

@@ -206,6 +206,9 @@ static dq_status run_move(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
     case DQ_OP_TRANSPOSE: return dq_transpose(p + DQ_P_PERM_0, &in, IN0, OUT);
     case DQ_OP_CLAMP: return dq_clamp_s8(p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], n, IN0, OUT);
     case DQ_OP_SLICE: return dq_slice(p[DQ_P_AXIS], p[DQ_P_BEGIN], &in, IN0, &out, OUT);
+    case DQ_OP_RESIZE_NEAREST:
+        return dq_resize_nearest(p[DQ_P_ALIGN_CORNERS], p[DQ_P_HALF_PIXEL_CENTERS], &in, IN0,
+                                 &out, OUT);
     default:                                   /* DQ_OP_PAD */
         return dq_pad(p + DQ_P_BEFORE_H, (int8_t)m->tensors[op->inputs[0]].zero_point, &in,
                       IN0, &out, OUT);
@@ -218,6 +221,7 @@ static const dq_run_fn RUN[DQ_OP_COUNT] = {
     [DQ_OP_AVG_POOL] = run_pool, [DQ_OP_MEAN] = run_mean, [DQ_OP_CONCAT] = run_concat,
     [DQ_OP_RESHAPE] = run_move, [DQ_OP_TRANSPOSE] = run_move, [DQ_OP_PAD] = run_move,
     [DQ_OP_CLAMP] = run_move, [DQ_OP_SLICE] = run_move, [DQ_OP_MUL] = run_mul,
+    [DQ_OP_RESIZE_NEAREST] = run_move,
 };
 
 /* The scratch query of the op's kernel in this build's set (0 when it has none). */

@@ -219,6 +219,10 @@ static dq_status check_move(const dq_model *m, const dq_op *op) {
             CHECK(IN_RANGE(p[2 * a], 0, limit) && IN_RANGE(p[2 * a + 1], 0, limit), DQ_ERR_PARAM);
             CHECK(out->dims[a] == in->dims[a] + p[2 * a] + p[2 * a + 1], DQ_ERR_SHAPE);
         }
+    } else if (op->type == DQ_OP_RESIZE_NEAREST) {
+        CHECK(IN_RANGE(p[0], 0, 1) && IN_RANGE(p[1], 0, 1), DQ_ERR_PARAM);
+        CHECK(in->dims[2] == out->dims[2] && out->dims[0] <= 4096 && out->dims[1] <= 4096,
+              DQ_ERR_SHAPE);
     } else if (op->type == DQ_OP_CLAMP) {
         CHECK(same_dims(in, out), DQ_ERR_SHAPE);
         return check_range(m, op);
@@ -242,7 +246,7 @@ dq_status dq_check_op(const dq_model *m, const dq_op *op) {
     case DQ_OP_MEAN: return check_mean(m, op);
     case DQ_OP_CONCAT: return check_concat(m, op);
     case DQ_OP_RESHAPE: case DQ_OP_TRANSPOSE: case DQ_OP_PAD: case DQ_OP_CLAMP:
-    case DQ_OP_SLICE: return check_move(m, op);
+    case DQ_OP_SLICE: case DQ_OP_RESIZE_NEAREST: return check_move(m, op);
     default: return DQ_ERR_OP;
     }
 }

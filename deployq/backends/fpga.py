@@ -284,6 +284,21 @@ def _clamp(w: _Writer, layer: FX.FxLayer) -> None:
                       {"act_min": layer.act[0], "act_max": layer.act[1]}))
 
 
+def _pad(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    top, bottom, left, right = n.attrs["pads"]
+    params = {"before_h": top, "after_h": bottom, "before_w": left, "after_w": right,
+              "pad_mode": 0}
+    w.ops.append(F.Op("pad", [w.tensor(n.inputs[0])], w.tensor(n.name), params))
+
+
+def _upsample(w: _Writer, layer: FX.FxLayer) -> None:
+    """RESIZE_NEAREST with neither flag: in[floor(i * in / out)] = in[i // s]."""
+    n = layer.node
+    w.ops.append(F.Op("resize_nearest", [w.tensor(n.inputs[0])], w.tensor(n.name),
+                      {"align_corners": 0, "half_pixel_centers": 0}))
+
+
 def _reshape(w: _Writer, layer: FX.FxLayer) -> None:
     """A reshape in NCHW element order: HWC -> CHW memory (TRANSPOSE), a RESHAPE, and
     CHW -> HWC again when the result is a feature map. Where H*W == 1 or C == 1 both
@@ -319,7 +334,7 @@ def _hwc_flatten(fx: FX.FxModel, node: G.Node) -> bool:
 
 OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "mul": _mul, "maxpool": _maxpool,
        "avgpool": _avgpool, "gap": _gap, "concat": _concat, "clamp": _clamp,
-       "reshape": _reshape}
+       "reshape": _reshape, "pad": _pad, "upsample": _upsample}
 
 
 def build(fx: FX.FxModel) -> tuple[bytes, list[str]]:

@@ -295,6 +295,15 @@ def _pad(r: _Reader, op, mode: int) -> None:
     r.ops.append(F.Op("pad", [r.act(x)], r.act(op.outputs[0]), params))
 
 
+def _resize_nearest(r: _Reader, op) -> None:
+    """RESIZE_NEAREST_NEIGHBOR: a copy of int8 codes (input and output share their
+    parameters), the source index by reference_ops' GetNearestNeighbor rule."""
+    opt = op.builtinOptions
+    params = {"align_corners": int(opt.alignCorners), "half_pixel_centers":
+              int(opt.halfPixelCenters)}
+    r.ops.append(F.Op("resize_nearest", [r.act(op.inputs[0])], r.act(op.outputs[0]), params))
+
+
 OPS = {
     "CONV_2D": lambda r, op: _conv(r, op, False),
     "DEPTHWISE_CONV_2D": lambda r, op: _conv(r, op, True),
@@ -312,6 +321,7 @@ OPS = {
     "MAXIMUM": lambda r, op: _min_max(r, op, False),
     "PAD": lambda r, op: _pad(r, op, 0),
     "MIRROR_PAD": lambda r, op: _pad(r, op, 1),
+    "RESIZE_NEAREST_NEIGHBOR": _resize_nearest,
 }
 
 

@@ -429,6 +429,14 @@ def _mul(b: _Builder, n: G.Node, xs):
     return b.act(n, b.tf.multiply(xs[0], xs[1]))
 
 
+def _upsample(b: _Builder, n: G.Node, xs):
+    """RESIZE_NEAREST_NEIGHBOR without align_corners or half-pixel centres: in[floor(i *
+    in / out)], PyTorch's 'nearest' (for integer factors in[i // s])."""
+    _, h, w = n.shape
+    return b.tf.compat.v1.image.resize_nearest_neighbor(xs[0], [h, w], align_corners=False,
+                                                         half_pixel_centers=False)
+
+
 OPS = {
     "conv2d": _conv,
     "linear": _linear,
@@ -440,10 +448,12 @@ OPS = {
     "gap": lambda b, n, xs: b.tf.reduce_mean(xs[0], axis=[1, 2], keepdims=True),
     "reshape": _reshape,
     "clamp": lambda b, n, xs: _clip(b.tf, xs[0], n.attrs["lo"], n.attrs["hi"]),
+    "pad": lambda b, n, xs: _pads(b.tf, xs[0], [n.attrs["pads"][:2], n.attrs["pads"][2:]]),
+    "upsample": _upsample,
 }
 SUPPORTED = ["conv2d", "linear", "add", "mul", "concat", "maxpool (no dilation)",
              "avgpool (count_include_pad, or padding TFLite can express)", "gap",
-             "reshape", "clamp"]
+             "reshape", "clamp", "pad", "upsample"]
 
 
 def _check_maxpool(n: G.Node, g: G.Graph) -> str | None:

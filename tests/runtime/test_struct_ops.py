@@ -40,7 +40,45 @@ class SE(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-MODELS = {"mul": SE}
+class KwsPad(nn.Module):
+    """MLPerf Tiny DS-CNN's first layer as Keras writes it: 'same' padding on a
+    stride-2 (10, 4) conv over 49x10, i.e. asymmetric zeros (F.pad) then a valid conv;
+    then 'same' convs with an even kernel (asymmetric) and a dilated one (symmetric)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((1, 2, 4, 5))
+        self.conv = nn.Conv2d(1, 4, (10, 4), stride=2)
+        self.same = nn.Conv2d(4, 4, (2, 3), padding="same")
+        self.dil = nn.Conv2d(4, 4, 3, padding="same", dilation=2)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(self.pad(x)))
+        y = torch.relu(self.dil(self.same(y)))
+        return self.fc(nn.functional.pad(y, (0, 1, 2, 0)).mean((2, 3)))
+
+
+class UpConv1d(nn.Module):
+    """Nearest upsampling (integer factors, also unequal) and a Conv1d over a flattened
+    map (held as (C, 1, L))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.up = nn.Upsample(scale_factor=2)
+        self.c1 = nn.Conv1d(4, 3, 5, stride=2, padding=1)
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x):
+        y = self.up(torch.relu(self.conv(x)))
+        y = nn.functional.interpolate(y, scale_factor=(1, 3), mode="nearest")
+        z = torch.relu(self.c1(y.flatten(2)))
+        return self.fc(z.mean(2))
+
+
+MODELS = {"mul": SE, "pad": KwsPad, "upsample_conv1d": UpConv1d}
+SHAPES = {"pad": (1, 49, 10)}
 
 
 def _plan(graph, x, target, **settings):
@@ -49,7 +87,11 @@ def _plan(graph, x, target, **settings):
 
 
 def _graph(name, seed=0):
-    return G.capture(randomized(MODELS[name](), seed), SHAPE)
+    return G.capture(randomized(MODELS[name](), seed), SHAPES.get(name, SHAPE))
+
+
+def _x(name, n, seed):
+    return np.random.default_rng(seed).random((n, *SHAPES.get(name, SHAPE)), dtype=np.float32)
 
 
 def _mcu_vs_reference(graph, x, tmp_path):
@@ -65,9 +107,11 @@ def _mcu_vs_reference(graph, x, tmp_path):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_mcu_equals_litert_reference_on_every_tensor(tmp_path, name):
     graph = _graph(name)
-    x = np.random.default_rng(0).random((100, *SHAPE), dtype=np.float32)
+    x = _x(name, 100, 0)
     rows = _mcu_vs_reference(graph, x, tmp_path)
-    computed = {n.name for n in graph.nodes if n.op != "reshape"}   # reshapes fold away
+    # reshapes fold away; the converter folds a pad into the conv after it when the
+    # pair is a conv with TF's SAME padding
+    computed = {n.name for n in graph.nodes if n.op not in ("reshape", "pad")}
     assert computed <= {r["layer"] for r in rows}
     assert all(r["different"] == 0 for r in rows), [r for r in rows if r["different"]]
 
@@ -75,7 +119,7 @@ def test_mcu_equals_litert_reference_on_every_tensor(tmp_path, name):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_fpga_equals_numpy_twin_and_mirror(tmp_path, name):
     graph = _graph(name)
-    x = np.random.default_rng(1).random((100, *SHAPE), dtype=np.float32)
+    x = _x(name, 100, 1)
     target = T.get("fpga-fixed")
     plan = _plan(graph, x[:50], target)
     path, plan = fpga.export(graph, plan, target, tmp_path)
@@ -104,7 +148,7 @@ def test_negative_control_a_mul_one_lsb_off_is_caught(tmp_path, monkeypatch):
 def test_onnx_runs_convs_in_integers_and_names_float_islands(tmp_path, name):
     from deployq.backends import onnx as O
     graph = _graph(name)
-    x = np.random.default_rng(2).random((50, *SHAPE), dtype=np.float32)
+    x = _x(name, 50, 2)
     target = T.get("onnx-int8")
     path, plan = O.export(graph, _plan(graph, x, target), target, tmp_path)
     ops = O.kernels(path)
@@ -112,3 +156,6 @@ def test_onnx_runs_convs_in_integers_and_names_float_islands(tmp_path, name):
     islands = plan.provenance.get("onnx_float_islands", [])
     assert all(i["layer"] in {n.name for n in graph.nodes} for i in islands)
     assert O.float_islands(path) == islands
+    logits = O.load(path).run(x)            # the integer model computes the float one
+    ref = G.run(graph, torch.from_numpy(x))["output"].numpy()
+    assert np.corrcoef(logits.ravel(), ref.ravel())[0, 1] > 0.95
