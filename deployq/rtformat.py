@@ -39,6 +39,8 @@ SLOT = {"stride_h": 0, "stride_w": 1, "pad_top": 2, "pad_left": 3, "dilation_h":
         "common_frac_bits": 0,
         # MEAN, MUL (S8)
         "multiplier": 1, "shift": 2,
+        # MUL by a constant (S8): its zero point and dims
+        "const_zero_point": 3, "const_h": 4, "const_w": 5, "const_c": 6,
         # CONCAT, SLICE, TRANSPOSE, PAD
         "axis": 0, "begin": 1, "perm_0": 0, "perm_1": 1, "perm_2": 2,
         "before_h": 0, "after_h": 1, "before_w": 2, "after_w": 3, "before_c": 4,

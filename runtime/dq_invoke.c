@@ -134,9 +134,19 @@ static dq_status run_add(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
 static dq_status run_mul(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
                          uint8_t *arena) {
     (void)ctx;
-    const dq_tensor *a = &m->tensors[op->inputs[0]], *b = &m->tensors[op->inputs[1]];
-    const dq_dims d1 = dq_dims_of(a), d2 = dq_dims_of(b), out = OUT_DIMS;
     const int32_t *p = op->params;
+    const dq_tensor *a = &m->tensors[op->inputs[0]];
+    if (op->n_inputs == 1) {                  /* S8 times the constant in data 0 */
+        const dq_dims d1 = dq_dims_of(a), out = OUT_DIMS;
+        const dq_dims d2 = {p[DQ_P_CONST_H], p[DQ_P_CONST_W], p[DQ_P_CONST_C]};
+        const dq_mul_s8_params mp = {-a->zero_point, -p[DQ_P_CONST_ZERO_POINT],
+                                     m->tensors[op->output].zero_point, p[DQ_P_MULTIPLIER],
+                                     p[DQ_P_SHIFT], p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX],
+                                     (dq_rounding)p[DQ_P_ROUNDING]};
+        return dq_kernels.mul_s8(&mp, &d1, IN0, &d2, data(m, op, 0), &out, OUT);
+    }
+    const dq_tensor *b = &m->tensors[op->inputs[1]];
+    const dq_dims d1 = dq_dims_of(a), d2 = dq_dims_of(b), out = OUT_DIMS;
     if (is_s8(m)) {
         const dq_mul_s8_params mp = {-a->zero_point, -b->zero_point,
                                      m->tensors[op->output].zero_point, p[DQ_P_MULTIPLIER],

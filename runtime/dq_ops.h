@@ -29,7 +29,8 @@
  *   CLAMP: 8 lo 9 hi (quantized; input and output share parameters)
  *   MUL (S8): 1 multiplier 2 shift 7 rounding 8 act_min 9 act_max;
  *     FX: 7 quant mode 8 act_min 9 act_max 12-14 as conv. Two inputs, each of the
- *     output's dims or broadcasting a dimension of 1.
+ *     output's dims or broadcasting a dimension of 1. S8 with one input: the second
+ *     is the constant int8 data 0, of dims 4-6 (h, w, c) and zero point 3.
  *   SLICE: 0 axis 1 begin (a slice of the input along axis, as the output's size)
  *   RESIZE_NEAREST: 0 align_corners 1 half_pixel_centers (0 or 1 each; TFLite's
  *     ResizeNearestNeighbor options); input and output share parameters
@@ -58,6 +59,8 @@ typedef enum {
     DQ_P_COMMON_FRAC_BITS = 0,
     /* MEAN, MUL (S8) */
     DQ_P_MULTIPLIER = 1, DQ_P_SHIFT = 2,
+    /* MUL by a constant (S8) */
+    DQ_P_CONST_ZERO_POINT = 3, DQ_P_CONST_H = 4, DQ_P_CONST_W = 5, DQ_P_CONST_C = 6,
     /* CONCAT, SLICE, TRANSPOSE, PAD */
     DQ_P_AXIS = 0, DQ_P_BEGIN = 1, DQ_P_PERM_0 = 0, DQ_P_PERM_1 = 1, DQ_P_PERM_2 = 2,
     DQ_P_BEFORE_H = 0, DQ_P_AFTER_H = 1, DQ_P_BEFORE_W = 2, DQ_P_AFTER_W = 3,

@@ -122,22 +122,33 @@ static dq_status check_add(const dq_model *m, const dq_op *op) {
     return DQ_OK;
 }
 
-static int broadcasts_to(const dq_tensor *in, const dq_tensor *out) {
+static int broadcasts_to(const int32_t *dims, const dq_tensor *out) {
     for (int a = 0; a < 3; ++a)
-        if (in->dims[a] != out->dims[a] && in->dims[a] != 1) return 0;
+        if (dims[a] != out->dims[a] && dims[a] != 1) return 0;
     return 1;
+}
+
+/* MUL (S8) by the constant in data 0: dims in params 4-6, zero point in param 3 */
+static dq_status check_mul_const(const dq_model *m, const dq_op *op) {
+    const int32_t *p = op->params;
+    CHECK(is_s8(m) && IN_RANGE(p[3], -128, 127), DQ_ERR_PARAM);
+    for (int a = 4; a < 7; ++a) CHECK(IN_RANGE(p[a], 1, 4096), DQ_ERR_SHAPE);
+    CHECK(broadcasts_to(p + 4, &m->tensors[op->output]), DQ_ERR_SHAPE);
+    return check_data(m, op, 0, (int64_t)p[4] * p[5] * p[6], 1);
 }
 
 /* MUL: |(in1 + off1) * (in2 + off2)| <= 255 * 255, no int32 overflow; FX: the product
  * is at most 2^14 and the shift frac1 + frac2 - frac_out in the requantizer's range. */
 static dq_status check_mul(const dq_model *m, const dq_op *op) {
     const int32_t *p = op->params;
-    CHECK(op->n_inputs == 2, DQ_ERR_OP);
-    const dq_tensor *a = &m->tensors[op->inputs[0]], *b = &m->tensors[op->inputs[1]];
-    const dq_tensor *out = &m->tensors[op->output];
-    CHECK(broadcasts_to(a, out) && broadcasts_to(b, out), DQ_ERR_SHAPE);
+    CHECK(op->n_inputs == 1 || op->n_inputs == 2, DQ_ERR_OP);
+    const dq_tensor *a = &m->tensors[op->inputs[0]], *out = &m->tensors[op->output];
     dq_status s = check_range(m, op);
     if (s != DQ_OK) return s;
+    CHECK(broadcasts_to(a->dims, out), DQ_ERR_SHAPE);
+    if (op->n_inputs == 1 && (s = check_mul_const(m, op)) != DQ_OK) return s;
+    const dq_tensor *b = op->n_inputs == 2 ? &m->tensors[op->inputs[1]] : a;
+    CHECK(broadcasts_to(b->dims, out), DQ_ERR_SHAPE);
     if (is_s8(m)) {
         CHECK(p[1] >= 0 && IN_RANGE(p[2], -31, 30) && IN_RANGE(p[7], 0, 1), DQ_ERR_PARAM);
         return DQ_OK;

@@ -77,7 +77,22 @@ class UpConv1d(nn.Module):
         return self.fc(z.mean(2))
 
 
-MODELS = {"mul": SE, "pad": KwsPad, "upsample_conv1d": UpConv1d}
+class AvgExcludingPad(nn.Module):
+    """AvgPool2d(count_include_pad=False) where TFLite has no padding with its windows
+    (kernel 3, stride 2, padding 1 over 8x8; ResNet-D style), then one it has."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.avg = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+        self.avg2 = nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False)
+        self.fc = nn.Linear(4 * 25, 5)
+
+    def forward(self, x):
+        return self.fc(self.avg2(self.avg(torch.relu(self.conv(x)))).flatten(1))
+
+
+MODELS = {"avgpool_exclude_pad": AvgExcludingPad, "mul": SE, "pad": KwsPad, "upsample_conv1d": UpConv1d}
 SHAPES = {"pad": (1, 49, 10)}
 
 
