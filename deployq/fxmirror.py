@@ -185,10 +185,10 @@ def _scaled_mean(terms: list[torch.Tensor], layer: FX.FxLayer, fx: FX.FxModel):
     e = layer.extra
     if "count" in e:
         exact = FX.divide(FX.pool_sum([_int(t) for t in terms], layer, fx), e["count"])
-        mean = _ste(exact, sum(terms), 2.0 ** e["guard_bits"] / e["count"])
+        mean = _ste(exact, sum(terms), _float(2.0 ** e["guard_bits"] / np.asarray(e["count"])))
         return requantize(mean, layer.shift, layer, fx)
-    return requantize(sum(terms) * float(e["reciprocal"]), layer.shift + e["reciprocal_bits"],
-                      layer, fx)
+    return requantize(sum(terms) * _float(np.asarray(e["reciprocal"], np.float64)),
+                      layer.shift + e["reciprocal_bits"], layer, fx)
 
 
 def avgpool(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):

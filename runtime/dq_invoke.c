@@ -53,7 +53,8 @@ static int32_t mean_fx_shift(const dq_model *m, const dq_op *op) {
 
 static dq_mean_fx_params mean_fx_params(const int32_t *p) {
     const dq_mean_fx_params mp = {p[DQ_P_RECIPROCAL], p[DQ_P_RECIPROCAL_BITS],
-                                  p[DQ_P_POOL_DIVISION], p[DQ_P_GUARD_BITS]};
+                                  p[DQ_P_POOL_DIVISION], p[DQ_P_GUARD_BITS],
+                                  p[DQ_P_EXCLUDE_PAD]};
     return mp;
 }
 

@@ -19,7 +19,8 @@
  *     9 act_max 10 kernel_h 11 kernel_w
  *     (AVG_POOL FX: 7 quant mode 14 out_overflow 15 reciprocal 16 reciprocal_bits
  *      17 pool_division (0 reciprocal, 1 divide) 18 guard_bits, 12-13 the divide
- *      mode's accumulator: dq_mean_fx_params)
+ *      mode's accumulator: dq_mean_fx_params; 19 exclude_pad: 1 divides by each
+ *      window's elements inside the input, its reciprocal computed per window)
  *   MEAN (over H and W): 1 multiplier 2 shift (1/count folded in) 7 rounding (S8);
  *     FX: 7 quant mode 8 act_min 9 act_max 14 out_overflow, 12-13 and 15-18 as
  *     AVG_POOL
@@ -50,7 +51,7 @@ typedef enum {
     DQ_P_ACT_MIN = 8, DQ_P_ACT_MAX = 9, DQ_P_KERNEL_H = 10, DQ_P_KERNEL_W = 11,
     DQ_P_ACC_BITS = 12, DQ_P_ACC_OVERFLOW = 13, DQ_P_OUT_OVERFLOW = 14,
     DQ_P_RECIPROCAL = 15, DQ_P_RECIPROCAL_BITS = 16, DQ_P_POOL_DIVISION = 17,
-    DQ_P_GUARD_BITS = 18,
+    DQ_P_GUARD_BITS = 18, DQ_P_EXCLUDE_PAD = 19,
     /* ADD (S8) */
     DQ_P_LEFT_SHIFT = 0, DQ_P_IN1_MULTIPLIER = 1, DQ_P_IN1_SHIFT = 2,
     DQ_P_IN2_MULTIPLIER = 3, DQ_P_IN2_SHIFT = 4, DQ_P_OUT_MULTIPLIER = 5,
@@ -145,6 +146,8 @@ typedef struct {            /* AVG_POOL and MEAN, FPGA fixed point (params 15-18
                                accumulator (q->acc_bits, q->acc_overflow), / count
                                truncated toward zero (ap_fixed, hls4ml's avg()) */
     int32_t guard_bits;     /* extra fractional bits of the accumulator, 0..8 */
+    int32_t exclude_pad;    /* AVG_POOL: 1 divides by the window's elements inside the
+                               input (count_include_pad=False), else by kh * kw */
 } dq_mean_fx_params;
 
 /* Reference kernels: plain loops, the specification every optimized kernel

@@ -162,7 +162,8 @@ static dq_status check_mul(const dq_model *m, const dq_op *op) {
 /* AVG_POOL and MEAN, FX: dq_mean_fx_params and the change of fractional bits */
 static dq_status check_mean_fx(const int32_t *p, const dq_tensor *in, const dq_tensor *out) {
     CHECK(IN_RANGE(p[7], 0, 2) && IN_RANGE(p[14], 0, 1), DQ_ERR_PARAM);
-    CHECK(IN_RANGE(p[17], 0, 1) && IN_RANGE(p[18], 0, 8), DQ_ERR_PARAM);
+    CHECK(IN_RANGE(p[17], 0, 1) && IN_RANGE(p[18], 0, 8) && IN_RANGE(p[19], 0, 1),
+          DQ_ERR_PARAM);
     if (p[17]) CHECK(IN_RANGE(p[12], 8, 32) && IN_RANGE(p[13], 0, 1), DQ_ERR_PARAM);
     else CHECK(IN_RANGE(p[15], 0, 1 << 16) && IN_RANGE(p[16], 0, 24), DQ_ERR_PARAM);
     CHECK(IN_RANGE(in->frac_bits - out->frac_bits, -8, 8), DQ_ERR_PARAM);

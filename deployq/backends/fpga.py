@@ -251,10 +251,14 @@ def _mean_params(layer: FX.FxLayer, w: _Writer) -> dict:
     o, e = w.fx.options, layer.extra
     p = {"rounding": FX.QUANT[layer.quant], "act_min": layer.act[0],
          "act_max": layer.act[1], "out_overflow": FX.OVERFLOW[o.out_overflow]}
+    n = layer.node
+    exclude = int(n.op == "avgpool" and np.ndim(e.get("count", e.get("reciprocal"))) > 0)
+    p["exclude_pad"] = exclude          # the kernel counts each window (and its reciprocal)
     if "count" in e:
         return p | {"pool_division": 1, "guard_bits": e["guard_bits"],
                     "acc_bits": o.acc_bits, "acc_overflow": FX.OVERFLOW[o.acc_overflow]}
-    return p | {"reciprocal": e["reciprocal"], "reciprocal_bits": e["reciprocal_bits"]}
+    return p | {"reciprocal": 0 if exclude else e["reciprocal"],
+                "reciprocal_bits": e["reciprocal_bits"]}
 
 
 def _maxpool(w: _Writer, layer: FX.FxLayer) -> None:

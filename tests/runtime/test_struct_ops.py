@@ -131,11 +131,14 @@ def test_mcu_equals_litert_reference_on_every_tensor(tmp_path, name):
     assert all(r["different"] == 0 for r in rows), [r for r in rows if r["different"]]
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_fpga_equals_numpy_twin_and_mirror(tmp_path, name):
+@pytest.mark.parametrize("name, options", [(n, {}) for n in sorted(MODELS)] + [
+    ("avgpool_exclude_pad", {"pool_division": "reciprocal"}),
+    ("mul", {"acc_bits": 12, "acc_overflow": "sat", "out_overflow": "wrap"})])
+def test_fpga_equals_numpy_twin_and_mirror(tmp_path, name, options):
     graph = _graph(name)
     x = _x(name, 100, 1)
     target = T.get("fpga-fixed")
+    target.options = dict(target.options, **options)
     plan = _plan(graph, x[:50], target)
     path, plan = fpga.export(graph, plan, target, tmp_path)
     c_out = backends.codes(fpga.load(path), x).reshape(len(x), -1)
