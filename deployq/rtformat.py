@@ -44,9 +44,7 @@ SLOT = {"stride_h": 0, "stride_w": 1, "pad_top": 2, "pad_left": 3, "dilation_h":
         # CONCAT, SLICE, TRANSPOSE, PAD
         "axis": 0, "begin": 1, "perm_0": 0, "perm_1": 1, "perm_2": 2,
         "before_h": 0, "after_h": 1, "before_w": 2, "after_w": 3, "before_c": 4,
-        "after_c": 5, "pad_mode": 6,
-        # RESIZE_NEAREST
-        "align_corners": 0, "half_pixel_centers": 1}
+        "after_c": 5, "pad_mode": 6}
 
 
 @dataclass

@@ -218,8 +218,7 @@ static dq_status run_move(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
     case DQ_OP_CLAMP: return dq_clamp_s8(p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], n, IN0, OUT);
     case DQ_OP_SLICE: return dq_slice(p[DQ_P_AXIS], p[DQ_P_BEGIN], &in, IN0, &out, OUT);
     case DQ_OP_RESIZE_NEAREST:
-        return dq_resize_nearest(p[DQ_P_ALIGN_CORNERS], p[DQ_P_HALF_PIXEL_CENTERS], &in, IN0,
-                                 &out, OUT);
+        return dq_resize_nearest(&in, IN0, &out, OUT);
     default:                                   /* DQ_OP_PAD */
         return dq_pad(p + DQ_P_BEFORE_H, (int8_t)m->tensors[op->inputs[0]].zero_point, &in,
                       IN0, &out, OUT);

@@ -33,8 +33,9 @@
  *     output's dims or broadcasting a dimension of 1. S8 with one input: the second
  *     is the constant int8 data 0, of dims 4-6 (h, w, c) and zero point 3.
  *   SLICE: 0 axis 1 begin (a slice of the input along axis, as the output's size)
- *   RESIZE_NEAREST: 0 align_corners 1 half_pixel_centers (0 or 1 each; TFLite's
- *     ResizeNearestNeighbor options); input and output share parameters
+ *   RESIZE_NEAREST: none; the output an integer multiple of the input along H and W
+ *     (nearest neighbour, output row y reads row y / s); input and output share
+ *     parameters
  * "rounding" is a dq_rounding (S8) or a dq_fx_quant (FX); overflow is dq_fx_overflow.
  */
 #ifndef DQ_OPS_H
@@ -66,8 +67,6 @@ typedef enum {
     DQ_P_AXIS = 0, DQ_P_BEGIN = 1, DQ_P_PERM_0 = 0, DQ_P_PERM_1 = 1, DQ_P_PERM_2 = 2,
     DQ_P_BEFORE_H = 0, DQ_P_AFTER_H = 1, DQ_P_BEFORE_W = 2, DQ_P_AFTER_W = 3,
     DQ_P_BEFORE_C = 4, DQ_P_AFTER_C = 5, DQ_P_PAD_MODE = 6,
-    /* RESIZE_NEAREST */
-    DQ_P_ALIGN_CORNERS = 0, DQ_P_HALF_PIXEL_CENTERS = 1,
 } dq_param_slot;
 
 typedef struct { int32_t h, w, c; } dq_dims;
@@ -210,9 +209,8 @@ dq_status dq_transpose(const int32_t *perm, const dq_dims *in_dims, const int8_t
 dq_status dq_pad(const int32_t *pads, int8_t value, const dq_dims *in_dims, const int8_t *in,
                  const dq_dims *out_dims, int8_t *out);
 dq_status dq_clamp_s8(int32_t lo, int32_t hi, int32_t n, const int8_t *in, int8_t *out);
-dq_status dq_resize_nearest(int32_t align_corners, int32_t half_pixel_centers,
-                            const dq_dims *in_dims, const int8_t *in,
-                            const dq_dims *out_dims, int8_t *out);
+dq_status dq_resize_nearest(const dq_dims *in_dims, const int8_t *in, const dq_dims *out_dims,
+                            int8_t *out);
 dq_status dq_slice(int32_t axis, int32_t begin, const dq_dims *in_dims, const int8_t *in,
                    const dq_dims *out_dims, int8_t *out);
 

@@ -232,9 +232,9 @@ static dq_status check_move(const dq_model *m, const dq_op *op) {
             CHECK(out->dims[a] == in->dims[a] + p[2 * a] + p[2 * a + 1], DQ_ERR_SHAPE);
         }
     } else if (op->type == DQ_OP_RESIZE_NEAREST) {
-        CHECK(IN_RANGE(p[0], 0, 1) && IN_RANGE(p[1], 0, 1), DQ_ERR_PARAM);
         CHECK(in->dims[2] == out->dims[2] && out->dims[0] <= 4096 && out->dims[1] <= 4096,
               DQ_ERR_SHAPE);
+        CHECK(out->dims[0] % in->dims[0] == 0 && out->dims[1] % in->dims[1] == 0, DQ_ERR_SHAPE);
     } else if (op->type == DQ_OP_CLAMP) {
         CHECK(same_dims(in, out), DQ_ERR_SHAPE);
         return check_range(m, op);

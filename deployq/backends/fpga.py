@@ -299,8 +299,7 @@ def _pad(w: _Writer, layer: FX.FxLayer) -> None:
 def _upsample(w: _Writer, layer: FX.FxLayer) -> None:
     """RESIZE_NEAREST with neither flag: in[floor(i * in / out)] = in[i // s]."""
     n = layer.node
-    w.ops.append(F.Op("resize_nearest", [w.tensor(n.inputs[0])], w.tensor(n.name),
-                      {"align_corners": 0, "half_pixel_centers": 0}))
+    w.ops.append(F.Op("resize_nearest", [w.tensor(n.inputs[0])], w.tensor(n.name)))
 
 
 def _reshape(w: _Writer, layer: FX.FxLayer) -> None:

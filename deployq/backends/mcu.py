@@ -310,12 +310,14 @@ def _pad(r: _Reader, op, mode: int) -> None:
 
 
 def _resize_nearest(r: _Reader, op) -> None:
-    """RESIZE_NEAREST_NEIGHBOR: a copy of int8 codes (input and output share their
-    parameters), the source index by reference_ops' GetNearestNeighbor rule."""
-    opt = op.builtinOptions
-    params = {"align_corners": int(opt.alignCorners), "half_pixel_centers":
-              int(opt.halfPixelCenters)}
-    r.ops.append(F.Op("resize_nearest", [r.act(op.inputs[0])], r.act(op.outputs[0]), params))
+    """RESIZE_NEAREST_NEIGHBOR by integer factors without align_corners or half-pixel
+    centres: a copy of int8 codes (input and output share their parameters)."""
+    x, o, opt = op.inputs[0], op.outputs[0], op.builtinOptions
+    (h, w, _), (oh, ow, _) = (r.tensors[r.act(t)].dims for t in (x, o))
+    if opt.alignCorners or opt.halfPixelCenters or oh % h or ow % w:
+        raise UnsupportedOpError("RESIZE_NEAREST_NEIGHBOR with align_corners, half-pixel "
+                                 "centres or a non-integer factor", r.layer(o), "mcu", OPS)
+    r.ops.append(F.Op("resize_nearest", [r.act(x)], r.act(o)))
 
 
 OPS = {

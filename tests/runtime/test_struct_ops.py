@@ -177,3 +177,14 @@ def test_onnx_runs_convs_in_integers_and_names_float_islands(tmp_path, name):
     logits = O.load(path).run(x)            # the integer model computes the float one
     ref = G.run(graph, torch.from_numpy(x))["output"].numpy()
     assert np.corrcoef(logits.ravel(), ref.ravel())[0, 1] > 0.95
+
+
+def test_litert_nearest_rule_is_integer_division_for_integer_factors():
+    """reference_ops' floor(y * float32(in) / float32(out)) equals y // s for out = s * in,
+    every size up to 1024 and factor up to 16: the C kernel's integer rule."""
+    f32 = np.float32
+    for size in range(1, 1025):
+        for s in range(1, 17):
+            y = np.arange(size * s)
+            ref = np.floor(y.astype(f32) * (f32(size) / f32(size * s))).astype(np.int64)
+            assert np.array_equal(np.minimum(ref, size - 1), y // s), (size, s)
