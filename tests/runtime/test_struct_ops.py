@@ -188,3 +188,36 @@ def test_litert_nearest_rule_is_integer_division_for_integer_factors():
             y = np.arange(size * s)
             ref = np.floor(y.astype(f32) * (f32(size) / f32(size * s))).astype(np.int64)
             assert np.array_equal(np.minimum(ref, size - 1), y // s), (size, s)
+
+
+class RandomMul(nn.Module):
+    """Random conv stacks with a squeeze-and-excitation gate, an elementwise product
+    and a constant factor at a random point: odd shapes, channels, strides."""
+
+    def __init__(self, rng: random.Random, ch: int):
+        super().__init__()
+        c1 = rng.choice([1, 3, 4, 7])
+        self.conv = nn.Conv2d(ch, c1, rng.choice([1, 3]), rng.choice([1, 2]), padding=1)
+        self.gate = nn.Linear(c1, c1)
+        self.other = nn.Conv2d(c1, c1, 1)
+        self.k = rng.choice([-3.0, 0.01, 7.5])
+        self.fc = nn.Linear(c1, rng.randint(2, 9))
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        g = torch.relu(self.gate(y.mean((2, 3)))).unsqueeze(-1).unsqueeze(-1)
+        y = (y * g) * self.other(y) * self.k
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_mul_models_with_odd_shapes_and_extreme_scales_bit_exact(tmp_path, seed):
+    rng = random.Random(seed)
+    shape = (rng.choice([1, 2, 3]), rng.randint(5, 13), rng.randint(5, 13))
+    model = randomized(RandomMul(rng, shape[0]), seed)
+    with torch.no_grad():
+        model.other.weight.mul_(10.0 ** rng.choice([-3, 0, 2]))   # tiny to huge products
+    graph = G.capture(model, shape)
+    x = np.random.default_rng(seed).random((60, *shape), dtype=np.float32)
+    rows = _mcu_vs_reference(graph, x, tmp_path)
+    assert rows and all(r["different"] == 0 for r in rows)
