@@ -208,10 +208,16 @@ def _conv(c, n, layer):
                       _get(a, 5, 1), _get(a, 6, 1))
 
 
+def _transposed(c, n, layer):
+    raise UnsupportedOpError("ConvTranspose2d (no target has its integer kernel in deployq "
+                             "yet; an Upsample(nearest) then a Conv2d deploys everywhere)",
+                             layer, "capture", SUPPORTED_TORCH)
+
+
 def _convolution(c, n, layer):
     a = n.args           # input, weight, bias, stride, padding, dilation, transposed, ...
     if a[6]:
-        raise UnsupportedOpError("transposed convolution", layer, "capture", SUPPORTED_TORCH)
+        _transposed(c, n, layer)
     return _conv_node(c, n, layer, a[1], a[2], a[3], a[4], a[5], a[8])
 
 
@@ -478,6 +484,8 @@ ATEN = {
     "aten.convolution.default": _convolution,
     "aten.conv2d.padding": _conv,
     "aten.conv1d.default": _conv1d,
+    "aten.conv_transpose2d.input": _transposed,
+    "aten.conv_transpose1d.default": _transposed,
     "aten.conv1d.padding": _conv1d,
     "aten.constant_pad_nd.default": _pad,
     "aten.pad.default": _pad,

@@ -13,6 +13,7 @@ from torch import nn
 from deployq import backends, calibrate, diff, fixedpoint as FX, graph as G, plan as P
 from deployq import targets as T
 from deployq.backends import fpga
+from deployq.errors import UnsupportedOpError
 from deployq.fxmirror import FxMirror
 from tests.conftest import randomized
 
@@ -221,3 +222,34 @@ def test_random_mul_models_with_odd_shapes_and_extreme_scales_bit_exact(tmp_path
     x = np.random.default_rng(seed).random((60, *shape), dtype=np.float32)
     rows = _mcu_vs_reference(graph, x, tmp_path)
     assert rows and all(r["different"] == 0 for r in rows)
+
+
+class _Op(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.conv, self.one, self.fn = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 1, 3), fn
+        self.up = nn.ConvTranspose2d(4, 4, 2, 2)
+        self.register_buffer("k", torch.arange(6.0).reshape(1, 1, 1, 6))
+
+    def forward(self, x):
+        return self.fn(self, x).flatten(1)
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda m, x: m.conv(x) * m.one(x), "mul of shapes"),              # (1, H, W) gate
+    (lambda m, x: nn.functional.pad(m.conv(x), (1, 1), value=1.0), "only zeros"),
+    (lambda m, x: nn.functional.pad(m.conv(x), (0, 0, 0, 0, 1, 0)), "only zeros"),
+    (lambda m, x: m.conv(x) * m.k, "varies inside a channel"),
+    (lambda m, x: nn.functional.interpolate(m.conv(x), size=(7, 9)), "integer factors"),
+    (lambda m, x: m.up(m.conv(x)), "ConvTranspose2d")])
+def test_capture_refuses_what_no_target_runs_in_one_line(fn, message):
+    with pytest.raises(UnsupportedOpError, match=message):
+        G.capture(_Op(fn).eval(), SHAPE)
+
+
+def test_constant_arithmetic_is_a_depthwise_conv_with_the_float_semantics():
+    model = _Op(lambda m, x: 2.0 - (m.conv(x) * 3.0 + 1.0) / 4.0).eval()
+    graph = G.capture(model, SHAPE)
+    assert [n.op for n in graph.nodes] == ["conv2d"] * 5 + ["reshape"]
+    x = torch.rand(4, *SHAPE)
+    torch.testing.assert_close(G.run(graph, x)["output"], model(x))
