@@ -156,6 +156,12 @@ def add(a: torch.Tensor, b: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, 
     return requantize(acc, layer.shift, layer, fx)
 
 
+def mul(a: torch.Tensor, b: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    """fixedpoint.mul; the product's gradient (exact below 2^53: |a * b| <= 2^14)."""
+    acc = fit(a * b, fx.options.acc_bits, fx.options.acc_overflow)
+    return requantize(acc, layer.shift, layer, fx)
+
+
 def _windows(x: torch.Tensor, node: G.Node, fill: float) -> list[torch.Tensor]:
     """fixedpoint._windows: every (ky, kx) slice of the padded input."""
     a = node.attrs
@@ -179,10 +185,10 @@ def _scaled_mean(terms: list[torch.Tensor], layer: FX.FxLayer, fx: FX.FxModel):
     e = layer.extra
     if "count" in e:
         exact = FX.divide(FX.pool_sum([_int(t) for t in terms], layer, fx), e["count"])
-        mean = _ste(exact, sum(terms), 2.0 ** e["guard_bits"] / e["count"])
+        mean = _ste(exact, sum(terms), _float(2.0 ** e["guard_bits"] / np.asarray(e["count"])))
         return requantize(mean, layer.shift, layer, fx)
-    return requantize(sum(terms) * float(e["reciprocal"]), layer.shift + e["reciprocal_bits"],
-                      layer, fx)
+    return requantize(sum(terms) * _float(np.asarray(e["reciprocal"], np.float64)),
+                      layer.shift + e["reciprocal_bits"], layer, fx)
 
 
 def avgpool(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
@@ -207,8 +213,18 @@ def clamp(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return clip(x, *layer.act)
 
 
-OPS = {"conv2d": conv2d, "linear": linear, "add": add, "maxpool": maxpool,
-       "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp}
+def pad(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    return F.pad(x, G._torch_pads(layer.node.attrs["pads"]))
+
+
+def upsample(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    sh, sw = layer.node.attrs["scale"]
+    return x.repeat_interleave(sh, 2).repeat_interleave(sw, 3)
+
+
+OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
+       "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
+       "pad": pad, "upsample": upsample}
 
 
 def _check_exact(fx: FX.FxModel) -> None:

@@ -10,13 +10,25 @@ range [lo, hi] when it is the producer's only consumer.
 IR ops and their attrs:
   conv2d   stride, padding, dilation, groups, act   weight (O, I/g, kh, kw), bias (O,)
   linear   act                                      weight (O, I), bias (O,)
-  add      act                                      two inputs
+  add      act                                      two inputs of one shape
+  mul      act                                      two inputs: one shape, or the
+                                                    second (C, 1, 1) against (C, H, W)
+                                                    (squeeze-and-excitation)
   concat   (channel axis)                           two or more inputs
   maxpool  kernel, stride, padding, dilation, ceil_mode
   avgpool  kernel, stride, padding, ceil_mode, count_include_pad
   gap      global average pool to (C, 1, 1)
   reshape  (target shape is the node's shape)
   clamp    lo, hi
+  pad      pads (top, bottom, left, right): zeros around H and W
+  upsample scale (sh, sw): nearest neighbour, integer factors (out[i] = in[i // s])
+
+A 1-D signal (C, L) is held as the map (C, 1, L): Conv1d is a conv2d with a 1-row
+kernel, and every target runs it as one.
+Multiplying or adding a constant (a number, or one per channel) is captured as a 1x1
+depthwise conv2d (a linear with a diagonal weight on a vector): weight c, bias d. Every
+target already runs that op in integers, and a BatchNorm or activation after it folds
+as after any conv.
 """
 from __future__ import annotations
 
@@ -32,7 +44,7 @@ from .errors import InputError, UnsupportedOpError
 
 INPUT = "input"
 WEIGHTED = ("conv2d", "linear")
-ACT_HOSTS = ("conv2d", "linear", "add")
+ACT_HOSTS = ("conv2d", "linear", "add", "mul")
 
 
 @dataclass
@@ -109,7 +121,8 @@ def _from_program(program) -> Graph:
         raise InputError(f"the model must take exactly one tensor input, it takes "
                          f"{len(user_inputs)}")
     names = {user_inputs[0].name: INPUT}
-    ctx = _Capture(tensors, names, [], set())
+    shape = tuple(user_inputs[0].meta["val"].shape[1:])
+    ctx = _Capture(tensors, names, [], set(), shape)
     for fx_node in program.graph.nodes:
         if fx_node.op == "call_function":
             ctx.add(fx_node)
@@ -118,7 +131,6 @@ def _from_program(program) -> Graph:
             if len(outs) != 1:
                 raise InputError(f"the model must return one tensor, it returns {len(outs)}")
             ctx.finish(outs[0])
-    shape = tuple(user_inputs[0].meta["val"].shape[1:])
     return Graph(shape, ctx.nodes)
 
 
@@ -128,6 +140,7 @@ class _Capture:
     names: dict              # fx node name -> IR tensor name (aliases resolved)
     nodes: list
     used: set
+    input_shape: tuple = ()
 
     def add(self, fx_node) -> None:
         key = str(fx_node.target)
@@ -161,6 +174,11 @@ class _Capture:
     def arg(self, a) -> str:
         return self.names[a.name]
 
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return next(n.shape for n in self.nodes if n.name == name) if name != INPUT \
+            else self.input_shape
+
+
     def param(self, a) -> np.ndarray | None:
         if a is None:
             return None
@@ -170,7 +188,9 @@ class _Capture:
 
 
 def _shape(fx_node) -> tuple[int, ...]:
-    return tuple(int(d) for d in fx_node.meta["val"].shape[1:])
+    """The per-sample shape; a signal (C, L) as the map (C, 1, L)."""
+    shape = tuple(int(d) for d in fx_node.meta["val"].shape[1:])
+    return (shape[0], 1, shape[1]) if len(shape) == 2 else shape
 
 
 def _pair(v) -> tuple[int, int]:
@@ -188,28 +208,88 @@ def _conv(c, n, layer):
                       _get(a, 5, 1), _get(a, 6, 1))
 
 
+def _transposed(c, n, layer):
+    raise UnsupportedOpError("ConvTranspose2d (no target has its integer kernel in deployq "
+                             "yet; an Upsample(nearest) then a Conv2d deploys everywhere)",
+                             layer, "capture", SUPPORTED_TORCH)
+
+
 def _convolution(c, n, layer):
     a = n.args           # input, weight, bias, stride, padding, dilation, transposed, ...
     if a[6]:
-        raise UnsupportedOpError("transposed convolution", layer, "capture", SUPPORTED_TORCH)
+        _transposed(c, n, layer)
     return _conv_node(c, n, layer, a[1], a[2], a[3], a[4], a[5], a[8])
+
+
+def _conv1d(c, n, layer):
+    a = n.args
+    return _conv_node(c, n, layer, a[1], _get(a, 2, None), (1, _one(_get(a, 3, 1))),
+                      _conv1d_padding(_get(a, 4, 0)), (1, _one(_get(a, 5, 1))), _get(a, 6, 1))
+
+
+def _one(v) -> int:
+    return int(v[0] if isinstance(v, (list, tuple)) else v)
+
+
+def _conv1d_padding(p):
+    return p if isinstance(p, str) else (0, _one(p))
 
 
 def _conv_node(c, n, layer, weight, bias, stride, padding, dilation, groups):
     weight, bias = c.param(weight), c.param(bias)
+    if weight.ndim == 3:                                   # Conv1d: a 1-row kernel
+        weight = weight[:, :, None, :]
     if weight.ndim != 4:
         raise UnsupportedOpError(f"conv with {weight.ndim - 2}-d kernel", layer, "capture",
                                  SUPPORTED_TORCH)
-    attrs = dict(stride=_pair(stride), padding=_conv_padding(padding, layer),
-                 dilation=_pair(dilation), groups=int(groups), act=None)
+    src = c.arg(n.args[0])
+    if isinstance(padding, str):
+        src, padding = _same(c, n, layer, src, padding, weight.shape[2:], dilation)
+    attrs = dict(stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation),
+                 groups=int(groups), act=None)
     bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
-    return Node(layer, "conv2d", [c.arg(n.args[0])], _shape(n), attrs, weight, bias)
+    return Node(layer, "conv2d", [src], _shape(n), attrs, weight, bias)
 
 
-def _conv_padding(p, layer):
-    if isinstance(p, str):
-        raise UnsupportedOpError(f"conv padding='{p}'", layer, "capture", SUPPORTED_TORCH)
-    return _pair(p)
+def _same(c, n, layer, src, padding, kernel, dilation):
+    """padding='valid' or 'same' (stride 1): per axis d * (k - 1) zeros, the odd one
+    after (PyTorch's rule). Symmetric totals stay the conv's padding; otherwise a pad
+    node goes first. Returns (input tensor, conv padding)."""
+    if padding == "valid":
+        return src, (0, 0)
+    total = [d * (k - 1) for d, k in zip(_pair(dilation), kernel)]
+    if all(t % 2 == 0 for t in total):
+        return src, tuple(t // 2 for t in total)
+    (th, tw), (C, H, W) = total, c.shape_of(src)
+    pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    node = Node(f"{layer}/pad", "pad", [src], (C, H + th, W + tw), {"pads": pads})
+    c.nodes.append(node)
+    return node.name, (0, 0)
+
+
+def _pad(c, n, layer):
+    """constant_pad_nd / F.pad / ZeroPad2d: zeros around H and W, any amounts >= 0."""
+    a = n.args
+    pad = [int(v) for v in a[1]]
+    mode = _get(a, 2, "constant") if str(n.target) == "aten.pad.default" else "constant"
+    value = _get(a, 3 if str(n.target) == "aten.pad.default" else 2, 0) or 0
+    pad += [0] * (4 - len(pad))
+    if mode != "constant" or value != 0 or any(pad[4:]) or min(pad) < 0 or len(pad) > 6:
+        raise UnsupportedOpError(f"pad {pad} mode={mode!r} value={value} (only zeros "
+                                 "around H and W)", layer, "capture", SUPPORTED_TORCH)
+    left, right, top, bottom = pad[:4]
+    return Node(layer, "pad", [c.arg(a[0])], _shape(n), {"pads": (top, bottom, left, right)})
+
+
+def _upsample(c, n, layer):
+    """Nearest neighbour by integer factors (shapes give them; PyTorch's 'nearest'
+    reads in[floor(i * in / out)], which is in[i // s] for out = s * in)."""
+    (ch, h, w), out = _shape(n.args[0]), _shape(n)
+    if out[1] % h or out[2] % w:
+        raise UnsupportedOpError(f"upsample {h}x{w} -> {out[1]}x{out[2]} (only integer "
+                                 "factors)", layer, "capture", SUPPORTED_TORCH)
+    return Node(layer, "upsample", [c.arg(n.args[0])], out,
+                {"scale": (out[1] // h, out[2] // w)})
 
 
 def _linear(c, n, layer):
@@ -265,8 +345,9 @@ def _adaptive_avgpool(c, n, layer):
 
 
 def _mean(c, n, layer):
-    dims = sorted(d % 4 for d in n.args[1])
-    if dims != [2, 3] or len(n.args[0].meta["val"].shape) != 4:
+    rank = len(n.args[0].meta["val"].shape)
+    dims = sorted(d % rank for d in n.args[1])
+    if dims != {4: [2, 3], 3: [2]}.get(rank):           # a signal's L is its H, W
         raise UnsupportedOpError(f"mean over dims {list(n.args[1])} (only spatial H, W)",
                                  layer, "capture", SUPPORTED_TORCH)
     gap = Node(layer, "gap", [c.arg(n.args[0])], _shape(n.args[0])[:1] + (1, 1))
@@ -283,10 +364,96 @@ def _reshape(c, n, layer):
     return Node(layer, "reshape", [src], _shape(n))
 
 
+def _computed(c, a) -> bool:
+    """a is a tensor the model computes (not a number, parameter or constant)."""
+    return hasattr(a, "name") and a.name in c.names
+
+
+def _const(c, a) -> np.ndarray:
+    """A number or a constant tensor operand, as float32."""
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return np.float32(a)
+    return c.param(a)
+
+
+def _affine(c, n, layer, x, scale, shift):
+    """x * scale + shift with constants (numbers or one per channel): a 1x1 depthwise
+    conv2d on a (C, H, W) map, a linear with a diagonal weight on a vector."""
+    shape = _shape(n)
+    if _shape(x) != shape or len(shape) not in (1, 3):
+        raise UnsupportedOpError(f"arithmetic with a constant on shape {shape} (only "
+                                 "(C, H, W) maps and vectors, not broadcast larger)",
+                                 layer, "capture", SUPPORTED_TORCH)
+    s, t = (_per_channel(np.asarray(v, np.float32), shape, layer) for v in (scale, shift))
+    if len(shape) == 1:
+        return Node(layer, "linear", [c.arg(x)], shape, {"act": None}, np.diag(s), t)
+    ch = shape[0]
+    attrs = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=ch, act=None)
+    return Node(layer, "conv2d", [c.arg(x)], shape, attrs, s.reshape(ch, 1, 1, 1), t)
+
+
+def _per_channel(v: np.ndarray, shape: tuple[int, ...], layer: str) -> np.ndarray:
+    """One value per channel of a constant that broadcasts to (1, *shape)."""
+    try:
+        full = np.broadcast_to(v, (1, *shape))[0]
+    except ValueError:
+        full = None
+    per = None if full is None else full.reshape(shape[0], -1)[:, 0]
+    if per is None or not np.array_equal(full, np.broadcast_to(
+            per.reshape((-1,) + (1,) * (len(shape) - 1)), shape)):
+        raise UnsupportedOpError(f"a constant of shape {tuple(v.shape)} that varies inside "
+                                 "a channel (only a number or one value per channel)",
+                                 layer, "capture", SUPPORTED_TORCH)
+    return per.astype(np.float32)
+
+
+def _mul(c, n, layer):
+    a, b = n.args[:2]
+    if _computed(c, a) and _computed(c, b):
+        return _mul_tensors(c, n, layer, a, b)
+    x, k = (a, b) if _computed(c, a) else (b, a)
+    return _affine(c, n, layer, x, _const(c, k), 0.0)
+
+
+def _mul_tensors(c, n, layer, a, b):
+    """Elementwise, or a (C, 1, 1) gate times a (C, H, W) map, in that order."""
+    out, sa, sb = _shape(n), _shape(a), _shape(b)
+    if sa != out:
+        (a, sa), (b, sb) = (b, sb), (a, sa)
+    gate = len(out) == 3 and sb == (out[0], 1, 1)
+    if sa != out or not (sb == out or gate):
+        raise UnsupportedOpError(f"mul of shapes {_shape(n.args[0])} and {_shape(n.args[1])} "
+                                 "(only equal shapes, or (C, 1, 1) times (C, H, W))", layer,
+                                 "capture", SUPPORTED_TORCH)
+    return Node(layer, "mul", [c.arg(a), c.arg(b)], out, {"act": None})
+
+
+def _div(c, n, layer):
+    a, b = n.args[:2]
+    if n.kwargs.get("rounding_mode") or not _computed(c, a) or _computed(c, b):
+        raise UnsupportedOpError("division other than by a constant", layer, "capture",
+                                 SUPPORTED_TORCH)
+    return _affine(c, n, layer, a, 1.0 / _const(c, b), 0.0)
+
+
+def _sub(c, n, layer):
+    """p - alpha * q (sub) or q - alpha * p (rsub), one of them a constant."""
+    p, q = n.args[:2] if "rsub" not in str(n.target) else n.args[1::-1]
+    alpha = float(n.kwargs.get("alpha", 1))
+    if _computed(c, p) == _computed(c, q):
+        raise UnsupportedOpError("sub of two tensors", layer, "capture", SUPPORTED_TORCH)
+    if _computed(c, p):
+        return _affine(c, n, layer, p, 1.0, -alpha * _const(c, q))
+    return _affine(c, n, layer, q, -alpha, _const(c, p))
+
+
 def _add(c, n, layer):
     a, b = n.args[:2]
-    if not all(hasattr(x, "name") and x.name in c.names for x in (a, b)):
-        raise UnsupportedOpError("add with a constant", layer, "capture", SUPPORTED_TORCH)
+    alpha = float(n.kwargs.get("alpha", 1))
+    if not (_computed(c, a) and _computed(c, b)):
+        x, k = (a, b) if _computed(c, a) else (b, a)
+        return _affine(c, n, layer, x, 1.0 if x is a else alpha, _const(c, k) *
+                       (alpha if x is a else 1.0))
     if n.kwargs.get("alpha", 1) != 1 or _shape(a) != _shape(b):
         raise UnsupportedOpError("add with alpha or broadcasting", layer, "capture",
                                  SUPPORTED_TORCH)
@@ -315,6 +482,18 @@ def _getitem(c, n, layer):
 ATEN = {
     "aten.conv2d.default": _conv,
     "aten.convolution.default": _convolution,
+    "aten.conv2d.padding": _conv,
+    "aten.conv1d.default": _conv1d,
+    "aten.conv_transpose2d.input": _transposed,
+    "aten.conv_transpose1d.default": _transposed,
+    "aten.conv1d.padding": _conv1d,
+    "aten.constant_pad_nd.default": _pad,
+    "aten.pad.default": _pad,
+    "aten.upsample_nearest2d.vec": _upsample,
+    "aten.upsample_nearest2d.default": _upsample,
+    "aten.unsqueeze.default": _reshape,
+    "aten.squeeze.dim": _reshape,
+    "aten.squeeze.dims": _reshape,
     "aten.linear.default": _linear,
     "aten.batch_norm.default": _batchnorm,
     "aten._native_batch_norm_legit_no_training.default": _batchnorm,
@@ -336,6 +515,14 @@ ATEN = {
     "aten.reshape.default": _reshape,
     "aten._unsafe_view.default": _reshape,
     "aten.add.Tensor": _add,
+    "aten.add.Scalar": _add,
+    "aten.sub.Tensor": _sub,
+    "aten.sub.Scalar": _sub,
+    "aten.rsub.Scalar": _sub,
+    "aten.mul.Tensor": _mul,
+    "aten.mul.Scalar": _mul,
+    "aten.div.Tensor": _div,
+    "aten.div.Scalar": _div,
     "aten.cat.default": _cat,
     "aten.dropout.default": _identity,
     "aten.contiguous.default": _identity,
@@ -344,9 +531,11 @@ ATEN = {
     "aten.detach.default": _identity,
     "<built-in function getitem>": _getitem,
 }
-SUPPORTED_TORCH = ["Conv2d", "Linear", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "clamp",
+SUPPORTED_TORCH = ["Conv2d (padding: numbers, 'same', 'valid')", "Conv1d",
+                   "ZeroPad2d / F.pad (zeros)", "Upsample / interpolate (nearest, integer)", "Linear", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "clamp",
                    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "mean(H,W)",
-                   "flatten/view/reshape", "add", "cat(dim=1)", "Dropout", "Identity"]
+                   "flatten/view/reshape", "add", "mul (equal shapes or (C,1,1) x (C,H,W))",
+                   "+ - * / by a constant (number or per channel)", "cat(dim=1)", "Dropout", "Identity"]
 
 
 # --- graph passes ---------------------------------------------------------------
@@ -415,6 +604,7 @@ FLOAT_OPS = {
                                              n.attrs["groups"])),
     "linear": lambda n, xs: _act(n, F.linear(xs[0], _t(n.weight), _t(n.bias))),
     "add": lambda n, xs: _act(n, xs[0] + xs[1]),
+    "mul": lambda n, xs: _act(n, xs[0] * xs[1]),
     "concat": lambda n, xs: torch.cat(xs, 1),
     "maxpool": lambda n, xs: F.max_pool2d(xs[0], n.attrs["kernel"], n.attrs["stride"],
                                           n.attrs["padding"], n.attrs["dilation"],
@@ -425,4 +615,13 @@ FLOAT_OPS = {
     "gap": lambda n, xs: xs[0].mean((2, 3), keepdim=True),
     "reshape": lambda n, xs: xs[0].reshape((xs[0].shape[0], *n.shape)),
     "clamp": lambda n, xs: torch.clamp(xs[0], n.attrs["lo"], n.attrs["hi"]),
+    "pad": lambda n, xs: F.pad(xs[0], _torch_pads(n.attrs["pads"])),
+    "upsample": lambda n, xs: xs[0].repeat_interleave(n.attrs["scale"][0], 2)
+                                   .repeat_interleave(n.attrs["scale"][1], 3),
 }
+
+
+def _torch_pads(pads) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) -> F.pad's (left, right, top, bottom)."""
+    top, bottom, left, right = pads
+    return (left, right, top, bottom)

@@ -62,8 +62,9 @@ def _why_not(options: FX.Options, node: G.Node, previous: str) -> str | None:
     a, op = node.attrs, node.op
     act = a.get("act")
     reasons = [
-        (op in ("add", "concat"), f"{op} (not in deployq's hls4ml mapping)"),
-        (op not in ("add", "concat") and node.inputs != [previous],
+        (op in ("add", "concat", "mul", "pad", "upsample"),
+         f"{op} (not in deployq's hls4ml mapping)"),
+        (op not in ("add", "concat", "mul") and node.inputs != [previous],
          "a branch (only a chain of single-input layers maps)"),
         (op == "conv2d" and a.get("groups") != 1,
          "grouped/depthwise conv (hls4ml's PyTorch parser takes groups=1 only)"),

@@ -78,7 +78,8 @@ def _monotone(fn):
 
 FLOAT_IBP = {"conv2d": _float_affine, "linear": _float_affine,
              **{op: _monotone(op) for op in
-                ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp")}}
+                ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp", "pad",
+                 "upsample")}}
 
 
 # --- shared integer helpers -----------------------------------------------------------
@@ -118,6 +119,8 @@ def fx_bounds(fx: FX.FxModel, lo: np.ndarray, hi: np.ndarray):
     """Bounds of the fixed-point integer outputs over the integer input box (NCHW)."""
     values = {G.INPUT: (np.asarray(lo, np.int64), np.asarray(hi, np.int64))}
     for node in fx.graph.nodes:
+        if node.op not in FX_IBP:       # mul: the bounds of a product are not monotone
+            raise UnsupportedOpError(node.op, node.name, "fixed-point IBP", FX_IBP)
         values[node.name] = FX_IBP[node.op](*[values[i] for i in node.inputs],
                                             layer=fx.layers[node.name], fx=fx)
     lo, hi = values[fx.graph.output]
@@ -248,7 +251,8 @@ def _fx_each(fn):
 
 FX_IBP = {"conv2d": _fx_conv, "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
           "avgpool": _fx_avgpool, "gap": _fx_gap, "reshape": _fx_each(FX.reshape),
-          "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp)}
+          "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp),
+          "pad": _fx_each(FX.pad), "upsample": _fx_each(FX.upsample)}
 
 
 # --- MODE_S8: the C runtime's model file, TFLite reference int8 rules ------------------

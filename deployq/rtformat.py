@@ -12,7 +12,10 @@ VERSION = 1
 MODE_S8, MODE_FX = 1, 2
 OPS = {name: i + 1 for i, name in enumerate(
     ["conv2d", "depthwise_conv2d", "fully_connected", "add", "max_pool", "avg_pool",
-     "mean", "concat", "reshape", "transpose", "pad", "clamp", "slice"])}
+     "mean", "concat", "reshape", "transpose", "pad", "clamp", "slice",
+     # 14-17: the pointwise activations (issue 15, ops-act); 18-20: structural ops
+     "logistic", "tanh", "hard_swish", "leaky_relu",
+     "mul", "resize_nearest", "transpose_conv"])}
 MAX_INPUTS, NUM_PARAMS, NUM_DATA = 8, 24, 4
 HEADER = np.dtype([("magic", "S4"), ("version", "<u4"), ("mode", "<u4"),
                    ("n_tensors", "<u4"), ("n_ops", "<u4"), ("input", "<u4"),
@@ -28,14 +31,16 @@ SLOT = {"stride_h": 0, "stride_w": 1, "pad_top": 2, "pad_left": 3, "dilation_h":
         "dilation_w": 5, "groups": 6, "rounding": 7, "act_min": 8, "act_max": 9,
         "kernel_h": 10, "kernel_w": 11, "acc_bits": 12, "acc_overflow": 13,
         "out_overflow": 14, "reciprocal": 15, "reciprocal_bits": 16, "pool_division": 17,
-        "guard_bits": 18,
+        "guard_bits": 18, "exclude_pad": 19,
         # ADD (S8)
         "left_shift": 0, "in1_multiplier": 1, "in1_shift": 2, "in2_multiplier": 3,
         "in2_shift": 4, "out_multiplier": 5, "out_shift": 6,
         # ADD (FX)
         "common_frac_bits": 0,
-        # MEAN (S8)
+        # MEAN, MUL (S8)
         "multiplier": 1, "shift": 2,
+        # MUL by a constant (S8): its zero point and dims
+        "const_zero_point": 3, "const_h": 4, "const_w": 5, "const_c": 6,
         # CONCAT, SLICE, TRANSPOSE, PAD
         "axis": 0, "begin": 1, "perm_0": 0, "perm_1": 1, "perm_2": 2,
         "before_h": 0, "after_h": 1, "before_w": 2, "after_w": 3, "before_c": 4,

@@ -25,7 +25,7 @@ const dq_kernel_set dq_kernels = {
     .fully_connected_fx = dq_fully_connected_fx_opt,
     .add_s8 = dq_add_s8_opt, .max_pool_s8 = dq_max_pool_s8_opt, .avg_pool_s8 = dq_avg_pool_s8,
     .mean_s8 = dq_mean_s8, .add_fx = dq_add_fx, .avg_pool_fx = dq_avg_pool_fx,
-    .mean_fx = dq_mean_fx, .name = "opt",
+    .mean_fx = dq_mean_fx, .mul_s8 = dq_mul_s8, .mul_fx = dq_mul_fx, .name = "opt",
 };
 #else
 const dq_kernel_set dq_kernels = {
@@ -35,7 +35,7 @@ const dq_kernel_set dq_kernels = {
     .fully_connected_fx = dq_fully_connected_fx,
     .add_s8 = dq_add_s8, .max_pool_s8 = dq_max_pool_s8, .avg_pool_s8 = dq_avg_pool_s8,
     .mean_s8 = dq_mean_s8, .add_fx = dq_add_fx, .avg_pool_fx = dq_avg_pool_fx,
-    .mean_fx = dq_mean_fx, .name = "ref",
+    .mean_fx = dq_mean_fx, .mul_s8 = dq_mul_s8, .mul_fx = dq_mul_fx, .name = "ref",
 };
 #endif
 

@@ -55,6 +55,10 @@ typedef struct {
                              const dq_dims *, int8_t *);
     dq_status (*mean_fx)(const dq_requant_fx *, const dq_mean_fx_params *, const dq_dims *,
                          const int8_t *, int8_t *);
+    dq_status (*mul_s8)(const dq_mul_s8_params *, const dq_dims *, const int8_t *,
+                        const dq_dims *, const int8_t *, const dq_dims *, int8_t *);
+    dq_status (*mul_fx)(const dq_requant_fx *, const dq_dims *, const int8_t *,
+                        const dq_dims *, const int8_t *, const dq_dims *, int8_t *);
     const char *name;
 } dq_kernel_set;
 

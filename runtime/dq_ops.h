@@ -19,7 +19,8 @@
  *     9 act_max 10 kernel_h 11 kernel_w
  *     (AVG_POOL FX: 7 quant mode 14 out_overflow 15 reciprocal 16 reciprocal_bits
  *      17 pool_division (0 reciprocal, 1 divide) 18 guard_bits, 12-13 the divide
- *      mode's accumulator: dq_mean_fx_params)
+ *      mode's accumulator: dq_mean_fx_params; 19 exclude_pad: 1 divides by each
+ *      window's elements inside the input, its reciprocal computed per window)
  *   MEAN (over H and W): 1 multiplier 2 shift (1/count folded in) 7 rounding (S8);
  *     FX: 7 quant mode 8 act_min 9 act_max 14 out_overflow, 12-13 and 15-18 as
  *     AVG_POOL
@@ -27,7 +28,14 @@
  *   PAD: 0..5 before_h after_h before_w after_w before_c after_c, 6 mode
  *     (0: the zero point, 1: reflect, 2: symmetric, as TFLite's MIRROR_PAD)
  *   CLAMP: 8 lo 9 hi (quantized; input and output share parameters)
+ *   MUL (S8): 1 multiplier 2 shift 7 rounding 8 act_min 9 act_max;
+ *     FX: 7 quant mode 8 act_min 9 act_max 12-14 as conv. Two inputs, each of the
+ *     output's dims or broadcasting a dimension of 1. S8 with one input: the second
+ *     is the constant int8 data 0, of dims 4-6 (h, w, c) and zero point 3.
  *   SLICE: 0 axis 1 begin (a slice of the input along axis, as the output's size)
+ *   RESIZE_NEAREST: none; the output an integer multiple of the input along H and W
+ *     (nearest neighbour, output row y reads row y / s); input and output share
+ *     parameters
  * "rounding" is a dq_rounding (S8) or a dq_fx_quant (FX); overflow is dq_fx_overflow.
  */
 #ifndef DQ_OPS_H
@@ -44,15 +52,17 @@ typedef enum {
     DQ_P_ACT_MIN = 8, DQ_P_ACT_MAX = 9, DQ_P_KERNEL_H = 10, DQ_P_KERNEL_W = 11,
     DQ_P_ACC_BITS = 12, DQ_P_ACC_OVERFLOW = 13, DQ_P_OUT_OVERFLOW = 14,
     DQ_P_RECIPROCAL = 15, DQ_P_RECIPROCAL_BITS = 16, DQ_P_POOL_DIVISION = 17,
-    DQ_P_GUARD_BITS = 18,
+    DQ_P_GUARD_BITS = 18, DQ_P_EXCLUDE_PAD = 19,
     /* ADD (S8) */
     DQ_P_LEFT_SHIFT = 0, DQ_P_IN1_MULTIPLIER = 1, DQ_P_IN1_SHIFT = 2,
     DQ_P_IN2_MULTIPLIER = 3, DQ_P_IN2_SHIFT = 4, DQ_P_OUT_MULTIPLIER = 5,
     DQ_P_OUT_SHIFT = 6,
     /* ADD (FX) */
     DQ_P_COMMON_FRAC_BITS = 0,
-    /* MEAN (S8) */
+    /* MEAN, MUL (S8) */
     DQ_P_MULTIPLIER = 1, DQ_P_SHIFT = 2,
+    /* MUL by a constant (S8) */
+    DQ_P_CONST_ZERO_POINT = 3, DQ_P_CONST_H = 4, DQ_P_CONST_W = 5, DQ_P_CONST_C = 6,
     /* CONCAT, SLICE, TRANSPOSE, PAD */
     DQ_P_AXIS = 0, DQ_P_BEGIN = 1, DQ_P_PERM_0 = 0, DQ_P_PERM_1 = 1, DQ_P_PERM_2 = 2,
     DQ_P_BEFORE_H = 0, DQ_P_AFTER_H = 1, DQ_P_BEFORE_W = 2, DQ_P_AFTER_W = 3,
@@ -70,6 +80,12 @@ static inline int64_t dq_tensor_elems(const dq_tensor *t) {
 static inline dq_dims dq_dims_of(const dq_tensor *t) {
     dq_dims d = {t->dims[0], t->dims[1], t->dims[2]};
     return d;
+}
+
+/* The element of a tensor of dims d read at output position (h, w, c) when each of its
+ * dimensions equals the output's or is 1 (broadcast). */
+static inline int32_t dq_broadcast_index(const dq_dims *d, int32_t h, int32_t w, int32_t c) {
+    return ((d->h == 1 ? 0 : h) * d->w + (d->w == 1 ? 0 : w)) * d->c + (d->c == 1 ? 0 : c);
 }
 
 /* A kernel's context: the scratch memory it asked for (dq_kernels.h, *_scratch),
@@ -110,6 +126,13 @@ typedef struct {            /* ADD, MCU int8 (TFLite's ArithmeticParams) */
     dq_rounding rounding;
 } dq_add_s8_params;
 
+typedef struct {            /* MUL, MCU int8 (TFLite's ArithmeticParams) */
+    int32_t in1_offset, in2_offset, out_offset;
+    int32_t multiplier, shift;       /* s_in1 * s_in2 / s_out; shift in [-31, 30] */
+    int32_t act_min, act_max;
+    dq_rounding rounding;
+} dq_mul_s8_params;
+
 typedef struct {            /* MEAN over H and W, MCU int8 */
     int32_t in_offset, out_offset;
     int32_t multiplier, shift;       /* in_scale / out_scale / count, folded */
@@ -122,6 +145,8 @@ typedef struct {            /* AVG_POOL and MEAN, FPGA fixed point (params 15-18
                                accumulator (q->acc_bits, q->acc_overflow), / count
                                truncated toward zero (ap_fixed, hls4ml's avg()) */
     int32_t guard_bits;     /* extra fractional bits of the accumulator, 0..8 */
+    int32_t exclude_pad;    /* AVG_POOL: 1 divides by the window's elements inside the
+                               input (count_include_pad=False), else by kh * kw */
 } dq_mean_fx_params;
 
 /* Reference kernels: plain loops, the specification every optimized kernel
@@ -138,6 +163,9 @@ dq_status dq_fully_connected_s8(const dq_ctx *ctx, const dq_requant_s8 *q, int32
                                 int32_t n_out, int8_t *out);
 dq_status dq_add_s8(const dq_add_s8_params *p, int32_t n, const int8_t *in1,
                     const int8_t *in2, int8_t *out);
+dq_status dq_mul_s8(const dq_mul_s8_params *p, const dq_dims *d1, const int8_t *in1,
+                    const dq_dims *d2, const int8_t *in2, const dq_dims *out_dims,
+                    int8_t *out);
 dq_status dq_max_pool_s8(const dq_window *w, int32_t act_min, int32_t act_max,
                          const dq_dims *in_dims, const int8_t *in, const dq_dims *out_dims,
                          int8_t *out);
@@ -159,6 +187,9 @@ dq_status dq_fully_connected_fx(const dq_ctx *ctx, const dq_requant_fx *q, int32
                                 int32_t n_out, int8_t *out);
 dq_status dq_add_fx(const dq_requant_fx *q, int32_t shift1, const int8_t *in1,
                     int32_t shift2, const int8_t *in2, int32_t n, int8_t *out);
+dq_status dq_mul_fx(const dq_requant_fx *q, const dq_dims *d1, const int8_t *in1,
+                    const dq_dims *d2, const int8_t *in2, const dq_dims *out_dims,
+                    int8_t *out);
 dq_status dq_avg_pool_fx(const dq_window *w, const dq_requant_fx *q,
                          const dq_mean_fx_params *mp, const dq_dims *in_dims,
                          const int8_t *in, const dq_dims *out_dims, int8_t *out);
@@ -178,6 +209,8 @@ dq_status dq_transpose(const int32_t *perm, const dq_dims *in_dims, const int8_t
 dq_status dq_pad(const int32_t *pads, int8_t value, const dq_dims *in_dims, const int8_t *in,
                  const dq_dims *out_dims, int8_t *out);
 dq_status dq_clamp_s8(int32_t lo, int32_t hi, int32_t n, const int8_t *in, int8_t *out);
+dq_status dq_resize_nearest(const dq_dims *in_dims, const int8_t *in, const dq_dims *out_dims,
+                            int8_t *out);
 dq_status dq_slice(int32_t axis, int32_t begin, const dq_dims *in_dims, const int8_t *in,
                    const dq_dims *out_dims, int8_t *out);
 

@@ -207,6 +207,33 @@ def _add(r: _Reader, op) -> None:
     r.ops.append(F.Op("add", [r.act(a), r.act(b)], r.act(o), params))
 
 
+def _mul(r: _Reader, op) -> None:
+    """MUL (mul.cc Prepare): QuantizeMultiplier(double(s1) * double(s2) / double(s_out));
+    either input may broadcast (a dimension of 1) against the output."""
+    a, b = op.inputs[:2]
+    o = op.outputs[0]
+    if _is_const(r, a):
+        a, b = b, a                     # x * c = c * x: the constant second
+    s1, s2, so = (float(r.quant(t)[0][0]) for t in (a, b, o))
+    m, shift = F.quantize_multiplier(s1 * s2 / so)
+    lo, hi = r.act_range(op, o)
+    params = {"multiplier": m, "shift": shift, "rounding": r.rounding, "act_min": lo,
+              "act_max": hi}
+    if not _is_const(r, b):
+        r.ops.append(F.Op("mul", [r.act(a), r.act(b)], r.act(o), params))
+        return
+    c = r.const(b)                      # a constant operand travels in the op's data
+    dims = tuple([1] * (4 - c.ndim) + list(c.shape))[1:]
+    params |= {"const_zero_point": int(r.quant(b)[1][0]), "const_h": dims[0],
+               "const_w": dims[1], "const_c": dims[2]}
+    r.ops.append(F.Op("mul", [r.act(a)], r.act(o), params, [c.reshape(-1)]))
+
+
+def _is_const(r: _Reader, t: int) -> bool:
+    data = r.model.buffers[r.graph.tensors[t].buffer].data
+    return data is not None and len(data) > 0
+
+
 def _pool(r: _Reader, op, kind: str) -> None:
     x, o = op.inputs[0], op.outputs[0]
     opt, S = op.builtinOptions, r.S
@@ -285,11 +312,23 @@ def _pad(r: _Reader, op, mode: int) -> None:
     r.ops.append(F.Op("pad", [r.act(x)], r.act(op.outputs[0]), params))
 
 
+def _resize_nearest(r: _Reader, op) -> None:
+    """RESIZE_NEAREST_NEIGHBOR by integer factors without align_corners or half-pixel
+    centres: a copy of int8 codes (input and output share their parameters)."""
+    x, o, opt = op.inputs[0], op.outputs[0], op.builtinOptions
+    (h, w, _), (oh, ow, _) = (r.tensors[r.act(t)].dims for t in (x, o))
+    if opt.alignCorners or opt.halfPixelCenters or oh % h or ow % w:
+        raise UnsupportedOpError("RESIZE_NEAREST_NEIGHBOR with align_corners, half-pixel "
+                                 "centres or a non-integer factor", r.layer(o), "mcu", OPS)
+    r.ops.append(F.Op("resize_nearest", [r.act(x)], r.act(o)))
+
+
 OPS = {
     "CONV_2D": lambda r, op: _conv(r, op, False),
     "DEPTHWISE_CONV_2D": lambda r, op: _conv(r, op, True),
     "FULLY_CONNECTED": _fully_connected,
     "ADD": _add,
+    "MUL": _mul,
     "MAX_POOL_2D": lambda r, op: _pool(r, op, "max_pool"),
     "AVERAGE_POOL_2D": lambda r, op: _pool(r, op, "avg_pool"),
     "MEAN": _mean,
@@ -301,6 +340,7 @@ OPS = {
     "MAXIMUM": lambda r, op: _min_max(r, op, False),
     "PAD": lambda r, op: _pad(r, op, 0),
     "MIRROR_PAD": lambda r, op: _pad(r, op, 1),
+    "RESIZE_NEAREST_NEIGHBOR": _resize_nearest,
 }
 
 

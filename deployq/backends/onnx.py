@@ -4,7 +4,9 @@ integer kernel (QLinearConv, QGemm, QLinearAdd, ...). export() checks the optimi
 graph and refuses a model in which a conv or matmul would still run in float."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import tempfile
 from collections import Counter
@@ -32,6 +34,8 @@ FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
 # u8*s8 products pairwise in saturating int16 (vpmaddubsw) and were measured up to 9
 # output LSBs off (tests/backends/test_onnx.py); the U8U8 kernels do not saturate.
 U8_SHIFT = 128
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+log = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"uint8": (np.uint8, U8_SHIFT), "int8": (np.int8, 0)}
 
 
@@ -45,6 +49,14 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
     if float_ops:
         raise ExportError(f"ONNX Runtime would run {', '.join(float_ops)} in float after "
                           "optimization; the QDQ pattern was not fused")
+    islands = float_islands(path)
+    for i in islands:
+        log.warning("%s: ONNX Runtime has no integer kernel for %s at layer '%s': it runs "
+                    "in float between DequantizeLinear and QuantizeLinear", target.name,
+                    i["op"], i["layer"])
+    if islands:
+        plan = dataclasses.replace(plan, provenance=plan.provenance
+                                   | {"onnx_float_islands": islands})
     return path, plan
 
 
@@ -124,6 +136,20 @@ def layer_times(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> 
 
 def kernels(path: Path) -> Counter:
     """Op types of the graph ONNX Runtime executes after its optimizations."""
+    return Counter(n.op_type for n in optimized_nodes(path))
+
+
+def float_islands(path: Path) -> list[dict]:
+    """The nodes of the optimized graph that compute in float: those that read the
+    output of a DequantizeLinear (an integer kernel reads integers), by IR layer."""
+    nodes = optimized_nodes(path)
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    return [{"layer": n.name.split(":")[0], "op": n.op_type} for n in nodes
+            if n.op_type not in QDQ and dequantized & set(n.input)]
+
+
+def optimized_nodes(path: Path) -> list:
+    """The nodes ONNX Runtime executes after its optimizations, in order."""
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -131,7 +157,7 @@ def kernels(path: Path) -> Counter:
         opts.log_severity_level = 3          # silence the NchwcTransformer warning
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         optimized = onnx.load(opts.optimized_model_filepath)
-    return Counter(n.op_type for n in optimized.graph.node)
+    return list(optimized.graph.node)
 
 
 # --- building the QDQ graph ----------------------------------------------------------
@@ -144,6 +170,7 @@ class _Builder:
         self.plan = plan
         self.weight_dtype, self.weight_zp = WEIGHT_DTYPES[weight_dtype]
         self.nodes: list[onnx.NodeProto] = []
+        self.conv_pads: dict[str, tuple] = {}     # conv layer -> pads of a folded pad
         self.inits: list[onnx.TensorProto] = []
 
     def const(self, name: str, value: np.ndarray) -> str:
@@ -201,10 +228,14 @@ def _pads(p) -> list[int]:
 
 
 def _conv(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    """A zero pad before (folded_pads) joins the conv's own padding: ORT has no integer
+    Pad kernel, and a Conv's pads may differ per side."""
     w, bias = b.weights(n)
     a = n.attrs
+    top, bottom, left, right = b.conv_pads.get(n.name, (0, 0, 0, 0))
+    ph, pw = a["padding"]
     y = b.node("Conv", [xs[0], w, bias], f"{n.name}:conv", strides=list(a["stride"]),
-               pads=_pads(a["padding"]), dilations=list(a["dilation"]), group=a["groups"],
+               pads=[ph + top, pw + left, ph + bottom, pw + right], dilations=list(a["dilation"]), group=a["groups"],
                kernel_shape=list(n.weight.shape[2:]))
     return b.act(n, y)
 
@@ -229,6 +260,20 @@ def _avgpool(b: _Builder, n: G.Node, xs: list[str]) -> str:
                   count_include_pad=int(a["count_include_pad"]))
 
 
+def _pad(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    top, bottom, left, right = n.attrs["pads"]
+    pads = b.const(f"{n.name}:pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
+    zero = b.const(f"{n.name}:value", np.float32(0.0))
+    return b.node("Pad", [xs[0], pads, zero], f"{n.name}:pad", mode="constant")
+
+
+def _upsample(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    """Resize, nearest, 'asymmetric' coordinates rounded down: in[floor(i / s)]."""
+    scales = b.const(f"{n.name}:scales", np.array([1, 1, *n.attrs["scale"]], np.float32))
+    return b.node("Resize", [xs[0], "", scales], f"{n.name}:resize", mode="nearest",
+                  coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
 def _reshape(b: _Builder, n: G.Node, xs: list[str]) -> str:
     shape = b.const(f"{n.name}:shape", np.array([-1, *n.shape], np.int64))
     return b.node("Reshape", [xs[0], shape], f"{n.name}:reshape")
@@ -238,20 +283,38 @@ OPS = {
     "conv2d": _conv,
     "linear": _linear,
     "add": lambda b, n, xs: b.act(n, b.node("Add", xs, f"{n.name}:add")),
+    "mul": lambda b, n, xs: b.act(n, b.node("Mul", xs, f"{n.name}:mul")),
     "concat": lambda b, n, xs: b.node("Concat", xs, f"{n.name}:concat", axis=1),
     "maxpool": _maxpool,
     "avgpool": _avgpool,
     "gap": lambda b, n, xs: b.node("GlobalAveragePool", xs, f"{n.name}:gap"),
     "reshape": _reshape,
     "clamp": lambda b, n, xs: b.clip(xs[0], n.attrs["lo"], n.attrs["hi"], f"{n.name}:clip"),
+    "pad": _pad,
+    "upsample": _upsample,
 }
+
+
+def folded_pads(graph: G.Graph) -> dict[str, str]:
+    """Pad layers whose only reader is a conv2d (not the output): pad -> conv."""
+    out = {}
+    for n in graph.nodes:
+        readers = graph.consumers(n.name)
+        if n.op == "pad" and len(readers) == 1 and readers[0].op == "conv2d":
+            out[n.name] = readers[0].name
+    return out
 
 
 def build(graph: G.Graph, plan: QuantPlan, opset: int = 17,
           weight_dtype: str = "uint8") -> onnx.ModelProto:
     b = _Builder(plan, weight_dtype)
     names = {G.INPUT: b.qdq(G.INPUT, plan.input, f"{G.INPUT}:dq")}
+    folded = folded_pads(graph)
     for node in graph.nodes:
+        if node.name in folded:         # same grid as its input (plan.SHARED_PARAMS)
+            b.conv_pads[folded[node.name]] = node.attrs["pads"]
+            names[node.name] = names[node.inputs[0]]
+            continue
         if node.op not in OPS:
             raise UnsupportedOpError(node.op, node.name, "onnx backend", OPS)
         y = OPS[node.op](b, node, [names[i] for i in node.inputs])
