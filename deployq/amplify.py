@@ -117,20 +117,7 @@ def amplify(targets: list[str], session: api.Session, out=api.DEFAULT_OUT, eps: 
 
 
 def table(result: dict) -> list[tuple]:
-    """Rows: layer, float's ratio, then each target's ratio and its multiple of float's."""
-    targets = [c for c in result["misclassified"] if c != "float"]
-    rows = [("layer", "float") + tuple(h for t in targets for h in (t, "x float"))]
-    for r in result["layers"]:
-        f = r["float"]
-        cells = [r["layer"], _fmt(f)]
-        for t in targets:
-            v = r.get(t)
-            cells += [_fmt(v), "-" if v is None or not f else f"{v / f:.2f}x"]
-        rows.append(tuple(cells))
-    rows.append(("misclassified", *[f"{100 * result['misclassified']['float']:.1f}%"],
-                 *[c for t in targets for c in (f"{100 * result['misclassified'][t]:.1f}%", "")]))
-    return rows
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
+    """Rows: layer, float's ratio, then each target's ratio and its multiple of float's
+    (built in deployq.views, which report.html shares)."""
+    from .views import amplify_rows
+    return amplify_rows(result)

@@ -433,8 +433,10 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
                                         targets_dir=cfg["targets_dir"], reuse=True)
         if cfg["certify"]:
             result["certify"] = _certify_stage(cfg, names, session, plans)
+        if cfg["amplify"]:
+            result["amplify"] = _amplify_stage(cfg, names, session, plans)
         result["skipped"] = skipped
-        files = report.write(result, cfg["out"])
+        files = report.write(result, cfg["out"], cfg["mcu_clock_mhz"])
         write_manifest(cfg["out"], result)
     return result, files
 
@@ -452,6 +454,15 @@ def _certify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -
     return certify(chosen, _config_list(cfg, "certify"), cfg["certify_samples"],
                    session=session, out=cfg["out"], calibration=cfg["calibration"],
                    targets_dir=cfg["targets_dir"], plans=plans)["certify"]
+
+
+def _amplify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:
+    """The run's amplify stage (PGD at eps cfg['amplify']) on the targets that can dump
+    their tensors."""
+    from . import amplify as A
+    chosen = [n for n in names if A.can_dump(T.get(n, cfg["targets_dir"]))]
+    return A.amplify(chosen, session, cfg["out"], cfg["amplify"], cfg["amplify_samples"],
+                     targets_dir=cfg["targets_dir"], plans=plans)
 
 
 def load_exported(target: str, out: str | Path = DEFAULT_OUT, targets_dir=None) -> Exported:
