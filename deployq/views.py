@@ -26,9 +26,9 @@ def pct_ci(v, ci=None, mark: str = "") -> str:
     return f"{100 * v:.1f}%{mark} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-SIGNIFICANCE_NOTE = ("Intervals are Wilson 95% intervals over the samples; * marks a "
-                     "target whose robust accuracy differs from float's on the same "
-                     "samples by McNemar's exact test (p < 0.05).")
+SIGNIFICANCE_NOTE = ("Intervals are Wilson 95% intervals over the samples; a change vs "
+                     "float is in points on the same samples, with McNemar's exact p; * "
+                     "marks a significant one (p < 0.05).")
 
 
 def title(result: dict) -> str:
@@ -177,14 +177,18 @@ def profile_rows(result: dict, clock_mhz: float | None = None) -> list[tuple]:
     """One row per target: accuracy and robustness beside size and speed. A target
     with a device footprint (an MCU build) shows its flash image as its size and its
     estimated device time (device_ms) as its speed, the emulator's host time aside."""
-    acc = {r["target"]: r["accuracy"] for r in result.get("results", [])}
+    acc = {r["target"]: pct_ci(r["accuracy"], r.get("accuracy_ci95"))
+           for r in result.get("results", [])}
     eps, robust = pareto_robust(result)
+    k = len(result["robustness"]["eps"]) // 2 if robust else 0
+    robust = {t["target"]: pct_ci(t["eps"][k]["robust"], t["eps"][k].get("robust_ci95"))
+              for t in result["robustness"]["targets"]} if robust else {}
     scored = ("accuracy", f"robust (eps {eps:g})" if eps else "robust") if acc else ()
     rows = [("target", *scored, "artifact", "weights", "MACs", "peak activations",
              "batch 1 (median, p90)", "throughput")]
     for t in result["profile"]["targets"]:
         lat = t["latency"]
-        scores = (pct(acc.get(t["target"])), pct(robust.get(t["target"]))) if acc else ()
+        scores = (acc.get(t["target"], "-"), robust.get(t["target"], "-")) if acc else ()
         speed = (f"{lat['batch1_ms_median']:.3f} ms, {lat['batch1_ms_p90']:.3f} ms",
                  f"{lat['throughput_per_s']:,.0f}/s")
         artifact = size(t["artifact_bytes"])
@@ -266,10 +270,17 @@ def certify_title(result: dict) -> str:
 
 def certify_rows(result: dict) -> list[tuple]:
     c = result["certify"]
-    rows = [("target", "clean") + tuple(f"eps {e:.4g}" for e in c["eps"])]
-    return rows + [(t["target"], pct(t["clean"])) + tuple(
-        f"{pct(e['certified'])} ({pct(e['attacked'])})" for e in t["eps"])
-        for t in c["targets"]]
+    n = c["samples"]
+    rows = [("target", "clean") + tuple(f"eps {e:.4g}: certified (attacked)" for e in c["eps"])]
+    return rows + [(t["target"], _wilson_pct(t["clean"], n)) + tuple(
+        f"{_wilson_pct(e['certified'], n)} ({_wilson_pct(e['attacked'], n)})"
+        for e in t["eps"]) for t in c["targets"]]
+
+
+def _wilson_pct(v: float, n: int) -> str:
+    """A share of n samples with its Wilson 95% interval (for results that store only
+    the share)."""
+    return pct_ci(v, stats.wilson(round(v * n), n))
 
 
 def certify_detail_rows(result: dict) -> list[tuple]:

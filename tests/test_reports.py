@@ -1,0 +1,106 @@
+"""The report's content on a real run's results (tests/data/results-lenet-digits.json):
+the MCU footprint, one clean accuracy and why the attacked subset differs, intervals,
+the worst attack per source with the detail folded away, the change vs float with
+McNemar's test; and the figures' SVG (ticks, legend, distinct styles)."""
+import re
+from pathlib import Path
+
+import pytest
+
+from deployq import htmlreport, plots, report, stats, views as V
+
+DATA = Path(__file__).parent / "data" / "results-lenet-digits.json"
+
+
+@pytest.fixture(scope="module")
+def result():
+    return report.load(DATA)
+
+
+def test_mcu_section_shows_the_device_figures(result):
+    fp = next(t for t in result["profile"]["targets"] if "mcu_footprint" in t)["mcu_footprint"]
+    md = report.markdown(result)
+    section = md[md.index("## Microcontroller footprint"):]
+    assert V.size(fp["firmware_flash_bytes"]) in section and V.size(fp["ram_bytes"]) in section
+    assert V.size(fp["arena_bytes"]) in section
+    assert f"{fp['instructions_per_inference']['mean']:,.0f}" in section
+    # the size table shows the flash image and device time, the ELF and host time aside
+    row = next(r for r in V.profile_rows(result) if r[0] == "mcu-qemu")
+    assert row[3].startswith("flash ") and "device est." in row[-2]
+
+
+def test_one_clean_accuracy_and_why_the_attacked_subset_differs(result):
+    md = report.markdown(result)
+    n, m = result["samples"], result["robustness"]["samples"]
+    assert f"Clean accuracy is measured on all {n} test samples" in md
+    assert f"the first {m} of them" in md and f"eps 0 ({m} attacked samples)" in md
+    assert md.count("| clean |") == 0            # no second column called 'clean'
+
+
+def test_every_accuracy_has_an_interval(result):
+    """Every percentage in the report's accuracy tables carries [lo, hi], except the
+    mirror's and the pairs' agreement (not accuracies)."""
+    for rows in (V.accuracy_rows(result), V.robust_rows(result),
+                 V.worst_source_rows(result), V.source_rows(result), V.certify_rows(result)):
+        for row in rows[1:]:
+            for cell in row[1:]:
+                for share in re.findall(r"\d+\.\d+%\*?( \[)?", str(cell)):
+                    assert share == " [", (rows[0], row)
+    row = V.profile_rows(result)[1]
+    assert "[" in row[1] and "[" in row[2]
+
+
+def test_worst_attack_per_source_and_detail_behind_details(result):
+    worst = V.worst_source_rows(result)
+    detail = V.source_rows(result)
+    targets = result["robustness"]["targets"]
+    assert len(worst) - 1 == sum(len({b["source"] for b in t["eps"][0]["by"]}) for t in targets)
+    assert len(worst) < len(detail)
+    t = targets[0]
+    e = t["eps"][1]
+    low = min((b for b in e["by"] if b["source"] == "transfer"), key=lambda b: b["accuracy"])
+    row = next(r for r in worst if r[:2] == (t["target"], "transfer"))
+    assert row[3].startswith(V.pct_ci(low["accuracy"], low["accuracy_ci95"]))
+    assert f"({low['attack']})" in row[3]
+    page = htmlreport.html(result, figs={})
+    assert "<details><summary>Accuracy under every source and attack</summary><table>" in page
+
+
+def test_change_vs_float_is_mcnemar_on_the_same_samples():
+    n = 40
+    flt = stats.pack([True] * 40)
+    worse = stats.pack([True] * 30 + [False] * 10)
+    cell = V.change(worse, flt, n, False)
+    assert cell.startswith("-25.0 pts") and cell.endswith("*")         # 0 vs 10 discordant
+    same = V.change(flt, flt, n, False)
+    assert same == "+0.0 pts (p 1)"                                      # negative control
+
+
+def _svg(result, name):
+    return htmlreport.figures(result)[name][1]
+
+
+def test_figures_have_numeric_ticks_legend_and_measured_eps(result):
+    svg = _svg(result, "accuracy-vs-eps")
+    x = re.findall(r'<g id="xtick_\d+">.*?<text[^>]*>([^<]+)</text>', svg, re.S)
+    assert x == ["0"] + V.eps_labels(result["robustness"])               # at the measured eps
+    y = re.findall(r'<g id="ytick_\d+">.*?<text[^>]*>([^<]+)</text>', svg, re.S)
+    assert y == ["0", "20", "40", "60", "80", "100"]
+    legend = svg[svg.index('<g id="legend_1">'):]
+    assert all(t["target"] in legend for t in result["robustness"]["targets"])
+    pareto = _svg(result, "pareto-latency")
+    ticks = re.findall(r'<g id="xtick_\d+">.*?<text[^>]*>([^<]+)</text>', pareto, re.S)
+    assert len(ticks) >= 2 and all(re.fullmatch(r"[\d.]+", t) for t in ticks)
+    assert "(device est., 168 MHz)" in pareto
+
+
+def test_styles_are_distinct_beyond_ten_series():
+    pairs = [plots.style(i) for i in range(30)]
+    assert len(set(pairs)) == 30 and len({c for c, _ in pairs}) == 10
+    assert plots.style(3, "float") == plots.FLOAT_STYLE
+
+
+def test_unique_ids_prefix_every_reference():
+    svg = '<g id="a"><use xlink:href="#b"/><path clip-path="url(#c)"/></g>'
+    assert plots.unique_ids(svg, "f") == ('<g id="f-a"><use xlink:href="#f-b"/>'
+                                          '<path clip-path="url(#f-c)"/></g>')
