@@ -36,9 +36,10 @@ def html(result: dict, clock_mhz: float | None = None, figs: dict | None = None)
     parts += [f"<p>skipped {escape(s['target'])}: {escape(s['reason'])}</p>"
               for s in result.get("skipped", [])]
     return ("<!doctype html><html><head><meta charset='utf-8'><title>deployq report"
-            "</title><style>body{font-family:sans-serif;max-width:66em;margin:2em auto}"
+            "</title><style>body{font-family:sans-serif;max-width:80em;margin:2em auto}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-            "padding:.2em .6em;text-align:right}td:first-child{text-align:left}"
+            "padding:.2em .6em;text-align:right;white-space:nowrap}"
+            "td:first-child{text-align:left}"
             "figure{margin:1em 0}figcaption{font-size:90%;color:#444}"
             "svg{max-width:100%;height:auto}</style>"
             "</head><body>" + "\n".join(p for p in parts if p) + "</body></html>\n")
@@ -164,7 +165,7 @@ def certified(c: dict) -> tuple[str, str]:
             cis = [stats.wilson(round(v * n), n) for v in ys]
             series.append({"name": f"{t['target']} {key}", "x": c["eps"], "y": ys,
                            "lo": [a for a, _ in cis], "hi": [b for _, b in cis],
-                           "dashed": dashed})
+                           "dashed": dashed, "family": t["target"]})
     svg = plots.accuracy_chart(series, "eps (L-inf, input units)", x_ticks=c["eps"],
                                tick_labels=[f"{e:.4g}" for e in c["eps"]], dodge=True)
     return (f"Certified accuracy (solid: a proof on the target's integer arithmetic) and "

@@ -34,14 +34,19 @@ def accuracy_chart(series: list[dict], x_label: str, title: str = "",
                    x_ticks: list[float] | None = None, tick_labels: list[str] | None = None,
                    dodge: bool = True, y_label: str = "accuracy (%)") -> str:
     """Lines of accuracy (fractions in [0, 1], drawn in %) against x, one per series
-    {name, x: [..], y: [..], lo: [..] | None, hi: [..] | None, dashed: bool}, with 95%
-    error bars where lo/hi are given. x_ticks: the measured x values (the ticks sit
+    {name, x: [..], y: [..], lo: [..] | None, hi: [..] | None, dashed: bool, family: str},
+    with 95% error bars where lo/hi are given; series of one family share its colour
+    (e.g. one target's certified and attacked lines), their markers differ. x_ticks: the measured x values (the ticks sit
     exactly there). dodge: shift series sideways by a few % of the smallest tick gap so
     identical lines stay visible (the ticks stay at the measured values)."""
     fig, ax = _figure()
     shift = _dodge_step(x_ticks or [x for s in series for x in s["x"]]) if dodge else 0.0
+    families = list(dict.fromkeys(s.get("family", s["name"]) for s in series))
     for i, s in enumerate(series):
-        color, marker = style(i, s["name"])
+        family = s.get("family", s["name"])
+        color, marker = style(families.index(family), family)
+        if family != s["name"]:
+            marker = MARKERS[i % len(MARKERS)]
         off = shift * (i - (len(series) - 1) / 2)
         xs = [x + off for x in s["x"]]
         ys = [100 * y for y in s["y"]]
@@ -131,7 +136,7 @@ def _finish(fig, ax, x_label: str, y_label: str, title: str) -> str:
 def _dodge_step(xs: list[float]) -> float:
     xs = sorted(set(xs))
     gaps = [b - a for a, b in zip(xs, xs[1:]) if b > a]
-    return 0.012 * min(gaps) if gaps else 0.0
+    return 0.03 * min(gaps) if gaps else 0.0
 
 
 def _pct_axis(ax, values: list[float]) -> None:

@@ -271,7 +271,8 @@ def certify_title(result: dict) -> str:
 def certify_rows(result: dict) -> list[tuple]:
     c = result["certify"]
     n = c["samples"]
-    rows = [("target", "clean") + tuple(f"eps {e:.4g}: certified (attacked)" for e in c["eps"])]
+    rows = [("target", f"unperturbed ({n} samples)")
+            + tuple(f"eps {e:.4g}: certified (attacked)" for e in c["eps"])]
     return rows + [(t["target"], _wilson_pct(t["clean"], n)) + tuple(
         f"{_wilson_pct(e['certified'], n)} ({_wilson_pct(e['attacked'], n)})"
         for e in t["eps"]) for t in c["targets"]]
