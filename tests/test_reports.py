@@ -115,3 +115,27 @@ def test_unique_ids_prefix_every_reference():
     svg = '<g id="a"><use xlink:href="#b"/><path clip-path="url(#c)"/></g>'
     assert plots.unique_ids(svg, "f") == ('<g id="f-a"><use xlink:href="#f-b"/>'
                                           '<path clip-path="url(#f-c)"/></g>')
+
+
+def test_run_amplify_stage_writes_the_table_and_figure(tmp_path):
+    from deployq import api
+    cfg = {"targets": ["fpga-fixed", "onnx-int8"], "attacks": [], "profile_repeats": 0,
+           "amplify": 0.05, "amplify_samples": 5, "samples": 20, "calib_samples": 64,
+           "out": str(tmp_path)}
+    result, files = api.run(cfg)
+    amp = result["amplify"]
+    assert list(amp["misclassified"]) == ["float", "fpga-fixed"]     # onnx-int8 cannot dump
+    assert amp["samples"] == 5 and all(r["float"] is not None for r in amp["layers"][1:])
+    assert tmp_path / "plot-amplification.svg" in files
+    assert "Perturbation amplification per layer" in (tmp_path / "report.md").read_text()
+    assert "id='amplification'" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("key, value", [("amplify", 2.0), ("amplify_samples", 0),
+                                        ("mcu_clock_mhz", -1)])
+def test_bad_report_settings_are_refused_before_work(tmp_path, key, value):
+    from deployq import api
+    from deployq.errors import InputError
+    with pytest.raises(InputError, match=key):
+        api.run({key: value, "out": str(tmp_path / "out")})
+    assert not (tmp_path / "out").exists()
