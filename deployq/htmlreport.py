@@ -29,7 +29,9 @@ def html(result: dict, clock_mhz: float | None = None, figs: dict | None = None)
                       f"<p>{escape(V.mcu_note(clock_mhz))}</p>"]
     if "certify" in result:
         parts += [f"<h2>{escape(V.certify_title(result))}</h2>", _figure(figs, "certified"),
-                  _table(V.certify_rows(result)), _table(V.certify_detail_rows(result))]
+                  _table(V.certify_rows(result)),
+                  "<details><summary>Float vs integer certificates, soundness checks</summary>"
+                  + _table(V.certify_detail_rows(result)) + "</details>"]
     if "amplify" in result:
         parts += [f"<h2>{escape(amplify_title(result['amplify']))}</h2>",
                   _figure(figs, "amplification"), _table(V.amplify_rows(result["amplify"]))]

@@ -8,8 +8,8 @@ are the 95% intervals the caller passes. Text stays text in the SVG (svg.fonttyp
 'none'), so a test or a reader can find the tick labels in it.
 
 matplotlib is imported inside the functions (the CLI and report.md never pay for it)
-and only through matplotlib.figure.Figure with a non-interactive canvas: no pyplot, no
-global backend switch, no display needed."""
+and used through matplotlib.figure.Figure on an Agg canvas (layout and text metrics),
+saved by the SVG backend: no pyplot, no global backend switch, no display needed."""
 from __future__ import annotations
 
 import io
@@ -109,8 +109,10 @@ def layer_chart(series: list[dict], layers: list[str], y_label: str, title: str 
 # --- shared ---------------------------------------------------------------------------
 
 def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=SIZE, dpi=100)
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.grid(True, color="#e0e0e0", linewidth=0.6)
     ax.set_axisbelow(True)

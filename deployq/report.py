@@ -63,7 +63,8 @@ def markdown(result: dict, clock_mhz: float | None = None) -> str:
                       V.mcu_note(clock_mhz)]
     if "certify" in result:
         parts += ["", f"## {V.certify_title(result)}", "", md_table(V.certify_rows(result)),
-                  "", md_table(V.certify_detail_rows(result))]
+                  "", "<details><summary>Float vs integer certificates, soundness checks"
+                  "</summary>", "", md_table(V.certify_detail_rows(result)), "", "</details>"]
     if "amplify" in result:
         a = result["amplify"]
         parts += ["", f"## Perturbation amplification per layer ({a['attack']} eps "
