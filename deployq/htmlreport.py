@@ -188,4 +188,5 @@ def amplification(a: dict) -> tuple[str, str]:
     svg = plots.layer_chart(series, layers, "relative perturbation ||Δa|| / ||a||")
     return ("Relative perturbation of each layer's output under the attack (log scale): "
             "a target above float amplifies the perturbation more (Defensive "
-            "Quantization, Lin et al. 2019).", svg)
+            "Quantization, Lin et al. 2019); a gap is a layer whose tensor the target "
+            "does not dump in the graph's element order ('-' in the table).", svg)

@@ -92,9 +92,9 @@ def layer_chart(series: list[dict], layers: list[str], y_label: str, title: str 
     xs = list(range(len(layers)))
     for i, s in enumerate(series):
         color, marker = style(i, s["name"])
-        pts = [(x, y) for x, y in zip(xs, s["y"]) if y is not None and y > 0]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=s["name"], color=color,
-                marker=marker, markersize=5, linewidth=1.4)
+        ys = [y if y is not None and y > 0 else math.nan for y in s["y"]]   # a gap, not a bridge
+        ax.plot(xs, ys, label=s["name"], color=color, marker=marker, markersize=5,
+                linewidth=1.4)
     ax.set_xticks(xs, labels=layers, rotation=30, ha="right", fontsize=8)
     values = [y for s in series for y in s["y"] if y is not None and y > 0]
     if reference is not None:
