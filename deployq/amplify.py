@@ -20,8 +20,7 @@ import logging
 import numpy as np
 import torch
 
-from . import api, attacks, backends, graph as G, mirror
-from . import targets as T
+from . import attacks, backends, graph as G, mirror
 from .errors import InputError
 
 log = logging.getLogger("deployq")
@@ -74,34 +73,28 @@ def target_tensors(runner, exported, graph: G.Graph, x: np.ndarray) -> dict[str,
     return {k: np.stack(v) for k, v in rows.items()}
 
 
-def amplify(targets: list[str], session: api.Session, out=api.DEFAULT_OUT, eps: float = 0.03,
-            samples: int = 200, attack: str = "pgd", steps: int = 10, targets_dir=None,
-            plans: dict | None = None, config=None) -> dict:
-    """The amplification table of float and each target (see the module docstring).
-    plans: {target: QuantPlan} to export instead of a calibrated one; config:
-    {target: plan.PlanConfig} for the others (e.g. api.bits_config: 4-bit activations)."""
-    from . import plan as P
+def check(targets, attack: str, eps: float, samples: int, steps: int) -> None:
+    """InputError naming what is wrong with an amplify request (targets: Target objects)."""
     if attack not in ATTACKS:
         raise InputError(f"--attack {attack!r} is unknown; choose one of {', '.join(ATTACKS)}")
     if not 0 < eps <= 1 or samples < 1 or steps < 1:
         raise InputError(f"need 0 < --eps <= 1, --samples >= 1, --steps >= 1; got "
                          f"{eps}, {samples}, {steps}")
-    for target in api.targets_or_fail(targets, targets_dir):
+    for target in targets:
         if not can_dump(target):
             raise InputError(f"target {target.name} cannot dump its tensors; amplify "
                              "measures mcu-int8, fpga-fixed, tflite-int8, tflite-int8-ref")
-    x, y = session.dataset.test(samples)
+
+
+def measure(session, exports: dict, x: np.ndarray, y: np.ndarray, attack: str, eps: float,
+            steps: int) -> dict:
+    """The amplification table of float and each target (see the module docstring).
+    exports: {target name: (Target, Exported, runner)}, in the table's order."""
     graph, seed = session.graph, session.seed
     x_adv = perturb(session.model.module, x, y, attack, eps, steps, seed)
     columns = {"float": relative(float_tensors(graph, x), float_tensors(graph, x_adv))}
     wrong = {"float": float((session.model.logits(x_adv).argmax(1) != y).mean())}
-    for name in targets:
-        tgt = T.get(name, targets_dir)
-        plan = (plans or {}).get(name)
-        if plan is None and name in (config or {}):
-            plan = P.make(graph, session.stats, tgt, config[name], api.provenance(session))
-        exported = api.export(name, session, out, None, targets_dir, plan=plan)
-        runner = api.load_runner(exported)
+    for name, (tgt, exported, runner) in exports.items():
         m = mirror.build(tgt, graph, exported.plan)
         xa = perturb(m, x, y, attack, eps, steps, seed)
         log.info("%s: dumping %d clean and %d perturbed samples", name, len(x), len(x))
@@ -117,20 +110,7 @@ def amplify(targets: list[str], session: api.Session, out=api.DEFAULT_OUT, eps: 
 
 
 def table(result: dict) -> list[tuple]:
-    """Rows: layer, float's ratio, then each target's ratio and its multiple of float's."""
-    targets = [c for c in result["misclassified"] if c != "float"]
-    rows = [("layer", "float") + tuple(h for t in targets for h in (t, "x float"))]
-    for r in result["layers"]:
-        f = r["float"]
-        cells = [r["layer"], _fmt(f)]
-        for t in targets:
-            v = r.get(t)
-            cells += [_fmt(v), "-" if v is None or not f else f"{v / f:.2f}x"]
-        rows.append(tuple(cells))
-    rows.append(("misclassified", *[f"{100 * result['misclassified']['float']:.1f}%"],
-                 *[c for t in targets for c in (f"{100 * result['misclassified'][t]:.1f}%", "")]))
-    return rows
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
+    """Rows: layer, float's ratio, then each target's ratio and its multiple of float's
+    (built in deployq.views, which report.html shares)."""
+    from .views import amplify_rows
+    return amplify_rows(result)

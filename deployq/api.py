@@ -450,8 +450,10 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
                                         targets_dir=cfg["targets_dir"], reuse=True)
         if cfg["certify"]:
             result["certify"] = _certify_stage(cfg, names, session, plans)
+        if cfg["amplify"]:
+            result["amplify"] = _amplify_stage(cfg, names, session, plans)
         result["skipped"] = skipped
-        files = report.write(result, cfg["out"])
+        files = report.write(result, cfg["out"], cfg["mcu_clock_mhz"])
         write_manifest(cfg["out"], result)
     return result, files
 
@@ -469,6 +471,15 @@ def _certify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -
     return certify(chosen, _config_list(cfg, "certify"), cfg["certify_samples"],
                    session=session, out=cfg["out"], calibration=cfg["calibration"],
                    targets_dir=cfg["targets_dir"], plans=plans)["certify"]
+
+
+def _amplify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:
+    """The run's amplify stage (PGD at eps cfg['amplify']) on the targets that can dump
+    their tensors."""
+    from . import amplify as A
+    chosen = [n for n in names if A.can_dump(T.get(n, cfg["targets_dir"]))]
+    return amplify(chosen, session, cfg["out"], cfg["amplify"], cfg["amplify_samples"],
+                   targets_dir=cfg["targets_dir"], plans=plans)
 
 
 def load_exported(target: str, out: str | Path = DEFAULT_OUT, targets_dir=None) -> Exported:
@@ -601,6 +612,27 @@ def _progress_log(epoch: int, epochs: int, entry: dict) -> None:
     log.info("qa-ibp epoch %d/%d: loss %.3f, validation clean %.1f%%, certified %.1f%%",
              epoch, epochs, entry["loss"], 100 * entry["val_clean"],
              100 * entry["val_certified"])
+
+
+def amplify(targets: list[str], session: Session, out=DEFAULT_OUT, eps: float = 0.03,
+            samples: int = 200, attack: str = "pgd", steps: int = 10, targets_dir=None,
+            plans: dict | None = None, config=None) -> dict:
+    """Per-layer perturbation amplification of float and each target (deployq.amplify)
+    on the first `samples` test samples. plans: {target: QuantPlan} to export instead of
+    a calibrated one; config: {target: plan.PlanConfig} for the others (e.g.
+    bits_config: 4-bit activations)."""
+    from . import amplify as A
+    A.check(targets_or_fail(targets, targets_dir), attack, eps, samples, steps)
+    exports = {}
+    for name in targets:
+        tgt = T.get(name, targets_dir)
+        plan = (plans or {}).get(name)
+        if plan is None and name in (config or {}):
+            plan = P.make(session.graph, session.stats, tgt, config[name], provenance(session))
+        exported = export(name, session, out, None, targets_dir, plan=plan)
+        exports[name] = (tgt, exported, load_runner(exported))
+    x, y = session.dataset.test(samples)
+    return A.measure(session, exports, x, y, attack, eps, steps)
 
 
 def certify(targets: list[str], eps, samples: int | None = 200, complete: bool = False,

@@ -607,8 +607,8 @@ def amplify_(target_list, model, weights, data, out, calibration, calib_samples,
     config = {t.name: api.bits_config(t, activation_bits, weight_bits, calibration,
                                       session.graph.output) for t in tgts
               } if activation_bits or weight_bits or calibration else None
-    result = A.amplify(names, session, out, eps, samples, attack, steps, targets_dir,
-                       plans, config)
+    result = api.amplify(names, session, out, eps, samples, attack, steps, targets_dir,
+                         plans, config)
     click.echo(f"{result['model']}: ||a(x_adv) - a(x)|| / ||a(x)|| per layer, {attack} "
                f"eps {eps}, {result['samples']} test samples")
     click.echo(report.columns(A.table(result)))

@@ -31,7 +31,13 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 # profiling stage: latency repeats (0 turns it off)
                 "profile_repeats": 30,
                 # certify stage (deployq.certify): eps list ([] turns it off), samples
-                "certify": [], "certify_samples": 200}
+                "certify": [], "certify_samples": 200,
+                # amplify stage (deployq.amplify): PGD eps (None turns it off), samples,
+                # on every target that can dump its tensors
+                "amplify": None, "amplify_samples": 100,
+                # the MCU clock of the reports' device-time estimates (None: the export's,
+                # 168 MHz)
+                "mcu_clock_mhz": None}
 
 # run setting -> robustness.Config field
 ROBUST_KEYS = {"attacks": "attacks", "eps": "eps", "sources": "sources", "steps": "steps",

@@ -1,47 +1,65 @@
-"""report.html: the report's tables and a hand-drawn SVG of robust accuracy against eps
-per target (float included), in one self-contained file with no dependencies."""
+"""report.html: the report's tables (deployq.views) and its figures (deployq.plots,
+inline SVG), in one self-contained file. figures() builds each figure once; report.write
+also saves them as plot-<name>.svg beside the page."""
 from __future__ import annotations
 
 from html import escape
 
-from . import views as V
-
-COLORS = ["#000000", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
-          "#e377c2", "#17becf"]
-W, H, PAD, RIGHT = 640, 320, 48, 130     # RIGHT: room for the legend
+from . import plots, stats, views as V
 
 
-def html(result: dict) -> str:
-    """The whole page for a results document."""
+def html(result: dict, clock_mhz: float | None = None, figs: dict | None = None) -> str:
+    """The whole page for a results document (figs: figures() already drawn)."""
+    figs = figures(result, clock_mhz) if figs is None else figs
     parts = [f"<h1>deployq report</h1><p><b>{escape(V.title(result))}</b>, "
-             f"seed {result['seed']}</p>", _table(V.accuracy_rows(result))]
+             f"seed {result['seed']}</p>", _table(V.accuracy_rows(result)),
+             f"<p>{escape(V.SIGNIFICANCE_NOTE)}</p>"]
     pairs = V.pair_rows(result)
     if len(pairs) > 1:
         parts += ["<p>Integer outputs compared between targets:</p>", _table(pairs)]
     if "robustness" in result:
-        parts += [f"<h2>{escape(V.robust_title(result))}</h2>", plot(result),
-                  _table(V.robust_rows(result)), f"<p>{escape(V.SIGNIFICANCE_NOTE)}</p>",
-                  "<p>Accuracy per source and attack:</p>",
-                  _table(V.source_rows(result))]
-        flags = V.flags(result)
-        parts.append("<p>Honesty checks: all passed.</p>" if not flags else
-                     "<ul>" + "".join(f"<li><b>{escape(f['target'])}</b> "
-                                      f"<code>{f['check']}</code>: {escape(f['message'])}</li>"
-                                      for f in flags) + "</ul>")
+        parts += _robustness(result, figs)
     if "profile" in result:
         parts += ["<h2>Size and speed</h2>", f"<p>{escape(V.machine(result))}</p>",
-                  _table(V.profile_rows(result))]
-        if "robustness" in result:
-            parts += [scatter(result, "latency"), scatter(result, "size")]
+                  _table(V.profile_rows(result, clock_mhz)),
+                  _figure(figs, "pareto-latency"), _figure(figs, "pareto-size")]
+        mcu = V.mcu_rows(result, clock_mhz)
+        if len(mcu) > 1:
+            parts += ["<h2>Microcontroller footprint</h2>", _table(mcu),
+                      f"<p>{escape(V.mcu_note(clock_mhz))}</p>"]
+    if "certify" in result:
+        parts += [f"<h2>{escape(V.certify_title(result))}</h2>", _figure(figs, "certified"),
+                  _table(V.certify_rows(result)),
+                  "<details><summary>Float vs integer certificates, soundness checks</summary>"
+                  + _table(V.certify_detail_rows(result)) + "</details>"]
+    if "amplify" in result:
+        parts += [f"<h2>{escape(amplify_title(result['amplify']))}</h2>",
+                  _figure(figs, "amplification"), _table(V.amplify_rows(result["amplify"]))]
     parts += [f"<p>skipped {escape(s['target'])}: {escape(s['reason'])}</p>"
               for s in result.get("skipped", [])]
     parts += [f"<p><b>failed {escape(f['target'])}</b>: {escape(f['error'])}</p>"
               for f in result.get("failed", [])]
     return ("<!doctype html><html><head><meta charset='utf-8'><title>deployq report"
-            "</title><style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+            "</title><style>body{font-family:sans-serif;max-width:80em;margin:2em auto}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-            "padding:.2em .6em;text-align:right}td:first-child{text-align:left}</style>"
-            "</head><body>" + "\n".join(parts) + "</body></html>\n")
+            "padding:.2em .6em;text-align:right;white-space:nowrap}"
+            "td:first-child{text-align:left}"
+            "figure{margin:1em 0}figcaption{font-size:90%;color:#444}"
+            "svg{max-width:100%;height:auto}</style>"
+            "</head><body>" + "\n".join(p for p in parts if p) + "</body></html>\n")
+
+
+def _robustness(result: dict, figs: dict) -> list[str]:
+    flags = V.flags(result)
+    return [f"<h2>{escape(V.robust_title(result))}</h2>", _figure(figs, "accuracy-vs-eps"),
+            f"<p>{escape(V.clean_note(result))}</p>", _table(V.robust_rows(result)),
+            "<p>The strongest attack per source (the lowest accuracy it left, and which "
+            "attack that was):</p>", _table(V.worst_source_rows(result)),
+            "<details><summary>Accuracy under every source and attack</summary>"
+            + _table(V.source_rows(result)) + "</details>",
+            "<p>Honesty checks: all passed.</p>" if not flags else
+            "<ul>" + "".join(f"<li><b>{escape(f['target'])}</b> <code>{f['check']}</code>: "
+                             f"{escape(f['message'])}</li>" for f in flags) + "</ul>"]
 
 
 def _table(rows) -> str:
@@ -51,71 +69,126 @@ def _table(rows) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def plot(result: dict) -> str:
-    """SVG line plot: worst-case robust accuracy (clean at eps 0) against eps."""
-    series = [(t["target"], [(0.0, t["clean"])] + [(e["eps"], e["robust"]) for e in t["eps"]])
-              for t in result["robustness"]["targets"]]
-    return line_chart(series, 0.0, max(result["robustness"]["eps"]) or 1.0, "eps")
-
-
-def line_chart(series: list[tuple[str, list[tuple[float, float]]]], x_min: float,
-               x_max: float, x_label: str, y_label: str = "accuracy") -> str:
-    """SVG: one labelled polyline per (name, [(x, accuracy in [0, 1])])."""
-    def xy(x, a):
-        return (PAD + (W - PAD - RIGHT) * (x - x_min) / (x_max - x_min),
-                H - PAD - (H - 2 * PAD) * a)
-
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' "
-           f"font-size='11'>", _axes(x_min, x_max, xy, x_label, y_label)]
-    for i, (name, pts) in enumerate(series):
-        color = COLORS[i % len(COLORS)]
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(*p) for p in pts))
-        out.append(f"<polyline fill='none' stroke='{color}' stroke-width='2' "
-                   f"points='{path}'/>")
-        out.append(f"<text x='{W - RIGHT + 8}' y='{PAD + 14 * i}' fill='{color}'>"
-                   f"{escape(name)}</text>")
-    return "".join(out) + "</svg>"
-
-
-def scatter(result: dict, kind: str) -> str:
-    """The Pareto view: robust accuracy at the middle eps against batch-1 latency or
-    artifact size, one labelled point per target."""
-    eps, robust = V.pareto_robust(result)
-    pts = [(t["target"], t["latency"]["batch1_ms_median"] if kind == "latency"
-            else t["artifact_bytes"] / 1024) for t in result["profile"]["targets"]
-           if t["target"] in robust]
-    if not pts:
+def _figure(figs: dict, name: str) -> str:
+    if name not in figs:
         return ""
-    x_max = max(v for _, v in pts) * 1.1 or 1.0
-    unit = "batch-1 latency (ms)" if kind == "latency" else "artifact size (KB)"
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' font-size='11'>",
-           f"<line x1='{PAD}' y1='{H - PAD}' x2='{W - RIGHT}' y2='{H - PAD}' stroke='#444'/>",
-           f"<line x1='{PAD}' y1='{H - PAD}' x2='{PAD}' y2='{PAD}' stroke='#444'/>",
-           f"<text x='{(W - RIGHT) / 2}' y='{H - 10}' text-anchor='middle'>{unit}</text>",
-           f"<text x='12' y='{PAD - 10}'>robust accuracy, eps {eps:g}</text>"]
-    for i, (name, v) in enumerate(pts):
-        x = PAD + (W - PAD - RIGHT) * v / x_max
-        y = H - PAD - (H - 2 * PAD) * robust[name]
-        out.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='4' fill='{COLORS[i % len(COLORS)]}'/>"
-                   f"<text x='{x + 6:.1f}' y='{y - 6:.1f}'>{escape(name)} "
-                   f"({v:.3g}, {100 * robust[name]:.1f}%)</text>")
-    return "".join(out) + "</svg>"
+    caption, svg = figs[name]
+    return (f"<figure id='{name}'>{plots.unique_ids(svg, name)}"
+            f"<figcaption>{escape(caption)} (also plot-{name}.svg)</figcaption></figure>")
 
 
-def _axes(x_min: float, x_max: float, xy, x_label: str, y_label: str) -> str:
-    x0, y0 = xy(x_min, 0)
-    x1, y1 = xy(x_max, 1)
-    parts = [f"<line x1='{x0}' y1='{y0}' x2='{x1}' y2='{y0}' stroke='#444'/>",
-             f"<line x1='{x0}' y1='{y0}' x2='{x0}' y2='{y1}' stroke='#444'/>",
-             f"<text x='{(x0 + x1) / 2}' y='{H - 10}' text-anchor='middle'>"
-             f"{escape(x_label)}</text>",
-             f"<text x='12' y='{PAD - 10}'>{escape(y_label)}</text>"]
-    for k in range(6):
-        a = k / 5
-        _, y = xy(x_min, a)
-        parts.append(f"<text x='{x0 - 6}' y='{y + 4:.1f}' text-anchor='end'>"
-                     f"{100 * a:.0f}%</text>")
-        v = x_min + (x_max - x_min) * k / 5
-        x, _ = xy(v, 0)
-        parts.append(f"<text x='{x:.1f}' y='{y0 + 16}' text-anchor='middle'>{v:.3g}</text>")
-    return "".join(parts)
+# --- the figures ---------------------------------------------------------------------------
+
+def figures(result: dict, clock_mhz: float | None = None) -> dict[str, tuple[str, str]]:
+    """{name: (caption, svg)} for every figure the results have data for."""
+    out = {}
+    if "robustness" in result:
+        out["accuracy-vs-eps"] = accuracy_vs_eps(result)
+        if "profile" in result:
+            out["pareto-latency"] = pareto(result, "latency", clock_mhz)
+            out["pareto-size"] = pareto(result, "size", clock_mhz)
+    if "certify" in result:
+        out["certified"] = certified(result["certify"])
+    if "amplify" in result:
+        out["amplification"] = amplification(result["amplify"])
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def accuracy_vs_eps(result: dict) -> tuple[str, str]:
+    """Worst-case robust accuracy against eps (eps 0: unperturbed), per target."""
+    r = result["robustness"]
+    series = []
+    for t in r["targets"]:
+        cis = [t.get("clean_ci95")] + [e.get("robust_ci95") for e in t["eps"]]
+        series.append({"name": t["target"], "x": [0.0] + [e["eps"] for e in t["eps"]],
+                       "y": [t["clean"]] + [e["robust"] for e in t["eps"]],
+                       **_bounds(cis)})
+    svg = plots.accuracy_chart(series, "eps (L-inf, input units)", x_ticks=[0.0] + r["eps"],
+                               tick_labels=["0"] + V.eps_labels(r),
+                               y_label="robust accuracy (%)")
+    return (f"Worst-case robust accuracy against eps on {r['samples']} samples, 95% Wilson "
+            "intervals as error bars; the lines are shifted sideways by a hair so that "
+            "identical targets stay visible (ticks at the measured eps).", svg)
+
+
+def _bounds(cis: list) -> dict:
+    """lo/hi lists from [lo, hi] pairs, or none when any is missing (older results)."""
+    if any(not c for c in cis):
+        return {}
+    return {"lo": [c[0] for c in cis], "hi": [c[1] for c in cis]}
+
+
+def pareto(result: dict, kind: str, clock_mhz: float | None = None) -> tuple[str, str] | None:
+    """Robust accuracy at the middle eps against batch-1 latency or size, one marker per
+    target. An MCU build sits at its estimated device time and flash image, not at the
+    emulator's host time and the ELF file."""
+    eps, robust = V.pareto_robust(result)
+    ci = {t["target"]: t["eps"][len(t["eps"]) // 2].get("robust_ci95")
+          for t in result["robustness"]["targets"]}
+    points, device = [], []
+    for t in result["profile"]["targets"]:
+        if t["target"] not in robust:
+            continue
+        x, name = _pareto_x(t, kind, clock_mhz)
+        device += [name] if name != t["target"] else []
+        c = ci.get(t["target"])
+        points.append({"name": name, "x": x, "y": robust[t["target"]],
+                       **({"lo": c[0], "hi": c[1]} if c else {})})
+    if not points:
+        return None
+    label = ("batch-1 latency (ms, log scale)" if kind == "latency"
+             else "size (KB, log scale)")
+    svg = plots.scatter_chart(points, label, f"robust accuracy at eps {eps:g} (%)")
+    what = ("median batch-1 latency on this machine, one thread" if kind == "latency" else
+            "the exported artifact's size")
+    if device:
+        what += ("; MCU builds at their estimated device time (instructions per inference "
+                 "at the stated clock)" if kind == "latency" else
+                 "; MCU builds at their flash image")
+    return f"Robust accuracy at eps {eps:g} against {what}; 95% intervals.", svg
+
+
+def _pareto_x(t: dict, kind: str, clock_mhz: float | None) -> tuple[float, str]:
+    fp = t.get("mcu_footprint")
+    if kind == "latency":
+        if fp:
+            ms, mhz = V.device_ms(fp, clock_mhz)
+            return ms, f"{t['target']} (device est., {mhz:g} MHz)"
+        return t["latency"]["batch1_ms_median"], t["target"]
+    if fp:
+        return fp["firmware_flash_bytes"] / 1024, f"{t['target']} (flash)"
+    return t["artifact_bytes"] / 1024, t["target"]
+
+
+def certified(c: dict) -> tuple[str, str]:
+    """Certified (solid) and attacked (dashed, an upper bound) accuracy against eps."""
+    n, series = c["samples"], []
+    for t in c["targets"]:
+        for key, dashed in (("certified", False), ("attacked", True)):
+            ys = [e[key] for e in t["eps"]]
+            cis = [stats.wilson(round(v * n), n) for v in ys]
+            series.append({"name": f"{t['target']} {key}", "x": c["eps"], "y": ys,
+                           "lo": [a for a, _ in cis], "hi": [b for _, b in cis],
+                           "dashed": dashed, "family": t["target"]})
+    svg = plots.accuracy_chart(series, "eps (L-inf, input units)", x_ticks=c["eps"],
+                               tick_labels=[f"{e:.4g}" for e in c["eps"]], dodge=True)
+    return (f"Certified accuracy (solid: a proof on the target's integer arithmetic) and "
+            f"accuracy under attack on the runtime (dashed: an upper bound on the "
+            f"certified one), {n} samples, 95% Wilson intervals.", svg)
+
+
+def amplify_title(a: dict) -> str:
+    return (f"Perturbation amplification per layer ({a['attack']} eps {a['eps']:g}, "
+            f"{a['samples']} samples)")
+
+
+def amplification(a: dict) -> tuple[str, str]:
+    """||a(x_adv) - a(x)|| / ||a(x)|| per layer for float and each target."""
+    layers = [r["layer"] for r in a["layers"]]
+    series = [{"name": name, "y": [r.get(name) for r in a["layers"]]}
+              for name in a["misclassified"]]
+    svg = plots.layer_chart(series, layers, "relative perturbation ||Δa|| / ||a||")
+    return ("Relative perturbation of each layer's output under the attack (log scale): "
+            "a target above float amplifies the perturbation more (Defensive "
+            "Quantization, Lin et al. 2019); a gap is a layer whose tensor the target "
+            "does not dump in the graph's element order ('-' in the table).", svg)

@@ -37,25 +37,39 @@ def certify_text(result: dict) -> str:
                       columns(V.certify_rows(result)), "", columns(V.certify_detail_rows(result))])
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, clock_mhz: float | None = None) -> str:
+    """report.md: short enough for a CI step summary (the long per-attack table folds
+    into a <details>, which GitHub renders); the figures are in report.html."""
     parts = ["# deployq report", "", f"**{V.title(result)}**, seed {result['seed']}", "",
-             md_table(V.accuracy_rows(result))]
+             md_table(V.accuracy_rows(result)), "", V.SIGNIFICANCE_NOTE]
     pairs = V.pair_rows(result)
     if len(pairs) > 1:
         parts += ["", "Integer outputs compared between targets:", "", md_table(pairs)]
     if "robustness" in result:
-        parts += ["", f"## {V.robust_title(result)}", "", md_table(V.robust_rows(result)),
-                  "", V.SIGNIFICANCE_NOTE, "", "Accuracy per source and attack:", "", md_table(V.source_rows(result))]
+        parts += ["", f"## {V.robust_title(result)}", "", V.clean_note(result), "",
+                  md_table(V.robust_rows(result)), "",
+                  "The strongest attack per source:", "", md_table(V.worst_source_rows(result)),
+                  "", "<details><summary>Accuracy under every source and attack</summary>",
+                  "", md_table(V.source_rows(result)), "", "</details>"]
         flags = V.flags(result)
         parts += ["", "Honesty checks: " + ("all passed." if not flags else
                                             f"{len(flags)} flag(s):")]
         parts += [f"- **{f['target']}** `{f['check']}`: {f['message']}" for f in flags]
     if "profile" in result:
         parts += ["", "## Size and speed", "", V.machine(result), "",
-                  md_table(V.profile_rows(result))]
+                  md_table(V.profile_rows(result, clock_mhz))]
+        mcu = V.mcu_rows(result, clock_mhz)
+        if len(mcu) > 1:
+            parts += ["", "## Microcontroller footprint", "", md_table(mcu), "",
+                      V.mcu_note(clock_mhz)]
     if "certify" in result:
         parts += ["", f"## {V.certify_title(result)}", "", md_table(V.certify_rows(result)),
-                  "", md_table(V.certify_detail_rows(result))]
+                  "", "<details><summary>Float vs integer certificates, soundness checks"
+                  "</summary>", "", md_table(V.certify_detail_rows(result)), "", "</details>"]
+    if "amplify" in result:
+        a = result["amplify"]
+        parts += ["", f"## Perturbation amplification per layer ({a['attack']} eps "
+                  f"{a['eps']:g}, {a['samples']} samples)", "", md_table(V.amplify_rows(a))]
     for skipped in result.get("skipped", []):
         parts += ["", f"- skipped {skipped['target']}: {skipped['reason']}"]
     for f in result.get("failed", []):
@@ -78,12 +92,16 @@ def write_json(result: dict, path: str | Path) -> None:
     atomic_write(Path(path), _json(result))
 
 
-def write(result: dict, out_dir: str | Path) -> list[Path]:
-    """results.json, report.md and report.html in out_dir, each rendered before any
-    is written and each written atomically."""
+def write(result: dict, out_dir: str | Path, clock_mhz: float | None = None) -> list[Path]:
+    """results.json, report.md, report.html and its figures as plot-<name>.svg in
+    out_dir, each rendered before any is written and each written atomically.
+    clock_mhz: the MCU clock of the device-time estimates (default: the export's)."""
     out_dir = Path(out_dir)
-    files = {"results.json": _json(result), "report.md": markdown(result).encode(),
-             "report.html": htmlreport.html(result).encode()}
+    figs = htmlreport.figures(result, clock_mhz)
+    files = {"results.json": _json(result),
+             "report.md": markdown(result, clock_mhz).encode(),
+             "report.html": htmlreport.html(result, clock_mhz, figs).encode()}
+    files |= {f"plot-{name}.svg": svg.encode() for name, (_, svg) in figs.items()}
     for name, data in files.items():
         atomic_write(out_dir / name, data)
     return [out_dir / name for name in files]

@@ -1,5 +1,5 @@
 """The views of a sweep document (deployq/sweep.py): sweep.json, a tidy sweep.csv,
-report.md and report.html with
+report.md and report.html (figures by deployq.plots, also as plot-*.svg) with
   - robust accuracy against eps, one panel per target, one line per weight width
     (Gorsline et al., arXiv 2105.00227),
   - each cell's signed change from float (gains too) with a 95% interval and McNemar's
@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 from html import escape
 from pathlib import Path
 
@@ -266,18 +267,34 @@ def _axes(axes: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in axes.items() if v is not None)
 
 
-def html(doc: dict, rows: list[dict]) -> str:
-    from .htmlreport import line_chart
-    body = [f"<h1>{escape(markdown(doc, rows).splitlines()[0][2:])}</h1>",
-            "<h2>Robust accuracy against eps</h2>"]
+def figures(rows: list[dict]) -> dict[str, tuple[str, str]]:
+    """{name: (caption, svg)}: robust accuracy against eps per model, strength and
+    target, one line per width, with 95% Wilson intervals (deployq.plots)."""
+    from . import plots
+    ci = {(r["model"], r["strength"], r["target"], width(r), r["eps"]):
+          (r["robust_low"], r["robust_high"]) for r in rows}
+    out = {}
     for (model, strength), panels in curves(rows).items():
-        body.append(f"<h3>{escape(model)}, strength {escape(strength)}</h3><div>")
         for target, lines in panels.items():
-            x_max = max(e for pts in lines.values() for e, _ in pts) or 1.0
-            body.append(f"<figure style='display:inline-block'><figcaption>"
-                        f"{escape(target)}</figcaption>"
-                        f"{line_chart(list(lines.items()), 0.0, x_max, 'eps')}</figure>")
-        body.append("</div>")
+            eps = sorted({e for pts in lines.values() for e, _ in pts})
+            series = [{"name": line, "x": [e for e, _ in pts], "y": [v for _, v in pts],
+                       "lo": [ci[(model, strength, target, line, e)][0] for e, _ in pts],
+                       "hi": [ci[(model, strength, target, line, e)][1] for e, _ in pts]}
+                      for line, pts in lines.items()]
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}-{strength}-{target}")
+            out[name] = (f"{model}, {target}, strength {strength}", plots.accuracy_chart(
+                series, "eps", x_ticks=eps, y_label="robust accuracy (%)"))
+    return out
+
+
+def html(doc: dict, rows: list[dict], figs: dict | None = None) -> str:
+    from .plots import unique_ids
+    figs = figures(rows) if figs is None else figs
+    body = [f"<h1>{escape(markdown(doc, rows).splitlines()[0][2:])}</h1>",
+            "<h2>Robust accuracy against eps (95% intervals)</h2>"]
+    body += [f"<figure id='{name}'>{unique_ids(svg, name)}<figcaption>{escape(caption)} "
+             f"(also plot-{name}.svg)</figcaption></figure>"
+             for name, (caption, svg) in figs.items()]
     for title, table in (("Change from float, robust (* McNemar p &lt; 0.05)",
                           change_table(rows, "robust")),
                          ("Plain vs adversarially trained", song_table(rows))):
@@ -285,8 +302,8 @@ def html(doc: dict, rows: list[dict]) -> str:
             body += [f"<h2>{title}</h2>", _html_table(table)]
     body += [f"<pre>{escape(p)}</pre>" for p in _problems(doc)]
     return ("<!doctype html><meta charset='utf-8'><title>deployq sweep</title>"
-            "<style>body{font-family:sans-serif}td,th{padding:2px 8px}</style>"
-            + "".join(body))
+            "<style>body{font-family:sans-serif}td,th{padding:2px 8px}"
+            "svg{max-width:100%;height:auto}</style>" + "".join(body))
 
 
 def _html_table(rows: list[tuple]) -> str:
@@ -299,8 +316,10 @@ def _html_table(rows: list[tuple]) -> str:
 def write(doc: dict, out: str | Path) -> list[Path]:
     out = Path(out)
     rows = observations(doc)
+    figs = figures(rows)
     files = {"sweep.json": json.dumps(doc, indent=1), "sweep.csv": tidy_csv(doc, rows),
-             "report.md": markdown(doc, rows), "report.html": html(doc, rows)}
+             "report.md": markdown(doc, rows), "report.html": html(doc, rows, figs)}
+    files |= {f"plot-{name}.svg": svg for name, (_, svg) in figs.items()}
     for name, text in files.items():
         atomic_write(out / name, text.encode())
     return [out / name for name in files]

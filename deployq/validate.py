@@ -201,6 +201,9 @@ CONFIG = {
         isinstance(e, str) or (_is_num(e) and 0 < e <= 1) for e in v),
         "a list of eps (numbers in (0, 1] or fractions like '1/255')"),
     "certify_samples": (_int_at_least(1), "a whole number >= 1"),
+    "amplify": (lambda v: _is_num(v) and 0 < v <= 1, "an eps in (0, 1]"),
+    "amplify_samples": (_int_at_least(1), "a whole number >= 1"),
+    "mcu_clock_mhz": (lambda v: _is_num(v) and v > 0, "a clock in MHz > 0"),
     "weight_bits": (_int_at_least(1), "a whole number of bits"),
     "activation_bits": (_int_at_least(1), "a whole number of bits"),
 }

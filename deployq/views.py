@@ -1,8 +1,10 @@
 """Views of a results document: the rows and titles that report.md, report.html and
 the console show, built once here. Each row builder returns a header row followed by
-one row per entry, every cell already formatted as text. No heavy imports and no
-imports of other deployq modules: report.py and htmlreport.py both build on this."""
+one row per entry, every cell already formatted as text. No heavy imports; of deployq
+only deployq.stats (pure Python): report.py and htmlreport.py both build on this."""
 from __future__ import annotations
+
+from . import stats
 
 
 def columns(rows) -> str:
@@ -24,9 +26,9 @@ def pct_ci(v, ci=None, mark: str = "") -> str:
     return f"{100 * v:.1f}%{mark} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-SIGNIFICANCE_NOTE = ("Intervals are Wilson 95% intervals over the samples; * marks a "
-                     "target whose robust accuracy differs from float's on the same "
-                     "samples by McNemar's exact test (p < 0.05).")
+SIGNIFICANCE_NOTE = ("Intervals are Wilson 95% intervals over the samples; a change vs "
+                     "float is in points on the same samples, with McNemar's exact p; * "
+                     "marks a significant one (p < 0.05).")
 
 
 def title(result: dict) -> str:
@@ -34,9 +36,38 @@ def title(result: dict) -> str:
 
 
 def accuracy_rows(result: dict) -> list[tuple]:
-    rows = [("target", "accuracy [95% interval]", "top-1 agreement with float")]
+    rows = [("target", "accuracy [95% interval]", "change vs float",
+             "top-1 agreement with float")]
+    base = next((r for r in result["results"] if r["target"] == "float"), None)
+    n = result["samples"]
     return rows + [(r["target"], pct_ci(r["accuracy"], r.get("accuracy_ci95")),
+                    change(r.get("accuracy_mask"), base and base.get("accuracy_mask"), n,
+                           r["target"] == "float"),
                     pct(r["agreement"])) for r in result["results"]]
+
+
+def change(mask: str | None, float_mask: str | None, n: int, is_float: bool) -> str:
+    """A target's accuracy minus float's on the same samples, in points, with McNemar's
+    exact p (and * when p < 0.05); '-' for float itself or without per-sample masks."""
+    if is_float or not mask or not float_mask:
+        return "-"
+    test = stats.paired(stats.unpack(mask, n), stats.unpack(float_mask, n))
+    d = (test["first_only"] - test["second_only"]) / n
+    return f"{100 * d:+.1f} pts (p {test['p']:.2g}){' *' if test['significant'] else ''}"
+
+
+def clean_note(result: dict) -> str:
+    """Why the robustness table's eps-0 column is not the clean accuracy above."""
+    r = result["robustness"]
+    n, m = result["samples"], r["samples"]
+    if m >= n:
+        return f"Attacks ran on all {n} test samples, so eps 0 is the clean accuracy above."
+    return (f"Clean accuracy is measured on all {n} test samples (above). Attacks are the "
+            f"costly part, so they run on the first {m} of them (the robust_samples "
+            f"setting); the eps-0 column is the accuracy on that subset, which differs "
+            f"from the full-set figure by sampling alone, and every robust accuracy is "
+            f"relative to it (a sample counts as robust only if it is also correct "
+            f"unperturbed).")
 
 
 def pair_rows(result: dict) -> list[tuple]:
@@ -62,15 +93,27 @@ def eps_labels(r: dict) -> list[str]:
 
 def robust_rows(result: dict) -> list[tuple]:
     r = result["robustness"]
-    rows = [("target", "clean") + tuple(f"eps {e}" for e in eps_labels(r))
-            + ("mirror agreement", "flags")]
+    rows = [("target", f"eps 0 ({r['samples']} attacked samples)")
+            + tuple(f"eps {e}" for e in eps_labels(r))
+            + ("change vs float (pts per eps)", "mirror agreement", "flags")]
     for t in r["targets"]:
         rows.append((t["target"], pct_ci(t["clean"], t.get("clean_ci95")))
                     + tuple(pct_ci(e["robust"], e.get("robust_ci95"),
                                    "*" if e.get("vs_float", {}).get("significant") else "")
                             for e in t["eps"])
-                    + (_mirror(t.get("mirror")), str(len(t["flags"])) if t["flags"] else "none"))
+                    + (_robust_change(t, r["targets"]), _mirror(t.get("mirror")),
+                       str(len(t["flags"])) if t["flags"] else "none"))
     return rows
+
+
+def _robust_change(t: dict, targets: list[dict]) -> str:
+    """Robust accuracy minus float's at each eps, * where McNemar finds it significant."""
+    base = next((b for b in targets if b["target"] == "float"), None)
+    if base is None or t is base:
+        return "-"
+    return ", ".join(f"{100 * (e['robust'] - f['robust']):+.1f}"
+                     + ("*" if e.get("vs_float", {}).get("significant") else "")
+                     for e, f in zip(t["eps"], base["eps"]))
 
 
 def _mirror(m: dict | None) -> str:
@@ -96,6 +139,24 @@ def source_rows(result: dict) -> list[tuple]:
     return rows
 
 
+def worst_source_rows(result: dict) -> list[tuple]:
+    """Per target and source: the accuracy of its strongest attack at each eps (the
+    lowest, with its interval), and which attack that was."""
+    r = result["robustness"]
+    rows = [("target", "source") + tuple(f"eps {e}" for e in eps_labels(r))]
+    for t in r["targets"]:
+        for source in dict.fromkeys(b["source"] for e in t["eps"] for b in e["by"]):
+            cells = []
+            for e in t["eps"]:
+                mine = [b for b in e["by"] if b["source"] == source]
+                worst = min(mine, key=lambda b: b["accuracy"], default=None)
+                cells.append("-" if worst is None else
+                             f"{pct_ci(worst['accuracy'], worst.get('accuracy_ci95'))} "
+                             f"({worst['attack']})")
+            rows.append((t["target"], source, *cells))
+    return rows
+
+
 def flags(result: dict) -> list[dict]:
     """Every honesty flag of the robustness stage, with its target."""
     return [f | {"target": t["target"]} for t in result["robustness"]["targets"]
@@ -112,22 +173,76 @@ def pareto_robust(result: dict) -> tuple[float | None, dict[str, float]]:
     return r["eps"][k], {t["target"]: t["eps"][k]["robust"] for t in r["targets"]}
 
 
-def profile_rows(result: dict) -> list[tuple]:
-    """One row per target: accuracy and robustness beside size and speed."""
-    acc = {r["target"]: r["accuracy"] for r in result.get("results", [])}
+def profile_rows(result: dict, clock_mhz: float | None = None) -> list[tuple]:
+    """One row per target: accuracy and robustness beside size and speed. A target
+    with a device footprint (an MCU build) shows its flash image as its size and its
+    estimated device time (device_ms) as its speed, the emulator's host time aside."""
+    acc = {r["target"]: pct_ci(r["accuracy"], r.get("accuracy_ci95"))
+           for r in result.get("results", [])}
     eps, robust = pareto_robust(result)
+    k = len(result["robustness"]["eps"]) // 2 if robust else 0
+    robust = {t["target"]: pct_ci(t["eps"][k]["robust"], t["eps"][k].get("robust_ci95"))
+              for t in result["robustness"]["targets"]} if robust else {}
     scored = ("accuracy", f"robust (eps {eps:g})" if eps else "robust") if acc else ()
     rows = [("target", *scored, "artifact", "weights", "MACs", "peak activations",
              "batch 1 (median, p90)", "throughput")]
     for t in result["profile"]["targets"]:
         lat = t["latency"]
-        scores = (pct(acc.get(t["target"])), pct(robust.get(t["target"]))) if acc else ()
-        rows.append((t["target"], *scores, size(t["artifact_bytes"]),
-                     size(t["weight_bytes"]), f"{t['macs']:,}",
-                     size(t["peak_activation_bytes"]),
-                     f"{lat['batch1_ms_median']:.3f} ms, {lat['batch1_ms_p90']:.3f} ms",
-                     f"{lat['throughput_per_s']:,.0f}/s"))
+        scores = (acc.get(t["target"], "-"), robust.get(t["target"], "-")) if acc else ()
+        speed = (f"{lat['batch1_ms_median']:.3f} ms, {lat['batch1_ms_p90']:.3f} ms",
+                 f"{lat['throughput_per_s']:,.0f}/s")
+        artifact = size(t["artifact_bytes"])
+        fp = t.get("mcu_footprint")
+        if fp:
+            ms, mhz = device_ms(fp, clock_mhz)
+            speed = (f"device est. {ms:.3f} ms at {mhz:g} MHz (emulator on host: "
+                     f"{lat['batch1_ms_median']:.1f} ms)", f"{1000 / ms:,.0f}/s on device")
+            artifact = f"flash {size(fp['firmware_flash_bytes'])} (ELF {artifact})"
+        rows.append((t["target"], *scores, artifact, size(t["weight_bytes"]),
+                     f"{t['macs']:,}", size(t["peak_activation_bytes"]), *speed))
     return rows
+
+
+def device_ms(footprint: dict, clock_mhz: float | None = None) -> tuple[float, float]:
+    """(ms per inference, clock in MHz) on the device: instructions per inference at
+    one instruction per cycle (an estimate: a Cortex-M4 retires at most one per cycle,
+    and waits on flash above ~30 MHz), at clock_mhz or the clock the export assumed."""
+    mhz = clock_mhz or footprint.get("estimated_ms", {}).get("clock_mhz") or DEFAULT_CLOCK_MHZ
+    return footprint["instructions_per_inference"]["mean"] / (mhz * 1e3), mhz
+
+
+DEFAULT_CLOCK_MHZ = 168           # an STM32F4-class Cortex-M4 (deployq/cproject.py's)
+
+
+def mcu_rows(result: dict, clock_mhz: float | None = None) -> list[tuple]:
+    """What a firmware engineer sizes a device by, per target that has any of it:
+    flash, RAM (static + stack), the tensor arena, instructions per inference and the
+    estimated time at clock_mhz. Host builds of the C runtime have only the arena."""
+    mhz = clock_mhz or DEFAULT_CLOCK_MHZ
+    rows = [("target", "flash", "RAM (static + stack)", "tensor arena",
+             "instructions per inference", "est. ms per inference")]
+    for t in result.get("profile", {}).get("targets", []):
+        fp = t.get("mcu_footprint")
+        if fp:
+            ms, mhz_used = device_ms(fp, clock_mhz)
+            ins = fp["instructions_per_inference"]
+            rows.append((t["target"], size(fp["firmware_flash_bytes"]),
+                         f"{size(fp['ram_bytes'])} ({size(fp['firmware_static_ram_bytes'])}"
+                         f" + {size(fp['stack_bytes'])})", size(fp["arena_bytes"]),
+                         f"{ins['mean']:,.0f} ({ins['min']:,.0f}-{ins['max']:,.0f})",
+                         f"{ms:.3f} ms at {mhz_used:g} MHz"))
+        elif "runtime_arena_bytes" in t:
+            rows.append((t["target"], "-", "-", size(t["runtime_arena_bytes"]), "-", "-"))
+    return rows
+
+
+def mcu_note(clock_mhz: float | None = None) -> str:
+    return ("Flash and RAM are the firmware's sections as linked (arm-none-eabi-size); "
+            "instructions per inference are counted by QEMU over the test inputs "
+            "embedded at export (mean, min-max); the time assumes one instruction per "
+            "cycle at the stated clock (an estimate, not a measurement: set the clock "
+            "with mcu_clock_mhz). Host-built targets show only the arena the C runtime "
+            "plans.")
 
 
 def layer_rows(target: dict, top: int = 5) -> list[tuple]:
@@ -155,10 +270,18 @@ def certify_title(result: dict) -> str:
 
 def certify_rows(result: dict) -> list[tuple]:
     c = result["certify"]
-    rows = [("target", "clean") + tuple(f"eps {e:.4g}" for e in c["eps"])]
-    return rows + [(t["target"], pct(t["clean"])) + tuple(
-        f"{pct(e['certified'])} ({pct(e['attacked'])})" for e in t["eps"])
-        for t in c["targets"]]
+    n = c["samples"]
+    rows = [("target", f"unperturbed ({n} samples)")
+            + tuple(f"eps {e:.4g}: certified (attacked)" for e in c["eps"])]
+    return rows + [(t["target"], _wilson_pct(t["clean"], n)) + tuple(
+        f"{_wilson_pct(e['certified'], n)} ({_wilson_pct(e['attacked'], n)})"
+        for e in t["eps"]) for t in c["targets"]]
+
+
+def _wilson_pct(v: float, n: int) -> str:
+    """A share of n samples with its Wilson 95% interval (for results that store only
+    the share)."""
+    return pct_ci(v, stats.wilson(round(v * n), n))
 
 
 def certify_detail_rows(result: dict) -> list[tuple]:
@@ -175,3 +298,24 @@ def certify_detail_rows(result: dict) -> list[tuple]:
                          "-" if not c else
                          f"{c['certified']}/{c['falsified']}/{c['undecided'] + c['unconfirmed']}"))
     return rows
+
+
+def amplify_rows(result: dict) -> list[tuple]:
+    """An amplify result (deployq.amplify) as rows: layer, float's relative perturbation,
+    then each target's and its multiple of float's; last, the misclassified share."""
+    targets = [c for c in result["misclassified"] if c != "float"]
+    rows = [("layer", "float") + tuple(h for t in targets for h in (t, "x float"))]
+    for r in result["layers"]:
+        f = r["float"]
+        cells = [r["layer"], _ratio(f)]
+        for t in targets:
+            v = r.get(t)
+            cells += [_ratio(v), "-" if v is None or not f else f"{v / f:.2f}x"]
+        rows.append(tuple(cells))
+    rows.append(("misclassified", *[f"{100 * result['misclassified']['float']:.1f}%"],
+                 *[c for t in targets for c in (f"{100 * result['misclassified'][t]:.1f}%", "")]))
+    return rows
+
+
+def _ratio(v) -> str:
+    return "-" if v is None else f"{v:.3f}"

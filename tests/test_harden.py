@@ -134,8 +134,8 @@ def test_tiny_real_run_on_the_c_runtime(digits, tmp_path):
 
 def test_amplify_on_float_and_the_c_runtime(digits, tmp_path):
     session = api.open_session("zoo:lenet-digits")
-    r = A.amplify(["mcu-int8", "fpga-fixed"], session, tmp_path, eps=0.1, samples=10,
-                  steps=3)
+    r = api.amplify(["mcu-int8", "fpga-fixed"], session, tmp_path, eps=0.1, samples=10,
+                    steps=3)
     rows = {row["layer"]: row for row in r["layers"]}
     assert set(rows) == {"input"} | {n.name for n in session.graph.nodes}
     # fpga-fixed holds a flatten before a dense layer channels-last (sum_order hwc): that

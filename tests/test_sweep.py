@@ -150,6 +150,7 @@ def test_local_sweep_writes_every_view(local_out):
     md = (out / "report.md").read_text()
     assert "| w4 |" in md and "McNemar" in md
     assert "<svg" in (out / "report.html").read_text()
+    assert len(list(out.glob("plot-*.svg"))) == 1      # one panel: one model, one target
 
 
 def test_rerun_is_cached_and_resume_computes_only_the_missing(local_out, tmp_path):

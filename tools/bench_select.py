@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deployq import api, htmlreport, mirror, robustness as R, select as S  # noqa: E402
+from deployq import api, mirror, plots, robustness as R, select as S  # noqa: E402
 from deployq import targets as T  # noqa: E402
 from deployq.io import atomic_write  # noqa: E402
 
@@ -125,12 +125,15 @@ def plot(rows: list[dict], model: str, target: str, eps: float) -> str:
         return ""                                # a line needs two budgets
     xs = [r["average_bits"] for r in mine]
     lo, hi = min(xs) - 0.25, max(xs) + 0.25
-    series = [(m, sorted((r["average_bits"], r["robust"][eps]) for r in mine
-                         if r["method"] == m)) for m in dict.fromkeys(r["method"] for r in mine)]
+    series = []
+    for m in dict.fromkeys(r["method"] for r in mine):
+        pts = sorted((r["average_bits"], r["robust"][eps]) for r in mine if r["method"] == m)
+        series.append({"name": m, "x": [p[0] for p in pts], "y": [p[1] for p in pts]})
     fl = next(r["robust"][eps] for r in rows if r["model"] == model and r["method"] == "float")
-    series.append(("float", [(lo, fl), (hi, fl)]))
-    return htmlreport.line_chart(series, lo, hi, "average weight bits",
-                                 f"{model} on {target}: robust accuracy, eps {eps:g}")
+    series.append({"name": "float", "x": [lo, hi], "y": [fl, fl], "dashed": True})
+    return plots.accuracy_chart(series, "average weight bits",
+                                f"{model} on {target}: robust accuracy, eps {eps:g}",
+                                dodge=False)
 
 
 def main() -> int:

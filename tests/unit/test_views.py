@@ -38,7 +38,7 @@ def test_every_view_shows_the_same_rows(rows):
     doc = _doc()
     table = rows(doc)
     assert len(table) > 1 and all(len(r) == len(table[0]) for r in table)
-    text, md, page = report.text(doc), report.markdown(doc), htmlreport.html(doc)
+    text, md, page = report.text(doc), report.markdown(doc), htmlreport.html(doc, figs={})
     for row in table[1:]:
         assert "| " + " | ".join(map(str, row)) + " |" in md
         assert "".join(f"<td>{escape(str(c))}</td>" for c in row) in page
@@ -49,7 +49,7 @@ def test_every_view_shows_the_same_rows(rows):
 def test_a_cell_changes_every_view():
     """Negative control: the pages follow the rows, not a copy of them."""
     doc = _doc()
-    before = report.markdown(doc), htmlreport.html(doc)
+    before = report.markdown(doc), htmlreport.html(doc, figs={})
     doc["results"][1]["accuracy"] = 0.4321
-    after = report.markdown(doc), htmlreport.html(doc)
+    after = report.markdown(doc), htmlreport.html(doc, figs={})
     assert all("43.21%" in a and "43.21%" not in b for a, b in zip(after, before))
