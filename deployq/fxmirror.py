@@ -58,10 +58,26 @@ def _float(q: np.ndarray) -> torch.Tensor:
 
 def _ste(exact: np.ndarray, x: torch.Tensor, scale=1.0, mask=None) -> torch.Tensor:
     """`exact` forward, gradient d/dx = scale * mask (mask: 1 where the value passes)."""
-    g = (x - x.detach()) * scale
-    if mask is not None:
-        g = g * mask
-    return _float(exact) + g             # + 0 exactly in forward: the bits are exact's
+    if not x.requires_grad:
+        return _float(exact)
+    return _Ste.apply(x, _float(exact), scale, mask)
+
+
+class _Ste(torch.autograd.Function):
+    """_ste as one autograd node: forward the exact integers (bits untouched), backward
+    (grad * mask) * scale, the gradient _float(exact) + (x - x.detach()) * scale * mask
+    would have, without recording its elementwise ops."""
+
+    @staticmethod
+    def forward(ctx, x, exact, scale, mask):
+        ctx.scale, ctx.mask = scale, mask
+        return exact
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.mask is not None:
+            grad = grad * ctx.mask
+        return grad * ctx.scale, None, None, None
 
 
 def _inside(x: torch.Tensor, lo, hi) -> torch.Tensor:

@@ -34,16 +34,45 @@ def _round(t: torch.Tensor, rounding: str) -> torch.Tensor:
     return torch.round(t)                          # half to even
 
 
+class Grid:
+    """A QParams' scale, zero point and representable range as torch tensors shaped to
+    broadcast against the tensor they quantize, built once (a mirror is called
+    hundreds of times per attack)."""
+
+    def __init__(self, qp: P.QParams, ndim: int):
+        shape = [-1 if d == qp.axis else 1 for d in range(ndim)] if qp.axis is not None else []
+        self.scale = torch.from_numpy(qp.scale.astype(np.float32)).reshape(shape)
+        self.zp = torch.from_numpy(qp.zero_point.astype(np.float32)).reshape(shape)
+        self.qmin, self.qmax = qp.qmin, qp.qmax
+        self.lo, self.hi = (qp.qmin - self.zp) * self.scale, (qp.qmax - self.zp) * self.scale
+
+    def fake_quant(self, t: torch.Tensor, rounding: str = "half_even") -> torch.Tensor:
+        """t on the grid, with a straight-through gradient: identity where t lies
+        within the grid's range, zero where it saturates."""
+        return _FakeQuant.apply(t, self, rounding)
+
+
+class _FakeQuant(torch.autograd.Function):
+    """Grid.fake_quant as one autograd node: the forward values and the gradient
+    (grad * inside) of ((q - zp) * scale).detach() + (t - t.detach()) * inside, without
+    recording the eight elementwise ops of that expression."""
+
+    @staticmethod
+    def forward(ctx, t, grid, rounding):
+        q = torch.clamp(_round(t / grid.scale, rounding) + grid.zp, grid.qmin, grid.qmax)
+        if t.requires_grad:
+            ctx.save_for_backward(((t >= grid.lo) & (t <= grid.hi)).to(t.dtype))
+        return (q - grid.zp) * grid.scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+
 def fake_quant(t: torch.Tensor, qp: P.QParams, rounding: str = "half_even") -> torch.Tensor:
-    """t on qp's grid, with a straight-through gradient: identity where t lies within
-    the grid's range, zero where it saturates."""
-    shape = [-1 if d == qp.axis else 1 for d in range(t.ndim)] if qp.axis is not None else []
-    scale = torch.from_numpy(qp.scale.astype(np.float32)).reshape(shape)
-    zp = torch.from_numpy(qp.zero_point.astype(np.float32)).reshape(shape)
-    lo, hi = (qp.qmin - zp) * scale, (qp.qmax - zp) * scale
-    q = torch.clamp(_round(t.detach() / scale, rounding) + zp, qp.qmin, qp.qmax)
-    inside = ((t >= lo) & (t <= hi)).to(t.dtype)
-    return ((q - zp) * scale).detach() + (t - t.detach()) * inside
+    """t on qp's grid, with a straight-through gradient (Grid.fake_quant)."""
+    return Grid(qp, t.ndim).fake_quant(t, rounding)
 
 
 class GridMirror:
@@ -54,12 +83,20 @@ class GridMirror:
         first = next(iter(plan.layers.values()))
         self.rounding = first.settings.get("rounding", "half_even")
         self.nodes = [_quantized_weights(n, plan) for n in graph.nodes]
+        self.grids = {}                 # (tensor name, ndim) -> Grid, built on first use
+
+    def _grid(self, name: str, t: torch.Tensor) -> Grid:
+        key = (name, t.ndim)
+        if key not in self.grids:
+            qp = self.plan.input if name == G.INPUT else self.plan.tensor(name)
+            self.grids[key] = Grid(qp, t.ndim)
+        return self.grids[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        values = {G.INPUT: fake_quant(x, self.plan.input, self.rounding)}
+        values = {G.INPUT: self._grid(G.INPUT, x).fake_quant(x, self.rounding)}
         for node in self.nodes:
             y = G.FLOAT_OPS[node.op](node, [values[i] for i in node.inputs])
-            values[node.name] = fake_quant(y, self.plan.tensor(node.name))
+            values[node.name] = self._grid(node.name, y).fake_quant(y)
         return values[self.graph.output] / self.temperature
 
     def logits(self, x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ accuracy is kept too. `checks` flags the usual signs of gradient masking (Athaly
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,6 +164,7 @@ def evaluate(subject: Subject, x: np.ndarray, y: np.ndarray, cfg: Config,
     has the same key (by default only 'transfer' is shared: pass one dict only to
     subjects whose 'transfer' model is the same float model)."""
     cache = {} if cache is None else cache
+    started, cpu = time.perf_counter(), time.process_time()
     clean = subject.run(x).argmax(1) == y
     rows = []
     for eps in cfg.eps:
@@ -174,6 +176,8 @@ def evaluate(subject: Subject, x: np.ndarray, y: np.ndarray, cfg: Config,
         log.info("%s eps=%g: robust accuracy %.1f%%", subject.name, eps, 100 * _mean(robust))
         rows.append({"eps": eps, "samples": int(len(y))} | _score(robust, "robust")
                     | {"by": by})
+    log.info("%s: attacks took %.1f s (%.1f CPU s in this process)", subject.name,
+             time.perf_counter() - started, time.process_time() - cpu)
     entry = {"target": subject.name} | _score(clean, "clean") | {
         "mirror": subject.mirror, "eps": rows}
     return entry | {"flags": checks(entry)}

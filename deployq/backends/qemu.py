@@ -5,8 +5,10 @@ export() writes what mcu-int8 writes (model.dqm, model.tflite, tensors.json), th
 C project (c-project/, deployq.cproject), builds it, runs its embedded test inputs on
 the emulated board (they must equal the host C runtime's outputs), saves flash, RAM and
 instructions per inference to footprint.json, and copies the batch-runner firmware to
-model.elf, the artifact. Runner.run streams a whole batch through one QEMU run, so
-evaluation and attacks score the microcontroller build itself."""
+model.elf, the artifact. A Runner keeps one QEMU process running that firmware
+(deployq.qemustream.Session) and streams every batch through it, so evaluation and
+attacks (Square's hundreds of queries) score the microcontroller build itself without
+starting QEMU per call."""
 from __future__ import annotations
 
 import json
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cproject
+from .. import cproject, qemustream
 from ..errors import ExportError
 from ..io import atomic_write
 from . import crunner, mcu
@@ -77,13 +79,23 @@ class Runner:
         self.input_qp, self.output_qp = self.host.input_qp, self.host.output_qp
         model = self.host.model
         self.output_bytes = model.tensor_bytes[model.output_index]
+        self.session = None             # started on the first batch
+
+    def close(self) -> None:
+        """Stop the QEMU session (the next batch starts another)."""
+        if self.session is not None:
+            self.session.close()
+            self.session = None
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         return self.host.quantize(x)
 
     def run_codes(self, q: np.ndarray) -> np.ndarray:
-        """int8 outputs of the emulated device: one QEMU run for the whole batch."""
-        return cproject.run_stream(self.elf, crunner.rows(q), self.output_bytes)
+        """int8 outputs of the emulated device, from the runner's QEMU session."""
+        if self.session is None:
+            self.session = qemustream.Session(self.elf, self.output_bytes)
+        rows = crunner.rows(q)
+        return self.session.run(rows).reshape(len(rows), self.output_bytes)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.output_qp.dequantize(self.run_codes(self.quantize(x)).astype(np.int32))

@@ -150,3 +150,50 @@ def test_footprint_is_measured(exported):
     assert fp["arena_bytes"] > 0 and fp["ram_bytes"] >= fp["arena_bytes"] + fp["stack_bytes"]
     inst = fp["instructions_per_inference"]
     assert 1e4 < inst["min"] <= inst["mean"] <= inst["max"] < 1.01 * inst["min"]
+
+
+@needs_toolchain
+def test_persistent_session_outputs_equal_one_shot_runs(exported):
+    """One QEMU process answers batch after batch (including one larger than a pipe's
+    64 KiB buffer, and an empty one) with exactly the outputs of a fresh QEMU per
+    batch; the comparison sees a difference when there is one (negative control: the
+    same rows one sample out of order)."""
+    from deployq import api, qemustream
+    from deployq.backends import crunner
+    session, _, qemu_ex = exported
+    x, _ = session.dataset.test()
+    runner = api.load_runner(qemu_ex)
+    rows = crunner.rows(runner.quantize(x))
+    big = np.concatenate([rows] * (1 + (1 << 16) // rows.nbytes))
+    one_shot = cproject.run_stream(qemu_ex.path, big, runner.output_bytes)
+    batches = [rows[:1], rows[1:7], rows[:0], big, rows[7:]]
+    with qemustream.Session(qemu_ex.path, runner.output_bytes) as s:
+        pid = s.proc.pid
+        outs = [s.run(b) for b in batches]
+        assert s.proc.pid == pid                        # one process served them all
+    assert s.proc is None and not s.dir.exists()       # closed: QEMU ended, pipes gone
+    np.testing.assert_array_equal(outs[3], one_shot)
+    np.testing.assert_array_equal(np.concatenate([outs[0], outs[1], outs[4]]),
+                                  one_shot[:len(rows)])
+    assert outs[2].shape == (0, runner.output_bytes)
+    shifted = cproject.run_stream(qemu_ex.path, np.roll(rows, 1, 0), runner.output_bytes)
+    assert not np.array_equal(shifted, one_shot[:len(rows)])
+    # the runner keeps one session across calls, and close() ends it
+    runner.run(x[:3])
+    pid = runner.session.proc.pid
+    np.testing.assert_array_equal(runner.run_codes(runner.quantize(x)), one_shot[:len(rows)])
+    assert runner.session.proc.pid == pid
+    runner.close()
+    assert runner.session is None
+
+
+@needs_toolchain
+def test_session_reports_a_firmware_that_stops(exported):
+    """A program that never answers (the footprint firmware exits without reading
+    in.bin) is an ExportError naming it, not a hang."""
+    from deployq import qemustream
+    from deployq.errors import ExportError
+    elf = exported[2].path.parent / "c-project" / "build" / "deployq_footprint.elf"
+    with qemustream.Session(elf, 10, timeout=60) as s:
+        with pytest.raises(ExportError, match="deployq_footprint.elf under QEMU stopped"):
+            s.run(np.zeros((2, 64), np.int8))
