@@ -482,7 +482,8 @@ def _run(config: dict | None) -> tuple[dict, list[Path]]:
     names = with_plan_targets(names, plans)
     targets_or_fail(names, cfg["targets_dir"])          # before any slow work
     validate.out_dir(cfg["out"], names, results=True)
-    total = eval_stages(names, robust) + bool(cfg["profile_repeats"]) + bool(cfg["certify"]) + 1
+    total = (eval_stages(names, robust) + len(names) * bool(cfg["profile_repeats"])
+             + bool(cfg["certify"]) + 1)                 # profile: one stage per target
     with PG.stages(total):
         return _run_stages(cfg, names, plans, robust, skipped)
 
@@ -496,7 +497,6 @@ def _run_stages(cfg: dict, names: list[str], plans: dict, robust, skipped: list)
                           cfg["targets_dir"], robust, plans,
                           {k: cfg[k] for k in ("weight_bits", "activation_bits")})
         if cfg["profile_repeats"]:
-            PG.stage(f"profiling {len(names)} targets")
             result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
                                         targets_dir=cfg["targets_dir"], reuse=True)
         if cfg["certify"]:
@@ -677,7 +677,7 @@ def certify(targets: list[str], eps, samples: int | None = 200, complete: bool =
     x, y = session.dataset.test(samples)
     runners = {}
     for name in targets:
-        PG.stage(f"exporting {name} to certify")
+        log.info("exporting %s to certify", name)
         exported = export(name, session, out, calibration, targets_dir,
                           plan_path=(plans or {}).get(name))
         runners[name] = (exported, load_runner(exported))

@@ -233,6 +233,11 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self):
         return sys.stderr
 
+    def emit(self, record):
+        from .progress import outside_bars
+        with outside_bars():                # a progress bar is cleared, then redrawn
+            super().emit(record)
+
     @stream.setter
     def stream(self, value):
         pass
@@ -438,11 +443,12 @@ def diff(target_list, model, weights, data, out, calibration, calib_samples, see
 def profile_(target_list, model, weights, data, out, calibration, calib_samples, seed,
              targets_dir, repeats, batch, json_path):
     """Size, MACs/BOPs, peak activation memory and latency of each target."""
-    from . import api, report, views
+    from . import api, progress, report, views
     names = _split(target_list)
     api.targets_or_fail(names, targets_dir)
-    session = _session(model, weights, data, seed, calib_samples)
-    prof = api.profile(names, session, out, repeats, batch, targets_dir)
+    with progress.stages(1 + len(names)):
+        session = _session(model, weights, data, seed, calib_samples)
+        prof = api.profile(names, session, out, repeats, batch, targets_dir)
     doc = {"profile": prof}
     click.echo(views.machine(doc))
     click.echo(views.columns(views.profile_rows(doc)))

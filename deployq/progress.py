@@ -51,6 +51,7 @@ _callback: ContextVar[Callable[[Progress], None] | None] = ContextVar("progress_
                                                                       default=None)
 _stages: ContextVar[_Stages | None] = ContextVar("progress_stages", default=None)
 _bars = {"on": False}
+_active: list = []                     # bars being drawn
 
 
 def terminal(on: bool) -> None:
@@ -126,15 +127,34 @@ def steps(total: int, text: str, unit: str = "step"):
     finally:
         if s.bar is not None:
             s.bar.close()
+            _active.remove(s.bar)
 
 
 def _bar(total: int, text: str, unit: str):
     if not (_bars["on"] and total > 0 and log.isEnabledFor(logging.INFO)
             and _isatty(sys.stderr)):
         return None
+    import shutil
     from tqdm import tqdm
-    return tqdm(total=total, desc=f"deployq: {text}", unit=unit, leave=False,
-                file=sys.stderr, dynamic_ncols=True)
+    # the size from $COLUMNS/$LINES or the terminal, 80x24 where it reports none (a
+    # bare pty reports 0x0, and tqdm hides a bar below a screen of 0 lines)
+    size = shutil.get_terminal_size((80, 24))
+    bar = tqdm(total=total, desc=f"deployq: {text}", unit=unit, leave=False,
+               file=sys.stderr, ncols=min(size.columns or 80, 120), nrows=size.lines or 24)
+    _active.append(bar)
+    return bar
+
+
+@contextlib.contextmanager
+def outside_bars():
+    """Write a line while a bar is drawn: the bar is cleared first and drawn again
+    after (the CLI's log handler writes through this)."""
+    if not _active:
+        yield
+        return
+    from tqdm import tqdm
+    with tqdm.external_write_mode(file=sys.stderr):
+        yield
 
 
 def _isatty(stream) -> bool:
