@@ -68,12 +68,15 @@ def open_session(model=models.DEFAULT_MODEL, weights: str | None = None,
         raise InputError(f"{m.spec} is not a zoo model, so deployq cannot know its data: "
                          "give --data (an .npz with x and y, fashion-mnist, an IDX "
                          "folder), or --data digits for the built-in 8x8 digits")
-    PG.stage(f"loading {m.spec} and its data")
     ds = D.load(spec, seed) if isinstance(spec, str) else D.from_arrays(spec, seed)
     spec = spec if isinstance(spec, str) else ds.name
     m = models.checked_head(m, ds.x_test[:m.static_batch or 2])
     D.check_labels(ds, m.num_classes, spec)
     graph = G.capture(m.module, ds.input_shape, m.program)
+    # logged once every check passed: a refusal stays the only line
+    PG.stage(f"loaded {m.spec} and {spec} ({len(ds.x_train)} training, "
+             f"{len(ds.x_test)} test samples)"
+             + (f"; {ds.note}" if ds.note else ""), defer=True)
     return Session(m, ds, spec, graph, seed, calib_samples)
 
 

@@ -389,12 +389,13 @@ def select_(target, budget, method, eps, rounding, min_bits, clips, model, weigh
     """Choose per-layer weight bits and clipping under BUDGET and write
     OUT/TARGET/plan.json (export it with 'deployq export --plan' or run it with
     'deployq run --plan')."""
-    from . import api, report
+    from . import api, progress, report
     api.targets_or_fail([target], targets_dir)
     clip_values = tuple(_floats(clips, "--clips"))
-    session = _session(model, weights, data, seed, calib_samples)
-    path, plan = api.select(target, budget, method, eps, session, out, calibration,
-                            rounding, targets_dir, min_bits, clip_values)
+    with progress.stages(3):                # loading, calibrating, choosing
+        session = _session(model, weights, data, seed, calib_samples)
+        path, plan = api.select(target, budget, method, eps, session, out, calibration,
+                                rounding, targets_dir, min_bits, clip_values)
     sel = plan.provenance["selection"]
     rows = [("layer", "weights", "bits", "clip")] + [
         (name, str(plan_weights(session, name)), str(bits), f"{sel['weight_clip'][name]:g}")

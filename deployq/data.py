@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import logging
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ import numpy as np
 from .errors import InputError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-log = logging.getLogger("deployq")
 TEST_FRACTION = 0.2
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
@@ -43,6 +41,7 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    note: str | None = None     # how the splits were made, when deployq made them
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -184,10 +183,10 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int, where) -> Dataset
     stratify = y if counts.min() >= 2 and len(counts) <= min(n_test, len(x) - n_test) else None
     train, test = train_test_split(idx, test_size=n_test, shuffle=True,
                                    random_state=seed, stratify=stratify)
-    log.info("%s has no x_test/y_test: %d test samples drawn from its %d, shuffled%s "
-             "(seed %d)", where, len(test), len(x),
-             " and stratified by label" if stratify is not None else "", seed)
-    return Dataset(name, x[train], y[train], x[test], y[test])
+    note = (f"{where} has no x_test/y_test: {len(test)} test samples drawn from its "
+            f"{len(x)}, shuffled{' and stratified by label' if stratify is not None else ''}"
+            f" (seed {seed})")
+    return Dataset(name, x[train], y[train], x[test], y[test], note)
 
 
 def _images(a: np.ndarray, path, key: str) -> np.ndarray:

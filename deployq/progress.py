@@ -52,11 +52,14 @@ _callback: ContextVar[Callable[[Progress], None] | None] = ContextVar("progress_
 _stages: ContextVar[_Stages | None] = ContextVar("progress_stages", default=None)
 _bars = {"on": False}
 _active: list = []                     # bars being drawn
+_pending: ContextVar[tuple | None] = ContextVar("progress_pending", default=None)
 
 
 def terminal(on: bool) -> None:
-    """Bars on stderr (when it is a terminal): the CLI turns them on, -q off."""
+    """Bars on stderr (when it is a terminal): the CLI turns them on, -q off. Called
+    once per command, it also drops a line a previous command left pending."""
     _bars["on"] = bool(on)
+    _pending.set(None)
 
 
 @contextlib.contextmanager
@@ -87,10 +90,31 @@ def stages(total: int):
         yield
     finally:
         _stages.reset(token)
+        _pending.set(None)
 
 
-def stage(text: str) -> None:
-    """Start a stage: one log line '[i/n] text' (or 'text' outside a sequence)."""
+def stage(text: str, defer: bool = False) -> None:
+    """Start a stage: one log line '[i/n] text' (or 'text' outside a sequence). With
+    defer, the line waits for the next stage or bar (and is dropped without one): a
+    refusal right after it (bad input found once the data is loaded) stays the only
+    line on stderr."""
+    if defer:
+        _pending.set((text, _stages.get()))
+        return
+    _flush()
+    _announce(text)
+
+
+def _flush() -> None:
+    """The deferred line, within the sequence it was deferred in (else dropped)."""
+    pending = _pending.get()
+    if pending is not None:
+        _pending.set(None)
+        if pending[1] is _stages.get():
+            _announce(pending[0])
+
+
+def _announce(text: str) -> None:
     seq = _stages.get()
     if seq is None:
         index = total = 0
@@ -121,6 +145,7 @@ class _Steps:
 def steps(total: int, text: str, unit: str = "step"):
     """Count `total` units of work (advance() after each): a bar with ETA on a
     terminal, 'step' events to the callback."""
+    _flush()
     s = _Steps(total, text, unit)
     try:
         yield s
