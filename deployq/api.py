@@ -254,7 +254,7 @@ def evaluate(targets: list[str], session: Session | None = None,
              out: str | Path = DEFAULT_OUT, samples: int | None = None,
              calibration: str | None = None, targets_dir=None, robust=None,
              plans: dict[str, str | Path] | None = None, settings: dict | None = None,
-             progress=None, **session_args) -> dict:
+             progress=None, **session_args) -> EvalResult:
     """Export each target (with its plan.json from `plans`, {target: path}, when given,
     e.g. from `select`), then score the float and integer models on the test split.
     Between integer targets whose outputs share quantization parameters, also count
