@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from . import backends, calibrate, data as D, defaults, graph as G, models, plan as P, report
+from . import progress as PG
 from . import targets as T
 from .defaults import ROBUST_KEYS, RUN_DEFAULTS
 from .errors import DeployqError, InputError, TargetError
 from . import validate
 from .io import StagedDir, atomic_write, out_lock, write_manifest
+from .results import EvalResult, RunResult, Selection
 
 log = logging.getLogger("deployq")
 DEFAULT_OUT = Path(defaults.OUT)
@@ -46,19 +48,35 @@ class Session:
         return self._stats
 
 
-def open_session(model: str = models.DEFAULT_MODEL, weights: str | None = None,
-                 data: str | None = None, seed: int = 0,
+def open_session(model=models.DEFAULT_MODEL, weights: str | None = None,
+                 data=None, seed: int = 0,
                  calib_samples: int = CALIB_SAMPLES) -> Session:
+    """The model and its data, ready for every verb. model: 'zoo:NAME',
+    'file.py:factory', a .pt2 path, or an nn.Module / torch.export.ExportedProgram
+    object. data: a spec (digits, fashion-mnist[:DIR], an IDX folder, an .npz), arrays
+    (x, y) or (x, y, x_test, y_test) or a dict with those keys (x in [0, 1],
+    (N, C, H, W); without a test split one is drawn, shuffled and stratified), or a
+    data.Dataset. A model that is not from the zoo needs its data named."""
     if calib_samples < 1:
         raise InputError(f"calibration needs at least 1 sample, got {calib_samples}")
     validate.seed(seed)
-    validate.register_inputs(model, weights, data)
+    if isinstance(model, str):
+        validate.register_inputs(model, weights, data if isinstance(data, str) else None)
     m = models.load(model, weights)
-    spec = data or m.default_data or "digits"
-    ds = D.load(spec, seed)
+    spec = data if data is not None else m.default_data
+    if spec is None:
+        raise InputError(f"{m.spec} is not a zoo model, so deployq cannot know its data: "
+                         "give --data (an .npz with x and y, fashion-mnist, an IDX "
+                         "folder), or --data digits for the built-in 8x8 digits")
+    ds = D.load(spec, seed) if isinstance(spec, str) else D.from_arrays(spec, seed)
+    spec = spec if isinstance(spec, str) else ds.name
     m = models.checked_head(m, ds.x_test[:m.static_batch or 2])
     D.check_labels(ds, m.num_classes, spec)
     graph = G.capture(m.module, ds.input_shape, m.program)
+    # logged once every check passed: a refusal stays the only line
+    PG.stage(f"loaded {m.spec} and {spec} ({len(ds.x_train)} training, "
+             f"{len(ds.x_test)} test samples)"
+             + (f"; {ds.note}" if ds.note else ""), defer=True)
     return Session(m, ds, spec, graph, seed, calib_samples)
 
 
@@ -188,11 +206,19 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
            session: Session | None = None, out: str | Path = DEFAULT_OUT,
            calibration: str | None = None, rounding: str | None = None,
            targets_dir=None, min_bits: int | None = None,
-           clips: tuple[float, ...] | None = None, **session_args
-           ) -> tuple[Path, P.QuantPlan]:
+           clips: tuple[float, ...] | None = None, progress=None, **session_args
+           ) -> Selection:
     """Choose per-layer weight bits (and clipping) for TARGET under BUDGET
-    (deployq.select) and write the plan to OUT/TARGET/plan.json; returns (path, plan).
-    min_bits, clips: the candidates (default select.MIN_BITS, select.CLIPS)."""
+    (deployq.select) and write the plan to OUT/TARGET/plan.json; returns (path, plan)
+    as a Selection. min_bits, clips: the candidates (default select.MIN_BITS,
+    select.CLIPS). progress: a callable given every deployq.progress.Progress event."""
+    with PG.reporting(progress), PG.stages(2 + (session is None)):
+        return _select(target, budget, method, eps, session, out, calibration, rounding,
+                       targets_dir, min_bits, clips, **session_args)
+
+
+def _select(target, budget, method, eps, session, out, calibration, rounding, targets_dir,
+            min_bits, clips, **session_args) -> Selection:
     from . import select as S
     tgt = T.get(target, targets_dir)
     budget = S.parse_budget(budget)             # bad input fails before slow work
@@ -200,6 +226,9 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(S.METHODS)}")
     session = session or open_session(**session_args)
     settings = {k: v for k, v in (("calibration", calibration), ("rounding", rounding)) if v}
+    PG.stage("calibrating")
+    session.stats                               # noqa: B018 - the slow part, staged
+    PG.stage(f"choosing bits for {tgt.name} by {method}")
     plan = S.select(session, tgt, budget, method, eps, settings, provenance=provenance(session),
                     min_bits=S.MIN_BITS if min_bits is None else min_bits,
                     clips=S.CLIPS if clips is None else clips)
@@ -207,7 +236,7 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
     if any(_same(path, f) for f in session.model.files):
         raise InputError(f"{path} is an input; choose another --out")
     plan.save(path)
-    return path, plan
+    return Selection(path, plan)
 
 
 def _same(a: Path, b) -> bool:
@@ -225,14 +254,29 @@ def evaluate(targets: list[str], session: Session | None = None,
              out: str | Path = DEFAULT_OUT, samples: int | None = None,
              calibration: str | None = None, targets_dir=None, robust=None,
              plans: dict[str, str | Path] | None = None, settings: dict | None = None,
-             **session_args) -> dict:
+             progress=None, **session_args) -> EvalResult:
     """Export each target (with its plan.json from `plans`, {target: path}, when given,
     e.g. from `select`), then score the float and integer models on the test split.
     Between integer targets whose outputs share quantization parameters, also count
     bit-identical int8 outputs and the largest difference in LSBs. With `robust` (a
     robustness.Config), also attack float and every target on the first
     robust.samples of those test samples (results under 'robustness'). `settings`:
-    model-wide plan settings for every target without a plan (see export)."""
+    model-wide plan settings for every target without a plan (see export).
+    progress: a callable given every deployq.progress.Progress event."""
+    with PG.reporting(progress), PG.stages(eval_stages(targets, robust, session is None)):
+        return EvalResult(_checked_evaluate(targets, session, out, samples, calibration,
+                                            targets_dir, robust, plans, settings,
+                                            **session_args))
+
+
+def eval_stages(targets: list[str], robust, load: bool = True) -> int:
+    """How many stages evaluate reports: loading, one per target (export and score),
+    and with robust one attack stage per target and float."""
+    return int(load) + len(targets) + (len(targets) + 1 if robust is not None else 0)
+
+
+def _checked_evaluate(targets, session, out, samples, calibration, targets_dir, robust,
+                      plans, settings, **session_args) -> dict:
     for tgt in targets_or_fail(targets, targets_dir):
         if tgt.name not in (plans or {}):
             plan_settings(tgt, settings)            # bad bits fail before slow work
@@ -253,6 +297,7 @@ def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, 
     rows = [{"target": "float"} | _scored(float_pred, y) | {"agreement": 1.0}]
     outputs, runners, failed = {}, {}, []
     for name in targets:
+        PG.stage(f"exporting and scoring {name}")
         try:       # one target's failure is reported in 'failed'; the others go on
             exported, runner, logits = _run_target(name, session, out, calibration,
                                                    targets_dir, plans, settings, x)
@@ -309,9 +354,20 @@ def robustness(session: Session, runners: dict, x: np.ndarray, y: np.ndarray,
                                    "bpda": _mirror_key(exported, cfg.temperature)}))
     log.info("attacking %d models on %d samples: %s", len(subjects), n, cfg.describe())
     cache: dict = {}
-    entries = [R.evaluate(s, x, y, cfg, cache) for s in subjects]
+    entries = []
+    for s in subjects:
+        PG.stage(f"attacking {s.name}")
+        with PG.steps(_attack_steps(s, cfg), f"attacking {s.name}", "attack") as bar:
+            entries.append(R.evaluate(s, x, y, cfg, cache, on_step=bar.advance))
     R.compare_to_float(entries)
     return cfg.to_json() | {"samples": int(n), "targets": entries}
+
+
+def _attack_steps(subject, cfg) -> int:
+    """The (source, attack) pairs robustness.evaluate scores for a subject, over eps."""
+    per_eps = sum(1 if src == "blackbox" else len(cfg.attacks) if src in subject.gradients
+                  else 0 for src in cfg.sources)
+    return per_eps * len(cfg.eps)
 
 
 def _mirror_key(exported: Exported, temperature: float) -> str:
@@ -415,10 +471,18 @@ def read_config(path: str | Path) -> dict:
     return validate.config_paths(config, Path(path).parent)
 
 
-def run(config: dict | None = None) -> tuple[dict, list[Path]]:
+def run(config: dict | None = None, progress=None) -> "RunResult":
     """The whole pipeline: export to every target, evaluate clean and under attack,
     write results.json, report.md and report.html into OUT. Without a target list, every known target whose backend's
-    packages are installed (the others are listed as skipped in the report)."""
+    packages are installed (the others are listed as skipped in the report).
+    Returns (result, files) as a RunResult; progress: a callable given every
+    deployq.progress.Progress event (deployq.progress.printer prints them)."""
+    with PG.reporting(progress):
+        result, files = _run(config)
+    return RunResult(EvalResult(result), files)
+
+
+def _run(config: dict | None) -> tuple[dict, list[Path]]:
     cfg = RUN_DEFAULTS | (config or {})
     validate.config({k: v for k, v in (config or {}).items()}, "the run config")
     validate.register_inputs(cfg["model"], cfg["weights"], cfg["data"], cfg["plans"],
@@ -437,6 +501,13 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
     names = with_plan_targets(names, plans)
     targets_or_fail(names, cfg["targets_dir"])          # before any slow work
     validate.out_dir(cfg["out"], names, results=True)
+    total = (eval_stages(names, robust) + len(names) * bool(cfg["profile_repeats"])
+             + bool(cfg["certify"]) + 1)                 # profile: one stage per target
+    with PG.stages(total):
+        return _run_stages(cfg, names, plans, robust, skipped)
+
+
+def _run_stages(cfg: dict, names: list[str], plans: dict, robust, skipped: list):
     session = open_session(cfg["model"], cfg["weights"], cfg["data"], cfg["seed"],
                            cfg["calib_samples"])
     validate.samples(cfg["samples"], len(session.dataset.x_test), "samples")
@@ -449,10 +520,12 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
             result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
                                         targets_dir=cfg["targets_dir"], reuse=True)
         if cfg["certify"]:
+            PG.stage("certifying")
             result["certify"] = _certify_stage(cfg, names, session, plans)
         if cfg["amplify"]:
             result["amplify"] = _amplify_stage(cfg, names, session, plans)
         result["skipped"] = skipped
+        PG.stage("writing the report")
         files = report.write(result, cfg["out"], cfg["mcu_clock_mhz"])
         write_manifest(cfg["out"], result)
     return result, files
@@ -511,7 +584,7 @@ def profile(targets: list[str], session: Session | None = None,
         if reuse and made_for not in (None, session.model.fingerprint()):
             raise InputError(f"{ex.path} was exported from another model ({made_for}); "
                              f"re-export it with 'deployq export -t {name}'")
-        log.info("profiling %s (%d repeats)", name, repeats)
+        PG.stage(f"profiling {name} ({repeats} repeats)")
         rows.append(PR.target(ex, session.graph, load_runner(ex), x, repeats, batch))
     return {"model": session.model.spec, "machine": PR.machine(), "targets": rows}
 
@@ -656,6 +729,7 @@ def certify(targets: list[str], eps, samples: int | None = 200, complete: bool =
     x, y = session.dataset.test(samples)
     runners = {}
     for name in targets:
+        log.info("exporting %s to certify", name)
         exported = export(name, session, out, calibration, targets_dir,
                           plan_path=(plans or {}).get(name))
         runners[name] = (exported, load_runner(exported))

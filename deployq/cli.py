@@ -13,6 +13,45 @@ from . import defaults as D
 from .errors import InputError
 
 log = logging.getLogger("deployq")
+# closed sets the CLI offers as click.Choice (the modules that own them import torch;
+# tests/test_cli.py checks these equal select.METHODS, harden.METHODS + qa-ibp,
+# robustness.ATTACKS/SOURCES/STRENGTHS)
+SELECT_METHODS = ("adversarial", "noise", "hessian", "uniform")
+HARDEN_METHODS = ("dq", "pgd", "dq+pgd", "qa-ibp")
+ATTACKS = ("fgsm", "pgd", "apgd-ce", "apgd-t")
+SOURCES = ("transfer", "bpda", "blackbox")
+STRENGTHS = ("fast", "standard", "thorough")
+
+
+class CommaChoice(click.ParamType):
+    """A comma-separated list of names from a closed set; the text is kept (commands
+    split it) once every name is known."""
+    name = "list"
+
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join(self.choices) + "],..."
+
+    def convert(self, value, param, ctx):
+        bad = [v for v in _list(str(value)) if v not in self.choices]
+        if bad:
+            self.fail(f"{', '.join(map(repr, bad))} is not one of "
+                      f"{', '.join(self.choices)} (comma-separated)", param, ctx)
+        return value
+
+
+def _examples(*lines: str) -> str:
+    """An --help epilog: the lines kept as written (click's no-rewrap marker)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _one_target(ctx, param, value):
+    """-t/--target/--targets of a command that works on one target."""
+    if value is not None and "," in value:
+        raise click.BadParameter(f"this command takes one target, got {value!r}")
+    return value
 
 
 def _model_options(f):
@@ -109,6 +148,17 @@ class DeployqGroup(click.Group):
     def parse_args(self, ctx, args):
         return super().parse_args(ctx, _verbosity_first(list(args)))
 
+    def format_commands(self, ctx, formatter):
+        """Each command's first sentence in full (click cuts it at the line width)."""
+        rows = [(name, cmd.get_short_help_str(limit=1000))
+                for name, cmd in sorted(self.commands.items()) if not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+        formatter.write_paragraph()
+        formatter.write_text("Run 'deployq COMMAND --help' for a command's options and "
+                             "examples; -q and -v go before or after the command.")
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra):
         try:
@@ -183,6 +233,11 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self):
         return sys.stderr
 
+    def emit(self, record):
+        from .progress import outside_bars
+        with outside_bars():                # a progress bar is cleared, then redrawn
+            super().emit(record)
+
     @stream.setter
     def stream(self, value):
         pass
@@ -206,6 +261,8 @@ def cli(quiet, verbose):
     robustness measured on those runtimes."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     _log_to_stderr(logging.getLogger("deployq"), level)
+    from . import progress
+    progress.terminal(not quiet)            # bars only on a terminal, never with -q
     import warnings
     if not verbose:                          # third-party warnings: shown with -v only
         warnings.simplefilter("ignore")
@@ -213,20 +270,46 @@ def cli(quiet, verbose):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
-@cli.command()
+@cli.command(epilog=_examples("deployq targets", "deployq targets --wide",
+                              "deployq targets --targets-dir my-targets/"))
 @click.option("--targets-dir", default=None, help="Extra directory of target TOML files.")
-def targets(targets_dir):
-    """List every target with its constraints and defaults."""
+@click.option("--wide", is_flag=True,
+              help="Also the granularity, scale, calibration and description columns.")
+def targets(targets_dir, wide):
+    """List every target, whether it can run on this machine, and its constraints
+    (allowed values; the default starred)."""
     from .targets import all_targets
     from .report import columns
-    rows = [("target", "backend", "weight bits", "act bits", "granularity", "scale",
-             "calibration", "description")]
+    head = ("target", "backend", "weight bits", "act bits", "available here")
+    rows, notes = [head + (("granularity", "scale", "calibration", "description")
+                           if wide else ())], []
     for t in sorted(all_targets(targets_dir).values(), key=lambda t: t.name):
         a, d = t.allowed, t.defaults
-        rows.append((t.name, t.backend, _allowed(a, d, "weight_bits"),
-                     _allowed(a, d, "activation_bits"), _allowed(a, d, "granularity"),
-                     _allowed(a, d, "scale"), _allowed(a, d, "calibration"), t.description))
+        reason = _unavailable(t)
+        if reason:
+            notes.append(f"{t.name}: {reason}")
+        row = (t.name, t.backend, _allowed(a, d, "weight_bits"),
+               _allowed(a, d, "activation_bits"), "no (see below)" if reason else "yes")
+        rows.append(row + ((_allowed(a, d, "granularity"), _allowed(a, d, "scale"),
+                            _allowed(a, d, "calibration"), t.description) if wide else ()))
     click.echo(columns(rows))
+    import textwrap
+    for note in notes:
+        click.echo("\n" + textwrap.fill(note, 100, subsequent_indent="  "))
+
+
+def _unavailable(target) -> str | None:
+    """Why a target cannot run here: its backend's packages, toolchain or emulator
+    (asked through backends.unavailable), or the C runtime's compiler."""
+    from . import backends, validate
+    from .errors import DeployqError
+    reason = backends.unavailable(target.backend)
+    if reason is None:
+        try:
+            validate.c_runtime([target])
+        except DeployqError as e:
+            reason = str(e)
+    return reason
 
 
 def _allowed(allowed: dict, defaults: dict, key: str) -> str:
@@ -237,8 +320,12 @@ def _allowed(allowed: dict, defaults: dict, key: str) -> str:
     return "|".join(f"{v}*" if v == defaults[key] else str(v) for v in values)
 
 
-@cli.command()
-@click.option("--target", "-t", default="onnx-int8", show_default=True,
+@cli.command(epilog=_examples(
+    "deployq export -t onnx-int8",
+    "deployq export -t mcu-int8 -m my.py:net -w my.pt -d my.npz --c-project fw/",
+    "deployq export -t fpga-fixed --plan out/fpga-fixed/plan.json --hls4ml hls/"))
+@click.option("--target", "--targets", "-t", "target", default="onnx-int8",
+              show_default=True, callback=_one_target,
               help="Target name (see 'deployq targets').")
 @_model_options
 @click.option("--c-project", default=None, type=click.Path(file_okay=False),
@@ -281,14 +368,19 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
                                      kernels or runtime.kernels_of(tgt)))
 
 
-@cli.command(name="select")
-@click.option("--target", "-t", default="fpga-fixed", show_default=True,
+@cli.command(name="select", epilog=_examples(
+    "deployq select -t fpga-fixed -b 4bits",
+    "deployq select -t mcu-int8 -b 12KB --method hessian -o out",
+    "deployq select -b 4.5bits && deployq run --plan deployq-out/fpga-fixed/plan.json"))
+@click.option("--target", "--targets", "-t", "target", default="fpga-fixed",
+              show_default=True, callback=_one_target,
               help="Target name; its allowed weight_bits are the candidates.")
 @click.option("--budget", "-b", required=True,
               help="Average weight bits ('4bits', '4.5bits') or packed weight bytes "
                    "('12KB' = 12288 bytes, '3000B'); biases are not counted.")
 @click.option("--method", default="adversarial", show_default=True,
-              help="adversarial, noise, hessian or uniform (docs/selection.md).")
+              type=click.Choice(SELECT_METHODS),
+              help="How layers are ranked (docs/selection.md).")
 @click.option("--eps", default=0.1, show_default=True, type=float,
               help="L-inf perturbation (input units) the adversarial method guards against.")
 @click.option("--rounding", default=None,
@@ -306,12 +398,13 @@ def select_(target, budget, method, eps, rounding, min_bits, clips, model, weigh
     """Choose per-layer weight bits and clipping under BUDGET and write
     OUT/TARGET/plan.json (export it with 'deployq export --plan' or run it with
     'deployq run --plan')."""
-    from . import api, report
+    from . import api, progress, report
     api.targets_or_fail([target], targets_dir)
     clip_values = tuple(_floats(clips, "--clips"))
-    session = _session(model, weights, data, seed, calib_samples)
-    path, plan = api.select(target, budget, method, eps, session, out, calibration,
-                            rounding, targets_dir, min_bits, clip_values)
+    with progress.stages(3):                # loading, calibrating, choosing
+        session = _session(model, weights, data, seed, calib_samples)
+        path, plan = api.select(target, budget, method, eps, session, out, calibration,
+                                rounding, targets_dir, min_bits, clip_values)
     sel = plan.provenance["selection"]
     rows = [("layer", "weights", "bits", "clip")] + [
         (name, str(plan_weights(session, name)), str(bits), f"{sel['weight_clip'][name]:g}")
@@ -326,11 +419,13 @@ def plan_weights(session, name: str) -> int:
     return int(session.graph.node(name).weight.size)
 
 
-@cli.command()
+@cli.command(epilog=_examples("deployq diff",
+                              "deployq diff -t tflite-int8,mcu-int8 -n 50 --json d.json"))
 @click.option("--targets", "-t", "target_list", default="tflite-int8,tflite-int8-ref",
               show_default=True, help="Two targets that run the same .tflite.")
 @_model_options
-@click.option("--samples", "-n", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--samples", "-n", default=20, show_default=True, type=click.IntRange(1),
+              help="Test samples compared (the first N).")
 @click.option("--json", "json_path", default=None, help="Also write the comparison as JSON.")
 def diff(target_list, model, weights, data, out, calibration, calib_samples, seed,
          targets_dir, samples, json_path):
@@ -345,8 +440,10 @@ def diff(target_list, model, weights, data, out, calibration, calib_samples, see
         report.write_json(result, json_path)
 
 
-@cli.command(name="profile")
-@click.option("--targets", "-t", "target_list", default="onnx-int8", show_default=True)
+@cli.command(name="profile", epilog=_examples(
+    "deployq profile", "deployq profile -t onnx-int8,mcu-qemu --repeats 20 --json p.json"))
+@click.option("--targets", "-t", "target_list", default="onnx-int8", show_default=True,
+              help="Comma-separated targets to export and measure.")
 @_model_options
 @click.option("--repeats", default=50, show_default=True, type=click.IntRange(3),
               help="Timed batch-1 calls per target (after a warm-up).")
@@ -356,11 +453,12 @@ def diff(target_list, model, weights, data, out, calibration, calib_samples, see
 def profile_(target_list, model, weights, data, out, calibration, calib_samples, seed,
              targets_dir, repeats, batch, json_path):
     """Size, MACs/BOPs, peak activation memory and latency of each target."""
-    from . import api, report, views
+    from . import api, progress, report, views
     names = _split(target_list)
     api.targets_or_fail(names, targets_dir)
-    session = _session(model, weights, data, seed, calib_samples)
-    prof = api.profile(names, session, out, repeats, batch, targets_dir)
+    with progress.stages(1 + len(names)):
+        session = _session(model, weights, data, seed, calib_samples)
+        prof = api.profile(names, session, out, repeats, batch, targets_dir)
     doc = {"profile": prof}
     click.echo(views.machine(doc))
     click.echo(views.columns(views.profile_rows(doc)))
@@ -374,24 +472,28 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
         report.write_json(prof, json_path)
 
 
-@cli.command(name="eval")
+@cli.command(name="eval", epilog=_examples(
+    "deployq eval -t onnx-int8,mcu-int8",
+    "deployq eval -m my.py:net -w my.pt -d my.npz -t tflite-int8 -n 500",
+    "deployq eval -t fpga-fixed --attacks fgsm,pgd --eps 2/255,8/255 -o out"))
 @click.option("--targets", "-t", "target_list", default="onnx-int8", show_default=True,
               help="Comma-separated target names.")
 @_model_options
 @click.option("--samples", "-n", default=None, type=click.IntRange(1),
               help="Test samples to score (default: the whole test split).")
 @click.option("--json", "json_path", default=None, help="Also write the results as JSON.")
-@click.option("--attacks", "-a", default=None,
+@click.option("--attacks", "-a", default=None, type=CommaChoice(ATTACKS),
               help="Comma-separated white-box attacks (fgsm, pgd, apgd-ce, apgd-t): adds "
                    "the robustness evaluation and writes OUT/results.json, report.md, "
                    "report.html (default with --strength: the preset's).")
-@click.option("--strength", default=None,
+@click.option("--strength", default=None, type=click.Choice(STRENGTHS),
               help="Attack strength preset: fast, standard or thorough (adds the "
                    "robustness evaluation; --attacks alone uses standard).")
 @click.option("--eps", default=D.csv("eps"), show_default=True,
               help="Comma-separated L-inf budgets in input units, in (0, 1]; fractions "
                    "such as 8/255 are kept exact.")
 @click.option("--sources", default=D.csv("sources"), show_default=True,
+              type=CommaChoice(SOURCES),
               help="Where adversarial examples come from: transfer (float model "
                    "gradients), bpda (the target's mirror), blackbox (Square attack "
                    "querying the runtime).")
@@ -403,12 +505,14 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
               help="Square attack queries per sample (default: the strength's).")
 @_plan_option
 @_bits_options
-def eval_(target_list, model, weights, data, out, calibration, calib_samples, seed,
+@click.pass_context
+def eval_(ctx, target_list, model, weights, data, out, calibration, calib_samples, seed,
           targets_dir, samples, json_path, attacks, strength, eps, sources, steps, restarts,
           queries, plan_paths, weight_bits, activation_bits):
     """Export to each target and compare float and integer accuracy on the test split;
-    with --attacks, also robust accuracy measured on each runtime."""
-    from . import api, report
+    with --attacks or --strength, also robust accuracy measured on each runtime."""
+    from . import api, progress, report
+    _attack_options_need_attacks(ctx, attacks is not None or strength is not None)
     plans = api.plans_by_target(plan_paths)
     names = api.with_plan_targets(_split(target_list), plans)
     settings = {"weight_bits": weight_bits, "activation_bits": activation_bits}
@@ -423,14 +527,17 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
                         [v for v, _ in values], _list(sources), steps, restarts, queries,
                         samples, seed=seed, strength=strength or "standard",
                         eps_text=[t for _, t in values])
-    session = _session(model, weights, data, seed, calib_samples)
     from .io import out_lock, write_manifest
-    with out_lock(out):
-        result = api.evaluate(names, session, out, samples, calibration, targets_dir,
-                              robust, plans, settings)
-        files = report.write(result, out) if robust is not None else []
-        if files:
-            write_manifest(out, result)
+    with progress.stages(api.eval_stages(names, robust) + (robust is not None)):
+        session = _session(model, weights, data, seed, calib_samples)
+        with out_lock(out):
+            result = api.evaluate(names, session, out, samples, calibration, targets_dir,
+                                  robust, plans, settings)
+            if robust is not None:
+                progress.stage("writing the report")
+            files = report.write(result, out) if robust is not None else []
+            if files:
+                write_manifest(out, result)
     click.echo(report.text(result))
     if files:
         click.echo("\n".join(str(f) for f in files))
@@ -448,7 +555,9 @@ def _exit_if_failed(result: dict) -> None:
         raise click.exceptions.Exit(1)
 
 
-@cli.command()
+@cli.command(epilog=_examples(
+    "deployq compare out/results.json --baseline main/results.json --max-drop 1",
+    "deployq compare out/results.json --vs-float --significant"))
 @click.argument("results", type=click.Path(dir_okay=False))
 @click.option("--baseline", "-b", default=None, type=click.Path(dir_okay=False),
               help="A results.json to compare against (same target, attack, eps).")
@@ -490,37 +599,73 @@ def compare(ctx, results, baseline, max_drop, vs_float, allow_mismatch, signific
                                            vs_float and "float"])))
 
 
-@cli.command()
+@cli.command(epilog=_examples(
+    "deployq run",
+    "deployq run -m my.py:net -w my.pt -d my.npz -t onnx-int8,mcu-int8 -o out",
+    "deployq run -c deployq.toml -t onnx-int8 --strength standard",
+    "deployq run --plan out/fpga-fixed/plan.json -o out2"))
 @click.option("--config", "-c", default=None, type=click.Path(dir_okay=False),
               help="deployq.toml with model, weights, data, targets, out, calibration, "
                    "samples, seed, calib_samples, targets_dir, and the robustness "
                    "settings strength, attacks, eps, sources, steps, restarts, "
                    "target_classes, queries, robust_samples, temperature, plans (all "
-                   "optional; attacks = [] turns attacks off).")
-@click.option("--strength", default=None,
-              help="Attack strength preset (fast, standard, thorough); overrides the "
-                   "config's 'strength' (default: standard).")
+                   "optional; attacks = [] turns attacks off). Its relative paths are "
+                   "relative to the file; the options below override it.")
+@click.option("--model", "-m", default=None,
+              help=f"zoo:NAME, path/file.py:factory, or a torch.export .pt2 file "
+                   f"(default: the config's, else {D.MODEL}).")
+@click.option("--weights", "-w", default=None,
+              help="state_dict for --model (.pt/.pth via torch.load(weights_only=True), "
+                   "or .safetensors).")
+@click.option("--data", "-d", default=None,
+              help="digits, fashion-mnist[:DIR], an IDX directory or an .npz (default: "
+                   "the config's, else the zoo model's dataset; a model of your own "
+                   "needs it).")
+@click.option("--targets", "-t", "target_list", default=None,
+              help="Comma-separated targets (default: the config's, else every target "
+                   "that can run here).")
+@click.option("--out", "-o", default=None,
+              help=f"Output directory (default: the config's, else {D.OUT}).")
+@click.option("--seed", default=None, type=click.IntRange(0, 2**32 - 1),
+              help="Seed for data splits and sampling (default: the config's, else 0).")
+@click.option("--strength", default=None, type=click.Choice(STRENGTHS),
+              help="Attack strength preset; overrides the config's 'strength' "
+                   f"(default: {D.RUN_DEFAULTS['strength']}).")
 @_plan_option
-def run(config, strength, plan_paths):
-    """The whole pipeline from one config: export to every target, evaluate clean and
-    under attack (FGSM and PGD from the float model and each target's mirror, and a
-    black-box Square attack, all scored on the runtimes), and write OUT/results.json,
-    OUT/report.md and OUT/report.html. Without a config: the built-in digits model and
-    every built-in target."""
+def run(config, model, weights, data, target_list, out, seed, strength, plan_paths):
+    """The whole pipeline: export to every target, evaluate clean and under attack
+    (white-box attacks from the float model and each target's mirror, and a black-box
+    Square attack, all scored on the runtimes), and write OUT/results.json,
+    OUT/report.md and OUT/report.html. Settings: options > config > defaults; without
+    either, the built-in digits model and every target that can run here."""
     from . import api, report
     cfg = api.read_config(config) if config else {}
     if plan_paths:
         api.plans_by_target(list(plan_paths))       # readable, one per target
     if plan_paths and isinstance(cfg.get("plans", []), list):
         cfg["plans"] = cfg.get("plans", []) + list(plan_paths)
-    if strength is not None:
-        cfg["strength"] = strength
+    flags = {"model": model, "weights": weights, "data": data, "out": out, "seed": seed,
+             "strength": strength, "targets": target_list and _split(target_list)}
+    if model is not None and weights is None:
+        cfg.pop("weights", None)            # the config's weights belong to its model
+    cfg |= {k: v for k, v in flags.items() if v is not None}
     result, files = api.run(cfg)
     click.echo(report.text(result))
     for skipped in result["skipped"]:
         click.echo(f"skipped {skipped['target']}: {skipped['reason']}")
     click.echo("\n".join(str(f) for f in files))
     _exit_if_failed(result)
+
+
+def _attack_options_need_attacks(ctx, robust: bool) -> None:
+    """--eps, --sources, --steps, --restarts, --queries set the attacks: given without
+    --attacks or --strength they would be ignored, so they are refused."""
+    from click.core import ParameterSource
+    given = [f"--{n}" for n in ("eps", "sources", "steps", "restarts", "queries")
+             if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+    if given and not robust:
+        raise click.UsageError(f"{', '.join(given)} only apply to the robustness "
+                               "evaluation: add --attacks or --strength")
 
 
 def _results(path) -> dict:
@@ -532,22 +677,28 @@ def _results(path) -> dict:
     return doc
 
 
-@cli.command(name="harden")
-@click.option("--method", default="dq", show_default=True,
+@cli.command(name="harden", epilog=_examples(
+    "deployq harden -t fpga-fixed --method dq --epochs 3 -o hard",
+    "deployq harden -m my.py:net -w my.pt -d my.npz --method pgd --eps 0.05 -o hard",
+    "deployq eval -m my.py:net -w hard/weights.safetensors -d my.npz --plan hard/plan.json"))
+@click.option("--method", default="dq", show_default=True, type=click.Choice(HARDEN_METHODS),
               help="dq (Defensive Quantization's penalty; --beta 0: plain QAT), pgd "
                    "(PGD adversarial training), dq+pgd, or qa-ibp (certified training "
                    "through the quantized interval bounds, docs/certify.md).")
-@click.option("--target", "-t", default="fpga-fixed", show_default=True,
+@click.option("--target", "--targets", "-t", "target", default="fpga-fixed",
+              show_default=True, callback=_one_target,
               help="The target whose plan the model is trained for.")
 @_model_options
-@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--epochs", default=3, show_default=True, type=int,
+              help="Training epochs.")
 @click.option("--eps", default=0.03, show_default=True, type=float,
               help="L-inf radius of PGD training and of the robust validation accuracy.")
 @click.option("--beta", default=3e-4, show_default=True, type=float,
               help="Weight of DQ's penalty (beta/2) * sum ||W^T W - I||_F^2.")
 @click.option("--steps", default=7, show_default=True, type=int, help="PGD steps in training.")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="Adam learning rate.")
-@click.option("--batch", default=64, show_default=True, type=int)
+@click.option("--batch", default=64, show_default=True, type=int,
+              help="Training batch size.")
 @click.option("--val-fraction", default=0.1, show_default=True, type=float,
               help="Share of the training split held out for validation.")
 @click.option("--val-samples", default=500, show_default=True, type=int,
@@ -576,13 +727,17 @@ def harden_(method, target, model, weights, data, out, calibration, calib_sample
         click.echo(Path(out) / name)
 
 
-@cli.command(name="amplify")
+@cli.command(name="amplify", epilog=_examples(
+    "deployq amplify", "deployq amplify -t fpga-fixed --activation-bits 4 --json a.json"))
 @click.option("--targets", "-t", "target_list", default="mcu-int8,fpga-fixed",
               show_default=True, help="Targets that dump their tensors (mcu-int8, "
                                       "fpga-fixed, tflite-int8, tflite-int8-ref).")
 @_model_options
-@click.option("--attack", default="pgd", show_default=True, help="pgd, or noise (+-eps).")
-@click.option("--eps", default=0.03, show_default=True, type=float)
+@click.option("--attack", default="pgd", show_default=True,
+              type=click.Choice(["pgd", "noise"]),
+              help="PGD on the float model, or uniform noise of +-eps.")
+@click.option("--eps", default=0.03, show_default=True, type=float,
+              help="L-inf perturbation in input units.")
 @click.option("--samples", "-n", default=200, show_default=True, type=int,
               help="Test samples (the first N).")
 @click.option("--steps", default=10, show_default=True, type=int, help="PGD steps.")
@@ -616,7 +771,8 @@ def amplify_(target_list, model, weights, data, out, calibration, calib_samples,
         report.write_json(result, json_path)
 
 
-@cli.command(name="certify")
+@cli.command(name="certify", epilog=_examples(
+    "deployq certify", "deployq certify -t fpga-fixed --eps 1/255,2/255 -n 100 --complete"))
 @click.option("--targets", "-t", "target_list", default="fpga-fixed,mcu-int8",
               show_default=True, help="Targets whose integer arithmetic deployq models "
               "exactly: fpga-fixed, mcu-int8, mcu-qemu, tflite-int8-ref.")
@@ -654,7 +810,9 @@ def certify_(target_list, eps, model, weights, data, out, calibration, calib_sam
         report.write_json(result, json_path)
 
 
-@cli.command()
+@cli.command(epilog=_examples(
+    "deployq sweep -c sweep.toml -j 2",
+    "deployq sweep -m zoo:lenet-digits -t onnx-int8,fpga-fixed --weight-bits 4,8 -o sw"))
 @click.option("--config", "-c", default=None, type=click.Path(dir_okay=False),
               help="sweep.toml: models, targets, weight_bits, activation_bits, plans, eps, "
                    "strength, attacks, sources, samples, seed, ... (docs/sweep.md).")
@@ -667,7 +825,8 @@ def certify_(target_list, eps, model, weights, data, out, calibration, calib_sam
               help="Test samples per cell (clean and attacked).")
 @click.option("--out", "-o", default=None, help="Output directory (default sweep-out).")
 @click.option("--executor", default="local", show_default=True,
-              type=click.Choice(["local", "ray"]))
+              type=click.Choice(["local", "ray"]),
+              help="Where cells run: local worker processes or Ray.")
 @click.option("--workers", "-j", default=None, type=click.IntRange(1),
               help="Worker processes (local) or CPUs of a local Ray (default: all cores).")
 @click.option("--address", default=None, help="Ray cluster address (host:port).")

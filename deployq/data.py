@@ -8,7 +8,13 @@ Specs accepted by load():
                           package installs them)
   PATH/                   a directory of IDX files named like MNIST's
   PATH.npz                arrays x (N,C,H,W, float in [0,1]) and y; optional x_test, y_test
-"""
+                          (without them, a test fifth is drawn shuffled and stratified
+                          by label with the run's seed)
+from_arrays() takes the same arrays from Python: (x, y), (x, y, x_test, y_test) or a
+dict with those keys.
+
+Inputs are used as given: any normalization (mean/std) must be inside the model, since
+every target quantizes the [0, 1] input itself."""
 from __future__ import annotations
 
 import gzip
@@ -23,6 +29,7 @@ import numpy as np
 from .errors import InputError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+TEST_FRACTION = 0.2
 IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
              "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
 
@@ -34,6 +41,7 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    note: str | None = None     # how the splits were made, when deployq made them
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -65,7 +73,7 @@ def load(spec: str = "digits", seed: int = 0) -> Dataset:
         return _idx_dir(folder, "fashion-mnist")
     path = Path(spec)
     if path.suffix == ".npz":
-        return _npz(path)
+        return _npz(path, seed)
     if path.is_dir():
         return _idx_dir(path, path.name)
     raise InputError(f"unknown dataset '{spec}': use digits, fashion-mnist[:DIR], "
@@ -119,7 +127,7 @@ def _read_idx(path: Path) -> np.ndarray:
         raise InputError(f"{path} is not a readable IDX file ({e})") from None
 
 
-def _npz(path: Path) -> Dataset:
+def _npz(path: Path, seed: int = 0) -> Dataset:
     if not path.is_file():
         raise InputError(f"data file {path} does not exist")
     try:
@@ -133,20 +141,55 @@ def _npz(path: Path) -> Dataset:
         raise InputError(f"cannot read {path} as .npz ({type(e).__name__}: "
                          f"{' '.join(str(e).split())[:160]}); save it with "
                          "numpy.savez(path, x=x, y=y)") from None
+    return _from_dict(arrays, path.stem, path, seed)
+
+
+def from_arrays(arrays, seed: int = 0, name: str = "arrays") -> Dataset:
+    """A Dataset from Python arrays: (x, y), (x, y, x_test, y_test), a dict with those
+    keys, or a Dataset (returned as it is); checked as an .npz is."""
+    if isinstance(arrays, Dataset):
+        return _checked(arrays, arrays.name)
+    if isinstance(arrays, (tuple, list)) and len(arrays) in (2, 4):
+        arrays = dict(zip(("x", "y", "x_test", "y_test"), arrays))
+    if not isinstance(arrays, dict):
+        raise InputError("data arrays must be (x, y), (x, y, x_test, y_test) or a dict "
+                         "with keys x, y and optionally x_test, y_test")
+    return _from_dict({k: np.asarray(v) for k, v in arrays.items()}, name, name, seed)
+
+
+def _from_dict(arrays: dict, name: str, where, seed: int) -> Dataset:
     if "x" not in arrays or "y" not in arrays:
-        raise InputError(f"{path} must hold arrays 'x' (N,C,H,W) and 'y' (N,); "
+        raise InputError(f"{where} must hold arrays 'x' (N,C,H,W) and 'y' (N,); "
                          f"found {sorted(arrays)}")
-    x, y = _images(arrays["x"], path, "x"), _labels(arrays["y"], path, "y")
+    x, y = _images(arrays["x"], where, "x"), _labels(arrays["y"], where, "y")
     if "x_test" in arrays and "y_test" in arrays:
-        ds = Dataset(path.stem, x, y, _images(arrays["x_test"], path, "x_test"),
-                     _labels(arrays["y_test"], path, "y_test"))
+        ds = Dataset(name, x, y, _images(arrays["x_test"], where, "x_test"),
+                     _labels(arrays["y_test"], where, "y_test"))
     else:
-        n_test = len(x) // 5
-        ds = Dataset(path.stem, x[n_test:], y[n_test:], x[:n_test], y[:n_test])
-    return _checked(ds, str(path))
+        ds = _split(name, x, y, seed, where)
+    return _checked(ds, str(where))
 
 
-def _images(a: np.ndarray, path: Path, key: str) -> np.ndarray:
+def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int, where) -> Dataset:
+    """A test fifth drawn shuffled and stratified by label (scikit-learn's
+    train_test_split with the seed), so that class-sorted data still tests every
+    class; plain shuffled when a class has a single sample."""
+    if len(x) < 2 or y.shape != (len(x),):
+        return Dataset(name, x, y, x[:0], y[:0])      # refused by _checked, with the shape
+    from sklearn.model_selection import train_test_split
+    idx = np.arange(len(x))
+    n_test = max(1, int(round(TEST_FRACTION * len(x))))
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.min() >= 2 and len(counts) <= min(n_test, len(x) - n_test) else None
+    train, test = train_test_split(idx, test_size=n_test, shuffle=True,
+                                   random_state=seed, stratify=stratify)
+    note = (f"{where} has no x_test/y_test: {len(test)} test samples drawn from its "
+            f"{len(x)}, shuffled{' and stratified by label' if stratify is not None else ''}"
+            f" (seed {seed})")
+    return Dataset(name, x[train], y[train], x[test], y[test], note)
+
+
+def _images(a: np.ndarray, path, key: str) -> np.ndarray:
     """Real numbers (integer or float arrays) as float32; anything else refused."""
     if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer)
                                    or np.issubdtype(a.dtype, np.floating)):
@@ -155,7 +198,7 @@ def _images(a: np.ndarray, path: Path, key: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
-def _labels(a: np.ndarray, path: Path, key: str) -> np.ndarray:
+def _labels(a: np.ndarray, path, key: str) -> np.ndarray:
     """Class labels as int64. Integer arrays, and float arrays of whole numbers, are
     labels; a fractional, non-finite, bool, complex or string label is refused (a
     float label would otherwise be truncated into a wrong class)."""

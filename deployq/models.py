@@ -52,10 +52,32 @@ class Model:
         return h.hexdigest()[:16]
 
 
-def load(spec: str = DEFAULT_MODEL, weights: str | None = None) -> Model:
-    model = _load(spec, weights)
+def load(spec=DEFAULT_MODEL, weights: str | None = None) -> Model:
+    """spec: a model string (module docstring), or an nn.Module / ExportedProgram
+    object (the Python API)."""
+    model = _load(spec, weights) if isinstance(spec, str) else _from_object(spec, weights)
     _check_finite(model)
     return model
+
+
+def _from_object(obj, weights: str | None) -> Model:
+    """A model handed over as an object: an nn.Module (copied, so that eval mode and
+    loaded weights leave the caller's module as it was) or a torch.export program."""
+    if isinstance(obj, torch.export.ExportedProgram):
+        if weights is not None:
+            raise InputError("an ExportedProgram carries its own weights; drop weights")
+        batch = _input_placeholder(obj).meta["val"].shape[0]
+        return Model("python:ExportedProgram", obj.module(), program=obj,
+                     static_batch=int(batch) if isinstance(batch, int) else None)
+    if isinstance(obj, nn.Module):
+        import copy
+        module = copy.deepcopy(obj)
+        if weights is not None:
+            module = _with_weights(module, weights)
+        files = (Path(weights),) if weights else ()
+        return Model(f"python:{type(obj).__name__}", module.eval(), files=files)
+    raise InputError(f"model must be a string (zoo:NAME, file.py:factory, .pt2), an "
+                     f"nn.Module or a torch.export.ExportedProgram, got {type(obj).__name__}")
 
 
 def _load(spec: str, weights: str | None) -> Model:

@@ -157,12 +157,13 @@ class Subject:
 
 
 def evaluate(subject: Subject, x: np.ndarray, y: np.ndarray, cfg: Config,
-             cache: dict | None = None) -> dict:
+             cache: dict | None = None, on_step=None) -> dict:
     """Clean, per-source/attack and worst-case robust accuracy of one subject at every
     eps, each with its 95% interval and per-sample mask, and its own honesty flags.
     `cache` shares white-box adversarial examples between subjects whose source model
     has the same key (by default only 'transfer' is shared: pass one dict only to
-    subjects whose 'transfer' model is the same float model)."""
+    subjects whose 'transfer' model is the same float model). on_step(): called after
+    each source/attack is scored (progress)."""
     cache = {} if cache is None else cache
     started, cpu = time.perf_counter(), time.process_time()
     clean = subject.run(x).argmax(1) == y
@@ -173,6 +174,8 @@ def evaluate(subject: Subject, x: np.ndarray, y: np.ndarray, cfg: Config,
             correct = (subject.run(x_adv).argmax(1) == y) & clean
             robust &= correct
             by.append({"source": source, "attack": attack} | _score(correct))
+            if on_step is not None:
+                on_step()
         log.info("%s eps=%g: robust accuracy %.1f%%", subject.name, eps, 100 * _mean(robust))
         rows.append({"eps": eps, "samples": int(len(y))} | _score(robust, "robust")
                     | {"by": by})

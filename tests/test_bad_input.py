@@ -165,7 +165,7 @@ def _plans(root: Path, w: dict) -> None:
     """A real plan for the factory model (made once), then broken copies of it."""
     runner = CliRunner()
     r = runner.invoke(cli, ["-q", "export", "-t", "fpga-fixed", "-m", f"{w['m']}:make",
-                            "-o", str(root / "made")])
+                            "-d", "digits", "-o", str(root / "made")])
     assert r.exit_code == 0, r.output
     plan = json.loads((root / "made" / "fpga-fixed" / "plan.json").read_text())
     (root / "plan.json").write_text(json.dumps(plan))
@@ -320,10 +320,10 @@ CASES = [
     ("factory-needs-arg", ["export", "-m", "{m}:needs_arg", "-o", "{out}"]),
     ("factory-not-module", ["export", "-m", "{m}:not_a_module", "-o", "{out}"]),
     ("factory-sys-exit", ["export", "-m", "{m}:exits", "-o", "{out}"]),
-    ("nan-weights", ["export", "-m", "{m}:nan_weights", "-o", "{out}"]),
-    ("inf-weights", ["eval", "-m", "{m}:inf_weights", "-o", "{out}"]),
-    ("spatial-logits", ["eval", "-m", "{m}:spatial_logits", "-o", "{out}"]),
-    ("vector-logits", ["eval", "-m", "{m}:vector_logits", "-o", "{out}"]),
+    ("nan-weights", ["export", "-m", "{m}:nan_weights", "-d", "digits", "-o", "{out}"]),
+    ("inf-weights", ["eval", "-m", "{m}:inf_weights", "-d", "digits", "-o", "{out}"]),
+    ("spatial-logits", ["eval", "-m", "{m}:spatial_logits", "-d", "digits", "-o", "{out}"]),
+    ("vector-logits", ["eval", "-m", "{m}:vector_logits", "-d", "digits", "-o", "{out}"]),
     ("zoo-unknown", ["export", "-m", "zoo:nope", "-o", "{out}"]),
     ("model-spec", ["export", "-m", "model.onnx", "-o", "{out}"]),
     ("pt2-missing", ["export", "-m", "{root}/nope.pt2", "-o", "{out}"]),
@@ -351,7 +351,8 @@ CASES = [
     ("data-string-labels", ["eval", "-m", M, "-d", "{string_y.npz}", "-o", "{out}"]),
     ("data-bool-labels", ["eval", "-m", M, "-d", "{bool_y.npz}", "-o", "{out}"]),
     ("data-labels-too-big", ["eval", "-m", M, "-d", "{big_labels.npz}", "-o", "{out}"]),
-    ("data-labels-vs-classes", ["eval", "-m", "{m}:make3", "-o", "{out}"]),
+    ("data-labels-vs-classes", ["eval", "-m", "{m}:make3", "-d", "digits", "-o", "{out}"]),
+    ("data-not-given", ["export", "-m", M, "-o", "{out}"]),
     ("data-negative-labels", ["eval", "-m", M, "-d", "{neg_labels.npz}", "-o", "{out}"]),
     ("data-no-x", ["export", "-m", M, "-d", "{no_x.npz}", "-o", "{out}"]),
     ("data-range", ["export", "-m", M, "-d", "{range.npz}", "-o", "{out}"]),

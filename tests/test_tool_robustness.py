@@ -223,7 +223,7 @@ def head_out(conv_head, tmp_path_factory):
     from deployq import api, backends
     folder, model, ds = conv_head
     out = tmp_path_factory.mktemp("head-out")
-    session = api.open_session(f"{folder / 'net.py'}:make", str(folder / "w.pt"))
+    session = api.open_session(f"{folder / 'net.py'}:make", str(folder / "w.pt"), "digits")
     names = [t.name for t in api.list_targets() if _available(t, backends)]
     x, y = ds.test(150)
     return out, names, api.evaluate(names, session, out, 150)
@@ -270,7 +270,7 @@ def test_conv_head_program_is_squeezed(conv_head, tmp_path):
     program = torch.export.export(model, (torch.zeros(2, 1, 8, 8),),
                                   dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, tmp_path / "head.pt2")
-    session = api.open_session(str(tmp_path / "head.pt2"))
+    session = api.open_session(str(tmp_path / "head.pt2"), data="digits")
     result = api.evaluate(["onnx-int8"], session, tmp_path / "out", 100)
     float_acc, onnx_acc = (r["accuracy"] for r in result["results"])
     assert float_acc > 0.85 and abs(float_acc - onnx_acc) <= 0.04

@@ -90,6 +90,16 @@ def get(name: str):
                           f"pip install {e.name}") from None
 
 
+def unavailable(name: str) -> str | None:
+    """Why backend `name` cannot run on this machine (a package, toolchain or emulator
+    missing: the TargetError get() raises), or None when it can."""
+    try:
+        get(name)
+    except TargetError as e:
+        return str(e)
+    return None
+
+
 def supports(module, capability: str) -> bool:
     """Whether a backend module declares a runner capability or a module hook."""
     if capability not in RUNNER_CAPABILITIES + HOOKS:
