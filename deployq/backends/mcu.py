@@ -34,7 +34,12 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
     if rounding not in ROUNDING:
         raise TargetError(f"target {target.name}: rounding_variant={rounding!r}; "
                           f"choose {' or '.join(ROUNDING)}")
-    blob, names = from_tflite(tfl_path.read_bytes(), ROUNDING[rounding])
+    try:
+        blob, names = from_tflite(tfl_path.read_bytes(), ROUNDING[rounding])
+    except UnsupportedOpError as e:          # name the IR layer, not the .tflite tensor
+        layer = tflite.layer_of_tensor(e.layer, tflite.layer_names(out_dir)) or e.layer
+        raise UnsupportedOpError(e.op, layer, f"{target.name}: the C runtime has no "
+                                 "kernel for it", OPS) from None
     path = Path(out_dir) / ARTIFACT
     atomic_write(path, blob)
     atomic_write(Path(out_dir) / NAMES, json.dumps(names, indent=0).encode())
