@@ -11,7 +11,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
 from deployq import backends, calibrate, diff, fixedpoint as FX, fxmirror  # noqa: E402
-from deployq import graph as G, ibp, plan as P, targets as T  # noqa: E402
+from deployq import graph as G, ibp, plan as P, rtformat as R, targets as T  # noqa: E402
 from deployq.backends import fpga, mcu, onnx as O, tflite  # noqa: E402
 from deployq.errors import UnsupportedOpError  # noqa: E402
 
@@ -60,10 +60,13 @@ def _mcu_vs_ref(graph, x, out, calibration="minmax"):
     return diff._compare(runners, x)
 
 
-@pytest.mark.parametrize("calibration", ["minmax", "converter"])
-@pytest.mark.parametrize("name", sorted(set(ACTS) - NEED_MUL))
+MCU_CASES = [(name, "minmax") for name in sorted(set(ACTS) - NEED_MUL)] + [
+    (name, "converter") for name in ("hardswish", "leaky_relu", "relu")]
+
+
+@pytest.mark.parametrize("name, calibration", MCU_CASES)
 def test_mcu_equals_litert_reference_on_every_tensor(tmp_path, name, calibration):
-    rows = _mcu_vs_ref(_graph(name), _x(), tmp_path, calibration)
+    rows = _mcu_vs_ref(_graph(name), _x(100), tmp_path, calibration)
     assert len(rows) >= 5                                  # input ... logits all compared
     assert [r for r in rows if r["different"]] == []
 
@@ -77,17 +80,24 @@ def test_mcu_comparison_catches_a_table_one_code_off(tmp_path, monkeypatch):
     assert any(r["different"] for r in rows)
 
 
-def test_relu_with_its_own_scale_runs_as_requantizing_kernel(tmp_path):
+def _op_types(blob: bytes) -> list[str]:
+    header = np.frombuffer(blob[:R.HEADER.itemsize], R.HEADER)[0]
+    ops = np.frombuffer(blob, R.OP, count=header["n_ops"],
+                        offset=R.HEADER.itemsize + header["n_tensors"] * R.TENSOR.itemsize)
+    names = {code: name for name, code in R.OPS.items()}
+    return [names[int(t)] for t in ops["type"]]
+
+
+@pytest.mark.parametrize("calibration, kernel", [("converter", "leaky_relu"),
+                                                 ("minmax", "clamp")])
+def test_relu_is_clamp_or_requantizing_kernel(tmp_path, calibration, kernel):
     """A standalone RELU whose output scale differs from its input's (converter
-    calibration) is the LEAKY_RELU kernel with both multipliers the identity's."""
-    graph = _graph("relu")
+    calibration) runs as the LEAKY_RELU kernel with both multipliers the identity's;
+    on the plan's shared grid it is CLAMP (the diff of both: the test above)."""
+    graph, x = _graph("relu"), _x(64)
     target = T.get("mcu-int8")
-    x = _x()
-    path, _ = mcu.export(graph, _plan(graph, x[:64], target, "converter"), target, tmp_path,
-                         x[:64])
-    rows = diff._compare([tflite.Runner(tmp_path / tflite.ARTIFACT, "reference"),
-                          mcu.load(path)], x)
-    assert [r for r in rows if r["different"]] == []
+    path, _ = mcu.export(graph, _plan(graph, x, target, calibration), target, tmp_path, x)
+    assert kernel in _op_types(path.read_bytes())
 
 
 @pytest.mark.parametrize("name", sorted(NEED_MUL))
@@ -128,17 +138,21 @@ def test_fpga_comparison_catches_a_changed_table(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(ACTS))
-@pytest.mark.parametrize("target_name", ["onnx-int8", "tflite-int8", "tflite-int8-ref"])
+@pytest.mark.parametrize("target_name", ["onnx-int8", "tflite-int8"])
 def test_every_op_runs_on_the_other_targets_close_to_float(tmp_path, name, target_name):
+    """onnx-int8, and one .tflite on LiteRT's XNNPACK and reference kernels (the
+    tflite-int8 and tflite-int8-ref targets)."""
     torch.manual_seed(0)
     model = Tiny(ACTS[name]()).eval()
     graph, x = G.capture(model, SHAPE), _x(200)
     target = T.get(target_name)
     module = backends.get(target.backend)
     path, plan = module.export(graph, _plan(graph, x[:64], target), target, tmp_path, x[:64])
-    y = module.load(path, target).run(x)
+    runners = ([module.load(path, target)] if target_name == "onnx-int8" else
+               [tflite.Runner(path, "xnnpack"), tflite.Runner(path, "reference")])
     ref = model(torch.from_numpy(x)).detach().numpy()
-    assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    for runner in runners:
+        assert (runner.run(x).argmax(1) == ref.argmax(1)).mean() >= 0.9
 
 
 def test_onnx_lists_float_islands_by_layer(tmp_path):
