@@ -78,7 +78,9 @@ def _monotone(fn):
 
 FLOAT_IBP = {"conv2d": _float_affine, "linear": _float_affine,
              **{op: _monotone(op) for op in
-                ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp")}}
+                ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp",
+                 "sigmoid", "tanh", "hardsigmoid", "leaky_relu")}}
+# hardswish and silu are not monotone: refused by float IBP (one line, the op named)
 
 
 # --- shared integer helpers -----------------------------------------------------------
@@ -246,9 +248,24 @@ def _fx_each(fn):
                                         for k in (0, 1))
 
 
+def _fx_table(x, *, layer, fx):
+    """A ROM over the codes [lo, hi]: the least and largest entry in that range (exact,
+    monotone or not)."""
+    lo, hi = (np.asarray(t, np.int64) for t in x)
+    table = layer.extra["table"]
+    codes = np.arange(-128, 128)
+    out_lo, out_hi = np.full(lo.shape, np.iinfo(np.int64).max), np.full(lo.shape, -2 ** 62)
+    for c in codes:
+        inside = (lo <= c) & (c <= hi)
+        out_lo = np.where(inside, np.minimum(out_lo, table[c & 0xFF]), out_lo)
+        out_hi = np.where(inside, np.maximum(out_hi, table[c & 0xFF]), out_hi)
+    return out_lo, out_hi
+
+
 FX_IBP = {"conv2d": _fx_conv, "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
           "avgpool": _fx_avgpool, "gap": _fx_gap, "reshape": _fx_each(FX.reshape),
-          "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp)}
+          "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp),
+          **{op: _fx_table for op in FX.ACTIVATIONS}}
 
 
 # --- MODE_S8: the C runtime's model file, TFLite reference int8 rules ------------------

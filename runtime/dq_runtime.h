@@ -38,7 +38,8 @@ typedef enum { DQ_MODE_S8 = 1, DQ_MODE_FX = 2 } dq_mode;
 typedef enum {
     DQ_OP_CONV2D = 1, DQ_OP_DEPTHWISE_CONV2D, DQ_OP_FULLY_CONNECTED, DQ_OP_ADD,
     DQ_OP_MAX_POOL, DQ_OP_AVG_POOL, DQ_OP_MEAN, DQ_OP_CONCAT, DQ_OP_RESHAPE,
-    DQ_OP_TRANSPOSE, DQ_OP_PAD, DQ_OP_CLAMP, DQ_OP_SLICE, DQ_OP_COUNT
+    DQ_OP_TRANSPOSE, DQ_OP_PAD, DQ_OP_CLAMP, DQ_OP_SLICE, DQ_OP_LOGISTIC, DQ_OP_TANH,
+    DQ_OP_HARD_SWISH, DQ_OP_LEAKY_RELU, DQ_OP_COUNT
 } dq_op_type;
 
 /* File records, little-endian, packed as laid out (all fields 4 bytes). */

@@ -310,9 +310,22 @@ def _hwc_flatten(fx: FX.FxModel, node: G.Node) -> bool:
                for c in fx.graph.nodes if node.name in c.inputs and c.op == "linear")
 
 
+# In FX mode the four activation op codes run one ROM kernel; the table, not the code,
+# is the function. Hardsigmoid and SiLU take the code of their family.
+ACTIVATION_CODES = {"sigmoid": "logistic", "hardsigmoid": "logistic", "tanh": "tanh",
+                    "hardswish": "hard_swish", "silu": "hard_swish",
+                    "leaky_relu": "leaky_relu"}
+
+
+def _activation(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    w.ops.append(F.Op(ACTIVATION_CODES[n.op], [w.tensor(n.inputs[0])], w.tensor(n.name), {},
+                      [layer.extra["table"].astype(np.int8)]))
+
+
 OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "maxpool": _maxpool,
        "avgpool": _avgpool, "gap": _gap, "concat": _concat, "clamp": _clamp,
-       "reshape": _reshape}
+       "reshape": _reshape, **{op: _activation for op in ACTIVATION_CODES}}
 
 
 def build(fx: FX.FxModel) -> tuple[bytes, list[str]]:

@@ -5,6 +5,7 @@ graph and refuses a model in which a conv or matmul would still run in float."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 from collections import Counter
@@ -32,6 +33,13 @@ FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
 # u8*s8 products pairwise in saturating int16 (vpmaddubsw) and were measured up to 9
 # output LSBs off (tests/backends/test_onnx.py); the U8U8 kernels do not saturate.
 U8_SHIFT = 128
+# the sigmoid inside SiLU: on the grid TFLite's LOGISTIC uses (docs/tflite-int8-arithmetic.md)
+SIGMOID_GRID = QParams(8, np.array([1 / 256], np.float32), np.array([-128]))
+# elementwise ops that ORT may leave in float between QDQ pairs (its QDQ fusion has
+# integer kernels for Sigmoid, LeakyRelu, Mul, Add; not for Tanh, HardSigmoid, HardSwish)
+FLOAT_ELEMENTWISE = {"Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Mul", "Add",
+                     "Relu", "Clip", "Div", "Exp"}
+log = logging.getLogger("deployq")
 WEIGHT_DTYPES = {"uint8": (np.uint8, U8_SHIFT), "int8": (np.int8, 0)}
 
 
@@ -45,7 +53,43 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
     if float_ops:
         raise ExportError(f"ONNX Runtime would run {', '.join(float_ops)} in float after "
                           "optimization; the QDQ pattern was not fused")
+    islands = float_islands(path, graph)
+    for row in islands:
+        log.info("onnx: layer '%s' runs %s in float (ONNX Runtime has no integer kernel "
+                 "for it): a float island between its QDQ pairs", row["layer"], row["op"])
+    if islands:
+        plan.provenance = dict(plan.provenance, float_islands=islands)
     return path, plan
+
+
+def float_islands(path: Path, graph: G.Graph) -> list[dict]:
+    """The layers whose ops ONNX Runtime still runs in float after its QDQ fusion (by
+    the optimized graph's node names, which start with the IR layer's name)."""
+    layers = {n.name for n in graph.nodes}
+    nodes = _optimized(path).graph.node
+    readers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return [{"layer": _layer_of(n, layers, readers), "op": n.op_type}
+            for n in nodes if n.op_type in FLOAT_ELEMENTWISE]
+
+
+def _layer_of(node, layers: set, readers: dict) -> str:
+    """The IR layer of an optimized node: its name's prefix, or (for a node ORT made,
+    e.g. by splitting HardSwish) that of the first named node it feeds."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop(0)
+        prefix = n.name.split(":")[0]
+        if prefix in layers:
+            return prefix
+        for o in n.output:
+            for r in readers.get(o, []):
+                if id(r) not in seen:
+                    seen.add(id(r))
+                    todo.append(r)
+    return node.name or node.op_type
 
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":
@@ -124,14 +168,23 @@ def layer_times(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> 
 
 def kernels(path: Path) -> Counter:
     """Op types of the graph ONNX Runtime executes after its optimizations."""
+    return Counter(op for _, op in optimized_nodes(path))
+
+
+def optimized_nodes(path: Path) -> list[tuple[str, str]]:
+    """(name, op type) of each node ONNX Runtime executes after its optimizations."""
+    return [(n.name, n.op_type) for n in _optimized(path).graph.node]
+
+
+def _optimized(path: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime executes after its optimizations."""
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         opts.log_severity_level = 3          # silence the NchwcTransformer warning
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(opts.optimized_model_filepath)
-    return Counter(n.op_type for n in optimized.graph.node)
+        return onnx.load(opts.optimized_model_filepath)
 
 
 # --- building the QDQ graph ----------------------------------------------------------
@@ -234,6 +287,12 @@ def _reshape(b: _Builder, n: G.Node, xs: list[str]) -> str:
     return b.node("Reshape", [xs[0], shape], f"{n.name}:reshape")
 
 
+def _silu(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    """x * sigmoid(x), the sigmoid quantized on LOGISTIC's grid (as TFLite lowers it)."""
+    sig = b.qdq(b.node("Sigmoid", xs, f"{n.name}:sigmoid"), SIGMOID_GRID, f"{n.name}:sig_dq")
+    return b.node("Mul", [xs[0], sig], f"{n.name}:mul")
+
+
 OPS = {
     "conv2d": _conv,
     "linear": _linear,
@@ -244,6 +303,14 @@ OPS = {
     "gap": lambda b, n, xs: b.node("GlobalAveragePool", xs, f"{n.name}:gap"),
     "reshape": _reshape,
     "clamp": lambda b, n, xs: b.clip(xs[0], n.attrs["lo"], n.attrs["hi"], f"{n.name}:clip"),
+    "sigmoid": lambda b, n, xs: b.node("Sigmoid", xs, f"{n.name}:sigmoid"),
+    "tanh": lambda b, n, xs: b.node("Tanh", xs, f"{n.name}:tanh"),
+    "hardswish": lambda b, n, xs: b.node("HardSwish", xs, f"{n.name}:hardswish"),
+    "hardsigmoid": lambda b, n, xs: b.node("HardSigmoid", xs, f"{n.name}:hardsigmoid",
+                                           alpha=1.0 / 6.0, beta=0.5),
+    "leaky_relu": lambda b, n, xs: b.node("LeakyRelu", xs, f"{n.name}:leaky_relu",
+                                          alpha=n.attrs["alpha"]),
+    "silu": _silu,
 }
 
 
