@@ -30,7 +30,7 @@ ADV_EPOCHS = {"digits": 20, "fmnist": 6}      # PGD-7 costs ~8x a plain epoch
 # the MLPerf Tiny / MobileNet-style models: (epochs, training images), chosen so that
 # each trains in a few CPU-minutes on a machine shared by eight: the first n images of
 # a permutation seeded by --seed (None: all 60k)
-ARCH_TRAIN = {"resnet8": (3, 12000), "dscnn": (3, 12000), "mobilenetv2": (3, 8000),
+ARCH_TRAIN = {"resnet8": (3, 12000), "dscnn": (3, 12000), "mobilenetv2": (2, 6000),
               "mnv3s": (4, 12000)}
 
 
