@@ -181,15 +181,15 @@ def test_fixed_sigmoid_and_tanh_grids():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_random_activation_at_extreme_scales_equals_reference(tmp_path, seed):
-    """Random activation, slope and input magnitude (1e-2 .. 1e2 before it): the
-    hard-swish exponents and leaky multipliers far from 1 stay bit-exact."""
+    """Random slope, bound, input magnitude (1e-2 .. 1e2 before the activation) and
+    calibration: hard-swish exponents and leaky multipliers far from 1 stay bit-exact."""
     rng = np.random.default_rng(seed)
-    act = [nn.Sigmoid(), nn.Tanh(), nn.Hardswish(), nn.LeakyReLU(float(rng.choice([0.01, 3.0][[2, 3, 2, 4][seed]])),
-           nn.Hardtanh(0.0, float(rng.choice([0.2, 50.0][[2, 3, 2, 4][seed]]))][int(rng.integers(5))]
+    act = [nn.Hardswish(), nn.LeakyReLU(float(rng.choice([0.01, 3.0]))), nn.Hardswish(),
+           nn.Hardtanh(0.0, float(rng.choice([0.2, 50.0])))][seed]
     torch.manual_seed(seed)
     model = Tiny(act).eval()
     with torch.no_grad():
-        model.conv.weight.mul_(10.0 ** float(rng.choice([-2, 0, 2][[2, 3, 2, 4][seed]]))
+        model.conv.weight.mul_(10.0 ** float(rng.choice([-2, 0, 2])))
     rows = _mcu_vs_ref(G.capture(model, SHAPE), _x(40, seed), tmp_path,
-                       str(rng.choice(["minmax", "converter"][[2, 3, 2, 4][seed]]))
+                       str(rng.choice(["minmax", "converter"])))
     assert [r for r in rows if r["different"]] == []
