@@ -193,3 +193,19 @@ def test_random_activation_at_extreme_scales_equals_reference(tmp_path, seed):
     rows = _mcu_vs_ref(G.capture(model, SHAPE), _x(40, seed), tmp_path,
                        str(rng.choice(["minmax", "converter"])))
     assert [r for r in rows if r["different"]] == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_activation_at_extreme_scales_equals_reference(tmp_path, seed):
+    """Random slope, bound, input magnitude (1e-2 .. 1e2 before the activation) and
+    calibration: hard-swish exponents and leaky multipliers far from 1 stay bit-exact."""
+    rng = np.random.default_rng(seed)
+    act = [nn.Hardswish(), nn.LeakyReLU(float(rng.choice([0.01, 3.0]))), nn.Hardswish(),
+           nn.Hardtanh(0.0, float(rng.choice([0.2, 50.0])))][seed]
+    torch.manual_seed(seed)
+    model = Tiny(act).eval()
+    with torch.no_grad():
+        model.conv.weight.mul_(10.0 ** float(rng.choice([-2, 0, 2])))
+    rows = _mcu_vs_ref(G.capture(model, SHAPE), _x(40, seed), tmp_path,
+                       str(rng.choice(["minmax", "converter"])))
+    assert [r for r in rows if r["different"]] == []
