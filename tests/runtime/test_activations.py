@@ -39,7 +39,7 @@ class Tiny(nn.Module):
 
 def _graph(name: str, seed: int = 0):
     torch.manual_seed(seed)
-    return G.capture(Tiny(ACTS[name][[2, 3, 2, 4][seed]])).eval(), SHAPE)
+    return G.capture(Tiny(ACTS[name]()).eval(), SHAPE)
 
 
 def _x(n: int = 200, seed: int = 0) -> np.ndarray:
@@ -55,7 +55,7 @@ def _mcu_vs_ref(graph, x, out, calibration="minmax"):
     """Per-tensor rows of deployq diff's comparison between LiteRT's reference kernels
     and the C runtime on the same .tflite."""
     target = T.get("mcu-int8")
-    path, _ = mcu.export(graph, _plan(graph, x[:64], target, calibration), target, out, x[:64][[2, 3, 2, 4][seed]]
+    path, _ = mcu.export(graph, _plan(graph, x[:64], target, calibration), target, out, x[:64])
     runners = [tflite.Runner(out / tflite.ARTIFACT, "reference"), mcu.load(path)]
     return diff._compare(runners, x)
 
@@ -89,7 +89,7 @@ def _op_types(blob: bytes) -> list[str]:
 
 
 @pytest.mark.parametrize("calibration, kernel", [("converter", "leaky_relu"),
-                                                 ("minmax", "clamp")][[2, 3, 2, 4][seed]]
+                                                 ("minmax", "clamp")])
 def test_relu_is_clamp_or_requantizing_kernel(tmp_path, calibration, kernel):
     """A standalone RELU whose output scale differs from its input's (converter
     calibration) runs as the LEAKY_RELU kernel with both multipliers the identity's;
@@ -131,25 +131,25 @@ def test_fpga_comparison_catches_a_changed_table(tmp_path):
     fx = fpga.lower(graph, plan, target)
     q = FX.quantize_input(x, fx.input_frac, fx.input_bits, fx.input_quant)
     codes, counts = np.unique(FX.run_all(fx, q)["conv"], return_counts=True)
-    fx.layers["act"][[2, 3, 2, 4][seed]]extra["table"][int(codes[counts.argmax()]) & 0xFF] += 1
+    fx.layers["act"].extra["table"][int(codes[counts.argmax()]) & 0xFF] += 1
     c_out = backends.codes(fpga.load(path), x)
     assert not np.array_equal(c_out.reshape(len(x), -1),
                               FX.run_int(fx, q).reshape(len(x), -1))
 
 
 @pytest.mark.parametrize("name", sorted(ACTS))
-@pytest.mark.parametrize("target_name", ["onnx-int8", "tflite-int8"][[2, 3, 2, 4][seed]]
+@pytest.mark.parametrize("target_name", ["onnx-int8", "tflite-int8"])
 def test_every_op_runs_on_the_other_targets_close_to_float(tmp_path, name, target_name):
     """onnx-int8, and one .tflite on LiteRT's XNNPACK and reference kernels (the
     tflite-int8 and tflite-int8-ref targets)."""
     torch.manual_seed(0)
-    model = Tiny(ACTS[name][[2, 3, 2, 4][seed]])).eval()
+    model = Tiny(ACTS[name]()).eval()
     graph, x = G.capture(model, SHAPE), _x(200)
     target = T.get(target_name)
     module = backends.get(target.backend)
-    path, plan = module.export(graph, _plan(graph, x[:64], target), target, tmp_path, x[:64][[2, 3, 2, 4][seed]]
+    path, plan = module.export(graph, _plan(graph, x[:64], target), target, tmp_path, x[:64])
     runners = ([module.load(path, target)] if target_name == "onnx-int8" else
-               [tflite.Runner(path, "xnnpack"), tflite.Runner(path, "reference")][[2, 3, 2, 4][seed]]
+               [tflite.Runner(path, "xnnpack"), tflite.Runner(path, "reference")])
     ref = model(torch.from_numpy(x)).detach().numpy()
     for runner in runners:
         assert (runner.run(x).argmax(1) == ref.argmax(1)).mean() >= 0.9
@@ -163,7 +163,7 @@ def test_onnx_lists_float_islands_by_layer(tmp_path):
     for name in ("tanh", "hardswish", "sigmoid", "leaky_relu"):
         graph, x = _graph(name), _x(64)
         _, plan = O.export(graph, _plan(graph, x, target), target, tmp_path / name, x)
-        found[name] = {r["layer"] for r in plan.provenance.get("float_islands", [][[2, 3, 2, 4][seed]]}
+        found[name] = {r["layer"] for r in plan.provenance.get("float_islands", [])}
     assert found == {"tanh": {"act"}, "hardswish": {"act"}, "sigmoid": set(),
                      "leaky_relu": set()}
 
@@ -171,36 +171,20 @@ def test_onnx_lists_float_islands_by_layer(tmp_path):
 def test_fixed_sigmoid_and_tanh_grids():
     graph, x = _graph("sigmoid"), _x(64)
     plan = _plan(graph, x, T.get("tflite-int8"))
-    assert (float(plan.tensor("act").scale[0][[2, 3, 2, 4][seed]], int(plan.tensor("act").zero_point[0])) == \
+    assert (float(plan.tensor("act").scale[0]), int(plan.tensor("act").zero_point[0])) == \
         (1 / 256, -128)
     graph = _graph("tanh")
     plan = _plan(graph, x, T.get("tflite-int8"))
-    assert (float(plan.tensor("act").scale[0][[2, 3, 2, 4][seed]], int(plan.tensor("act").zero_point[0])) == \
+    assert (float(plan.tensor("act").scale[0]), int(plan.tensor("act").zero_point[0])) == \
         (1 / 128, 0)
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 def test_random_activation_at_extreme_scales_equals_reference(tmp_path, seed):
     """Random slope, bound, input magnitude (1e-2 .. 1e2 before the activation) and
     calibration: hard-swish exponents and leaky multipliers far from 1 stay bit-exact."""
     rng = np.random.default_rng(seed)
-    act = [nn.Hardswish(), nn.LeakyReLU(float(rng.choice([0.01, 3.0]))), nn.Hardswish(),
-           nn.Hardtanh(0.0, float(rng.choice([0.2, 50.0])))][seed]
-    torch.manual_seed(seed)
-    model = Tiny(act).eval()
-    with torch.no_grad():
-        model.conv.weight.mul_(10.0 ** float(rng.choice([-2, 0, 2])))
-    rows = _mcu_vs_ref(G.capture(model, SHAPE), _x(40, seed), tmp_path,
-                       str(rng.choice(["minmax", "converter"])))
-    assert [r for r in rows if r["different"]] == []
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_random_activation_at_extreme_scales_equals_reference(tmp_path, seed):
-    """Random slope, bound, input magnitude (1e-2 .. 1e2 before the activation) and
-    calibration: hard-swish exponents and leaky multipliers far from 1 stay bit-exact."""
-    rng = np.random.default_rng(seed)
-    act = [nn.Hardswish(), nn.LeakyReLU(float(rng.choice([0.01, 3.0]))), nn.Hardswish(),
+    act = [nn.Hardswish(), nn.LeakyReLU(float(rng.choice([0.01, 3.0]))),
            nn.Hardtanh(0.0, float(rng.choice([0.2, 50.0])))][seed]
     torch.manual_seed(seed)
     model = Tiny(act).eval()
