@@ -249,10 +249,13 @@ def _fx_each(fn):
 
 
 def _fx_table(x, *, layer, fx):
-    """A ROM over the codes [lo, hi]: the least and largest entry in that range (exact,
-    monotone or not)."""
+    return table_bounds(x, layer.extra["table"])
+
+
+def table_bounds(x, table: np.ndarray):
+    """A lookup table (indexed by code & 0xFF) over the codes [lo, hi]: the least and
+    largest entry in that range (exact, monotone or not)."""
     lo, hi = (np.asarray(t, np.int64) for t in x)
-    table = layer.extra["table"]
     codes = np.arange(-128, 128)
     out_lo, out_hi = np.full(lo.shape, np.iinfo(np.int64).max), np.full(lo.shape, -2 ** 62)
     for c in codes:
@@ -333,7 +336,8 @@ class S8Op:
 
 DATA_TYPES = {"conv2d": (np.int8, np.int32, np.int32, np.int32),
               "depthwise_conv2d": (np.int8, np.int32, np.int32, np.int32),
-              "fully_connected": (np.int8, np.int32, np.int32, np.int32)}
+              "fully_connected": (np.int8, np.int32, np.int32, np.int32),
+              "logistic": (np.int8,), "tanh": (np.int8,)}
 OP_NAMES = {code: name for name, code in R.OPS.items()}
 
 
@@ -545,4 +549,7 @@ S8_IBP = {"conv2d": _s8_conv, "depthwise_conv2d": _s8_conv, "fully_connected": _
           "add": _s8_add, "max_pool": _s8_pool, "avg_pool": _s8_pool, "mean": _s8_mean,
           "reshape": _move(_reshape), "concat": _move(_concat),
           "transpose": _move(_transpose), "clamp": _move(_clamp), "slice": _move(_slice),
-          "pad": _move(_pad)}
+          "pad": _move(_pad),
+          # LOGISTIC, TANH: tables; HARD_SWISH and LEAKY_RELU are refused (one line)
+          **{op: (lambda prog, op, xs: table_bounds(xs[0], op.data[0]))
+             for op in ("logistic", "tanh")}}

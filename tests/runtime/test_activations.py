@@ -193,3 +193,21 @@ def test_random_activation_at_extreme_scales_equals_reference(tmp_path, seed):
     rows = _mcu_vs_ref(G.capture(model, SHAPE), _x(40, seed), tmp_path,
                        str(rng.choice(["minmax", "converter"])))
     assert [r for r in rows if r["different"]] == []
+
+
+def test_int8_bounds_through_tables_and_one_line_refusal(tmp_path):
+    """Certification's int8 interval semantics: exact through a LOGISTIC table (a point
+    box gives the runtime's output); HARD_SWISH is refused with the op named."""
+    graph, x = _graph("sigmoid"), _x(20)
+    target = T.get("mcu-int8")
+    path, _ = mcu.export(graph, _plan(graph, x, target), target, tmp_path / "s", x)
+    runner = mcu.load(path)
+    rows = runner.rows(x)
+    lo, hi = ibp.S8Program(path.read_bytes()).bounds(rows, rows)
+    out = runner.model.run(rows)
+    np.testing.assert_array_equal(lo.reshape(len(x), -1), out)
+    np.testing.assert_array_equal(hi.reshape(len(x), -1), out)
+    graph = _graph("hardswish")
+    path, _ = mcu.export(graph, _plan(graph, x, target), target, tmp_path / "h", x)
+    with pytest.raises(UnsupportedOpError, match="'hard_swish'"):
+        ibp.S8Program(path.read_bytes()).bounds(rows, rows)
