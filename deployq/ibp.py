@@ -120,6 +120,8 @@ def fx_bounds(fx: FX.FxModel, lo: np.ndarray, hi: np.ndarray):
     """Bounds of the fixed-point integer outputs over the integer input box (NCHW)."""
     values = {G.INPUT: (np.asarray(lo, np.int64), np.asarray(hi, np.int64))}
     for node in fx.graph.nodes:
+        if node.op not in FX_IBP:       # mul: the bounds of a product are not monotone
+            raise UnsupportedOpError(node.op, node.name, "fixed-point IBP", FX_IBP)
         values[node.name] = FX_IBP[node.op](*[values[i] for i in node.inputs],
                                             layer=fx.layers[node.name], fx=fx)
     lo, hi = values[fx.graph.output]

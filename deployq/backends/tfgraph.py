@@ -452,10 +452,16 @@ def _silu(b: _Builder, n: G.Node, xs):
     return xs[0] * _fixed_fq(b, b.tf.math.sigmoid(xs[0]), 0.0, 255.0 / 256.0)
 
 
+def _mul(b: _Builder, n: G.Node, xs):
+    """MUL; a (C, 1, 1) gate is (N, 1, 1, C) here and broadcasts over H and W."""
+    return b.act(n, b.tf.multiply(xs[0], xs[1]))
+
+
 OPS = {
     "conv2d": _conv,
     "linear": _linear,
     "add": _add,
+    "mul": _mul,
     "concat": _concat,
     "maxpool": _maxpool,
     "avgpool": _avgpool,
@@ -469,7 +475,7 @@ OPS = {
     "hardsigmoid": _hardsigmoid,
     "silu": _silu,
 }
-SUPPORTED = ["conv2d", "linear", "add", "concat", "maxpool (no dilation)",
+SUPPORTED = ["conv2d", "linear", "add", "mul", "concat", "maxpool (no dilation)",
              "avgpool (count_include_pad, or padding TFLite can express)", "gap",
              "reshape", "clamp", "sigmoid", "tanh", "leaky_relu", "hardswish",
              "hardsigmoid", "silu"]

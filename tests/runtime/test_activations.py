@@ -163,7 +163,7 @@ def test_onnx_lists_float_islands_by_layer(tmp_path):
     for name in ("tanh", "hardswish", "sigmoid", "leaky_relu"):
         graph, x = _graph(name), _x(64)
         _, plan = O.export(graph, _plan(graph, x, target), target, tmp_path / name, x)
-        found[name] = {r["layer"] for r in plan.provenance.get("float_islands", [])}
+        found[name] = {r["layer"] for r in plan.provenance.get("onnx_float_islands", [])}
     assert found == {"tanh": {"act"}, "hardswish": {"act"}, "sigmoid": set(),
                      "leaky_relu": set()}
 
