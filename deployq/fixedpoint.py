@@ -204,14 +204,13 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
     return layer
 
 
-# Pointwise activations are ROMs (docs/fpga-fixed.md): one entry per input code, the
+# Pointwise activations are ROMs (Hardsigmoid is captured as a depthwise conv) (docs/fpga-fixed.md): one entry per input code, the
 # function of its real value in float64, rounded by the layer's quantization mode and
 # saturated into the output (then clamped to its activation range).
 ACTIVATIONS = {
     "sigmoid": lambda x, a: 1.0 / (1.0 + np.exp(-x)),
     "tanh": lambda x, a: np.tanh(x),
     "hardswish": lambda x, a: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    "hardsigmoid": lambda x, a: np.clip(x + 3.0, 0.0, 6.0) / 6.0,
     "silu": lambda x, a: x / (1.0 + np.exp(-x)),
     "leaky_relu": lambda x, a: np.where(x >= 0, x, x * a.get("alpha", 0.0)),
 }

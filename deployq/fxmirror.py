@@ -215,7 +215,7 @@ def clamp(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
 
 TORCH_ACTIVATIONS = {
     "sigmoid": lambda x, a: torch.sigmoid(x), "tanh": lambda x, a: torch.tanh(x),
-    "hardswish": lambda x, a: F.hardswish(x), "hardsigmoid": lambda x, a: F.hardsigmoid(x),
+    "hardswish": lambda x, a: F.hardswish(x),
     "silu": lambda x, a: F.silu(x),
     "leaky_relu": lambda x, a: F.leaky_relu(x, a.get("alpha", 0.0)),
 }

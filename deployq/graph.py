@@ -20,7 +20,7 @@ IR ops and their attrs:
   gap      global average pool to (C, 1, 1)
   reshape  (target shape is the node's shape)
   clamp    lo, hi
-  sigmoid, tanh, hardswish, hardsigmoid, silu     pointwise, no attrs
+  sigmoid, tanh, hardswish, silu     pointwise, no attrs
   leaky_relu   alpha                              pointwise
 Dropout / Dropout2d are identities (eval). A final Softmax / LogSoftmax is dropped at
 capture with a note: the graph ends at the logits, which attacks and comparisons use
@@ -29,7 +29,8 @@ capture with a note: the graph ends at the logits, which attacks and comparisons
 Multiplying or adding a constant (a number, or one per channel) is captured as a 1x1
 depthwise conv2d (a linear with a diagonal weight on a vector): weight c, bias d. Every
 target already runs that op in integers, and a BatchNorm or activation after it folds
-as after any conv.
+as after any conv. Hardsigmoid is the same: x / 6 + 1/2 with the activation range
+[0, 1], so every target runs it as a depthwise conv (no MUL).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ from .errors import InputError, UnsupportedOpError
 INPUT = "input"
 WEIGHTED = ("conv2d", "linear")
 ACT_HOSTS = ("conv2d", "linear", "add", "mul")
-POINTWISE = ("sigmoid", "tanh", "hardswish", "hardsigmoid", "silu", "leaky_relu")
+POINTWISE = ("sigmoid", "tanh", "hardswish", "silu", "leaky_relu")
 log = logging.getLogger("deployq")
 
 
@@ -423,6 +424,13 @@ def _pointwise(op: str, alpha_default: float | None = None):
     return handler
 
 
+def _hardsigmoid(c, n, layer):
+    """clamp(x / 6 + 1/2, 0, 1): the affine node with activation range [0, 1]."""
+    node = _affine(c, n, layer, n.args[0], np.float32(1.0 / 6.0), np.float32(0.5))
+    node.attrs["act"] = (0.0, 1.0)
+    return node
+
+
 def _softmax(c, n, layer):
     """Kept only as the model's output (checked in finish): an alias of its input."""
     c.dropped[n.name] = layer
@@ -480,8 +488,10 @@ ATEN = {
     "aten._log_softmax.default": _softmax,
     **{f"aten.{name}{tail}.default": _pointwise(op)
        for name, op in (("sigmoid", "sigmoid"), ("tanh", "tanh"), ("hardswish", "hardswish"),
-                        ("hardsigmoid", "hardsigmoid"), ("silu", "silu"))
+                        ("silu", "silu"))
        for tail in ("", "_")},
+    "aten.hardsigmoid.default": _hardsigmoid,
+    "aten.hardsigmoid_.default": _hardsigmoid,
     "aten.leaky_relu.default": _pointwise("leaky_relu", 0.01),
     "aten.leaky_relu_.default": _pointwise("leaky_relu", 0.01),
     "aten.contiguous.default": _identity,
@@ -578,7 +588,6 @@ FLOAT_OPS = {
     "sigmoid": lambda n, xs: torch.sigmoid(xs[0]),
     "tanh": lambda n, xs: torch.tanh(xs[0]),
     "hardswish": lambda n, xs: F.hardswish(xs[0]),
-    "hardsigmoid": lambda n, xs: F.hardsigmoid(xs[0]),
     "silu": lambda n, xs: F.silu(xs[0]),
     "leaky_relu": lambda n, xs: F.leaky_relu(xs[0], n.attrs["alpha"]),
 }

@@ -79,7 +79,7 @@ def _monotone(fn):
 FLOAT_IBP = {"conv2d": _float_affine, "linear": _float_affine,
              **{op: _monotone(op) for op in
                 ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp",
-                 "sigmoid", "tanh", "hardsigmoid", "leaky_relu")}}
+                 "sigmoid", "tanh", "leaky_relu")}}
 # hardswish and silu are not monotone: refused by float IBP (one line, the op named)
 
 

@@ -318,8 +318,8 @@ def _hwc_flatten(fx: FX.FxModel, node: G.Node) -> bool:
 
 
 # In FX mode the four activation op codes run one ROM kernel; the table, not the code,
-# is the function. Hardsigmoid and SiLU take the code of their family.
-ACTIVATION_CODES = {"sigmoid": "logistic", "hardsigmoid": "logistic", "tanh": "tanh",
+# is the function. SiLU takes the code of its family.
+ACTIVATION_CODES = {"sigmoid": "logistic", "tanh": "tanh",
                     "hardswish": "hard_swish", "silu": "hard_swish",
                     "leaky_relu": "leaky_relu"}
 

@@ -307,8 +307,6 @@ OPS = {
     "sigmoid": lambda b, n, xs: b.node("Sigmoid", xs, f"{n.name}:sigmoid"),
     "tanh": lambda b, n, xs: b.node("Tanh", xs, f"{n.name}:tanh"),
     "hardswish": lambda b, n, xs: b.node("HardSwish", xs, f"{n.name}:hardswish"),
-    "hardsigmoid": lambda b, n, xs: b.node("HardSigmoid", xs, f"{n.name}:hardsigmoid",
-                                           alpha=1.0 / 6.0, beta=0.5),
     "leaky_relu": lambda b, n, xs: b.node("LeakyRelu", xs, f"{n.name}:leaky_relu",
                                           alpha=n.attrs["alpha"]),
     "silu": _silu,

@@ -20,7 +20,6 @@ ACTS = {"sigmoid": lambda: nn.Sigmoid(), "tanh": lambda: nn.Tanh(),
         "hardswish": lambda: nn.Hardswish(), "leaky_relu": lambda: nn.LeakyReLU(0.15),
         "hardtanh_0_3": lambda: nn.Hardtanh(0.0, 3.0), "relu": lambda: nn.ReLU(),
         "hardsigmoid": lambda: nn.Hardsigmoid(), "silu": lambda: nn.SiLU()}
-NEED_MUL = {"hardsigmoid", "silu"}          # TFLite lowers them with MUL (ops-struct)
 
 
 class Tiny(nn.Module):
@@ -60,7 +59,7 @@ def _mcu_vs_ref(graph, x, out, calibration="minmax"):
     return diff._compare(runners, x)
 
 
-MCU_CASES = [(name, "minmax") for name in sorted(set(ACTS) - NEED_MUL)] + [
+MCU_CASES = [(name, "minmax") for name in sorted(ACTS)] + [
     (name, "converter") for name in ("hardswish", "leaky_relu", "relu")]
 
 
@@ -100,12 +99,16 @@ def test_relu_is_clamp_or_requantizing_kernel(tmp_path, calibration, kernel):
     assert kernel in _op_types(path.read_bytes())
 
 
-@pytest.mark.parametrize("name", sorted(NEED_MUL))
-def test_mcu_refuses_mul_lowerings_in_one_line(tmp_path, name):
-    graph, x = _graph(name), _x(64)
-    target = T.get("mcu-int8")
-    with pytest.raises(UnsupportedOpError, match=r"'MUL' at layer 'act' \(mcu-int8"):
-        mcu.export(graph, _plan(graph, x, target), target, tmp_path, x)
+def test_silu_is_logistic_then_mul_and_hardsigmoid_a_depthwise_conv(tmp_path):
+    """SiLU runs LOGISTIC and the MUL kernel (ops-struct); Hardsigmoid is captured as
+    x / 6 + 1/2 clamped to [0, 1], a depthwise conv on every target."""
+    x, target = _x(64), T.get("mcu-int8")
+    graph = _graph("silu")
+    path, _ = mcu.export(graph, _plan(graph, x, target), target, tmp_path / "s", x)
+    assert {"logistic", "mul"} <= set(_op_types(path.read_bytes()))
+    graph = _graph("hardsigmoid")
+    node = graph.node("act")
+    assert (node.op, node.attrs["groups"], node.attrs["act"]) == ("conv2d", 4, (0.0, 1.0))
 
 
 @pytest.mark.parametrize("name", sorted(ACTS))
