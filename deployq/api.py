@@ -16,7 +16,7 @@ import numpy as np
 from . import backends, calibrate, data as D, defaults, graph as G, models, plan as P, report
 from . import targets as T
 from .defaults import ROBUST_KEYS, RUN_DEFAULTS
-from .errors import InputError, TargetError
+from .errors import DeployqError, InputError, TargetError
 from . import validate
 from .io import StagedDir, atomic_write, out_lock, write_manifest
 
@@ -251,13 +251,16 @@ def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, 
     x, y = session.dataset.test(samples)
     float_pred = session.model.logits(x).argmax(1)
     rows = [{"target": "float"} | _scored(float_pred, y) | {"agreement": 1.0}]
-    outputs, runners = {}, {}
+    outputs, runners, failed = {}, {}, []
     for name in targets:
-        exported = export(name, session, out, calibration, targets_dir,
-                          plan_path=(plans or {}).get(name), settings=settings)
-        log.info("scoring %s on %d test samples", name, len(x))
-        runners[name] = (exported, load_runner(exported))
-        logits = runners[name][1].run(x)
+        try:       # one target's failure is reported in 'failed'; the others go on
+            exported, runner, logits = _run_target(name, session, out, calibration,
+                                                   targets_dir, plans, settings, x)
+        except DeployqError as e:
+            log.warning("target %s failed, going on with the others: %s", name, e)
+            failed.append({"target": name, "error": str(e)})
+            continue
+        runners[name] = (exported, runner)
         pred = logits.argmax(1)
         outputs[name] = (exported.plan.tensor(session.graph.output), logits,
                          _weight_grid(exported.plan))
@@ -267,10 +270,23 @@ def _evaluate(targets, session, out, samples, calibration, targets_dir, robust, 
                     | ({"plan": str(plans[name])} if name in (plans or {}) else {}))
     result = {"model": session.model.spec, "data": session.data_spec,
               "samples": int(len(x)), "seed": session.seed, "results": rows,
-              "pairs": _pairs(outputs)}
+              "pairs": _pairs(outputs)} | ({"failed": failed} if failed else {})
     if robust is not None:
         result["robustness"] = robustness(session, runners, x, y, robust)
     return result
+
+
+def _run_target(name, session, out, calibration, targets_dir, plans, settings, x):
+    """Export one target, load its runner and run it on x: (Exported, runner, logits)."""
+    exported = export(name, session, out, calibration, targets_dir,
+                      plan_path=(plans or {}).get(name), settings=settings)
+    log.info("scoring %s on %d test samples", name, len(x))
+    runner = load_runner(exported)
+    return exported, runner, runner.run(x)
+
+
+def failed_targets(result: dict) -> list[str]:
+    return [f["target"] for f in result.get("failed", [])]
 
 
 def robustness(session: Session, runners: dict, x: np.ndarray, y: np.ndarray,
@@ -428,6 +444,7 @@ def run(config: dict | None = None) -> tuple[dict, list[Path]]:
         result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
                           cfg["targets_dir"], robust, plans,
                           {k: cfg[k] for k in ("weight_bits", "activation_bits")})
+        names = [n for n in names if n not in failed_targets(result)]
         if cfg["profile_repeats"]:
             result["profile"] = profile(names, session, cfg["out"], cfg["profile_repeats"],
                                         targets_dir=cfg["targets_dir"], reuse=True)

@@ -427,6 +427,16 @@ def eval_(target_list, model, weights, data, out, calibration, calib_samples, se
         click.echo("\n".join(str(f) for f in files))
     if json_path:
         report.write_json(result, json_path)
+    _exit_if_failed(result)
+
+
+def _exit_if_failed(result: dict) -> None:
+    """Exit 1 after the report when a target failed, one line per failed target."""
+    for f in result.get("failed", []):
+        click.echo(f"deployq: error: target {f['target']} failed: {f['error']} (the other "
+                   "targets' results are reported)", err=True)
+    if result.get("failed"):
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()
@@ -501,6 +511,7 @@ def run(config, strength, plan_paths):
     for skipped in result["skipped"]:
         click.echo(f"skipped {skipped['target']}: {skipped['reason']}")
     click.echo("\n".join(str(f) for f in files))
+    _exit_if_failed(result)
 
 
 def _results(path) -> dict:

@@ -186,6 +186,8 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
     elif node.op in ACTIVATIONS:
         layer.extra = {"table": activation_table(node, fx.frac(node.inputs[0]),
                                                  fx.bits(node.inputs[0]), layer)}
+    elif node.op == "mul":
+        layer.shift = np.array([sum(fx.frac(i) for i in node.inputs) - frac], np.int64)
     elif node.op in ("avgpool", "gap"):
         window = node.attrs.get("kernel") or fx.graph.shape_of(node.inputs[0])[1:]
         h, w = window
@@ -202,14 +204,13 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
     return layer
 
 
-# Pointwise activations are ROMs (docs/fpga-fixed.md): one entry per input code, the
+# Pointwise activations are ROMs (Hardsigmoid is captured as a depthwise conv) (docs/fpga-fixed.md): one entry per input code, the
 # function of its real value in float64, rounded by the layer's quantization mode and
 # saturated into the output (then clamped to its activation range).
 ACTIVATIONS = {
     "sigmoid": lambda x, a: 1.0 / (1.0 + np.exp(-x)),
     "tanh": lambda x, a: np.tanh(x),
     "hardswish": lambda x, a: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
-    "hardsigmoid": lambda x, a: np.clip(x + 3.0, 0.0, 6.0) / 6.0,
     "silu": lambda x, a: x / (1.0 + np.exp(-x)),
     "leaky_relu": lambda x, a: np.where(x >= 0, x, x * a.get("alpha", 0.0)),
 }
@@ -359,6 +360,13 @@ def add(a: np.ndarray, b: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndar
     return requantize(acc, layer.shift, layer, fx)
 
 
+def mul(a: np.ndarray, b: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """The exact product (frac_a + frac_b fractional bits; a (C, 1, 1) gate broadcasts)
+    fitted into the accumulator, requantized (dq_mul_fx)."""
+    acc = fit(a * b, fx.options.acc_bits, fx.options.acc_overflow)
+    return requantize(acc, layer.shift, layer, fx)
+
+
 def _windows(x: np.ndarray, node: G.Node, fill: int):
     """Every (ky, kx) slice of the padded input that a pooling window reads."""
     a = node.attrs
@@ -434,7 +442,7 @@ def clamp(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     return np.clip(x, *layer.act)
 
 
-OPS = {"conv2d": conv2d, "linear": linear, "add": add, "maxpool": maxpool,
+OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
        **{op: activation for op in ACTIVATIONS}}
 
@@ -469,6 +477,9 @@ def check_ranges(fx: FxModel) -> None:
         if layer.shift is not None and not np.all((layer.shift >= -24) & (layer.shift <= 48)):
             raise ExportError(f"layer '{name}': requantization shifts {layer.shift.tolist()} "
                               "outside -24..48 (a weight or output scale far from the others)")
+        if layer.node.op == "mul" and layer.shift[0] < -24:
+            raise ExportError(f"layer '{name}': output has more than 24 fractional bits "
+                              "beyond the product's")
         if layer.node.op == "add" and max(layer.extra["shifts"]) > 16:
             raise ExportError(f"layer '{name}': inputs' fractional bits differ by more than 16")
         if layer.node.op in ("avgpool", "gap") and abs(int(layer.shift[0])) > 8 + \

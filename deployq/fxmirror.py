@@ -156,6 +156,12 @@ def add(a: torch.Tensor, b: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, 
     return requantize(acc, layer.shift, layer, fx)
 
 
+def mul(a: torch.Tensor, b: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    """fixedpoint.mul; the product's gradient (exact below 2^53: |a * b| <= 2^14)."""
+    acc = fit(a * b, fx.options.acc_bits, fx.options.acc_overflow)
+    return requantize(acc, layer.shift, layer, fx)
+
+
 def _windows(x: torch.Tensor, node: G.Node, fill: float) -> list[torch.Tensor]:
     """fixedpoint._windows: every (ky, kx) slice of the padded input."""
     a = node.attrs
@@ -209,7 +215,7 @@ def clamp(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
 
 TORCH_ACTIVATIONS = {
     "sigmoid": lambda x, a: torch.sigmoid(x), "tanh": lambda x, a: torch.tanh(x),
-    "hardswish": lambda x, a: F.hardswish(x), "hardsigmoid": lambda x, a: F.hardsigmoid(x),
+    "hardswish": lambda x, a: F.hardswish(x),
     "silu": lambda x, a: F.silu(x),
     "leaky_relu": lambda x, a: F.leaky_relu(x, a.get("alpha", 0.0)),
 }
@@ -224,7 +230,7 @@ def activation(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return _float(FX.activation(_int(x), layer=layer, fx=fx)) + (y - y.detach())
 
 
-OPS = {"conv2d": conv2d, "linear": linear, "add": add, "maxpool": maxpool,
+OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
        **{op: activation for op in TORCH_ACTIVATIONS}}
 

@@ -10,18 +10,27 @@ range [lo, hi] when it is the producer's only consumer.
 IR ops and their attrs:
   conv2d   stride, padding, dilation, groups, act   weight (O, I/g, kh, kw), bias (O,)
   linear   act                                      weight (O, I), bias (O,)
-  add      act                                      two inputs
+  add      act                                      two inputs of one shape
+  mul      act                                      two inputs: one shape, or the
+                                                    second (C, 1, 1) against (C, H, W)
+                                                    (squeeze-and-excitation)
   concat   (channel axis)                           two or more inputs
   maxpool  kernel, stride, padding, dilation, ceil_mode
   avgpool  kernel, stride, padding, ceil_mode, count_include_pad
   gap      global average pool to (C, 1, 1)
   reshape  (target shape is the node's shape)
   clamp    lo, hi
-  sigmoid, tanh, hardswish, hardsigmoid, silu     pointwise, no attrs
+  sigmoid, tanh, hardswish, silu     pointwise, no attrs
   leaky_relu   alpha                              pointwise
 Dropout / Dropout2d are identities (eval). A final Softmax / LogSoftmax is dropped at
 capture with a note: the graph ends at the logits, which attacks and comparisons use
 (softmax outputs mask gradients); a softmax anywhere else is refused.
+
+Multiplying or adding a constant (a number, or one per channel) is captured as a 1x1
+depthwise conv2d (a linear with a diagonal weight on a vector): weight c, bias d. Every
+target already runs that op in integers, and a BatchNorm or activation after it folds
+as after any conv. Hardsigmoid is the same: x / 6 + 1/2 with the activation range
+[0, 1], so every target runs it as a depthwise conv (no MUL).
 """
 from __future__ import annotations
 
@@ -37,8 +46,8 @@ from .errors import InputError, UnsupportedOpError
 
 INPUT = "input"
 WEIGHTED = ("conv2d", "linear")
-ACT_HOSTS = ("conv2d", "linear", "add")
-POINTWISE = ("sigmoid", "tanh", "hardswish", "hardsigmoid", "silu", "leaky_relu")
+ACT_HOSTS = ("conv2d", "linear", "add", "mul")
+POINTWISE = ("sigmoid", "tanh", "hardswish", "silu", "leaky_relu")
 log = logging.getLogger("deployq")
 
 
@@ -298,10 +307,96 @@ def _reshape(c, n, layer):
     return Node(layer, "reshape", [src], _shape(n))
 
 
+def _computed(c, a) -> bool:
+    """a is a tensor the model computes (not a number, parameter or constant)."""
+    return hasattr(a, "name") and a.name in c.names
+
+
+def _const(c, a) -> np.ndarray:
+    """A number or a constant tensor operand, as float32."""
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return np.float32(a)
+    return c.param(a)
+
+
+def _affine(c, n, layer, x, scale, shift):
+    """x * scale + shift with constants (numbers or one per channel): a 1x1 depthwise
+    conv2d on a (C, H, W) map, a linear with a diagonal weight on a vector."""
+    shape = _shape(n)
+    if _shape(x) != shape or len(shape) not in (1, 3):
+        raise UnsupportedOpError(f"arithmetic with a constant on shape {shape} (only "
+                                 "(C, H, W) maps and vectors, not broadcast larger)",
+                                 layer, "capture", SUPPORTED_TORCH)
+    s, t = (_per_channel(np.asarray(v, np.float32), shape, layer) for v in (scale, shift))
+    if len(shape) == 1:
+        return Node(layer, "linear", [c.arg(x)], shape, {"act": None}, np.diag(s), t)
+    ch = shape[0]
+    attrs = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=ch, act=None)
+    return Node(layer, "conv2d", [c.arg(x)], shape, attrs, s.reshape(ch, 1, 1, 1), t)
+
+
+def _per_channel(v: np.ndarray, shape: tuple[int, ...], layer: str) -> np.ndarray:
+    """One value per channel of a constant that broadcasts to (1, *shape)."""
+    try:
+        full = np.broadcast_to(v, (1, *shape))[0]
+    except ValueError:
+        full = None
+    per = None if full is None else full.reshape(shape[0], -1)[:, 0]
+    if per is None or not np.array_equal(full, np.broadcast_to(
+            per.reshape((-1,) + (1,) * (len(shape) - 1)), shape)):
+        raise UnsupportedOpError(f"a constant of shape {tuple(v.shape)} that varies inside "
+                                 "a channel (only a number or one value per channel)",
+                                 layer, "capture", SUPPORTED_TORCH)
+    return per.astype(np.float32)
+
+
+def _mul(c, n, layer):
+    a, b = n.args[:2]
+    if _computed(c, a) and _computed(c, b):
+        return _mul_tensors(c, n, layer, a, b)
+    x, k = (a, b) if _computed(c, a) else (b, a)
+    return _affine(c, n, layer, x, _const(c, k), 0.0)
+
+
+def _mul_tensors(c, n, layer, a, b):
+    """Elementwise, or a (C, 1, 1) gate times a (C, H, W) map, in that order."""
+    out, sa, sb = _shape(n), _shape(a), _shape(b)
+    if sa != out:
+        (a, sa), (b, sb) = (b, sb), (a, sa)
+    gate = len(out) == 3 and sb == (out[0], 1, 1)
+    if sa != out or not (sb == out or gate):
+        raise UnsupportedOpError(f"mul of shapes {_shape(n.args[0])} and {_shape(n.args[1])} "
+                                 "(only equal shapes, or (C, 1, 1) times (C, H, W))", layer,
+                                 "capture", SUPPORTED_TORCH)
+    return Node(layer, "mul", [c.arg(a), c.arg(b)], out, {"act": None})
+
+
+def _div(c, n, layer):
+    a, b = n.args[:2]
+    if n.kwargs.get("rounding_mode") or not _computed(c, a) or _computed(c, b):
+        raise UnsupportedOpError("division other than by a constant", layer, "capture",
+                                 SUPPORTED_TORCH)
+    return _affine(c, n, layer, a, 1.0 / _const(c, b), 0.0)
+
+
+def _sub(c, n, layer):
+    """p - alpha * q (sub) or q - alpha * p (rsub), one of them a constant."""
+    p, q = n.args[:2] if "rsub" not in str(n.target) else n.args[1::-1]
+    alpha = float(n.kwargs.get("alpha", 1))
+    if _computed(c, p) == _computed(c, q):
+        raise UnsupportedOpError("sub of two tensors", layer, "capture", SUPPORTED_TORCH)
+    if _computed(c, p):
+        return _affine(c, n, layer, p, 1.0, -alpha * _const(c, q))
+    return _affine(c, n, layer, q, -alpha, _const(c, p))
+
+
 def _add(c, n, layer):
     a, b = n.args[:2]
-    if not all(hasattr(x, "name") and x.name in c.names for x in (a, b)):
-        raise UnsupportedOpError("add with a constant", layer, "capture", SUPPORTED_TORCH)
+    alpha = float(n.kwargs.get("alpha", 1))
+    if not (_computed(c, a) and _computed(c, b)):
+        x, k = (a, b) if _computed(c, a) else (b, a)
+        return _affine(c, n, layer, x, 1.0 if x is a else alpha, _const(c, k) *
+                       (alpha if x is a else 1.0))
     if n.kwargs.get("alpha", 1) != 1 or _shape(a) != _shape(b):
         raise UnsupportedOpError("add with alpha or broadcasting", layer, "capture",
                                  SUPPORTED_TORCH)
@@ -327,6 +422,13 @@ def _pointwise(op: str, alpha_default: float | None = None):
                                                                        alpha_default))}
         return Node(layer, op, [c.arg(n.args[0])], _shape(n), attrs)
     return handler
+
+
+def _hardsigmoid(c, n, layer):
+    """clamp(x / 6 + 1/2, 0, 1): the affine node with activation range [0, 1]."""
+    node = _affine(c, n, layer, n.args[0], np.float32(1.0 / 6.0), np.float32(0.5))
+    node.attrs["act"] = (0.0, 1.0)
+    return node
 
 
 def _softmax(c, n, layer):
@@ -366,6 +468,14 @@ ATEN = {
     "aten.reshape.default": _reshape,
     "aten._unsafe_view.default": _reshape,
     "aten.add.Tensor": _add,
+    "aten.add.Scalar": _add,
+    "aten.sub.Tensor": _sub,
+    "aten.sub.Scalar": _sub,
+    "aten.rsub.Scalar": _sub,
+    "aten.mul.Tensor": _mul,
+    "aten.mul.Scalar": _mul,
+    "aten.div.Tensor": _div,
+    "aten.div.Scalar": _div,
     "aten.cat.default": _cat,
     "aten.dropout.default": _identity,
     "aten.dropout_.default": _identity,
@@ -378,8 +488,10 @@ ATEN = {
     "aten._log_softmax.default": _softmax,
     **{f"aten.{name}{tail}.default": _pointwise(op)
        for name, op in (("sigmoid", "sigmoid"), ("tanh", "tanh"), ("hardswish", "hardswish"),
-                        ("hardsigmoid", "hardsigmoid"), ("silu", "silu"))
+                        ("silu", "silu"))
        for tail in ("", "_")},
+    "aten.hardsigmoid.default": _hardsigmoid,
+    "aten.hardsigmoid_.default": _hardsigmoid,
     "aten.leaky_relu.default": _pointwise("leaky_relu", 0.01),
     "aten.leaky_relu_.default": _pointwise("leaky_relu", 0.01),
     "aten.contiguous.default": _identity,
@@ -390,8 +502,9 @@ ATEN = {
 }
 SUPPORTED_TORCH = ["Conv2d", "Linear", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "clamp",
                    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "mean(H,W)",
-                   "flatten/view/reshape", "add", "cat(dim=1)", "Dropout", "Dropout2d",
-                   "Identity", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid", "SiLU",
+                   "flatten/view/reshape", "add", "mul (equal shapes or (C,1,1) x (C,H,W))",
+                   "+ - * / by a constant (number or per channel)", "cat(dim=1)", "Dropout",
+                   "Dropout2d", "Identity", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid", "SiLU",
                    "LeakyReLU", "Softmax/LogSoftmax (final, dropped)"]
 
 
@@ -461,6 +574,7 @@ FLOAT_OPS = {
                                              n.attrs["groups"])),
     "linear": lambda n, xs: _act(n, F.linear(xs[0], _t(n.weight), _t(n.bias))),
     "add": lambda n, xs: _act(n, xs[0] + xs[1]),
+    "mul": lambda n, xs: _act(n, xs[0] * xs[1]),
     "concat": lambda n, xs: torch.cat(xs, 1),
     "maxpool": lambda n, xs: F.max_pool2d(xs[0], n.attrs["kernel"], n.attrs["stride"],
                                           n.attrs["padding"], n.attrs["dilation"],
@@ -474,7 +588,6 @@ FLOAT_OPS = {
     "sigmoid": lambda n, xs: torch.sigmoid(xs[0]),
     "tanh": lambda n, xs: torch.tanh(xs[0]),
     "hardswish": lambda n, xs: F.hardswish(xs[0]),
-    "hardsigmoid": lambda n, xs: F.hardsigmoid(xs[0]),
     "silu": lambda n, xs: F.silu(xs[0]),
     "leaky_relu": lambda n, xs: F.leaky_relu(xs[0], n.attrs["alpha"]),
 }

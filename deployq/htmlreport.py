@@ -35,6 +35,8 @@ def html(result: dict) -> str:
             parts += [scatter(result, "latency"), scatter(result, "size")]
     parts += [f"<p>skipped {escape(s['target'])}: {escape(s['reason'])}</p>"
               for s in result.get("skipped", [])]
+    parts += [f"<p><b>failed {escape(f['target'])}</b>: {escape(f['error'])}</p>"
+              for f in result.get("failed", [])]
     return ("<!doctype html><html><head><meta charset='utf-8'><title>deployq report"
             "</title><style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"

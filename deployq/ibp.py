@@ -79,7 +79,7 @@ def _monotone(fn):
 FLOAT_IBP = {"conv2d": _float_affine, "linear": _float_affine,
              **{op: _monotone(op) for op in
                 ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp",
-                 "sigmoid", "tanh", "hardsigmoid", "leaky_relu")}}
+                 "sigmoid", "tanh", "leaky_relu")}}
 # hardswish and silu are not monotone: refused by float IBP (one line, the op named)
 
 
@@ -120,6 +120,8 @@ def fx_bounds(fx: FX.FxModel, lo: np.ndarray, hi: np.ndarray):
     """Bounds of the fixed-point integer outputs over the integer input box (NCHW)."""
     values = {G.INPUT: (np.asarray(lo, np.int64), np.asarray(hi, np.int64))}
     for node in fx.graph.nodes:
+        if node.op not in FX_IBP:       # mul: the bounds of a product are not monotone
+            raise UnsupportedOpError(node.op, node.name, "fixed-point IBP", FX_IBP)
         values[node.name] = FX_IBP[node.op](*[values[i] for i in node.inputs],
                                             layer=fx.layers[node.name], fx=fx)
     lo, hi = values[fx.graph.output]
@@ -249,10 +251,13 @@ def _fx_each(fn):
 
 
 def _fx_table(x, *, layer, fx):
-    """A ROM over the codes [lo, hi]: the least and largest entry in that range (exact,
-    monotone or not)."""
+    return table_bounds(x, layer.extra["table"])
+
+
+def table_bounds(x, table: np.ndarray):
+    """A lookup table (indexed by code & 0xFF) over the codes [lo, hi]: the least and
+    largest entry in that range (exact, monotone or not)."""
     lo, hi = (np.asarray(t, np.int64) for t in x)
-    table = layer.extra["table"]
     codes = np.arange(-128, 128)
     out_lo, out_hi = np.full(lo.shape, np.iinfo(np.int64).max), np.full(lo.shape, -2 ** 62)
     for c in codes:
@@ -333,7 +338,8 @@ class S8Op:
 
 DATA_TYPES = {"conv2d": (np.int8, np.int32, np.int32, np.int32),
               "depthwise_conv2d": (np.int8, np.int32, np.int32, np.int32),
-              "fully_connected": (np.int8, np.int32, np.int32, np.int32)}
+              "fully_connected": (np.int8, np.int32, np.int32, np.int32),
+              "logistic": (np.int8,), "tanh": (np.int8,)}
 OP_NAMES = {code: name for name, code in R.OPS.items()}
 
 
@@ -545,4 +551,7 @@ S8_IBP = {"conv2d": _s8_conv, "depthwise_conv2d": _s8_conv, "fully_connected": _
           "add": _s8_add, "max_pool": _s8_pool, "avg_pool": _s8_pool, "mean": _s8_mean,
           "reshape": _move(_reshape), "concat": _move(_concat),
           "transpose": _move(_transpose), "clamp": _move(_clamp), "slice": _move(_slice),
-          "pad": _move(_pad)}
+          "pad": _move(_pad),
+          # LOGISTIC, TANH: tables; HARD_SWISH and LEAKY_RELU are refused (one line)
+          **{op: (lambda prog, op, xs: table_bounds(xs[0], op.data[0]))
+             for op in ("logistic", "tanh")}}

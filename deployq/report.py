@@ -28,6 +28,7 @@ def text(result: dict) -> str:
         parts += ["", V.machine(result), columns(V.profile_rows(result))]
     if "certify" in result:
         parts += ["", V.certify_title(result), columns(V.certify_rows(result))]
+    parts += [f"failed {f['target']}: {f['error']}" for f in result.get("failed", [])]
     return "\n".join(parts)
 
 
@@ -57,6 +58,8 @@ def markdown(result: dict) -> str:
                   "", md_table(V.certify_detail_rows(result))]
     for skipped in result.get("skipped", []):
         parts += ["", f"- skipped {skipped['target']}: {skipped['reason']}"]
+    for f in result.get("failed", []):
+        parts += ["", f"- **failed {f['target']}**: {f['error']}"]
     return "\n".join(parts) + "\n"
 
 

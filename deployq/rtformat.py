@@ -13,7 +13,9 @@ MODE_S8, MODE_FX = 1, 2
 OPS = {name: i + 1 for i, name in enumerate(
     ["conv2d", "depthwise_conv2d", "fully_connected", "add", "max_pool", "avg_pool",
      "mean", "concat", "reshape", "transpose", "pad", "clamp", "slice",
-     "logistic", "tanh", "hard_swish", "leaky_relu"])}
+     # 14-17: the pointwise activations (issue 15, ops-act); 18-20: structural ops
+     "logistic", "tanh", "hard_swish", "leaky_relu",
+     "mul", "resize_nearest", "transpose_conv"])}
 MAX_INPUTS, NUM_PARAMS, NUM_DATA = 8, 24, 4
 HEADER = np.dtype([("magic", "S4"), ("version", "<u4"), ("mode", "<u4"),
                    ("n_tensors", "<u4"), ("n_ops", "<u4"), ("input", "<u4"),
@@ -35,7 +37,7 @@ SLOT = {"stride_h": 0, "stride_w": 1, "pad_top": 2, "pad_left": 3, "dilation_h":
         "in2_shift": 4, "out_multiplier": 5, "out_shift": 6,
         # ADD (FX)
         "common_frac_bits": 0,
-        # MEAN (S8)
+        # MEAN, MUL (S8)
         "multiplier": 1, "shift": 2,
         # CONCAT, SLICE, TRANSPOSE, PAD
         "axis": 0, "begin": 1, "perm_0": 0, "perm_1": 1, "perm_2": 2,

@@ -131,6 +131,24 @@ static dq_status run_add(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
                              OUT);
 }
 
+static dq_status run_mul(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                         uint8_t *arena) {
+    (void)ctx;
+    const dq_tensor *a = &m->tensors[op->inputs[0]], *b = &m->tensors[op->inputs[1]];
+    const dq_dims d1 = dq_dims_of(a), d2 = dq_dims_of(b), out = OUT_DIMS;
+    const int32_t *p = op->params;
+    if (is_s8(m)) {
+        const dq_mul_s8_params mp = {-a->zero_point, -b->zero_point,
+                                     m->tensors[op->output].zero_point, p[DQ_P_MULTIPLIER],
+                                     p[DQ_P_SHIFT], p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX],
+                                     (dq_rounding)p[DQ_P_ROUNDING]};
+        return dq_kernels.mul_s8(&mp, &d1, IN0, &d2, IN1, &out, OUT);
+    }
+    const int32_t shift[1] = {a->frac_bits + b->frac_bits - m->tensors[op->output].frac_bits};
+    const dq_requant_fx q = requant_fx(m, op, shift);
+    return dq_kernels.mul_fx(&q, &d1, IN0, &d2, IN1, &out, OUT);
+}
+
 static dq_status run_pool(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
                           uint8_t *arena) {
     (void)ctx;
@@ -224,7 +242,7 @@ static const dq_run_fn RUN[DQ_OP_COUNT] = {
     [DQ_OP_FULLY_CONNECTED] = run_fc, [DQ_OP_ADD] = run_add, [DQ_OP_MAX_POOL] = run_pool,
     [DQ_OP_AVG_POOL] = run_pool, [DQ_OP_MEAN] = run_mean, [DQ_OP_CONCAT] = run_concat,
     [DQ_OP_RESHAPE] = run_move, [DQ_OP_TRANSPOSE] = run_move, [DQ_OP_PAD] = run_move,
-    [DQ_OP_CLAMP] = run_move, [DQ_OP_SLICE] = run_move,
+    [DQ_OP_CLAMP] = run_move, [DQ_OP_SLICE] = run_move, [DQ_OP_MUL] = run_mul,
     [DQ_OP_LOGISTIC] = run_activation, [DQ_OP_TANH] = run_activation,
     [DQ_OP_HARD_SWISH] = run_activation, [DQ_OP_LEAKY_RELU] = run_activation,
 };

@@ -60,6 +60,10 @@ typedef struct {
                                int8_t *);
     dq_status (*leaky_relu_s8)(const dq_leaky_relu_s8_params *, int32_t, const int8_t *,
                                int8_t *);
+    dq_status (*mul_s8)(const dq_mul_s8_params *, const dq_dims *, const int8_t *,
+                        const dq_dims *, const int8_t *, const dq_dims *, int8_t *);
+    dq_status (*mul_fx)(const dq_requant_fx *, const dq_dims *, const int8_t *,
+                        const dq_dims *, const int8_t *, const dq_dims *, int8_t *);
     const char *name;
 } dq_kernel_set;
 

@@ -27,6 +27,9 @@
  *   PAD: 0..5 before_h after_h before_w after_w before_c after_c, 6 mode
  *     (0: the zero point, 1: reflect, 2: symmetric, as TFLite's MIRROR_PAD)
  *   CLAMP: 8 lo 9 hi (quantized; input and output share parameters)
+ *   MUL (S8): 1 multiplier 2 shift 7 rounding 8 act_min 9 act_max;
+ *     FX: 7 quant mode 8 act_min 9 act_max 12-14 as conv. Two inputs, each of the
+ *     output's dims or broadcasting a dimension of 1.
  *   SLICE: 0 axis 1 begin (a slice of the input along axis, as the output's size)
  *   LOGISTIC, TANH (S8), and all four activations (FX): data 0 the table, int8 [256],
  *     indexed by the input code as uint8 (TFLite's int8 LUT order: 0..127, -128..-1)
@@ -59,7 +62,7 @@ typedef enum {
     DQ_P_OUT_SHIFT = 6,
     /* ADD (FX) */
     DQ_P_COMMON_FRAC_BITS = 0,
-    /* MEAN (S8) */
+    /* MEAN, MUL (S8) */
     DQ_P_MULTIPLIER = 1, DQ_P_SHIFT = 2,
     /* CONCAT, SLICE, TRANSPOSE, PAD */
     DQ_P_AXIS = 0, DQ_P_BEGIN = 1, DQ_P_PERM_0 = 0, DQ_P_PERM_1 = 1, DQ_P_PERM_2 = 2,
@@ -84,6 +87,12 @@ static inline int64_t dq_tensor_elems(const dq_tensor *t) {
 static inline dq_dims dq_dims_of(const dq_tensor *t) {
     dq_dims d = {t->dims[0], t->dims[1], t->dims[2]};
     return d;
+}
+
+/* The element of a tensor of dims d read at output position (h, w, c) when each of its
+ * dimensions equals the output's or is 1 (broadcast). */
+static inline int32_t dq_broadcast_index(const dq_dims *d, int32_t h, int32_t w, int32_t c) {
+    return ((d->h == 1 ? 0 : h) * d->w + (d->w == 1 ? 0 : w)) * d->c + (d->c == 1 ? 0 : c);
 }
 
 /* A kernel's context: the scratch memory it asked for (dq_kernels.h, *_scratch),
@@ -124,6 +133,13 @@ typedef struct {            /* ADD, MCU int8 (TFLite's ArithmeticParams) */
     dq_rounding rounding;
 } dq_add_s8_params;
 
+typedef struct {            /* MUL, MCU int8 (TFLite's ArithmeticParams) */
+    int32_t in1_offset, in2_offset, out_offset;
+    int32_t multiplier, shift;       /* s_in1 * s_in2 / s_out; shift in [-31, 30] */
+    int32_t act_min, act_max;
+    dq_rounding rounding;
+} dq_mul_s8_params;
+
 typedef struct {            /* MEAN over H and W, MCU int8 */
     int32_t in_offset, out_offset;
     int32_t multiplier, shift;       /* in_scale / out_scale / count, folded */
@@ -152,6 +168,9 @@ dq_status dq_fully_connected_s8(const dq_ctx *ctx, const dq_requant_s8 *q, int32
                                 int32_t n_out, int8_t *out);
 dq_status dq_add_s8(const dq_add_s8_params *p, int32_t n, const int8_t *in1,
                     const int8_t *in2, int8_t *out);
+dq_status dq_mul_s8(const dq_mul_s8_params *p, const dq_dims *d1, const int8_t *in1,
+                    const dq_dims *d2, const int8_t *in2, const dq_dims *out_dims,
+                    int8_t *out);
 dq_status dq_max_pool_s8(const dq_window *w, int32_t act_min, int32_t act_max,
                          const dq_dims *in_dims, const int8_t *in, const dq_dims *out_dims,
                          int8_t *out);
@@ -173,6 +192,9 @@ dq_status dq_fully_connected_fx(const dq_ctx *ctx, const dq_requant_fx *q, int32
                                 int32_t n_out, int8_t *out);
 dq_status dq_add_fx(const dq_requant_fx *q, int32_t shift1, const int8_t *in1,
                     int32_t shift2, const int8_t *in2, int32_t n, int8_t *out);
+dq_status dq_mul_fx(const dq_requant_fx *q, const dq_dims *d1, const int8_t *in1,
+                    const dq_dims *d2, const int8_t *in2, const dq_dims *out_dims,
+                    int8_t *out);
 dq_status dq_avg_pool_fx(const dq_window *w, const dq_requant_fx *q,
                          const dq_mean_fx_params *mp, const dq_dims *in_dims,
                          const int8_t *in, const dq_dims *out_dims, int8_t *out);

@@ -122,6 +122,32 @@ static dq_status check_add(const dq_model *m, const dq_op *op) {
     return DQ_OK;
 }
 
+static int broadcasts_to(const dq_tensor *in, const dq_tensor *out) {
+    for (int a = 0; a < 3; ++a)
+        if (in->dims[a] != out->dims[a] && in->dims[a] != 1) return 0;
+    return 1;
+}
+
+/* MUL: |(in1 + off1) * (in2 + off2)| <= 255 * 255, no int32 overflow; FX: the product
+ * is at most 2^14 and the shift frac1 + frac2 - frac_out in the requantizer's range. */
+static dq_status check_mul(const dq_model *m, const dq_op *op) {
+    const int32_t *p = op->params;
+    CHECK(op->n_inputs == 2, DQ_ERR_OP);
+    const dq_tensor *a = &m->tensors[op->inputs[0]], *b = &m->tensors[op->inputs[1]];
+    const dq_tensor *out = &m->tensors[op->output];
+    CHECK(broadcasts_to(a, out) && broadcasts_to(b, out), DQ_ERR_SHAPE);
+    dq_status s = check_range(m, op);
+    if (s != DQ_OK) return s;
+    if (is_s8(m)) {
+        CHECK(p[1] >= 0 && IN_RANGE(p[2], -31, 30) && IN_RANGE(p[7], 0, 1), DQ_ERR_PARAM);
+        return DQ_OK;
+    }
+    CHECK(IN_RANGE(p[7], 0, 2) && IN_RANGE(p[12], 8, 32), DQ_ERR_PARAM);
+    CHECK(IN_RANGE(p[13], 0, 1) && IN_RANGE(p[14], 0, 1), DQ_ERR_PARAM);
+    CHECK(IN_RANGE(a->frac_bits + b->frac_bits - out->frac_bits, -24, 48), DQ_ERR_PARAM);
+    return DQ_OK;
+}
+
 /* AVG_POOL and MEAN, FX: dq_mean_fx_params and the change of fractional bits */
 static dq_status check_mean_fx(const int32_t *p, const dq_tensor *in, const dq_tensor *out) {
     CHECK(IN_RANGE(p[7], 0, 2) && IN_RANGE(p[14], 0, 1), DQ_ERR_PARAM);
@@ -240,6 +266,7 @@ dq_status dq_check_op(const dq_model *m, const dq_op *op) {
     case DQ_OP_DEPTHWISE_CONV2D: return check_conv(m, op, 1);
     case DQ_OP_FULLY_CONNECTED: return check_fc(m, op);
     case DQ_OP_ADD: return check_add(m, op);
+    case DQ_OP_MUL: return check_mul(m, op);
     case DQ_OP_MAX_POOL: case DQ_OP_AVG_POOL: return check_pool(m, op);
     case DQ_OP_MEAN: return check_mean(m, op);
     case DQ_OP_CONCAT: return check_concat(m, op);

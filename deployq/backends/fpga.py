@@ -230,6 +230,13 @@ def _add(w: _Writer, layer: FX.FxLayer) -> None:
     w.ops.append(F.Op("add", [w.tensor(i) for i in n.inputs], w.tensor(n.name), params))
 
 
+def _mul(w: _Writer, layer: FX.FxLayer) -> None:
+    """The shift is the tensors' frac_in1 + frac_in2 - frac_out (dq_invoke.c)."""
+    n = layer.node
+    w.ops.append(F.Op("mul", [w.tensor(i) for i in n.inputs], w.tensor(n.name),
+                      _requant_params(layer, w.fx)))
+
+
 def _window(layer: FX.FxLayer) -> dict:
     a = layer.node.attrs
     return {"stride_h": a["stride"][0], "stride_w": a["stride"][1],
@@ -311,8 +318,8 @@ def _hwc_flatten(fx: FX.FxModel, node: G.Node) -> bool:
 
 
 # In FX mode the four activation op codes run one ROM kernel; the table, not the code,
-# is the function. Hardsigmoid and SiLU take the code of their family.
-ACTIVATION_CODES = {"sigmoid": "logistic", "hardsigmoid": "logistic", "tanh": "tanh",
+# is the function. SiLU takes the code of its family.
+ACTIVATION_CODES = {"sigmoid": "logistic", "tanh": "tanh",
                     "hardswish": "hard_swish", "silu": "hard_swish",
                     "leaky_relu": "leaky_relu"}
 
@@ -323,7 +330,7 @@ def _activation(w: _Writer, layer: FX.FxLayer) -> None:
                       [layer.extra["table"].astype(np.int8)]))
 
 
-OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "maxpool": _maxpool,
+OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "mul": _mul, "maxpool": _maxpool,
        "avgpool": _avgpool, "gap": _gap, "concat": _concat, "clamp": _clamp,
        "reshape": _reshape, **{op: _activation for op in ACTIVATION_CODES}}
 

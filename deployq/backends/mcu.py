@@ -209,6 +209,19 @@ def _add(r: _Reader, op) -> None:
     r.ops.append(F.Op("add", [r.act(a), r.act(b)], r.act(o), params))
 
 
+def _mul(r: _Reader, op) -> None:
+    """MUL (mul.cc Prepare): QuantizeMultiplier(double(s1) * double(s2) / double(s_out));
+    either input may broadcast (a dimension of 1) against the output."""
+    a, b = op.inputs[:2]
+    o = op.outputs[0]
+    s1, s2, so = (float(r.quant(t)[0][0]) for t in (a, b, o))
+    m, shift = F.quantize_multiplier(s1 * s2 / so)
+    lo, hi = r.act_range(op, o)
+    params = {"multiplier": m, "shift": shift, "rounding": r.rounding, "act_min": lo,
+              "act_max": hi}
+    r.ops.append(F.Op("mul", [r.act(a), r.act(b)], r.act(o), params))
+
+
 def _pool(r: _Reader, op, kind: str) -> None:
     x, o = op.inputs[0], op.outputs[0]
     opt, S = op.builtinOptions, r.S
@@ -384,6 +397,7 @@ OPS = {
     "DEPTHWISE_CONV_2D": lambda r, op: _conv(r, op, True),
     "FULLY_CONNECTED": _fully_connected,
     "ADD": _add,
+    "MUL": _mul,
     "MAX_POOL_2D": lambda r, op: _pool(r, op, "max_pool"),
     "AVERAGE_POOL_2D": lambda r, op: _pool(r, op, "avg_pool"),
     "MEAN": _mean,

@@ -4,6 +4,7 @@ integer kernel (QLinearConv, QGemm, QLinearAdd, ...). export() checks the optimi
 graph and refuses a model in which a conv or matmul would still run in float."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -35,11 +36,8 @@ FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
 U8_SHIFT = 128
 # the sigmoid inside SiLU: on the grid TFLite's LOGISTIC uses (docs/tflite-int8-arithmetic.md)
 SIGMOID_GRID = QParams(8, np.array([1 / 256], np.float32), np.array([-128]))
-# elementwise ops that ORT may leave in float between QDQ pairs (its QDQ fusion has
-# integer kernels for Sigmoid, LeakyRelu, Mul, Add; not for Tanh, HardSigmoid, HardSwish)
-FLOAT_ELEMENTWISE = {"Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Mul", "Add",
-                     "Relu", "Clip", "Div", "Exp"}
-log = logging.getLogger("deployq")
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+log = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"uint8": (np.uint8, U8_SHIFT), "int8": (np.int8, 0)}
 
 
@@ -54,42 +52,14 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
         raise ExportError(f"ONNX Runtime would run {', '.join(float_ops)} in float after "
                           "optimization; the QDQ pattern was not fused")
     islands = float_islands(path, graph)
-    for row in islands:
-        log.info("onnx: layer '%s' runs %s in float (ONNX Runtime has no integer kernel "
-                 "for it): a float island between its QDQ pairs", row["layer"], row["op"])
+    for i in islands:
+        log.warning("%s: ONNX Runtime has no integer kernel for %s at layer '%s': it runs "
+                    "in float between DequantizeLinear and QuantizeLinear", target.name,
+                    i["op"], i["layer"])
     if islands:
-        plan.provenance = dict(plan.provenance, float_islands=islands)
+        plan = dataclasses.replace(plan, provenance=plan.provenance
+                                   | {"onnx_float_islands": islands})
     return path, plan
-
-
-def float_islands(path: Path, graph: G.Graph) -> list[dict]:
-    """The layers whose ops ONNX Runtime still runs in float after its QDQ fusion (by
-    the optimized graph's node names, which start with the IR layer's name)."""
-    layers = {n.name for n in graph.nodes}
-    nodes = _optimized(path).graph.node
-    readers: dict[str, list] = {}
-    for n in nodes:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    return [{"layer": _layer_of(n, layers, readers), "op": n.op_type}
-            for n in nodes if n.op_type in FLOAT_ELEMENTWISE]
-
-
-def _layer_of(node, layers: set, readers: dict) -> str:
-    """The IR layer of an optimized node: its name's prefix, or (for a node ORT made,
-    e.g. by splitting HardSwish) that of the first named node it feeds."""
-    seen, todo = set(), [node]
-    while todo:
-        n = todo.pop(0)
-        prefix = n.name.split(":")[0]
-        if prefix in layers:
-            return prefix
-        for o in n.output:
-            for r in readers.get(o, []):
-                if id(r) not in seen:
-                    seen.add(id(r))
-                    todo.append(r)
-    return node.name or node.op_type
 
 
 def load(path: Path, target=None, threads: int = 1) -> "Runner":
@@ -168,23 +138,53 @@ def layer_times(path: Path, x: np.ndarray, runs: int = 20, threads: int = 1) -> 
 
 def kernels(path: Path) -> Counter:
     """Op types of the graph ONNX Runtime executes after its optimizations."""
-    return Counter(op for _, op in optimized_nodes(path))
+    return Counter(n.op_type for n in optimized_nodes(path))
 
 
-def optimized_nodes(path: Path) -> list[tuple[str, str]]:
-    """(name, op type) of each node ONNX Runtime executes after its optimizations."""
-    return [(n.name, n.op_type) for n in _optimized(path).graph.node]
+def float_islands(path: Path, graph: G.Graph | None = None) -> list[dict]:
+    """The nodes of the optimized graph that compute in float: those that read the
+    output of a DequantizeLinear (an integer kernel reads integers), by IR layer (a
+    node ORT made, e.g. by splitting HardSwish, by the first named node it feeds)."""
+    nodes = optimized_nodes(path)
+    dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    layers = {n.name for n in graph.nodes} if graph is not None else None
+    readers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return [{"layer": _layer_of(n, layers, readers), "op": n.op_type} for n in nodes
+            if n.op_type not in QDQ and dequantized & set(n.input)]
 
 
-def _optimized(path: Path) -> onnx.ModelProto:
-    """The graph ONNX Runtime executes after its optimizations."""
+def _layer_of(node, layers: set | None, readers: dict) -> str:
+    """The IR layer of an optimized node: its name's prefix, or that of the first node
+    it feeds whose prefix is a layer."""
+    if layers is None:
+        return node.name.split(":")[0]
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop(0)
+        prefix = n.name.split(":")[0]
+        if prefix in layers:
+            return prefix
+        for o in n.output:
+            for r in readers.get(o, []):
+                if id(r) not in seen:
+                    seen.add(id(r))
+                    todo.append(r)
+    return node.name or node.op_type
+
+
+def optimized_nodes(path: Path) -> list:
+    """The nodes ONNX Runtime executes after its optimizations, in order."""
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         opts.log_severity_level = 3          # silence the NchwcTransformer warning
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return onnx.load(opts.optimized_model_filepath)
+        optimized = onnx.load(opts.optimized_model_filepath)
+    return list(optimized.graph.node)
 
 
 # --- building the QDQ graph ----------------------------------------------------------
@@ -297,6 +297,7 @@ OPS = {
     "conv2d": _conv,
     "linear": _linear,
     "add": lambda b, n, xs: b.act(n, b.node("Add", xs, f"{n.name}:add")),
+    "mul": lambda b, n, xs: b.act(n, b.node("Mul", xs, f"{n.name}:mul")),
     "concat": lambda b, n, xs: b.node("Concat", xs, f"{n.name}:concat", axis=1),
     "maxpool": _maxpool,
     "avgpool": _avgpool,
@@ -306,8 +307,6 @@ OPS = {
     "sigmoid": lambda b, n, xs: b.node("Sigmoid", xs, f"{n.name}:sigmoid"),
     "tanh": lambda b, n, xs: b.node("Tanh", xs, f"{n.name}:tanh"),
     "hardswish": lambda b, n, xs: b.node("HardSwish", xs, f"{n.name}:hardswish"),
-    "hardsigmoid": lambda b, n, xs: b.node("HardSigmoid", xs, f"{n.name}:hardsigmoid",
-                                           alpha=1.0 / 6.0, beta=0.5),
     "leaky_relu": lambda b, n, xs: b.node("LeakyRelu", xs, f"{n.name}:leaky_relu",
                                           alpha=n.attrs["alpha"]),
     "silu": _silu,

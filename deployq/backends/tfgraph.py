@@ -441,21 +441,21 @@ def _hardswish(b: _Builder, n: G.Node, xs):
     return x * b.tf.nn.relu6(x + np.float32(3.0)) * np.float32(1.0 / 6.0)
 
 
-def _hardsigmoid(b: _Builder, n: G.Node, xs):
-    """relu6(x + 3) / 6 (ADD with fused RELU6, then MUL by a constant)."""
-    r = _fixed_fq(b, b.tf.nn.relu6(xs[0] + np.float32(3.0)), 0.0, 6.0)
-    return r * np.float32(1.0 / 6.0)
-
-
 def _silu(b: _Builder, n: G.Node, xs):
     """x * sigmoid(x): LOGISTIC (output 1/256, zero point -128) then MUL."""
     return xs[0] * _fixed_fq(b, b.tf.math.sigmoid(xs[0]), 0.0, 255.0 / 256.0)
+
+
+def _mul(b: _Builder, n: G.Node, xs):
+    """MUL; a (C, 1, 1) gate is (N, 1, 1, C) here and broadcasts over H and W."""
+    return b.act(n, b.tf.multiply(xs[0], xs[1]))
 
 
 OPS = {
     "conv2d": _conv,
     "linear": _linear,
     "add": _add,
+    "mul": _mul,
     "concat": _concat,
     "maxpool": _maxpool,
     "avgpool": _avgpool,
@@ -466,13 +466,11 @@ OPS = {
     "tanh": lambda b, n, xs: b.tf.math.tanh(xs[0]),
     "leaky_relu": lambda b, n, xs: b.tf.nn.leaky_relu(xs[0], n.attrs["alpha"]),
     "hardswish": _hardswish,
-    "hardsigmoid": _hardsigmoid,
     "silu": _silu,
 }
-SUPPORTED = ["conv2d", "linear", "add", "concat", "maxpool (no dilation)",
+SUPPORTED = ["conv2d", "linear", "add", "mul", "concat", "maxpool (no dilation)",
              "avgpool (count_include_pad, or padding TFLite can express)", "gap",
-             "reshape", "clamp", "sigmoid", "tanh", "leaky_relu", "hardswish",
-             "hardsigmoid", "silu"]
+             "reshape", "clamp", "sigmoid", "tanh", "leaky_relu", "hardswish", "silu"]
 
 
 def _check_maxpool(n: G.Node, g: G.Graph) -> str | None:

@@ -20,7 +20,6 @@ ACTS = {"sigmoid": lambda: nn.Sigmoid(), "tanh": lambda: nn.Tanh(),
         "hardswish": lambda: nn.Hardswish(), "leaky_relu": lambda: nn.LeakyReLU(0.15),
         "hardtanh_0_3": lambda: nn.Hardtanh(0.0, 3.0), "relu": lambda: nn.ReLU(),
         "hardsigmoid": lambda: nn.Hardsigmoid(), "silu": lambda: nn.SiLU()}
-NEED_MUL = {"hardsigmoid", "silu"}          # TFLite lowers them with MUL (ops-struct)
 
 
 class Tiny(nn.Module):
@@ -60,7 +59,7 @@ def _mcu_vs_ref(graph, x, out, calibration="minmax"):
     return diff._compare(runners, x)
 
 
-MCU_CASES = [(name, "minmax") for name in sorted(set(ACTS) - NEED_MUL)] + [
+MCU_CASES = [(name, "minmax") for name in sorted(ACTS)] + [
     (name, "converter") for name in ("hardswish", "leaky_relu", "relu")]
 
 
@@ -100,12 +99,16 @@ def test_relu_is_clamp_or_requantizing_kernel(tmp_path, calibration, kernel):
     assert kernel in _op_types(path.read_bytes())
 
 
-@pytest.mark.parametrize("name", sorted(NEED_MUL))
-def test_mcu_refuses_mul_lowerings_in_one_line(tmp_path, name):
-    graph, x = _graph(name), _x(64)
-    target = T.get("mcu-int8")
-    with pytest.raises(UnsupportedOpError, match=r"'MUL' at layer 'act' \(mcu-int8"):
-        mcu.export(graph, _plan(graph, x, target), target, tmp_path, x)
+def test_silu_is_logistic_then_mul_and_hardsigmoid_a_depthwise_conv(tmp_path):
+    """SiLU runs LOGISTIC and the MUL kernel (ops-struct); Hardsigmoid is captured as
+    x / 6 + 1/2 clamped to [0, 1], a depthwise conv on every target."""
+    x, target = _x(64), T.get("mcu-int8")
+    graph = _graph("silu")
+    path, _ = mcu.export(graph, _plan(graph, x, target), target, tmp_path / "s", x)
+    assert {"logistic", "mul"} <= set(_op_types(path.read_bytes()))
+    graph = _graph("hardsigmoid")
+    node = graph.node("act")
+    assert (node.op, node.attrs["groups"], node.attrs["act"]) == ("conv2d", 4, (0.0, 1.0))
 
 
 @pytest.mark.parametrize("name", sorted(ACTS))
@@ -163,7 +166,7 @@ def test_onnx_lists_float_islands_by_layer(tmp_path):
     for name in ("tanh", "hardswish", "sigmoid", "leaky_relu"):
         graph, x = _graph(name), _x(64)
         _, plan = O.export(graph, _plan(graph, x, target), target, tmp_path / name, x)
-        found[name] = {r["layer"] for r in plan.provenance.get("float_islands", [])}
+        found[name] = {r["layer"] for r in plan.provenance.get("onnx_float_islands", [])}
     assert found == {"tanh": {"act"}, "hardswish": {"act"}, "sigmoid": set(),
                      "leaky_relu": set()}
 
@@ -177,3 +180,37 @@ def test_fixed_sigmoid_and_tanh_grids():
     plan = _plan(graph, x, T.get("tflite-int8"))
     assert (float(plan.tensor("act").scale[0]), int(plan.tensor("act").zero_point[0])) == \
         (1 / 128, 0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_activation_at_extreme_scales_equals_reference(tmp_path, seed):
+    """Random slope, bound, input magnitude (1e-2 .. 1e2 before the activation) and
+    calibration: hard-swish exponents and leaky multipliers far from 1 stay bit-exact."""
+    rng = np.random.default_rng(seed)
+    act = [nn.Hardswish(), nn.LeakyReLU(float(rng.choice([0.01, 3.0]))),
+           nn.Hardtanh(0.0, float(rng.choice([0.2, 50.0])))][seed]
+    torch.manual_seed(seed)
+    model = Tiny(act).eval()
+    with torch.no_grad():
+        model.conv.weight.mul_(10.0 ** float(rng.choice([-2, 0, 2])))
+    rows = _mcu_vs_ref(G.capture(model, SHAPE), _x(40, seed), tmp_path,
+                       str(rng.choice(["minmax", "converter"])))
+    assert [r for r in rows if r["different"]] == []
+
+
+def test_int8_bounds_through_tables_and_one_line_refusal(tmp_path):
+    """Certification's int8 interval semantics: exact through a LOGISTIC table (a point
+    box gives the runtime's output); HARD_SWISH is refused with the op named."""
+    graph, x = _graph("sigmoid"), _x(20)
+    target = T.get("mcu-int8")
+    path, _ = mcu.export(graph, _plan(graph, x, target), target, tmp_path / "s", x)
+    runner = mcu.load(path)
+    rows = runner.rows(x)
+    lo, hi = ibp.S8Program(path.read_bytes()).bounds(rows, rows)
+    out = runner.model.run(rows)
+    np.testing.assert_array_equal(lo.reshape(len(x), -1), out)
+    np.testing.assert_array_equal(hi.reshape(len(x), -1), out)
+    graph = _graph("hardswish")
+    path, _ = mcu.export(graph, _plan(graph, x, target), target, tmp_path / "h", x)
+    with pytest.raises(UnsupportedOpError, match="'hard_swish'"):
+        ibp.S8Program(path.read_bytes()).bounds(rows, rows)
