@@ -155,9 +155,25 @@ def act_range(act, frac: int, bits: int) -> tuple[int, int]:
     return lo, max(lo, hi)
 
 
-def reciprocal(count: int, bits: int) -> int:
-    """round(2^bits / count), half up."""
+def reciprocal(count, bits: int):
+    """round(2^bits / count), half up (count: a number or an array)."""
     return ((1 << bits) + count // 2) // count
+
+
+def window_counts(graph: G.Graph, node: G.Node):
+    """The divisor of an average: kh * kw, or with count_include_pad=False and padding
+    an (oh, ow) array of each window's elements inside the input (dq_avg_pool_fx)."""
+    a, (h, w) = node.attrs, graph.shape_of(node.inputs[0])[1:]
+    if node.op == "gap":
+        return h * w
+    if a["count_include_pad"] or not any(a["padding"]):
+        return a["kernel"][0] * a["kernel"][1]
+    per_axis = []
+    for size, k, s, p, out in zip((h, w), a["kernel"], a["stride"], a["padding"],
+                                  node.shape[1:]):
+        start = np.arange(out) * s - p
+        per_axis.append(np.minimum(start + k, size) - np.maximum(start, 0))
+    return np.outer(*per_axis).astype(np.int64)
 
 
 def lower(graph: G.Graph, plan, options: Options, input_quant: str) -> FxModel:
@@ -189,16 +205,15 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
     elif node.op == "mul":
         layer.shift = np.array([sum(fx.frac(i) for i in node.inputs) - frac], np.int64)
     elif node.op in ("avgpool", "gap"):
-        window = node.attrs.get("kernel") or fx.graph.shape_of(node.inputs[0])[1:]
-        h, w = window
+        count = window_counts(fx.graph, node)
         o = fx.options
         if o.pool_division == "divide":
             g = o.pool_guard_bits
-            layer.extra = {"count": h * w, "guard_bits": g}
+            layer.extra = {"count": count, "guard_bits": g}
             layer.shift = np.array([fx.frac(node.inputs[0]) + g - frac], np.int64)
         else:
             rb = o.reciprocal_bits
-            layer.extra = {"reciprocal": reciprocal(h * w, rb), "reciprocal_bits": rb}
+            layer.extra = {"reciprocal": reciprocal(count, rb), "reciprocal_bits": rb}
             layer.shift = np.array([fx.frac(node.inputs[0]) - frac], np.int64)
 
     return layer
@@ -419,7 +434,8 @@ def _scaled_mean(terms: list, layer: FxLayer, fx: FxModel) -> np.ndarray:
 
 
 def avgpool(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
-    """Padding counts as zero; the divisor is always kh * kw (count_include_pad)."""
+    """Padding counts as zero; the divisor is kh * kw, or each window's elements inside
+    the input (count_include_pad=False: window_counts)."""
     return _scaled_mean(_windows(x, layer.node, 0), layer, fx)
 
 
@@ -442,9 +458,19 @@ def clamp(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     return np.clip(x, *layer.act)
 
 
+def pad(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    top, bottom, left, right = layer.node.attrs["pads"]
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+
+
+def upsample(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    sh, sw = layer.node.attrs["scale"]
+    return np.repeat(np.repeat(x, sh, 2), sw, 3)
+
+
 OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
-       **{op: activation for op in ACTIVATIONS}}
+       "pad": pad, "upsample": upsample, **{op: activation for op in ACTIVATIONS}}
 
 
 def check_supported(graph: G.Graph, node: G.Node, backend: str = "fpga") -> None:
@@ -452,8 +478,6 @@ def check_supported(graph: G.Graph, node: G.Node, backend: str = "fpga") -> None
     a, why = node.attrs, None
     if node.op == "maxpool" and tuple(a["dilation"]) != (1, 1):
         why = "maxpool with dilation"
-    elif node.op == "avgpool" and not a["count_include_pad"] and any(a["padding"]):
-        why = "avgpool with padding and count_include_pad=False (the divisor is kh*kw)"
     elif node.op == "avgpool" and _floor_shape(graph, node) != tuple(node.shape[1:]):
         why = "avgpool with ceil_mode adding windows (their divisor would differ)"
     elif node.op not in OPS:

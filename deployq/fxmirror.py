@@ -185,10 +185,10 @@ def _scaled_mean(terms: list[torch.Tensor], layer: FX.FxLayer, fx: FX.FxModel):
     e = layer.extra
     if "count" in e:
         exact = FX.divide(FX.pool_sum([_int(t) for t in terms], layer, fx), e["count"])
-        mean = _ste(exact, sum(terms), 2.0 ** e["guard_bits"] / e["count"])
+        mean = _ste(exact, sum(terms), _float(2.0 ** e["guard_bits"] / np.asarray(e["count"])))
         return requantize(mean, layer.shift, layer, fx)
-    return requantize(sum(terms) * float(e["reciprocal"]), layer.shift + e["reciprocal_bits"],
-                      layer, fx)
+    return requantize(sum(terms) * _float(np.asarray(e["reciprocal"], np.float64)),
+                      layer.shift + e["reciprocal_bits"], layer, fx)
 
 
 def avgpool(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
@@ -228,11 +228,18 @@ def activation(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     f_in = fx.frac(node.inputs[0])
     y = TORCH_ACTIVATIONS[node.op](x * 2.0 ** -f_in, node.attrs) * 2.0 ** layer.frac
     return _float(FX.activation(_int(x), layer=layer, fx=fx)) + (y - y.detach())
+def pad(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    return F.pad(x, G._torch_pads(layer.node.attrs["pads"]))
+
+
+def upsample(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    sh, sw = layer.node.attrs["scale"]
+    return x.repeat_interleave(sh, 2).repeat_interleave(sw, 3)
 
 
 OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
-       **{op: activation for op in TORCH_ACTIVATIONS}}
+       "pad": pad, "upsample": upsample, **{op: activation for op in TORCH_ACTIVATIONS}}
 
 
 def _check_exact(fx: FX.FxModel) -> None:

@@ -25,7 +25,11 @@ IR ops and their attrs:
 Dropout / Dropout2d are identities (eval). A final Softmax / LogSoftmax is dropped at
 capture with a note: the graph ends at the logits, which attacks and comparisons use
 (softmax outputs mask gradients); a softmax anywhere else is refused.
+  pad      pads (top, bottom, left, right): zeros around H and W
+  upsample scale (sh, sw): nearest neighbour, integer factors (out[i] = in[i // s])
 
+A 1-D signal (C, L) is held as the map (C, 1, L): Conv1d is a conv2d with a 1-row
+kernel, and every target runs it as one.
 Multiplying or adding a constant (a number, or one per channel) is captured as a 1x1
 depthwise conv2d (a linear with a diagonal weight on a vector): weight c, bias d. Every
 target already runs that op in integers, and a BatchNorm or activation after it folds
@@ -125,7 +129,8 @@ def _from_program(program) -> Graph:
         raise InputError(f"the model must take exactly one tensor input, it takes "
                          f"{len(user_inputs)}")
     names = {user_inputs[0].name: INPUT}
-    ctx = _Capture(tensors, names, [], set(), {})
+    shape = tuple(user_inputs[0].meta["val"].shape[1:])
+    ctx = _Capture(tensors, names, [], set(), {}, shape)
     for fx_node in program.graph.nodes:
         if fx_node.op == "call_function":
             ctx.add(fx_node)
@@ -134,7 +139,6 @@ def _from_program(program) -> Graph:
             if len(outs) != 1:
                 raise InputError(f"the model must return one tensor, it returns {len(outs)}")
             ctx.finish(outs[0])
-    shape = tuple(user_inputs[0].meta["val"].shape[1:])
     return Graph(shape, ctx.nodes)
 
 
@@ -145,6 +149,7 @@ class _Capture:
     nodes: list
     used: set
     dropped: dict            # fx node name of a dropped softmax -> its layer name
+    input_shape: tuple = ()
 
     def add(self, fx_node) -> None:
         key = str(fx_node.target)
@@ -185,6 +190,11 @@ class _Capture:
     def arg(self, a) -> str:
         return self.names[a.name]
 
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return next(n.shape for n in self.nodes if n.name == name) if name != INPUT \
+            else self.input_shape
+
+
     def param(self, a) -> np.ndarray | None:
         if a is None:
             return None
@@ -194,7 +204,9 @@ class _Capture:
 
 
 def _shape(fx_node) -> tuple[int, ...]:
-    return tuple(int(d) for d in fx_node.meta["val"].shape[1:])
+    """The per-sample shape; a signal (C, L) as the map (C, 1, L)."""
+    shape = tuple(int(d) for d in fx_node.meta["val"].shape[1:])
+    return (shape[0], 1, shape[1]) if len(shape) == 2 else shape
 
 
 def _pair(v) -> tuple[int, int]:
@@ -219,21 +231,75 @@ def _convolution(c, n, layer):
     return _conv_node(c, n, layer, a[1], a[2], a[3], a[4], a[5], a[8])
 
 
+def _conv1d(c, n, layer):
+    a = n.args
+    return _conv_node(c, n, layer, a[1], _get(a, 2, None), (1, _one(_get(a, 3, 1))),
+                      _conv1d_padding(_get(a, 4, 0)), (1, _one(_get(a, 5, 1))), _get(a, 6, 1))
+
+
+def _one(v) -> int:
+    return int(v[0] if isinstance(v, (list, tuple)) else v)
+
+
+def _conv1d_padding(p):
+    return p if isinstance(p, str) else (0, _one(p))
+
+
 def _conv_node(c, n, layer, weight, bias, stride, padding, dilation, groups):
     weight, bias = c.param(weight), c.param(bias)
+    if weight.ndim == 3:                                   # Conv1d: a 1-row kernel
+        weight = weight[:, :, None, :]
     if weight.ndim != 4:
         raise UnsupportedOpError(f"conv with {weight.ndim - 2}-d kernel", layer, "capture",
                                  SUPPORTED_TORCH)
-    attrs = dict(stride=_pair(stride), padding=_conv_padding(padding, layer),
-                 dilation=_pair(dilation), groups=int(groups), act=None)
+    src = c.arg(n.args[0])
+    if isinstance(padding, str):
+        src, padding = _same(c, n, layer, src, padding, weight.shape[2:], dilation)
+    attrs = dict(stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation),
+                 groups=int(groups), act=None)
     bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
-    return Node(layer, "conv2d", [c.arg(n.args[0])], _shape(n), attrs, weight, bias)
+    return Node(layer, "conv2d", [src], _shape(n), attrs, weight, bias)
 
 
-def _conv_padding(p, layer):
-    if isinstance(p, str):
-        raise UnsupportedOpError(f"conv padding='{p}'", layer, "capture", SUPPORTED_TORCH)
-    return _pair(p)
+def _same(c, n, layer, src, padding, kernel, dilation):
+    """padding='valid' or 'same' (stride 1): per axis d * (k - 1) zeros, the odd one
+    after (PyTorch's rule). Symmetric totals stay the conv's padding; otherwise a pad
+    node goes first. Returns (input tensor, conv padding)."""
+    if padding == "valid":
+        return src, (0, 0)
+    total = [d * (k - 1) for d, k in zip(_pair(dilation), kernel)]
+    if all(t % 2 == 0 for t in total):
+        return src, tuple(t // 2 for t in total)
+    (th, tw), (C, H, W) = total, c.shape_of(src)
+    pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    node = Node(f"{layer}/pad", "pad", [src], (C, H + th, W + tw), {"pads": pads})
+    c.nodes.append(node)
+    return node.name, (0, 0)
+
+
+def _pad(c, n, layer):
+    """constant_pad_nd / F.pad / ZeroPad2d: zeros around H and W, any amounts >= 0."""
+    a = n.args
+    pad = [int(v) for v in a[1]]
+    mode = _get(a, 2, "constant") if str(n.target) == "aten.pad.default" else "constant"
+    value = _get(a, 3 if str(n.target) == "aten.pad.default" else 2, 0) or 0
+    pad += [0] * (4 - len(pad))
+    if mode != "constant" or value != 0 or any(pad[4:]) or min(pad) < 0 or len(pad) > 6:
+        raise UnsupportedOpError(f"pad {pad} mode={mode!r} value={value} (only zeros "
+                                 "around H and W)", layer, "capture", SUPPORTED_TORCH)
+    left, right, top, bottom = pad[:4]
+    return Node(layer, "pad", [c.arg(a[0])], _shape(n), {"pads": (top, bottom, left, right)})
+
+
+def _upsample(c, n, layer):
+    """Nearest neighbour by integer factors (shapes give them; PyTorch's 'nearest'
+    reads in[floor(i * in / out)], which is in[i // s] for out = s * in)."""
+    (ch, h, w), out = _shape(n.args[0]), _shape(n)
+    if out[1] % h or out[2] % w:
+        raise UnsupportedOpError(f"upsample {h}x{w} -> {out[1]}x{out[2]} (only integer "
+                                 "factors)", layer, "capture", SUPPORTED_TORCH)
+    return Node(layer, "upsample", [c.arg(n.args[0])], out,
+                {"scale": (out[1] // h, out[2] // w)})
 
 
 def _linear(c, n, layer):
@@ -289,8 +355,9 @@ def _adaptive_avgpool(c, n, layer):
 
 
 def _mean(c, n, layer):
-    dims = sorted(d % 4 for d in n.args[1])
-    if dims != [2, 3] or len(n.args[0].meta["val"].shape) != 4:
+    rank = len(n.args[0].meta["val"].shape)
+    dims = sorted(d % rank for d in n.args[1])
+    if dims != {4: [2, 3], 3: [2]}.get(rank):           # a signal's L is its H, W
         raise UnsupportedOpError(f"mean over dims {list(n.args[1])} (only spatial H, W)",
                                  layer, "capture", SUPPORTED_TORCH)
     gap = Node(layer, "gap", [c.arg(n.args[0])], _shape(n.args[0])[:1] + (1, 1))
@@ -447,6 +514,16 @@ def _getitem(c, n, layer):
 ATEN = {
     "aten.conv2d.default": _conv,
     "aten.convolution.default": _convolution,
+    "aten.conv2d.padding": _conv,
+    "aten.conv1d.default": _conv1d,
+    "aten.conv1d.padding": _conv1d,
+    "aten.constant_pad_nd.default": _pad,
+    "aten.pad.default": _pad,
+    "aten.upsample_nearest2d.vec": _upsample,
+    "aten.upsample_nearest2d.default": _upsample,
+    "aten.unsqueeze.default": _reshape,
+    "aten.squeeze.dim": _reshape,
+    "aten.squeeze.dims": _reshape,
     "aten.linear.default": _linear,
     "aten.batch_norm.default": _batchnorm,
     "aten._native_batch_norm_legit_no_training.default": _batchnorm,
@@ -500,7 +577,8 @@ ATEN = {
     "aten.detach.default": _identity,
     "<built-in function getitem>": _getitem,
 }
-SUPPORTED_TORCH = ["Conv2d", "Linear", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "clamp",
+SUPPORTED_TORCH = ["Conv2d (padding: numbers, 'same', 'valid')", "Conv1d",
+                   "ZeroPad2d / F.pad (zeros)", "Upsample / interpolate (nearest, integer)", "Linear", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "clamp",
                    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "mean(H,W)",
                    "flatten/view/reshape", "add", "mul (equal shapes or (C,1,1) x (C,H,W))",
                    "+ - * / by a constant (number or per channel)", "cat(dim=1)", "Dropout",
@@ -590,4 +668,13 @@ FLOAT_OPS = {
     "hardswish": lambda n, xs: F.hardswish(xs[0]),
     "silu": lambda n, xs: F.silu(xs[0]),
     "leaky_relu": lambda n, xs: F.leaky_relu(xs[0], n.attrs["alpha"]),
+    "pad": lambda n, xs: F.pad(xs[0], _torch_pads(n.attrs["pads"])),
+    "upsample": lambda n, xs: xs[0].repeat_interleave(n.attrs["scale"][0], 2)
+                                   .repeat_interleave(n.attrs["scale"][1], 3),
 }
+
+
+def _torch_pads(pads) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) -> F.pad's (left, right, top, bottom)."""
+    top, bottom, left, right = pads
+    return (left, right, top, bottom)

@@ -79,7 +79,7 @@ def _monotone(fn):
 FLOAT_IBP = {"conv2d": _float_affine, "linear": _float_affine,
              **{op: _monotone(op) for op in
                 ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp",
-                 "sigmoid", "tanh", "leaky_relu")}}
+                 "sigmoid", "tanh", "leaky_relu", "pad", "upsample")}}
 # hardswish and silu are not monotone: refused by float IBP (one line, the op named)
 
 
@@ -270,6 +270,7 @@ def table_bounds(x, table: np.ndarray):
 FX_IBP = {"conv2d": _fx_conv, "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
           "avgpool": _fx_avgpool, "gap": _fx_gap, "reshape": _fx_each(FX.reshape),
           "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp),
+          "pad": _fx_each(FX.pad), "upsample": _fx_each(FX.upsample),
           **{op: _fx_table for op in FX.ACTIVATIONS}}
 
 

@@ -40,7 +40,7 @@ from .errors import InputError, TargetError
 from .targets import SETTINGS, Target
 
 FORMAT, VERSION = "deployq-plan", 1
-SHARED_PARAMS = ("maxpool", "avgpool", "reshape", "clamp", "concat")
+SHARED_PARAMS = ("maxpool", "avgpool", "reshape", "clamp", "concat", "pad", "upsample")
 BIAS_BITS = 32
 
 

@@ -31,7 +31,7 @@ SLOT = {"stride_h": 0, "stride_w": 1, "pad_top": 2, "pad_left": 3, "dilation_h":
         "dilation_w": 5, "groups": 6, "rounding": 7, "act_min": 8, "act_max": 9,
         "kernel_h": 10, "kernel_w": 11, "acc_bits": 12, "acc_overflow": 13,
         "out_overflow": 14, "reciprocal": 15, "reciprocal_bits": 16, "pool_division": 17,
-        "guard_bits": 18,
+        "guard_bits": 18, "exclude_pad": 19,
         # ADD (S8)
         "left_shift": 0, "in1_multiplier": 1, "in1_shift": 2, "in2_multiplier": 3,
         "in2_shift": 4, "out_multiplier": 5, "out_shift": 6,
@@ -39,6 +39,8 @@ SLOT = {"stride_h": 0, "stride_w": 1, "pad_top": 2, "pad_left": 3, "dilation_h":
         "common_frac_bits": 0,
         # MEAN, MUL (S8)
         "multiplier": 1, "shift": 2,
+        # MUL by a constant (S8): its zero point and dims
+        "const_zero_point": 3, "const_h": 4, "const_w": 5, "const_c": 6,
         # CONCAT, SLICE, TRANSPOSE, PAD
         "axis": 0, "begin": 1, "perm_0": 0, "perm_1": 1, "perm_2": 2,
         "before_h": 0, "after_h": 1, "before_w": 2, "after_w": 3, "before_c": 4,

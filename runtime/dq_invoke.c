@@ -53,7 +53,8 @@ static int32_t mean_fx_shift(const dq_model *m, const dq_op *op) {
 
 static dq_mean_fx_params mean_fx_params(const int32_t *p) {
     const dq_mean_fx_params mp = {p[DQ_P_RECIPROCAL], p[DQ_P_RECIPROCAL_BITS],
-                                  p[DQ_P_POOL_DIVISION], p[DQ_P_GUARD_BITS]};
+                                  p[DQ_P_POOL_DIVISION], p[DQ_P_GUARD_BITS],
+                                  p[DQ_P_EXCLUDE_PAD]};
     return mp;
 }
 
@@ -134,9 +135,19 @@ static dq_status run_add(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
 static dq_status run_mul(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
                          uint8_t *arena) {
     (void)ctx;
-    const dq_tensor *a = &m->tensors[op->inputs[0]], *b = &m->tensors[op->inputs[1]];
-    const dq_dims d1 = dq_dims_of(a), d2 = dq_dims_of(b), out = OUT_DIMS;
     const int32_t *p = op->params;
+    const dq_tensor *a = &m->tensors[op->inputs[0]];
+    if (op->n_inputs == 1) {                  /* S8 times the constant in data 0 */
+        const dq_dims d1 = dq_dims_of(a), out = OUT_DIMS;
+        const dq_dims d2 = {p[DQ_P_CONST_H], p[DQ_P_CONST_W], p[DQ_P_CONST_C]};
+        const dq_mul_s8_params mp = {-a->zero_point, -p[DQ_P_CONST_ZERO_POINT],
+                                     m->tensors[op->output].zero_point, p[DQ_P_MULTIPLIER],
+                                     p[DQ_P_SHIFT], p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX],
+                                     (dq_rounding)p[DQ_P_ROUNDING]};
+        return dq_kernels.mul_s8(&mp, &d1, IN0, &d2, data(m, op, 0), &out, OUT);
+    }
+    const dq_tensor *b = &m->tensors[op->inputs[1]];
+    const dq_dims d1 = dq_dims_of(a), d2 = dq_dims_of(b), out = OUT_DIMS;
     if (is_s8(m)) {
         const dq_mul_s8_params mp = {-a->zero_point, -b->zero_point,
                                      m->tensors[op->output].zero_point, p[DQ_P_MULTIPLIER],
@@ -206,6 +217,8 @@ static dq_status run_move(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
     case DQ_OP_TRANSPOSE: return dq_transpose(p + DQ_P_PERM_0, &in, IN0, OUT);
     case DQ_OP_CLAMP: return dq_clamp_s8(p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX], n, IN0, OUT);
     case DQ_OP_SLICE: return dq_slice(p[DQ_P_AXIS], p[DQ_P_BEGIN], &in, IN0, &out, OUT);
+    case DQ_OP_RESIZE_NEAREST:
+        return dq_resize_nearest(&in, IN0, &out, OUT);
     default:                                   /* DQ_OP_PAD */
         return dq_pad(p + DQ_P_BEFORE_H, (int8_t)m->tensors[op->inputs[0]].zero_point, &in,
                       IN0, &out, OUT);
@@ -245,6 +258,7 @@ static const dq_run_fn RUN[DQ_OP_COUNT] = {
     [DQ_OP_CLAMP] = run_move, [DQ_OP_SLICE] = run_move, [DQ_OP_MUL] = run_mul,
     [DQ_OP_LOGISTIC] = run_activation, [DQ_OP_TANH] = run_activation,
     [DQ_OP_HARD_SWISH] = run_activation, [DQ_OP_LEAKY_RELU] = run_activation,
+    [DQ_OP_RESIZE_NEAREST] = run_move,
 };
 
 /* The scratch query of the op's kernel in this build's set (0 when it has none). */

@@ -19,7 +19,8 @@
  *     9 act_max 10 kernel_h 11 kernel_w
  *     (AVG_POOL FX: 7 quant mode 14 out_overflow 15 reciprocal 16 reciprocal_bits
  *      17 pool_division (0 reciprocal, 1 divide) 18 guard_bits, 12-13 the divide
- *      mode's accumulator: dq_mean_fx_params)
+ *      mode's accumulator: dq_mean_fx_params; 19 exclude_pad: 1 divides by each
+ *      window's elements inside the input, its reciprocal computed per window)
  *   MEAN (over H and W): 1 multiplier 2 shift (1/count folded in) 7 rounding (S8);
  *     FX: 7 quant mode 8 act_min 9 act_max 14 out_overflow, 12-13 and 15-18 as
  *     AVG_POOL
@@ -29,7 +30,8 @@
  *   CLAMP: 8 lo 9 hi (quantized; input and output share parameters)
  *   MUL (S8): 1 multiplier 2 shift 7 rounding 8 act_min 9 act_max;
  *     FX: 7 quant mode 8 act_min 9 act_max 12-14 as conv. Two inputs, each of the
- *     output's dims or broadcasting a dimension of 1.
+ *     output's dims or broadcasting a dimension of 1. S8 with one input: the second
+ *     is the constant int8 data 0, of dims 4-6 (h, w, c) and zero point 3.
  *   SLICE: 0 axis 1 begin (a slice of the input along axis, as the output's size)
  *   LOGISTIC, TANH (S8), and all four activations (FX): data 0 the table, int8 [256],
  *     indexed by the input code as uint8 (TFLite's int8 LUT order: 0..127, -128..-1)
@@ -39,6 +41,9 @@
  *     4 alpha_shift 7 rounding 8 act_min 9 act_max (also TFLite's RELU, RELU6,
  *     RELU_N1_TO_1, RELU_0_TO_1 when input and output are quantized differently:
  *     both multipliers the identity's, the range the activation's)
+ *   RESIZE_NEAREST: none; the output an integer multiple of the input along H and W
+ *     (nearest neighbour, output row y reads row y / s); input and output share
+ *     parameters
  * "rounding" is a dq_rounding (S8) or a dq_fx_quant (FX); overflow is dq_fx_overflow.
  */
 #ifndef DQ_OPS_H
@@ -55,7 +60,7 @@ typedef enum {
     DQ_P_ACT_MIN = 8, DQ_P_ACT_MAX = 9, DQ_P_KERNEL_H = 10, DQ_P_KERNEL_W = 11,
     DQ_P_ACC_BITS = 12, DQ_P_ACC_OVERFLOW = 13, DQ_P_OUT_OVERFLOW = 14,
     DQ_P_RECIPROCAL = 15, DQ_P_RECIPROCAL_BITS = 16, DQ_P_POOL_DIVISION = 17,
-    DQ_P_GUARD_BITS = 18,
+    DQ_P_GUARD_BITS = 18, DQ_P_EXCLUDE_PAD = 19,
     /* ADD (S8) */
     DQ_P_LEFT_SHIFT = 0, DQ_P_IN1_MULTIPLIER = 1, DQ_P_IN1_SHIFT = 2,
     DQ_P_IN2_MULTIPLIER = 3, DQ_P_IN2_SHIFT = 4, DQ_P_OUT_MULTIPLIER = 5,
@@ -64,6 +69,8 @@ typedef enum {
     DQ_P_COMMON_FRAC_BITS = 0,
     /* MEAN, MUL (S8) */
     DQ_P_MULTIPLIER = 1, DQ_P_SHIFT = 2,
+    /* MUL by a constant (S8) */
+    DQ_P_CONST_ZERO_POINT = 3, DQ_P_CONST_H = 4, DQ_P_CONST_W = 5, DQ_P_CONST_C = 6,
     /* CONCAT, SLICE, TRANSPOSE, PAD */
     DQ_P_AXIS = 0, DQ_P_BEGIN = 1, DQ_P_PERM_0 = 0, DQ_P_PERM_1 = 1, DQ_P_PERM_2 = 2,
     DQ_P_BEFORE_H = 0, DQ_P_AFTER_H = 1, DQ_P_BEFORE_W = 2, DQ_P_AFTER_W = 3,
@@ -152,6 +159,8 @@ typedef struct {            /* AVG_POOL and MEAN, FPGA fixed point (params 15-18
                                accumulator (q->acc_bits, q->acc_overflow), / count
                                truncated toward zero (ap_fixed, hls4ml's avg()) */
     int32_t guard_bits;     /* extra fractional bits of the accumulator, 0..8 */
+    int32_t exclude_pad;    /* AVG_POOL: 1 divides by the window's elements inside the
+                               input (count_include_pad=False), else by kh * kw */
 } dq_mean_fx_params;
 
 /* Reference kernels: plain loops, the specification every optimized kernel
@@ -235,6 +244,8 @@ dq_status dq_transpose(const int32_t *perm, const dq_dims *in_dims, const int8_t
 dq_status dq_pad(const int32_t *pads, int8_t value, const dq_dims *in_dims, const int8_t *in,
                  const dq_dims *out_dims, int8_t *out);
 dq_status dq_clamp_s8(int32_t lo, int32_t hi, int32_t n, const int8_t *in, int8_t *out);
+dq_status dq_resize_nearest(const dq_dims *in_dims, const int8_t *in, const dq_dims *out_dims,
+                            int8_t *out);
 dq_status dq_slice(int32_t axis, int32_t begin, const dq_dims *in_dims, const int8_t *in,
                    const dq_dims *out_dims, int8_t *out);
 

@@ -122,22 +122,33 @@ static dq_status check_add(const dq_model *m, const dq_op *op) {
     return DQ_OK;
 }
 
-static int broadcasts_to(const dq_tensor *in, const dq_tensor *out) {
+static int broadcasts_to(const int32_t *dims, const dq_tensor *out) {
     for (int a = 0; a < 3; ++a)
-        if (in->dims[a] != out->dims[a] && in->dims[a] != 1) return 0;
+        if (dims[a] != out->dims[a] && dims[a] != 1) return 0;
     return 1;
+}
+
+/* MUL (S8) by the constant in data 0: dims in params 4-6, zero point in param 3 */
+static dq_status check_mul_const(const dq_model *m, const dq_op *op) {
+    const int32_t *p = op->params;
+    CHECK(is_s8(m) && IN_RANGE(p[3], -128, 127), DQ_ERR_PARAM);
+    for (int a = 4; a < 7; ++a) CHECK(IN_RANGE(p[a], 1, 4096), DQ_ERR_SHAPE);
+    CHECK(broadcasts_to(p + 4, &m->tensors[op->output]), DQ_ERR_SHAPE);
+    return check_data(m, op, 0, (int64_t)p[4] * p[5] * p[6], 1);
 }
 
 /* MUL: |(in1 + off1) * (in2 + off2)| <= 255 * 255, no int32 overflow; FX: the product
  * is at most 2^14 and the shift frac1 + frac2 - frac_out in the requantizer's range. */
 static dq_status check_mul(const dq_model *m, const dq_op *op) {
     const int32_t *p = op->params;
-    CHECK(op->n_inputs == 2, DQ_ERR_OP);
-    const dq_tensor *a = &m->tensors[op->inputs[0]], *b = &m->tensors[op->inputs[1]];
-    const dq_tensor *out = &m->tensors[op->output];
-    CHECK(broadcasts_to(a, out) && broadcasts_to(b, out), DQ_ERR_SHAPE);
+    CHECK(op->n_inputs == 1 || op->n_inputs == 2, DQ_ERR_OP);
+    const dq_tensor *a = &m->tensors[op->inputs[0]], *out = &m->tensors[op->output];
     dq_status s = check_range(m, op);
     if (s != DQ_OK) return s;
+    CHECK(broadcasts_to(a->dims, out), DQ_ERR_SHAPE);
+    if (op->n_inputs == 1 && (s = check_mul_const(m, op)) != DQ_OK) return s;
+    const dq_tensor *b = op->n_inputs == 2 ? &m->tensors[op->inputs[1]] : a;
+    CHECK(broadcasts_to(b->dims, out), DQ_ERR_SHAPE);
     if (is_s8(m)) {
         CHECK(p[1] >= 0 && IN_RANGE(p[2], -31, 30) && IN_RANGE(p[7], 0, 1), DQ_ERR_PARAM);
         return DQ_OK;
@@ -151,7 +162,8 @@ static dq_status check_mul(const dq_model *m, const dq_op *op) {
 /* AVG_POOL and MEAN, FX: dq_mean_fx_params and the change of fractional bits */
 static dq_status check_mean_fx(const int32_t *p, const dq_tensor *in, const dq_tensor *out) {
     CHECK(IN_RANGE(p[7], 0, 2) && IN_RANGE(p[14], 0, 1), DQ_ERR_PARAM);
-    CHECK(IN_RANGE(p[17], 0, 1) && IN_RANGE(p[18], 0, 8), DQ_ERR_PARAM);
+    CHECK(IN_RANGE(p[17], 0, 1) && IN_RANGE(p[18], 0, 8) && IN_RANGE(p[19], 0, 1),
+          DQ_ERR_PARAM);
     if (p[17]) CHECK(IN_RANGE(p[12], 8, 32) && IN_RANGE(p[13], 0, 1), DQ_ERR_PARAM);
     else CHECK(IN_RANGE(p[15], 0, 1 << 16) && IN_RANGE(p[16], 0, 24), DQ_ERR_PARAM);
     CHECK(IN_RANGE(in->frac_bits - out->frac_bits, -8, 8), DQ_ERR_PARAM);
@@ -219,6 +231,10 @@ static dq_status check_move(const dq_model *m, const dq_op *op) {
             CHECK(IN_RANGE(p[2 * a], 0, limit) && IN_RANGE(p[2 * a + 1], 0, limit), DQ_ERR_PARAM);
             CHECK(out->dims[a] == in->dims[a] + p[2 * a] + p[2 * a + 1], DQ_ERR_SHAPE);
         }
+    } else if (op->type == DQ_OP_RESIZE_NEAREST) {
+        CHECK(in->dims[2] == out->dims[2] && out->dims[0] <= 4096 && out->dims[1] <= 4096,
+              DQ_ERR_SHAPE);
+        CHECK(out->dims[0] % in->dims[0] == 0 && out->dims[1] % in->dims[1] == 0, DQ_ERR_SHAPE);
     } else if (op->type == DQ_OP_CLAMP) {
         CHECK(same_dims(in, out), DQ_ERR_SHAPE);
         return check_range(m, op);
@@ -271,7 +287,7 @@ dq_status dq_check_op(const dq_model *m, const dq_op *op) {
     case DQ_OP_MEAN: return check_mean(m, op);
     case DQ_OP_CONCAT: return check_concat(m, op);
     case DQ_OP_RESHAPE: case DQ_OP_TRANSPOSE: case DQ_OP_PAD: case DQ_OP_CLAMP:
-    case DQ_OP_SLICE: return check_move(m, op);
+    case DQ_OP_SLICE: case DQ_OP_RESIZE_NEAREST: return check_move(m, op);
     case DQ_OP_LOGISTIC: case DQ_OP_TANH: case DQ_OP_HARD_SWISH: case DQ_OP_LEAKY_RELU:
         return check_activation(m, op);
     default: return DQ_ERR_OP;

@@ -251,10 +251,14 @@ def _mean_params(layer: FX.FxLayer, w: _Writer) -> dict:
     o, e = w.fx.options, layer.extra
     p = {"rounding": FX.QUANT[layer.quant], "act_min": layer.act[0],
          "act_max": layer.act[1], "out_overflow": FX.OVERFLOW[o.out_overflow]}
+    n = layer.node
+    exclude = int(n.op == "avgpool" and np.ndim(e.get("count", e.get("reciprocal"))) > 0)
+    p["exclude_pad"] = exclude          # the kernel counts each window (and its reciprocal)
     if "count" in e:
         return p | {"pool_division": 1, "guard_bits": e["guard_bits"],
                     "acc_bits": o.acc_bits, "acc_overflow": FX.OVERFLOW[o.acc_overflow]}
-    return p | {"reciprocal": e["reciprocal"], "reciprocal_bits": e["reciprocal_bits"]}
+    return p | {"reciprocal": 0 if exclude else e["reciprocal"],
+                "reciprocal_bits": e["reciprocal_bits"]}
 
 
 def _maxpool(w: _Writer, layer: FX.FxLayer) -> None:
@@ -282,6 +286,20 @@ def _clamp(w: _Writer, layer: FX.FxLayer) -> None:
     n = layer.node
     w.ops.append(F.Op("clamp", [w.tensor(n.inputs[0])], w.tensor(n.name),
                       {"act_min": layer.act[0], "act_max": layer.act[1]}))
+
+
+def _pad(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    top, bottom, left, right = n.attrs["pads"]
+    params = {"before_h": top, "after_h": bottom, "before_w": left, "after_w": right,
+              "pad_mode": 0}
+    w.ops.append(F.Op("pad", [w.tensor(n.inputs[0])], w.tensor(n.name), params))
+
+
+def _upsample(w: _Writer, layer: FX.FxLayer) -> None:
+    """RESIZE_NEAREST with neither flag: in[floor(i * in / out)] = in[i // s]."""
+    n = layer.node
+    w.ops.append(F.Op("resize_nearest", [w.tensor(n.inputs[0])], w.tensor(n.name)))
 
 
 def _reshape(w: _Writer, layer: FX.FxLayer) -> None:
@@ -332,7 +350,8 @@ def _activation(w: _Writer, layer: FX.FxLayer) -> None:
 
 OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "mul": _mul, "maxpool": _maxpool,
        "avgpool": _avgpool, "gap": _gap, "concat": _concat, "clamp": _clamp,
-       "reshape": _reshape, **{op: _activation for op in ACTIVATION_CODES}}
+       "reshape": _reshape, "pad": _pad, "upsample": _upsample,
+       **{op: _activation for op in ACTIVATION_CODES}}
 
 
 def build(fx: FX.FxModel) -> tuple[bytes, list[str]]:

@@ -214,12 +214,26 @@ def _mul(r: _Reader, op) -> None:
     either input may broadcast (a dimension of 1) against the output."""
     a, b = op.inputs[:2]
     o = op.outputs[0]
+    if _is_const(r, a):
+        a, b = b, a                     # x * c = c * x: the constant second
     s1, s2, so = (float(r.quant(t)[0][0]) for t in (a, b, o))
     m, shift = F.quantize_multiplier(s1 * s2 / so)
     lo, hi = r.act_range(op, o)
     params = {"multiplier": m, "shift": shift, "rounding": r.rounding, "act_min": lo,
               "act_max": hi}
-    r.ops.append(F.Op("mul", [r.act(a), r.act(b)], r.act(o), params))
+    if not _is_const(r, b):
+        r.ops.append(F.Op("mul", [r.act(a), r.act(b)], r.act(o), params))
+        return
+    c = r.const(b)                      # a constant operand travels in the op's data
+    dims = tuple([1] * (4 - c.ndim) + list(c.shape))[1:]
+    params |= {"const_zero_point": int(r.quant(b)[1][0]), "const_h": dims[0],
+               "const_w": dims[1], "const_c": dims[2]}
+    r.ops.append(F.Op("mul", [r.act(a)], r.act(o), params, [c.reshape(-1)]))
+
+
+def _is_const(r: _Reader, t: int) -> bool:
+    data = r.model.buffers[r.graph.tensors[t].buffer].data
+    return data is not None and len(data) > 0
 
 
 def _pool(r: _Reader, op, kind: str) -> None:
@@ -390,6 +404,15 @@ def _relu(r: _Reader, op) -> None:
                                                           "act_max": rng[1]}))
     else:
         _leaky_relu(r, op, None, rng)
+def _resize_nearest(r: _Reader, op) -> None:
+    """RESIZE_NEAREST_NEIGHBOR by integer factors without align_corners or half-pixel
+    centres: a copy of int8 codes (input and output share their parameters)."""
+    x, o, opt = op.inputs[0], op.outputs[0], op.builtinOptions
+    (h, w, _), (oh, ow, _) = (r.tensors[r.act(t)].dims for t in (x, o))
+    if opt.alignCorners or opt.halfPixelCenters or oh % h or ow % w:
+        raise UnsupportedOpError("RESIZE_NEAREST_NEIGHBOR with align_corners, half-pixel "
+                                 "centres or a non-integer factor", r.layer(o), "mcu", OPS)
+    r.ops.append(F.Op("resize_nearest", [r.act(x)], r.act(o)))
 
 
 OPS = {
@@ -414,6 +437,7 @@ OPS = {
     "HARD_SWISH": _hard_swish,
     "LEAKY_RELU": lambda r, op: _leaky_relu(r, op, np.float32(op.builtinOptions.alpha)),
     **{name: _relu for name in RELU_RANGES},
+    "RESIZE_NEAREST_NEIGHBOR": _resize_nearest,
 }
 
 

@@ -197,6 +197,7 @@ class _Builder:
         self.plan = plan
         self.weight_dtype, self.weight_zp = WEIGHT_DTYPES[weight_dtype]
         self.nodes: list[onnx.NodeProto] = []
+        self.conv_pads: dict[str, tuple] = {}     # conv layer -> pads of a folded pad
         self.inits: list[onnx.TensorProto] = []
 
     def const(self, name: str, value: np.ndarray) -> str:
@@ -254,10 +255,14 @@ def _pads(p) -> list[int]:
 
 
 def _conv(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    """A zero pad before (folded_pads) joins the conv's own padding: ORT has no integer
+    Pad kernel, and a Conv's pads may differ per side."""
     w, bias = b.weights(n)
     a = n.attrs
+    top, bottom, left, right = b.conv_pads.get(n.name, (0, 0, 0, 0))
+    ph, pw = a["padding"]
     y = b.node("Conv", [xs[0], w, bias], f"{n.name}:conv", strides=list(a["stride"]),
-               pads=_pads(a["padding"]), dilations=list(a["dilation"]), group=a["groups"],
+               pads=[ph + top, pw + left, ph + bottom, pw + right], dilations=list(a["dilation"]), group=a["groups"],
                kernel_shape=list(n.weight.shape[2:]))
     return b.act(n, y)
 
@@ -280,6 +285,20 @@ def _avgpool(b: _Builder, n: G.Node, xs: list[str]) -> str:
                   strides=list(a["stride"]), pads=_pads(a["padding"]),
                   ceil_mode=int(a["ceil_mode"]),
                   count_include_pad=int(a["count_include_pad"]))
+
+
+def _pad(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    top, bottom, left, right = n.attrs["pads"]
+    pads = b.const(f"{n.name}:pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
+    zero = b.const(f"{n.name}:value", np.float32(0.0))
+    return b.node("Pad", [xs[0], pads, zero], f"{n.name}:pad", mode="constant")
+
+
+def _upsample(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    """Resize, nearest, 'asymmetric' coordinates rounded down: in[floor(i / s)]."""
+    scales = b.const(f"{n.name}:scales", np.array([1, 1, *n.attrs["scale"]], np.float32))
+    return b.node("Resize", [xs[0], "", scales], f"{n.name}:resize", mode="nearest",
+                  coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
 def _reshape(b: _Builder, n: G.Node, xs: list[str]) -> str:
@@ -310,14 +329,31 @@ OPS = {
     "leaky_relu": lambda b, n, xs: b.node("LeakyRelu", xs, f"{n.name}:leaky_relu",
                                           alpha=n.attrs["alpha"]),
     "silu": _silu,
+    "pad": _pad,
+    "upsample": _upsample,
 }
+
+
+def folded_pads(graph: G.Graph) -> dict[str, str]:
+    """Pad layers whose only reader is a conv2d (not the output): pad -> conv."""
+    out = {}
+    for n in graph.nodes:
+        readers = graph.consumers(n.name)
+        if n.op == "pad" and len(readers) == 1 and readers[0].op == "conv2d":
+            out[n.name] = readers[0].name
+    return out
 
 
 def build(graph: G.Graph, plan: QuantPlan, opset: int = 17,
           weight_dtype: str = "uint8") -> onnx.ModelProto:
     b = _Builder(plan, weight_dtype)
     names = {G.INPUT: b.qdq(G.INPUT, plan.input, f"{G.INPUT}:dq")}
+    folded = folded_pads(graph)
     for node in graph.nodes:
+        if node.name in folded:         # same grid as its input (plan.SHARED_PARAMS)
+            b.conv_pads[folded[node.name]] = node.attrs["pads"]
+            names[node.name] = names[node.inputs[0]]
+            continue
         if node.op not in OPS:
             raise UnsupportedOpError(node.op, node.name, "onnx backend", OPS)
         y = OPS[node.op](b, node, [names[i] for i in node.inputs])

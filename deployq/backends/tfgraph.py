@@ -398,10 +398,31 @@ def _avgpool(b: _Builder, n: G.Node, xs):
                                        for p in [ax[3]]]), "VALID"
     elif all(_same_ok(*ax) for ax in axes) or not any(a["padding"]):
         x, padding = _spatial(tf, xs[0], axes)
-    else:
+    elif all(_mirror_ok(*ax) for ax in axes):
         x = _pads(tf, xs[0], [(ax[3], _trailing_pad(*ax)) for ax in axes], "SYMMETRIC")
         padding = "VALID"
+    else:
+        return _avgpool_recounted(b, n, xs[0], axes)
     return tf.nn.avg_pool2d(x, list(a["kernel"]), list(a["stride"]), padding)
+
+
+def _avgpool_recounted(b: _Builder, n: G.Node, x, axes):
+    """count_include_pad=False where no TFLite padding gives the windows: the average
+    over the zero-padded map (AVERAGE_POOL_2D, VALID), quantized on the output's grid
+    (|it| <= |output|), times the constant kh * kw / count per output position (MUL).
+    Two roundings: within about one LSB of the exact average, not bit-equal to it."""
+    a, tf = n.attrs, b.tf
+    padded = _pads(tf, x, [(ax[3], _trailing_pad(*ax)) for ax in axes])
+    y = b.fq(tf.nn.avg_pool2d(padded, list(a["kernel"]), list(a["stride"]), "VALID"), n.name)
+    counts = [_counts(*ax) for ax in axes]
+    factor = (a["kernel"][0] * a["kernel"][1]) / np.outer(counts[0], counts[1])
+    return tf.multiply(y, tf.constant(factor[None, :, :, None].astype(np.float32)))
+
+
+def _counts(size: int, k: int, s: int, p: int, out: int) -> np.ndarray:
+    """Per output index along one axis: the window's elements inside the input."""
+    starts = np.arange(out) * s - p
+    return np.minimum(starts + k, size) - np.maximum(starts, 0)
 
 
 def _reshape(b: _Builder, n: G.Node, xs):
@@ -451,6 +472,14 @@ def _mul(b: _Builder, n: G.Node, xs):
     return b.act(n, b.tf.multiply(xs[0], xs[1]))
 
 
+def _upsample(b: _Builder, n: G.Node, xs):
+    """RESIZE_NEAREST_NEIGHBOR without align_corners or half-pixel centres: in[floor(i *
+    in / out)], PyTorch's 'nearest' (for integer factors in[i // s])."""
+    _, h, w = n.shape
+    return b.tf.compat.v1.image.resize_nearest_neighbor(xs[0], [h, w], align_corners=False,
+                                                         half_pixel_centers=False)
+
+
 OPS = {
     "conv2d": _conv,
     "linear": _linear,
@@ -467,10 +496,13 @@ OPS = {
     "leaky_relu": lambda b, n, xs: b.tf.nn.leaky_relu(xs[0], n.attrs["alpha"]),
     "hardswish": _hardswish,
     "silu": _silu,
+    "pad": lambda b, n, xs: _pads(b.tf, xs[0], [n.attrs["pads"][:2], n.attrs["pads"][2:]]),
+    "upsample": _upsample,
 }
 SUPPORTED = ["conv2d", "linear", "add", "mul", "concat", "maxpool (no dilation)",
-             "avgpool (count_include_pad, or padding TFLite can express)", "gap",
-             "reshape", "clamp", "sigmoid", "tanh", "leaky_relu", "hardswish", "silu"]
+             "avgpool", "gap",
+             "reshape", "clamp", "pad", "upsample", "sigmoid", "tanh", "leaky_relu",
+             "hardswish", "silu"]
 
 
 def _check_maxpool(n: G.Node, g: G.Graph) -> str | None:
@@ -490,13 +522,7 @@ def _check_avgpool(n: G.Node, g: G.Graph) -> str | None:
     if a["ceil_mode"] and any(out != _out_size(size, k, s, p)
                               for size, k, s, p, out in axes):
         return "avgpool with ceil_mode adding partial windows"
-    if a["count_include_pad"] or not any(a["padding"]):
-        return None
-    if all(_same_ok(*ax) for ax in axes) or all(_mirror_ok(*ax) for ax in axes):
-        return None
-    return (f"avgpool kernel {tuple(a['kernel'])} stride {tuple(a['stride'])} padding "
-            f"{tuple(a['padding'])} with count_include_pad=False (AVERAGE_POOL_2D only "
-            "excludes SAME padding)")
+    return None
 
 
 CHECKS = {"maxpool": _check_maxpool, "avgpool": _check_avgpool}

@@ -45,10 +45,12 @@ class AllOpsFx(AllOps):
         self.avg = nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=True)
 
 
-def test_all_ops_refuses_avgpool_excluding_padding():
+def test_avgpool_excluding_padding_divides_by_each_windows_count():
     graph = G.capture(randomized(AllOps()), ALL_OPS_SHAPE)
-    with pytest.raises(UnsupportedOpError, match="count_include_pad.*'avg'"):
-        fpga.lower(graph, None, _target())
+    node = graph.node("avg")                     # kernel 2, stride 1, padding 1 on 3x3
+    counts = FX.window_counts(graph, node)
+    np.testing.assert_array_equal(counts[0], [1, 2, 2, 1])
+    np.testing.assert_array_equal(counts[1], [2, 4, 4, 2])
 
 
 @pytest.mark.parametrize("quant", ["trn", "rnd", "rnd_conv"])

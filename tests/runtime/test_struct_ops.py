@@ -40,7 +40,60 @@ class SE(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-MODELS = {"mul": SE}
+class KwsPad(nn.Module):
+    """MLPerf Tiny DS-CNN's first layer as Keras writes it: 'same' padding on a
+    stride-2 (10, 4) conv over 49x10, i.e. asymmetric zeros (F.pad) then a valid conv;
+    then 'same' convs with an even kernel (asymmetric) and a dilated one (symmetric)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad = nn.ZeroPad2d((1, 2, 4, 5))
+        self.conv = nn.Conv2d(1, 4, (10, 4), stride=2)
+        self.same = nn.Conv2d(4, 4, (2, 3), padding="same")
+        self.dil = nn.Conv2d(4, 4, 3, padding="same", dilation=2)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(self.pad(x)))
+        y = torch.relu(self.dil(self.same(y)))
+        return self.fc(nn.functional.pad(y, (0, 1, 2, 0)).mean((2, 3)))
+
+
+class UpConv1d(nn.Module):
+    """Nearest upsampling (integer factors, also unequal) and a Conv1d over a flattened
+    map (held as (C, 1, L))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+        self.up = nn.Upsample(scale_factor=2)
+        self.c1 = nn.Conv1d(4, 3, 5, stride=2, padding=1)
+        self.fc = nn.Linear(3, 5)
+
+    def forward(self, x):
+        y = self.up(torch.relu(self.conv(x)))
+        y = nn.functional.interpolate(y, scale_factor=(1, 3), mode="nearest")
+        z = torch.relu(self.c1(y.flatten(2)))
+        return self.fc(z.mean(2))
+
+
+class AvgExcludingPad(nn.Module):
+    """AvgPool2d(count_include_pad=False) where TFLite has no padding with its windows
+    (kernel 3, stride 2, padding 1 over 8x8; ResNet-D style), then one it has."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.avg = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+        self.avg2 = nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False)
+        self.fc = nn.Linear(4 * 25, 5)
+
+    def forward(self, x):
+        return self.fc(self.avg2(self.avg(torch.relu(self.conv(x)))).flatten(1))
+
+
+MODELS = {"avgpool_exclude_pad": AvgExcludingPad, "mul": SE, "pad": KwsPad, "upsample_conv1d": UpConv1d}
+SHAPES = {"pad": (1, 49, 10)}
 
 
 def _plan(graph, x, target, **settings):
@@ -49,7 +102,11 @@ def _plan(graph, x, target, **settings):
 
 
 def _graph(name, seed=0):
-    return G.capture(randomized(MODELS[name](), seed), SHAPE)
+    return G.capture(randomized(MODELS[name](), seed), SHAPES.get(name, SHAPE))
+
+
+def _x(name, n, seed):
+    return np.random.default_rng(seed).random((n, *SHAPES.get(name, SHAPE)), dtype=np.float32)
 
 
 def _mcu_vs_reference(graph, x, tmp_path):
@@ -65,18 +122,23 @@ def _mcu_vs_reference(graph, x, tmp_path):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_mcu_equals_litert_reference_on_every_tensor(tmp_path, name):
     graph = _graph(name)
-    x = np.random.default_rng(0).random((100, *SHAPE), dtype=np.float32)
+    x = _x(name, 100, 0)
     rows = _mcu_vs_reference(graph, x, tmp_path)
-    computed = {n.name for n in graph.nodes if n.op != "reshape"}   # reshapes fold away
+    # reshapes fold away; the converter folds a pad into the conv after it when the
+    # pair is a conv with TF's SAME padding
+    computed = {n.name for n in graph.nodes if n.op not in ("reshape", "pad")}
     assert computed <= {r["layer"] for r in rows}
     assert all(r["different"] == 0 for r in rows), [r for r in rows if r["different"]]
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_fpga_equals_numpy_twin_and_mirror(tmp_path, name):
+@pytest.mark.parametrize("name, options", [(n, {}) for n in sorted(MODELS)] + [
+    ("avgpool_exclude_pad", {"pool_division": "reciprocal"}),
+    ("mul", {"acc_bits": 12, "acc_overflow": "sat", "out_overflow": "wrap"})])
+def test_fpga_equals_numpy_twin_and_mirror(tmp_path, name, options):
     graph = _graph(name)
-    x = np.random.default_rng(1).random((100, *SHAPE), dtype=np.float32)
+    x = _x(name, 100, 1)
     target = T.get("fpga-fixed")
+    target.options = dict(target.options, **options)
     plan = _plan(graph, x[:50], target)
     path, plan = fpga.export(graph, plan, target, tmp_path)
     c_out = backends.codes(fpga.load(path), x).reshape(len(x), -1)
@@ -104,7 +166,7 @@ def test_negative_control_a_mul_one_lsb_off_is_caught(tmp_path, monkeypatch):
 def test_onnx_runs_convs_in_integers_and_names_float_islands(tmp_path, name):
     from deployq.backends import onnx as O
     graph = _graph(name)
-    x = np.random.default_rng(2).random((50, *SHAPE), dtype=np.float32)
+    x = _x(name, 50, 2)
     target = T.get("onnx-int8")
     path, plan = O.export(graph, _plan(graph, x, target), target, tmp_path)
     ops = O.kernels(path)
@@ -112,3 +174,17 @@ def test_onnx_runs_convs_in_integers_and_names_float_islands(tmp_path, name):
     islands = plan.provenance.get("onnx_float_islands", [])
     assert all(i["layer"] in {n.name for n in graph.nodes} for i in islands)
     assert O.float_islands(path) == islands
+    logits = O.load(path).run(x)            # the integer model computes the float one
+    ref = G.run(graph, torch.from_numpy(x))["output"].numpy()
+    assert np.corrcoef(logits.ravel(), ref.ravel())[0, 1] > 0.95
+
+
+def test_litert_nearest_rule_is_integer_division_for_integer_factors():
+    """reference_ops' floor(y * float32(in) / float32(out)) equals y // s for out = s * in,
+    every size up to 1024 and factor up to 16: the C kernel's integer rule."""
+    f32 = np.float32
+    for size in range(1, 1025):
+        for s in range(1, 17):
+            y = np.arange(size * s)
+            ref = np.floor(y.astype(f32) * (f32(size) / f32(size * s))).astype(np.int64)
+            assert np.array_equal(np.minimum(ref, size - 1), y // s), (size, s)
