@@ -199,6 +199,9 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
         common = max(fa, fb)
         layer.extra = {"common": common, "shifts": (common - fa, common - fb)}
         layer.shift = np.array([common - frac], np.int64)
+    elif node.op in ACTIVATIONS:
+        layer.extra = {"table": activation_table(node, fx.frac(node.inputs[0]),
+                                                 fx.bits(node.inputs[0]), layer)}
     elif node.op == "mul":
         layer.shift = np.array([sum(fx.frac(i) for i in node.inputs) - frac], np.int64)
     elif node.op in ("avgpool", "gap"):
@@ -214,6 +217,35 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
             layer.shift = np.array([fx.frac(node.inputs[0]) - frac], np.int64)
 
     return layer
+
+
+# Pointwise activations are ROMs (Hardsigmoid is captured as a depthwise conv) (docs/fpga-fixed.md): one entry per input code, the
+# function of its real value in float64, rounded by the layer's quantization mode and
+# saturated into the output (then clamped to its activation range).
+ACTIVATIONS = {
+    "sigmoid": lambda x, a: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": lambda x, a: np.tanh(x),
+    "hardswish": lambda x, a: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "silu": lambda x, a: x / (1.0 + np.exp(-x)),
+    "leaky_relu": lambda x, a: np.where(x >= 0, x, x * a.get("alpha", 0.0)),
+}
+
+
+def activation_table(node: G.Node, f_in: int, bits_in: int, layer: FxLayer) -> np.ndarray:
+    """256 int64 entries: table[q & 0xFF] is the output integer for input code q
+    (codes outside the input's bits stay 0)."""
+    codes = np.arange(-(1 << (bits_in - 1)), 1 << (bits_in - 1), dtype=np.int64)
+    y = ACTIVATIONS[node.op](codes * 2.0 ** -f_in, node.attrs) * 2.0 ** layer.frac
+    r = {"trn": np.floor(y), "rnd": np.floor(y + 0.5), "rnd_conv": np.round(y)}[layer.quant]
+    table = np.zeros(256, np.int64)
+    table[codes & 0xFF] = np.clip(fit(np.clip(r, -2.0 ** 40, 2.0 ** 40).astype(np.int64),
+                                      layer.bits, "sat"), *layer.act)
+    return table
+
+
+def activation(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """The ROM lookup."""
+    return layer.extra["table"][np.asarray(x, np.int64) & 0xFF]
 
 
 def _lower_weighted(fx: FxModel, layer: FxLayer, lp) -> None:
@@ -438,7 +470,7 @@ def upsample(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
 
 OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
-       "pad": pad, "upsample": upsample}
+       "pad": pad, "upsample": upsample, **{op: activation for op in ACTIVATIONS}}
 
 
 def check_supported(graph: G.Graph, node: G.Node, backend: str = "fpga") -> None:

@@ -229,6 +229,21 @@ def clamp(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return clip(x, *layer.act)
 
 
+TORCH_ACTIVATIONS = {
+    "sigmoid": lambda x, a: torch.sigmoid(x), "tanh": lambda x, a: torch.tanh(x),
+    "hardswish": lambda x, a: F.hardswish(x),
+    "silu": lambda x, a: F.silu(x),
+    "leaky_relu": lambda x, a: F.leaky_relu(x, a.get("alpha", 0.0)),
+}
+
+
+def activation(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
+    """The ROM's integers forward; backward the float function's derivative (real
+    units), the straight-through estimate of the table's rounding."""
+    node = layer.node
+    f_in = fx.frac(node.inputs[0])
+    y = TORCH_ACTIVATIONS[node.op](x * 2.0 ** -f_in, node.attrs) * 2.0 ** layer.frac
+    return _float(FX.activation(_int(x), layer=layer, fx=fx)) + (y - y.detach())
 def pad(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return F.pad(x, G._torch_pads(layer.node.attrs["pads"]))
 
@@ -240,7 +255,7 @@ def upsample(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
 
 OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
-       "pad": pad, "upsample": upsample}
+       "pad": pad, "upsample": upsample, **{op: activation for op in TORCH_ACTIVATIONS}}
 
 
 def _check_exact(fx: FX.FxModel) -> None:

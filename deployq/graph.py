@@ -20,6 +20,11 @@ IR ops and their attrs:
   gap      global average pool to (C, 1, 1)
   reshape  (target shape is the node's shape)
   clamp    lo, hi
+  sigmoid, tanh, hardswish, silu     pointwise, no attrs
+  leaky_relu   alpha                              pointwise
+Dropout / Dropout2d are identities (eval). A final Softmax / LogSoftmax is dropped at
+capture with a note: the graph ends at the logits, which attacks and comparisons use
+(softmax outputs mask gradients); a softmax anywhere else is refused.
   pad      pads (top, bottom, left, right): zeros around H and W
   upsample scale (sh, sw): nearest neighbour, integer factors (out[i] = in[i // s])
 
@@ -28,7 +33,8 @@ kernel, and every target runs it as one.
 Multiplying or adding a constant (a number, or one per channel) is captured as a 1x1
 depthwise conv2d (a linear with a diagonal weight on a vector): weight c, bias d. Every
 target already runs that op in integers, and a BatchNorm or activation after it folds
-as after any conv.
+as after any conv. Hardsigmoid is the same: x / 6 + 1/2 with the activation range
+[0, 1], so every target runs it as a depthwise conv (no MUL).
 """
 from __future__ import annotations
 
@@ -45,6 +51,8 @@ from .errors import InputError, UnsupportedOpError
 INPUT = "input"
 WEIGHTED = ("conv2d", "linear")
 ACT_HOSTS = ("conv2d", "linear", "add", "mul")
+POINTWISE = ("sigmoid", "tanh", "hardswish", "silu", "leaky_relu")
+log = logging.getLogger("deployq")
 
 
 @dataclass
@@ -122,7 +130,7 @@ def _from_program(program) -> Graph:
                          f"{len(user_inputs)}")
     names = {user_inputs[0].name: INPUT}
     shape = tuple(user_inputs[0].meta["val"].shape[1:])
-    ctx = _Capture(tensors, names, [], set(), shape)
+    ctx = _Capture(tensors, names, [], set(), {}, shape)
     for fx_node in program.graph.nodes:
         if fx_node.op == "call_function":
             ctx.add(fx_node)
@@ -140,6 +148,7 @@ class _Capture:
     names: dict              # fx node name -> IR tensor name (aliases resolved)
     nodes: list
     used: set
+    dropped: dict            # fx node name of a dropped softmax -> its layer name
     input_shape: tuple = ()
 
     def add(self, fx_node) -> None:
@@ -156,6 +165,13 @@ class _Capture:
             self.names[fx_node.name] = result
 
     def finish(self, out) -> None:
+        late = [layer for fx_name, layer in self.dropped.items() if fx_name != out.name]
+        if late:
+            raise UnsupportedOpError("softmax before the last layer", late[0], "capture",
+                                     SUPPORTED_TORCH)
+        if self.dropped:
+            log.info("capture: the final %s is dropped; the graph outputs its logits "
+                     "(what attacks and comparisons use)", next(iter(self.dropped.values())))
         if not self.nodes or self.names.get(out.name) != self.nodes[-1].name:
             raise InputError("the model output must be the last computed tensor")
 
@@ -472,6 +488,28 @@ def _identity(c, n, layer):
     return c.arg(n.args[0])
 
 
+def _pointwise(op: str, alpha_default: float | None = None):
+    """A handler for a pointwise activation IR op (leaky_relu carries its slope)."""
+    def handler(c, n, layer):
+        attrs = {} if alpha_default is None else {"alpha": float(_get(n.args, 1,
+                                                                       alpha_default))}
+        return Node(layer, op, [c.arg(n.args[0])], _shape(n), attrs)
+    return handler
+
+
+def _hardsigmoid(c, n, layer):
+    """clamp(x / 6 + 1/2, 0, 1): the affine node with activation range [0, 1]."""
+    node = _affine(c, n, layer, n.args[0], np.float32(1.0 / 6.0), np.float32(0.5))
+    node.attrs["act"] = (0.0, 1.0)
+    return node
+
+
+def _softmax(c, n, layer):
+    """Kept only as the model's output (checked in finish): an alias of its input."""
+    c.dropped[n.name] = layer
+    return c.arg(n.args[0])
+
+
 def _getitem(c, n, layer):
     src, index = n.args
     if index != 0 or "batch_norm" not in str(src.target):
@@ -525,6 +563,22 @@ ATEN = {
     "aten.div.Scalar": _div,
     "aten.cat.default": _cat,
     "aten.dropout.default": _identity,
+    "aten.dropout_.default": _identity,
+    "aten.feature_dropout.default": _identity,
+    "aten.feature_dropout_.default": _identity,
+    "aten.alpha_dropout.default": _identity,
+    "aten.softmax.int": _softmax,
+    "aten._softmax.default": _softmax,
+    "aten.log_softmax.int": _softmax,
+    "aten._log_softmax.default": _softmax,
+    **{f"aten.{name}{tail}.default": _pointwise(op)
+       for name, op in (("sigmoid", "sigmoid"), ("tanh", "tanh"), ("hardswish", "hardswish"),
+                        ("silu", "silu"))
+       for tail in ("", "_")},
+    "aten.hardsigmoid.default": _hardsigmoid,
+    "aten.hardsigmoid_.default": _hardsigmoid,
+    "aten.leaky_relu.default": _pointwise("leaky_relu", 0.01),
+    "aten.leaky_relu_.default": _pointwise("leaky_relu", 0.01),
     "aten.contiguous.default": _identity,
     "aten.clone.default": _identity,
     "aten.alias.default": _identity,
@@ -535,7 +589,9 @@ SUPPORTED_TORCH = ["Conv2d (padding: numbers, 'same', 'valid')", "Conv1d",
                    "ZeroPad2d / F.pad (zeros)", "Upsample / interpolate (nearest, integer)", "Linear", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "clamp",
                    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "mean(H,W)",
                    "flatten/view/reshape", "add", "mul (equal shapes or (C,1,1) x (C,H,W))",
-                   "+ - * / by a constant (number or per channel)", "cat(dim=1)", "Dropout", "Identity"]
+                   "+ - * / by a constant (number or per channel)", "cat(dim=1)", "Dropout",
+                   "Dropout2d", "Identity", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid", "SiLU",
+                   "LeakyReLU", "Softmax/LogSoftmax (final, dropped)"]
 
 
 # --- graph passes ---------------------------------------------------------------
@@ -615,6 +671,11 @@ FLOAT_OPS = {
     "gap": lambda n, xs: xs[0].mean((2, 3), keepdim=True),
     "reshape": lambda n, xs: xs[0].reshape((xs[0].shape[0], *n.shape)),
     "clamp": lambda n, xs: torch.clamp(xs[0], n.attrs["lo"], n.attrs["hi"]),
+    "sigmoid": lambda n, xs: torch.sigmoid(xs[0]),
+    "tanh": lambda n, xs: torch.tanh(xs[0]),
+    "hardswish": lambda n, xs: F.hardswish(xs[0]),
+    "silu": lambda n, xs: F.silu(xs[0]),
+    "leaky_relu": lambda n, xs: F.leaky_relu(xs[0], n.attrs["alpha"]),
     "pad": lambda n, xs: F.pad(xs[0], _torch_pads(n.attrs["pads"])),
     "upsample": lambda n, xs: xs[0].repeat_interleave(n.attrs["scale"][0], 2)
                                    .repeat_interleave(n.attrs["scale"][1], 3),

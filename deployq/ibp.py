@@ -78,8 +78,9 @@ def _monotone(fn):
 
 FLOAT_IBP = {"conv2d": _float_affine, "linear": _float_affine,
              **{op: _monotone(op) for op in
-                ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp", "pad",
-                 "upsample")}}
+                ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp",
+                 "sigmoid", "tanh", "leaky_relu", "pad", "upsample")}}
+# hardswish and silu are not monotone: refused by float IBP (one line, the op named)
 
 
 # --- shared integer helpers -----------------------------------------------------------
@@ -249,10 +250,28 @@ def _fx_each(fn):
                                         for k in (0, 1))
 
 
+def _fx_table(x, *, layer, fx):
+    return table_bounds(x, layer.extra["table"])
+
+
+def table_bounds(x, table: np.ndarray):
+    """A lookup table (indexed by code & 0xFF) over the codes [lo, hi]: the least and
+    largest entry in that range (exact, monotone or not)."""
+    lo, hi = (np.asarray(t, np.int64) for t in x)
+    codes = np.arange(-128, 128)
+    out_lo, out_hi = np.full(lo.shape, np.iinfo(np.int64).max), np.full(lo.shape, -2 ** 62)
+    for c in codes:
+        inside = (lo <= c) & (c <= hi)
+        out_lo = np.where(inside, np.minimum(out_lo, table[c & 0xFF]), out_lo)
+        out_hi = np.where(inside, np.maximum(out_hi, table[c & 0xFF]), out_hi)
+    return out_lo, out_hi
+
+
 FX_IBP = {"conv2d": _fx_conv, "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
           "avgpool": _fx_avgpool, "gap": _fx_gap, "reshape": _fx_each(FX.reshape),
           "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp),
-          "pad": _fx_each(FX.pad), "upsample": _fx_each(FX.upsample)}
+          "pad": _fx_each(FX.pad), "upsample": _fx_each(FX.upsample),
+          **{op: _fx_table for op in FX.ACTIVATIONS}}
 
 
 # --- MODE_S8: the C runtime's model file, TFLite reference int8 rules ------------------
@@ -320,7 +339,8 @@ class S8Op:
 
 DATA_TYPES = {"conv2d": (np.int8, np.int32, np.int32, np.int32),
               "depthwise_conv2d": (np.int8, np.int32, np.int32, np.int32),
-              "fully_connected": (np.int8, np.int32, np.int32, np.int32)}
+              "fully_connected": (np.int8, np.int32, np.int32, np.int32),
+              "logistic": (np.int8,), "tanh": (np.int8,)}
 OP_NAMES = {code: name for name, code in R.OPS.items()}
 
 
@@ -532,4 +552,7 @@ S8_IBP = {"conv2d": _s8_conv, "depthwise_conv2d": _s8_conv, "fully_connected": _
           "add": _s8_add, "max_pool": _s8_pool, "avg_pool": _s8_pool, "mean": _s8_mean,
           "reshape": _move(_reshape), "concat": _move(_concat),
           "transpose": _move(_transpose), "clamp": _move(_clamp), "slice": _move(_slice),
-          "pad": _move(_pad)}
+          "pad": _move(_pad),
+          # LOGISTIC, TANH: tables; HARD_SWISH and LEAKY_RELU are refused (one line)
+          **{op: (lambda prog, op, xs: table_bounds(xs[0], op.data[0]))
+             for op in ("logistic", "tanh")}}

@@ -21,6 +21,10 @@ Conventions (shared by every backend):
   covers the channel's absmax. The stored scale is the one the file carries, so every
   backend computes int8 code * scale exactly as the plan does, and the deployed model
   holds the g-bit grid {j * k * scale} with no rounding of its own.
+  sigmoid and tanh outputs have fixed ranges, not calibrated ones: at b bits, sigmoid
+  [0, 1 - 2^-b] (8 bits asymmetric: scale 1/256, zero point -128) and tanh
+  [-1, 1 - 2^-(b-1)] (scale 1/128, zero point 0), the parameters TFLite's int8
+  LOGISTIC and TANH require.
 """
 from __future__ import annotations
 
@@ -258,7 +262,10 @@ def make(graph: G.Graph, stats: dict[str, calibrate.TensorStats], target: Target
     config.check_names(graph)
     settings = {n.name: config.resolve(target, n.name, n.op) for n in graph.nodes}
     settings[G.INPUT] = config.resolve(target, G.INPUT, "input")
-    ranges = {name: _range(stats[name], s) for name, s in settings.items()}
+    ops = {n.name: n.op for n in graph.nodes}
+    ranges = {name: FIXED_RANGES[ops[name]](s["activation_bits"])
+              if ops.get(name) in FIXED_RANGES else _range(stats[name], s)
+              for name, s in settings.items()}
     acts = {}
     for members in _shared_classes(graph):
         head = members[0]
@@ -272,6 +279,10 @@ def make(graph: G.Graph, stats: dict[str, calibrate.TensorStats], target: Target
                                 if n.op in G.WEIGHTED else None)
               for n in graph.nodes}
     return QuantPlan(target.name, acts[G.INPUT], layers, config, provenance or {})
+
+
+FIXED_RANGES = {"sigmoid": lambda bits: (0.0, 1.0 - 2.0 ** -bits),
+                "tanh": lambda bits: (-1.0, 1.0 - 2.0 ** (1 - bits))}
 
 
 def _range(stats: calibrate.TensorStats, s: dict) -> tuple[float, float]:

@@ -44,7 +44,13 @@ SLOT = {"stride_h": 0, "stride_w": 1, "pad_top": 2, "pad_left": 3, "dilation_h":
         # CONCAT, SLICE, TRANSPOSE, PAD
         "axis": 0, "begin": 1, "perm_0": 0, "perm_1": 1, "perm_2": 2,
         "before_h": 0, "after_h": 1, "before_w": 2, "after_w": 3, "before_c": 4,
-        "after_c": 5, "pad_mode": 6}
+        "after_c": 5, "pad_mode": 6,
+        # HARD_SWISH (S8)
+        "output_multiplier_int16": 0, "output_exponent": 1, "reluish_multiplier_int16": 2,
+        "reluish_exponent": 3,
+        # LEAKY_RELU (S8)
+        "identity_multiplier": 1, "identity_shift": 2, "alpha_multiplier": 3,
+        "alpha_shift": 4}
 
 
 @dataclass

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import tinyzoo
 from .errors import InputError
 
 DATASETS = {"digits": (1, 8, 8), "fmnist": (1, 28, 28)}
@@ -66,7 +67,9 @@ class DSNet(nn.Module):
 
 
 ARCHS = {"lenet": LeNet, "dsnet": DSNet}
-MODELS = [f"{arch}-{data}" for arch in ARCHS for data in DATASETS]
+FMNIST_ARCHS = tinyzoo.ARCHS     # MLPerf Tiny / MobileNet-style, Fashion-MNIST only
+MODELS = ([f"{arch}-{data}" for arch in ARCHS for data in DATASETS]
+          + [f"{arch}-fmnist" for arch in FMNIST_ARCHS])
 ADV = "-adv"                  # suffix of adversarially trained weights of a model
 DQ = "-dq"                    # Defensive Quantization for fpga-fixed at 4-bit
                               # activations (tools/train_harden_zoo.py)
@@ -83,13 +86,14 @@ def _base(name: str) -> str:
 
 def build(name: str) -> nn.Module:
     """An untrained zoo model by name, e.g. 'lenet-digits' (or 'lenet-digits-adv')."""
-    arch, _, data = _base(name).partition("-")
-    if arch not in ARCHS or data not in DATASETS:
+    base = _base(name)
+    arch, _, data = base.partition("-")
+    if base not in MODELS:
         raise InputError(f"unknown zoo model '{name}': choose one of {', '.join(MODELS)} "
                          f"(NAME{ADV}: adversarially trained weights, NAME{DQ}: "
                          f"Defensive Quantization, NAME{QAIBP}: certifiably trained)")
     ch, hw, _ = DATASETS[data]
-    return ARCHS[arch](ch, hw, 10)
+    return {**ARCHS, **FMNIST_ARCHS}[arch](ch, hw, 10)
 
 
 def weights_file(name: str):

@@ -88,6 +88,44 @@ static inline int32_t dq_div_round_away(int32_t num, int32_t den) {
     return (int32_t)(n > 0 ? (n + den / 2) / den : (n - den / 2) / den);
 }
 
+/* --- int16 fixed point (TFLite's quantized HARD_SWISH) ------------------------------ */
+
+static inline int16_t dq_sat_s16(int64_t x) {
+    return (int16_t)(x < INT16_MIN ? INT16_MIN : (x > INT16_MAX ? INT16_MAX : x));
+}
+
+/* gemmlowp's SaturatingRoundingDoublingHighMul on int16: a * b / 2^15 rounded half away
+ * from zero; the one overflow case a = b = INT16_MIN gives INT16_MAX. */
+static inline int16_t dq_srdhm_s16(int16_t a, int16_t b) {
+    if (a == INT16_MIN && b == INT16_MIN) return INT16_MAX;
+    int32_t ab = (int32_t)a * b;
+    int32_t nudge = ab >= 0 ? (1 << 14) : (1 - (1 << 14));
+    return (int16_t)((ab + nudge) / (1 << 15));      /* C99 division truncates toward 0 */
+}
+
+/* The same without the rounding nudge (TFLite's SaturatingDoublingHighMul): truncated
+ * toward zero. */
+static inline int16_t dq_sdhm_s16(int16_t a, int16_t b) {
+    if (a == INT16_MIN && b == INT16_MIN) return INT16_MAX;
+    return (int16_t)(((int32_t)a * b) / (1 << 15));
+}
+
+/* x * 2^e saturated to int16; e in [0, 31]. */
+static inline int16_t dq_sat_left_shift_s16(int16_t x, int e) {
+    assert(e >= 0 && e <= 31);
+    return dq_sat_s16((int64_t)x * ((int64_t)1 << e));
+}
+
+/* x / 2^e rounded half away from zero, on int16 (gemmlowp's RoundingDivideByPOT);
+ * e in [0, 15]. */
+static inline int16_t dq_rounding_divide_by_pot_s16(int16_t x, int e) {
+    assert(e >= 0 && e <= 15);
+    int16_t mask = (int16_t)((1 << e) - 1);
+    int16_t remainder = (int16_t)(x & mask);
+    int16_t threshold = (int16_t)((mask >> 1) + (x < 0 ? 1 : 0));
+    return (int16_t)((x >> e) + (remainder > threshold ? 1 : 0));
+}
+
 /* --- fixed point ------------------------------------------------------------------ */
 
 /* x >> s with the quantization mode; s in [-24, 62]; s < 0 shifts left (|x| < 2^38). */

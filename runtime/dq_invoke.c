@@ -225,12 +225,39 @@ static dq_status run_move(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
     }
 }
 
+/* LOGISTIC, TANH, HARD_SWISH, LEAKY_RELU: a table in FX mode and for LOGISTIC and TANH
+ * in S8 mode; TFLite's integer algorithms for the other two in S8 mode. */
+static dq_status run_activation(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                                uint8_t *arena) {
+    (void)ctx;
+    const int32_t *p = op->params;
+    const int32_t n = (int32_t)dq_tensor_elems(&m->tensors[op->output]);
+    const int32_t zp_in = m->tensors[op->inputs[0]].zero_point;
+    const int32_t zp_out = m->tensors[op->output].zero_point;
+    if (!is_s8(m) || op->type == DQ_OP_LOGISTIC || op->type == DQ_OP_TANH)
+        return dq_kernels.lut_s8((const int8_t *)data(m, op, 0), n, IN0, OUT);
+    if (op->type == DQ_OP_HARD_SWISH) {
+        const dq_hard_swish_s8_params hp = {
+            zp_in, zp_out, (int16_t)p[DQ_P_OUTPUT_MULTIPLIER_INT16],
+            (int16_t)p[DQ_P_RELUISH_MULTIPLIER_INT16], p[DQ_P_OUTPUT_EXPONENT],
+            p[DQ_P_RELUISH_EXPONENT]};
+        return dq_kernels.hard_swish_s8(&hp, n, IN0, OUT);
+    }
+    const dq_leaky_relu_s8_params lp = {
+        -zp_in, zp_out, p[DQ_P_IDENTITY_MULTIPLIER], p[DQ_P_IDENTITY_SHIFT],
+        p[DQ_P_ALPHA_MULTIPLIER], p[DQ_P_ALPHA_SHIFT], p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX],
+        (dq_rounding)p[DQ_P_ROUNDING]};
+    return dq_kernels.leaky_relu_s8(&lp, n, IN0, OUT);
+}
+
 static const dq_run_fn RUN[DQ_OP_COUNT] = {
     [DQ_OP_CONV2D] = run_conv, [DQ_OP_DEPTHWISE_CONV2D] = run_conv,
     [DQ_OP_FULLY_CONNECTED] = run_fc, [DQ_OP_ADD] = run_add, [DQ_OP_MAX_POOL] = run_pool,
     [DQ_OP_AVG_POOL] = run_pool, [DQ_OP_MEAN] = run_mean, [DQ_OP_CONCAT] = run_concat,
     [DQ_OP_RESHAPE] = run_move, [DQ_OP_TRANSPOSE] = run_move, [DQ_OP_PAD] = run_move,
     [DQ_OP_CLAMP] = run_move, [DQ_OP_SLICE] = run_move, [DQ_OP_MUL] = run_mul,
+    [DQ_OP_LOGISTIC] = run_activation, [DQ_OP_TANH] = run_activation,
+    [DQ_OP_HARD_SWISH] = run_activation, [DQ_OP_LEAKY_RELU] = run_activation,
     [DQ_OP_RESIZE_NEAREST] = run_move,
 };
 

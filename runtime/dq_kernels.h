@@ -55,6 +55,11 @@ typedef struct {
                              const dq_dims *, int8_t *);
     dq_status (*mean_fx)(const dq_requant_fx *, const dq_mean_fx_params *, const dq_dims *,
                          const int8_t *, int8_t *);
+    dq_status (*lut_s8)(const int8_t *, int32_t, const int8_t *, int8_t *);
+    dq_status (*hard_swish_s8)(const dq_hard_swish_s8_params *, int32_t, const int8_t *,
+                               int8_t *);
+    dq_status (*leaky_relu_s8)(const dq_leaky_relu_s8_params *, int32_t, const int8_t *,
+                               int8_t *);
     dq_status (*mul_s8)(const dq_mul_s8_params *, const dq_dims *, const int8_t *,
                         const dq_dims *, const int8_t *, const dq_dims *, int8_t *);
     dq_status (*mul_fx)(const dq_requant_fx *, const dq_dims *, const int8_t *,

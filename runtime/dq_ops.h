@@ -33,6 +33,14 @@
  *     output's dims or broadcasting a dimension of 1. S8 with one input: the second
  *     is the constant int8 data 0, of dims 4-6 (h, w, c) and zero point 3.
  *   SLICE: 0 axis 1 begin (a slice of the input along axis, as the output's size)
+ *   LOGISTIC, TANH (S8), and all four activations (FX): data 0 the table, int8 [256],
+ *     indexed by the input code as uint8 (TFLite's int8 LUT order: 0..127, -128..-1)
+ *   HARD_SWISH (S8): 0 output_multiplier_int16 1 output_exponent (<= 0)
+ *     2 reluish_multiplier_int16 3 reluish_exponent (TFLite's HardSwishParams)
+ *   LEAKY_RELU (S8): 1 identity_multiplier 2 identity_shift 3 alpha_multiplier
+ *     4 alpha_shift 7 rounding 8 act_min 9 act_max (also TFLite's RELU, RELU6,
+ *     RELU_N1_TO_1, RELU_0_TO_1 when input and output are quantized differently:
+ *     both multipliers the identity's, the range the activation's)
  *   RESIZE_NEAREST: none; the output an integer multiple of the input along H and W
  *     (nearest neighbour, output row y reads row y / s); input and output share
  *     parameters
@@ -67,6 +75,12 @@ typedef enum {
     DQ_P_AXIS = 0, DQ_P_BEGIN = 1, DQ_P_PERM_0 = 0, DQ_P_PERM_1 = 1, DQ_P_PERM_2 = 2,
     DQ_P_BEFORE_H = 0, DQ_P_AFTER_H = 1, DQ_P_BEFORE_W = 2, DQ_P_AFTER_W = 3,
     DQ_P_BEFORE_C = 4, DQ_P_AFTER_C = 5, DQ_P_PAD_MODE = 6,
+    /* HARD_SWISH (S8) */
+    DQ_P_OUTPUT_MULTIPLIER_INT16 = 0, DQ_P_OUTPUT_EXPONENT = 1,
+    DQ_P_RELUISH_MULTIPLIER_INT16 = 2, DQ_P_RELUISH_EXPONENT = 3,
+    /* LEAKY_RELU (S8) */
+    DQ_P_IDENTITY_MULTIPLIER = 1, DQ_P_IDENTITY_SHIFT = 2, DQ_P_ALPHA_MULTIPLIER = 3,
+    DQ_P_ALPHA_SHIFT = 4,
 } dq_param_slot;
 
 typedef struct { int32_t h, w, c; } dq_dims;
@@ -200,6 +214,27 @@ int64_t dq_mean_fx_add(int64_t acc, int32_t x, const dq_requant_fx *q,
                        const dq_mean_fx_params *mp);
 int8_t dq_mean_fx_out(int64_t acc, int32_t count, const dq_requant_fx *q,
                       const dq_mean_fx_params *mp);
+
+typedef struct {            /* HARD_SWISH, MCU int8 (TFLite's HardSwishParams) */
+    int32_t input_zero_point, output_zero_point;
+    int16_t output_multiplier, reluish_multiplier;   /* Q0.15 */
+    int32_t output_exponent, reluish_exponent;       /* output_exponent in [-15, 0] */
+} dq_hard_swish_s8_params;
+
+typedef struct {            /* LEAKY_RELU (and RELU with a requantization), MCU int8 */
+    int32_t input_offset, output_offset;
+    int32_t identity_multiplier, identity_shift, alpha_multiplier, alpha_shift;
+    int32_t act_min, act_max;
+    dq_rounding rounding;
+} dq_leaky_relu_s8_params;
+
+/* Pointwise activations (dq_activation.c). dq_lut_s8 serves LOGISTIC and TANH in
+ * both modes and every activation in FX mode: out = table[(uint8_t)in]. */
+dq_status dq_lut_s8(const int8_t *table, int32_t n, const int8_t *in, int8_t *out);
+dq_status dq_hard_swish_s8(const dq_hard_swish_s8_params *p, int32_t n, const int8_t *in,
+                           int8_t *out);
+dq_status dq_leaky_relu_s8(const dq_leaky_relu_s8_params *p, int32_t n, const int8_t *in,
+                           int8_t *out);
 
 /* Data movement, shared by both modes (int8 storage). */
 dq_status dq_concat(int32_t axis, int32_t n_inputs, const dq_dims *in_dims,

@@ -39,7 +39,7 @@ typedef enum {
     DQ_OP_CONV2D = 1, DQ_OP_DEPTHWISE_CONV2D, DQ_OP_FULLY_CONNECTED, DQ_OP_ADD,
     DQ_OP_MAX_POOL, DQ_OP_AVG_POOL, DQ_OP_MEAN, DQ_OP_CONCAT, DQ_OP_RESHAPE,
     DQ_OP_TRANSPOSE, DQ_OP_PAD, DQ_OP_CLAMP, DQ_OP_SLICE,
-    /* 14-17: pointwise activations; reserved here, the validator refuses them */
+    /* 14-17: pointwise activations */
     DQ_OP_LOGISTIC, DQ_OP_TANH, DQ_OP_HARD_SWISH, DQ_OP_LEAKY_RELU,
     DQ_OP_MUL, DQ_OP_RESIZE_NEAREST, DQ_OP_TRANSPOSE_CONV, DQ_OP_COUNT
 } dq_op_type;

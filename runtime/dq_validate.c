@@ -247,6 +247,35 @@ static dq_status check_move(const dq_model *m, const dq_op *op) {
     return DQ_OK;
 }
 
+/* A table of 256 codes, each within the output's bits. */
+static dq_status check_table(const dq_model *m, const dq_op *op) {
+    dq_status s;
+    if ((s = check_data(m, op, 0, 256, 1)) != DQ_OK) return s;
+    const int8_t *table = (const int8_t *)(m->data + op->data_offset[0]);
+    const int32_t bits = m->tensors[op->output].bits;
+    for (int k = 0; k < 256; ++k)
+        CHECK(IN_RANGE(table[k], -(1 << (bits - 1)), (1 << (bits - 1)) - 1), DQ_ERR_PARAM);
+    return DQ_OK;
+}
+
+static dq_status check_activation(const dq_model *m, const dq_op *op) {
+    const int32_t *p = op->params;
+    const dq_tensor *in = &m->tensors[op->inputs[0]], *out = &m->tensors[op->output];
+    CHECK(op->n_inputs == 1, DQ_ERR_OP);
+    CHECK(same_dims(in, out), DQ_ERR_SHAPE);
+    if (!is_s8(m) || op->type == DQ_OP_LOGISTIC || op->type == DQ_OP_TANH)
+        return check_table(m, op);
+    if (op->type == DQ_OP_HARD_SWISH) {      /* TFLite's Prepare ensures these */
+        CHECK(IN_RANGE(p[0], 0, INT16_MAX) && IN_RANGE(p[1], -15, 0), DQ_ERR_PARAM);
+        CHECK(IN_RANGE(p[2], 0, INT16_MAX) && IN_RANGE(p[3], -15, 30), DQ_ERR_PARAM);
+        return DQ_OK;
+    }
+    CHECK(IN_RANGE(p[7], DQ_ROUND_DOUBLE, DQ_ROUND_SINGLE), DQ_ERR_PARAM);
+    CHECK(p[1] >= 0 && IN_RANGE(p[2], -31, 30) && p[3] >= 0 && IN_RANGE(p[4], -31, 30),
+          DQ_ERR_PARAM);
+    return check_range(m, op);
+}
+
 dq_status dq_check_op(const dq_model *m, const dq_op *op) {
     switch (op->type) {
     case DQ_OP_CONV2D: return check_conv(m, op, 0);
@@ -259,6 +288,8 @@ dq_status dq_check_op(const dq_model *m, const dq_op *op) {
     case DQ_OP_CONCAT: return check_concat(m, op);
     case DQ_OP_RESHAPE: case DQ_OP_TRANSPOSE: case DQ_OP_PAD: case DQ_OP_CLAMP:
     case DQ_OP_SLICE: case DQ_OP_RESIZE_NEAREST: return check_move(m, op);
+    case DQ_OP_LOGISTIC: case DQ_OP_TANH: case DQ_OP_HARD_SWISH: case DQ_OP_LEAKY_RELU:
+        return check_activation(m, op);
     default: return DQ_ERR_OP;
     }
 }

@@ -335,9 +335,23 @@ def _hwc_flatten(fx: FX.FxModel, node: G.Node) -> bool:
                for c in fx.graph.nodes if node.name in c.inputs and c.op == "linear")
 
 
+# In FX mode the four activation op codes run one ROM kernel; the table, not the code,
+# is the function. SiLU takes the code of its family.
+ACTIVATION_CODES = {"sigmoid": "logistic", "tanh": "tanh",
+                    "hardswish": "hard_swish", "silu": "hard_swish",
+                    "leaky_relu": "leaky_relu"}
+
+
+def _activation(w: _Writer, layer: FX.FxLayer) -> None:
+    n = layer.node
+    w.ops.append(F.Op(ACTIVATION_CODES[n.op], [w.tensor(n.inputs[0])], w.tensor(n.name), {},
+                      [layer.extra["table"].astype(np.int8)]))
+
+
 OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "mul": _mul, "maxpool": _maxpool,
        "avgpool": _avgpool, "gap": _gap, "concat": _concat, "clamp": _clamp,
-       "reshape": _reshape, "pad": _pad, "upsample": _upsample}
+       "reshape": _reshape, "pad": _pad, "upsample": _upsample,
+       **{op: _activation for op in ACTIVATION_CODES}}
 
 
 def build(fx: FX.FxModel) -> tuple[bytes, list[str]]:

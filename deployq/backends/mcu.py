@@ -34,7 +34,12 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
     if rounding not in ROUNDING:
         raise TargetError(f"target {target.name}: rounding_variant={rounding!r}; "
                           f"choose {' or '.join(ROUNDING)}")
-    blob, names = from_tflite(tfl_path.read_bytes(), ROUNDING[rounding])
+    try:
+        blob, names = from_tflite(tfl_path.read_bytes(), ROUNDING[rounding])
+    except UnsupportedOpError as e:          # name the IR layer, not the .tflite tensor
+        layer = tflite.layer_of_tensor(e.layer, tflite.layer_names(out_dir)) or e.layer
+        raise UnsupportedOpError(e.op, layer, f"{target.name}: the C runtime has no "
+                                 "kernel for it", OPS) from None
     path = Path(out_dir) / ARTIFACT
     atomic_write(path, blob)
     atomic_write(Path(out_dir) / NAMES, json.dumps(names, indent=0).encode())
@@ -312,6 +317,96 @@ def _pad(r: _Reader, op, mode: int) -> None:
     r.ops.append(F.Op("pad", [r.act(x)], r.act(op.outputs[0]), params))
 
 
+# --- activations (docs/tflite-int8-arithmetic.md, "Activations") ----------------------
+
+def _scales(r: _Reader, op) -> tuple[np.float32, int, np.float32, int]:
+    (si, zi), (so, zo) = (r.quant(t) for t in (op.inputs[0], op.outputs[0]))
+    return np.float32(si[0]), int(zi[0]), np.float32(so[0]), int(zo[0])
+
+
+def _libm(name: str):
+    import ctypes
+    import ctypes.util
+    fn = getattr(ctypes.CDLL(ctypes.util.find_library("m")), name)
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    return lambda v: np.float32(fn(float(v)))
+
+
+TRANSFORMS = {  # LiteRT's float transforms, in float32 with C's libm (expf, tanhf)
+    "LOGISTIC": lambda v: np.float32(1.0) / (np.float32(1.0) + _libm("expf")(-v)),
+    "TANH": lambda v: _libm("tanhf")(v),
+}
+
+
+def lut_table(transform, s_in, zp_in, s_out, zp_out) -> np.ndarray:
+    """TFLite's int8 LUT (LUTPopulate), in float32: table[uint8(q)] = clamp(zp_out +
+    round_half_away(f(s_in * (q - zp_in)) * (1 / s_out)))."""
+    inverse = np.float32(1.0) / s_out
+    table = np.zeros(256, np.int8)
+    for q in range(-128, 128):
+        y = transform(np.float32(s_in * np.float32(q - zp_in)))
+        v = F.round_half_away(float(np.float32(y * inverse))) + zp_out
+        table[q & 0xFF] = min(max(v, -128), 127)
+    return table
+
+
+def _lut(r: _Reader, op, kind: str) -> None:
+    table = lut_table(TRANSFORMS[r.op_name(op)], *_scales(r, op))
+    r.ops.append(F.Op(kind, [r.act(op.inputs[0])], r.act(op.outputs[0]), {}, [table]))
+
+
+def _int16_multiplier(real: float) -> tuple[int, int]:
+    """QuantizeMultiplier, then DownScaleInt32ToInt16Multiplier: (m + 2^15) >> 16,
+    saturated at 2^15 - 1."""
+    m, e = F.quantize_multiplier(real)
+    return (32767 if m >= 2 ** 31 - 1 - 2 ** 15 else (m + 2 ** 15) >> 16), e
+
+
+def _hard_swish(r: _Reader, op) -> None:
+    """HardSwishPrepare's multipliers, each computed in float32."""
+    s_in, _, s_out, _ = _scales(r, op)
+    hires = np.float32(np.float32(1.0 / 128.0) * s_in)
+    out_m, out_e = _int16_multiplier(float(np.float32(hires / s_out)))
+    relu_m, relu_e = _int16_multiplier(float(np.float32(hires / np.float32(3.0 / 32768.0))))
+    if out_e > 0:
+        raise UnsupportedOpError("HARD_SWISH with output scale < input scale / 128",
+                                 r.layer(op.outputs[0]), "mcu", OPS)
+    params = {"output_multiplier_int16": out_m, "output_exponent": out_e,
+              "reluish_multiplier_int16": relu_m, "reluish_exponent": relu_e}
+    r.ops.append(F.Op("hard_swish", [r.act(op.inputs[0])], r.act(op.outputs[0]), params))
+
+
+def _leaky_relu(r: _Reader, op, alpha: np.float32 | None, lo_hi=(-128, 127)) -> None:
+    """LEAKY_RELU (LeakyReluPrepare: float32 s_in * alpha / s_out and s_in / s_out); the
+    RELU family is the same with alpha's multiplier the identity's and its range."""
+    s_in, _, s_out, _ = _scales(r, op)
+    ident = F.quantize_multiplier(float(np.float32(s_in / s_out)))
+    neg = ident if alpha is None else F.quantize_multiplier(
+        float(np.float32(np.float32(s_in * alpha) / s_out)))
+    params = {"identity_multiplier": ident[0], "identity_shift": ident[1],
+              "alpha_multiplier": neg[0], "alpha_shift": neg[1], "rounding": r.rounding,
+              "act_min": lo_hi[0], "act_max": lo_hi[1]}
+    r.ops.append(F.Op("leaky_relu", [r.act(op.inputs[0])], r.act(op.outputs[0]), params))
+
+
+RELU_RANGES = {"RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0),
+               "RELU_0_TO_1": (0.0, 1.0)}
+
+
+def _relu(r: _Reader, op) -> None:
+    """QuantizedReluX: requantize by s_in / s_out, clamp to [zp + roundf(lo / s),
+    zp + roundf(hi / s)] (127 for no upper bound). With input and output quantized
+    alike the requantization is exact and this is CLAMP."""
+    lo, hi = RELU_RANGES[r.op_name(op)]
+    _, _, s_out, zp = _scales(r, op)
+    q = lambda f: zp + F.round_half_away(float(np.float32(f) / s_out))
+    rng = (max(-128, q(lo)), 127 if hi is None else min(127, q(hi)))
+    x, o = op.inputs[0], op.outputs[0]
+    if [a.tolist() for a in r.quant(x)] == [a.tolist() for a in r.quant(o)]:
+        r.ops.append(F.Op("clamp", [r.act(x)], r.act(o), {"act_min": rng[0],
+                                                          "act_max": rng[1]}))
+    else:
+        _leaky_relu(r, op, None, rng)
 def _resize_nearest(r: _Reader, op) -> None:
     """RESIZE_NEAREST_NEIGHBOR by integer factors without align_corners or half-pixel
     centres: a copy of int8 codes (input and output share their parameters)."""
@@ -340,6 +435,11 @@ OPS = {
     "MAXIMUM": lambda r, op: _min_max(r, op, False),
     "PAD": lambda r, op: _pad(r, op, 0),
     "MIRROR_PAD": lambda r, op: _pad(r, op, 1),
+    "LOGISTIC": lambda r, op: _lut(r, op, "logistic"),
+    "TANH": lambda r, op: _lut(r, op, "tanh"),
+    "HARD_SWISH": _hard_swish,
+    "LEAKY_RELU": lambda r, op: _leaky_relu(r, op, np.float32(op.builtinOptions.alpha)),
+    **{name: _relu for name in RELU_RANGES},
     "RESIZE_NEAREST_NEIGHBOR": _resize_nearest,
 }
 

@@ -34,6 +34,8 @@ FLOAT_COMPUTE = {"Conv", "Gemm", "MatMul", "ConvInteger"}
 # u8*s8 products pairwise in saturating int16 (vpmaddubsw) and were measured up to 9
 # output LSBs off (tests/backends/test_onnx.py); the U8U8 kernels do not saturate.
 U8_SHIFT = 128
+# the sigmoid inside SiLU: on the grid TFLite's LOGISTIC uses (docs/tflite-int8-arithmetic.md)
+SIGMOID_GRID = QParams(8, np.array([1 / 256], np.float32), np.array([-128]))
 QDQ = ("QuantizeLinear", "DequantizeLinear")
 log = logging.getLogger(__name__)
 WEIGHT_DTYPES = {"uint8": (np.uint8, U8_SHIFT), "int8": (np.int8, 0)}
@@ -49,7 +51,7 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path,
     if float_ops:
         raise ExportError(f"ONNX Runtime would run {', '.join(float_ops)} in float after "
                           "optimization; the QDQ pattern was not fused")
-    islands = float_islands(path)
+    islands = float_islands(path, graph)
     for i in islands:
         log.warning("%s: ONNX Runtime has no integer kernel for %s at layer '%s': it runs "
                     "in float between DequantizeLinear and QuantizeLinear", target.name,
@@ -139,13 +141,38 @@ def kernels(path: Path) -> Counter:
     return Counter(n.op_type for n in optimized_nodes(path))
 
 
-def float_islands(path: Path) -> list[dict]:
+def float_islands(path: Path, graph: G.Graph | None = None) -> list[dict]:
     """The nodes of the optimized graph that compute in float: those that read the
-    output of a DequantizeLinear (an integer kernel reads integers), by IR layer."""
+    output of a DequantizeLinear (an integer kernel reads integers), by IR layer (a
+    node ORT made, e.g. by splitting HardSwish, by the first named node it feeds)."""
     nodes = optimized_nodes(path)
     dequantized = {n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
-    return [{"layer": n.name.split(":")[0], "op": n.op_type} for n in nodes
+    layers = {n.name for n in graph.nodes} if graph is not None else None
+    readers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return [{"layer": _layer_of(n, layers, readers), "op": n.op_type} for n in nodes
             if n.op_type not in QDQ and dequantized & set(n.input)]
+
+
+def _layer_of(node, layers: set | None, readers: dict) -> str:
+    """The IR layer of an optimized node: its name's prefix, or that of the first node
+    it feeds whose prefix is a layer."""
+    if layers is None:
+        return node.name.split(":")[0]
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop(0)
+        prefix = n.name.split(":")[0]
+        if prefix in layers:
+            return prefix
+        for o in n.output:
+            for r in readers.get(o, []):
+                if id(r) not in seen:
+                    seen.add(id(r))
+                    todo.append(r)
+    return node.name or node.op_type
 
 
 def optimized_nodes(path: Path) -> list:
@@ -279,6 +306,12 @@ def _reshape(b: _Builder, n: G.Node, xs: list[str]) -> str:
     return b.node("Reshape", [xs[0], shape], f"{n.name}:reshape")
 
 
+def _silu(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    """x * sigmoid(x), the sigmoid quantized on LOGISTIC's grid (as TFLite lowers it)."""
+    sig = b.qdq(b.node("Sigmoid", xs, f"{n.name}:sigmoid"), SIGMOID_GRID, f"{n.name}:sig_dq")
+    return b.node("Mul", [xs[0], sig], f"{n.name}:mul")
+
+
 OPS = {
     "conv2d": _conv,
     "linear": _linear,
@@ -290,6 +323,12 @@ OPS = {
     "gap": lambda b, n, xs: b.node("GlobalAveragePool", xs, f"{n.name}:gap"),
     "reshape": _reshape,
     "clamp": lambda b, n, xs: b.clip(xs[0], n.attrs["lo"], n.attrs["hi"], f"{n.name}:clip"),
+    "sigmoid": lambda b, n, xs: b.node("Sigmoid", xs, f"{n.name}:sigmoid"),
+    "tanh": lambda b, n, xs: b.node("Tanh", xs, f"{n.name}:tanh"),
+    "hardswish": lambda b, n, xs: b.node("HardSwish", xs, f"{n.name}:hardswish"),
+    "leaky_relu": lambda b, n, xs: b.node("LeakyRelu", xs, f"{n.name}:leaky_relu",
+                                          alpha=n.attrs["alpha"]),
+    "silu": _silu,
     "pad": _pad,
     "upsample": _upsample,
 }

@@ -445,6 +445,28 @@ def _add(b: _Builder, n: G.Node, xs):
     return b.act(n, b.tf.add(xs[0], xs[1]))
 
 
+def _fixed_fq(b: _Builder, y, lo: float, hi: float):
+    """y fake-quantized to int8 over [lo, hi] with zero point -128 (plan mode): an inner
+    tensor of a lowering, whose parameters are fixed by the function, not calibrated."""
+    if b.mode != "plan":
+        return y
+    scale = np.float32((hi - lo) / 255.0)
+    f_lo, f_hi = fake_quant_range(scale, -128, -128, 127)
+    return b.tf.quantization.fake_quant_with_min_max_vars(y, float(f_lo), float(f_hi),
+                                                          num_bits=8, narrow_range=False)
+
+
+def _hardswish(b: _Builder, n: G.Node, xs):
+    """x * relu6(x + 3) / 6: the pattern the converter fuses into HARD_SWISH."""
+    x = xs[0]
+    return x * b.tf.nn.relu6(x + np.float32(3.0)) * np.float32(1.0 / 6.0)
+
+
+def _silu(b: _Builder, n: G.Node, xs):
+    """x * sigmoid(x): LOGISTIC (output 1/256, zero point -128) then MUL."""
+    return xs[0] * _fixed_fq(b, b.tf.math.sigmoid(xs[0]), 0.0, 255.0 / 256.0)
+
+
 def _mul(b: _Builder, n: G.Node, xs):
     """MUL; a (C, 1, 1) gate is (N, 1, 1, C) here and broadcasts over H and W."""
     return b.act(n, b.tf.multiply(xs[0], xs[1]))
@@ -469,12 +491,18 @@ OPS = {
     "gap": lambda b, n, xs: b.tf.reduce_mean(xs[0], axis=[1, 2], keepdims=True),
     "reshape": _reshape,
     "clamp": lambda b, n, xs: _clip(b.tf, xs[0], n.attrs["lo"], n.attrs["hi"]),
+    "sigmoid": lambda b, n, xs: b.tf.math.sigmoid(xs[0]),
+    "tanh": lambda b, n, xs: b.tf.math.tanh(xs[0]),
+    "leaky_relu": lambda b, n, xs: b.tf.nn.leaky_relu(xs[0], n.attrs["alpha"]),
+    "hardswish": _hardswish,
+    "silu": _silu,
     "pad": lambda b, n, xs: _pads(b.tf, xs[0], [n.attrs["pads"][:2], n.attrs["pads"][2:]]),
     "upsample": _upsample,
 }
 SUPPORTED = ["conv2d", "linear", "add", "mul", "concat", "maxpool (no dilation)",
              "avgpool", "gap",
-             "reshape", "clamp", "pad", "upsample"]
+             "reshape", "clamp", "pad", "upsample", "sigmoid", "tanh", "leaky_relu",
+             "hardswish", "silu"]
 
 
 def _check_maxpool(n: G.Node, g: G.Graph) -> str | None:

@@ -97,7 +97,9 @@ class Random(nn.Module):
             groups = c if rng.random() < 0.3 else 1
             out = c * rng.choice([1, 2]) if groups > 1 else rng.choice([1, 3, 4, 7, 8])
             layers += [nn.Conv2d(c, out, k, s, padding=pad, dilation=d, groups=groups),
-                       rng.choice([nn.ReLU(), nn.ReLU6(), nn.Identity(), nn.Hardtanh(-1, 2)])]
+                       rng.choice([nn.ReLU(), nn.ReLU6(), nn.Identity(), nn.Hardtanh(-1, 2),
+                                   nn.Sigmoid(), nn.Tanh(), nn.Hardswish(), nn.Hardsigmoid(),
+                                   nn.SiLU(), nn.LeakyReLU(rng.choice([0.05, 0.5]))])]
             c = out
         self.body = nn.Sequential(*layers)
         self.res = nn.Conv2d(c, c, 3, padding=1)

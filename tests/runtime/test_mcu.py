@@ -71,6 +71,12 @@ def test_every_op_bit_exact(tmp_path, calibration, settings):
     np.testing.assert_array_equal(c_out, ref_out)
 
 
+def activations(rng: random.Random) -> list[nn.Module]:
+    """The pointwise activations the MCU runs, with random slopes and bounds."""
+    return [nn.Sigmoid(), nn.Tanh(), nn.Hardswish(), nn.LeakyReLU(rng.choice([0.01, 0.3, 2.0])),
+            nn.Hardtanh(0.0, rng.choice([0.5, 3.0, 20.0]))]
+
+
 class Random(nn.Module):
     """Random conv stacks: kernel, stride, padding, dilation, groups, channels, shapes."""
 
@@ -83,7 +89,7 @@ class Random(nn.Module):
             groups = c if (rng.random() < 0.3) else 1
             out = c * rng.choice([1, 2]) if groups > 1 else out
             layers += [nn.Conv2d(c, out, k, s, padding=(k // 2) * d, dilation=d, groups=groups),
-                       rng.choice([nn.ReLU(), nn.ReLU6(), nn.Identity()])]
+                       rng.choice([nn.ReLU(), nn.ReLU6(), nn.Identity()] + activations(rng))]
             c = out
         self.body = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
