@@ -48,11 +48,11 @@ def test_zoo_models_capture(name):
         np.testing.assert_allclose(G.run(g, x)["output"], model(x), atol=1e-5)
 
 
-class Sigmoid(nn.Module):
+class Gelu(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3)
-        self.gate = nn.Sigmoid()
+        self.gate = nn.GELU()
 
     def forward(self, x):
         return self.gate(self.conv(x)).flatten(1)
@@ -60,12 +60,42 @@ class Sigmoid(nn.Module):
 
 def test_unsupported_op_names_op_layer_and_supported_list():
     with pytest.raises(UnsupportedOpError) as exc:
-        G.capture(Sigmoid().eval(), (1, 8, 8))
+        G.capture(Gelu().eval(), (1, 8, 8))
     msg = str(exc.value)
-    assert "aten.sigmoid" in msg and "'gate'" in msg and "Conv2d" in msg and "MaxPool2d" in msg
+    assert "aten.gelu" in msg and "'gate'" in msg and "Conv2d" in msg and "MaxPool2d" in msg
 
 
 def test_batchnorm_without_conv_is_refused():
     model = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(64, 2)).eval()
     with pytest.raises(UnsupportedOpError, match="BatchNorm not after a conv"):
+        G.capture(model, (1, 8, 8))
+
+
+ACTIVATIONS = [nn.Sigmoid(), nn.Tanh(), nn.Hardswish(), nn.Hardsigmoid(), nn.SiLU(),
+               nn.LeakyReLU(0.3), nn.Hardtanh(0.0, 3.0)]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: type(a).__name__)
+def test_activations_capture_and_run_as_the_model(act):
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), act, nn.Dropout2d(0.5), nn.Flatten(),
+                          nn.Dropout(0.2), nn.Linear(3 * 6 * 6, 4)).eval()
+    g = G.capture(model, (1, 8, 8))
+    assert "feature_dropout" not in str([n.op for n in g.nodes])
+    x = torch.randn(5, 1, 8, 8) * 3
+    with torch.no_grad():
+        np.testing.assert_allclose(G.run(g, x)["output"], model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("final", [nn.Softmax(1), nn.LogSoftmax(1)])
+def test_final_softmax_is_dropped_with_a_note(final, caplog):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3), final).eval()
+    with caplog.at_level("INFO", logger="deployq"):
+        g = G.capture(model, (1, 8, 8))
+    assert [n.op for n in g.nodes] == ["reshape", "linear"]
+    assert "dropped" in caplog.text
+
+
+def test_softmax_before_the_last_layer_is_refused():
+    model = nn.Sequential(nn.Flatten(), nn.Softmax(1), nn.Linear(64, 3)).eval()
+    with pytest.raises(UnsupportedOpError, match="softmax before the last layer"):
         G.capture(model, (1, 8, 8))
