@@ -277,8 +277,11 @@ def _evaluate(job: dict, folder: Path) -> dict:
                              targets_dir=job["targets_dir"])
         plans = {axes["target"]: path}
     settings = {"weight_bits": axes["weight_bits"], "activation_bits": axes["activation_bits"]}
-    return api.evaluate([axes["target"]], session, folder, job["samples"], job["calibration"],
-                        job["targets_dir"], robust, plans, settings)
+    result = api.evaluate([axes["target"]], session, folder, job["samples"],
+                          job["calibration"], job["targets_dir"], robust, plans, settings)
+    if result.get("failed"):            # the cell's one target failed: the cell's error
+        raise DeployqError(result["failed"][0]["error"])
+    return result
 
 
 def _relative(result: dict, folder: Path) -> dict:
