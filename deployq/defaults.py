@@ -21,9 +21,11 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 # (robustness.PRESETS: fast, standard, thorough) whose attacks, steps,
                 # restarts, target_classes and queries a key given here overrides;
                 # eps as numbers or fractions ("8/255")
-                # 'fast' for run: at 'standard' the embedded default over all six targets
-                # did not finish in 10 minutes on 2 cores (mcu-qemu starts QEMU for each
-                # of Square's 1000 queries); eval --attacks and --strength use standard
+                # 'fast' for run: 'standard' on the embedded default costs several CPU
+                # minutes (about 1100 gradient steps per eps through float and two
+                # mirrors, 1000 Square queries on each of seven subjects, mcu-qemu's
+                # emulated; docs/robustness.md "Cost"), not the 60 s aimed for; eval
+                # --attacks and --strength use standard
                 "strength": "fast", "attacks": None, "eps": [0.05, 0.1, 0.2],
                 "sources": ["transfer", "bpda", "blackbox"], "steps": None,
                 "restarts": None, "target_classes": None, "queries": None,

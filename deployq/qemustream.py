@@ -76,6 +76,16 @@ class Session:
             raise ExportError("the QEMU session is closed")
         data = memoryview(np.ascontiguousarray(rows, np.int8).tobytes())
         want = len(rows) * self.output_bytes
+        try:
+            got = self._exchange(data, want)
+        except BaseException:
+            # interrupted mid-batch, the pipes may hold a part of it: this session
+            # could answer the next batch with the rest of this one, so it ends here
+            self._stop(kill=True)
+            raise
+        return np.frombuffer(bytes(got), np.int8).reshape(len(rows), self.output_bytes)
+
+    def _exchange(self, data: memoryview, want: int) -> bytearray:
         got = bytearray()
         idle_since = time.monotonic()
         while len(got) < want:
@@ -93,7 +103,7 @@ class Session:
             if time.monotonic() - idle_since > self.timeout:
                 self._fail(f"gave no output for {self.timeout:.0f} s")
             select.select([self.out_fd], [self.in_fd] if len(data) else [], [], POLL)
-        return np.frombuffer(bytes(got), np.int8).reshape(len(rows), self.output_bytes)
+        return got
 
     def _fail(self, what: str) -> None:
         log = self._stop(kill=True)

@@ -92,7 +92,7 @@ class Runner:
 
     def run_codes(self, q: np.ndarray) -> np.ndarray:
         """int8 outputs of the emulated device, from the runner's QEMU session."""
-        if self.session is None:
+        if self.session is None or self.session.proc is None:   # none yet, or ended
             self.session = qemustream.Session(self.elf, self.output_bytes)
         rows = crunner.rows(q)
         return self.session.run(rows).reshape(len(rows), self.output_bytes)

@@ -197,3 +197,6 @@ def test_session_reports_a_firmware_that_stops(exported):
     with qemustream.Session(elf, 10, timeout=60) as s:
         with pytest.raises(ExportError, match="deployq_footprint.elf under QEMU stopped"):
             s.run(np.zeros((2, 64), np.int8))
+        assert s.proc is None               # a failed batch ends the session
+        with pytest.raises(ExportError, match="closed"):
+            s.run(np.zeros((1, 64), np.int8))
