@@ -93,7 +93,7 @@ def _digits_semantics(session, name, tmp_path):
 
 def _violations(sem, session, eps, n=40):
     x, y = session.dataset.test(n)
-    cfg = C.Config([eps], attack_steps=5, corners=4)
+    cfg = C.Config([eps], attack_steps=5, corners=4, strength="fast")
     clean = sem.run(x).argmax(1) == y
     return C._eps_row(sem, session.model.module, x, y, eps, cfg, clean, None)["violations"]
 
@@ -114,12 +114,36 @@ def test_planted_off_by_one_rounding_is_caught(tmp_path, digits, monkeypatch, na
     assert _violations(sem, digits, 0.001) > 0
 
 
+def test_attacked_accuracy_is_the_standard_apgd_attack(tmp_path, digits, monkeypatch):
+    """The attacked column uses robustness.py's standard preset (FGSM, APGD-CE,
+    APGD-T) from the mirror and the float model, worst case per sample. Negative
+    control: with APGD made a no-op the attacked accuracy rises (only FGSM is left),
+    so the figure does depend on APGD."""
+    from deployq import attacks
+    sem = _digits_semantics(digits, "mcu-int8", tmp_path)
+    x, y = digits.dataset.test(40)
+    calls = []
+    apgd = attacks.apgd
+    monkeypatch.setattr(attacks, "apgd", lambda m, *a, **k: calls.append(m) or apgd(m, *a, **k))
+
+    def attacked(eps=0.1):
+        cfg = C.Config([eps], attack_steps=10, corners=0)
+        assert "APGD-CE 10 iterations" in cfg.describe() and "APGD-T" in cfg.describe()
+        clean = sem.run(x).argmax(1) == y
+        return C._eps_row(sem, digits.model.module, x, y, eps, cfg, clean, None)
+    row = attacked()
+    assert row["violations"] == 0
+    assert {id(sem.mirror), id(digits.model.module)} <= {id(m) for m in calls}
+    monkeypatch.setattr(attacks, "apgd", lambda m, x, *a, **k: x.clone())
+    assert attacked()["attacked"] > row["attacked"] + 0.05
+
+
 def test_certificates_hold_on_the_runtime_and_never_exceed_attacks(tmp_path):
     """zoo:lenet-digits-qaibp on every certifiable target with a runtime here: no
     certified sample is flipped by PGD (mirror and float) or by box points run on the
     runtime, no runtime output leaves its bounds, and certificates exist."""
     result = api.certify(["fpga-fixed", "mcu-int8", "tflite-int8-ref"], "1/255,4/255",
-                         samples=40, out=tmp_path, attack_steps=10,
+                         samples=40, out=tmp_path, attack_steps=10, strength="fast",
                          model="zoo:lenet-digits-qaibp")["certify"]
     rows = [e for t in result["targets"] for e in t["eps"]]
     assert all(e["violations"] == 0 for e in rows)
