@@ -153,6 +153,42 @@ def test_certificates_hold_on_the_runtime_and_never_exceed_attacks(tmp_path):
                == e["float_certified"] for e in rows if "float_certified" in e)
 
 
+def test_certified_bounds_hold_on_mcu_qemu(tmp_path, monkeypatch):
+    """The certificates hold on the Cortex-M build run in QEMU, not only on the host
+    C library: the clean input, attack points (mirror and float model) and random box
+    corners of zoo:lenet-digits-qaibp, run on the emulated device, stay inside the
+    integer bounds and equal their own point bounds; no certified sample is flipped.
+    Negative controls on the same device outputs: bounds shrunk by one LSB, and a
+    planted rounding bug (truncating shift), are caught."""
+    from dataclasses import replace
+    from deployq.backends import qemu
+    session = api.open_session("zoo:lenet-digits-qaibp")
+    ex = api.export("mcu-qemu", session, tmp_path)
+    runner = api.load_runner(ex)
+    assert isinstance(runner, qemu.Runner)
+    seen = {}                           # each point set runs on QEMU once
+    sem = C.semantics(ex, session.graph, runner)
+    sem = replace(sem, run=lambda p, run=sem.run: seen.setdefault(p.tobytes(), run(p)))
+    x, y = session.dataset.test(12)
+    eps = 2 / 255
+    qlo, qhi = sem.box(x, eps)
+    lo, hi = C.batched_bounds(sem.bounds, qlo, qhi)
+    cfg = C.Config([eps], attack_steps=5, corners=2, strength="fast")
+    points = ([x] + C.attack_points(sem, session.model.module, x, y, eps, cfg)
+              + C.corner_points(sem, qlo, qhi, x, eps, cfg.corners, 0))
+    cert = C.certified(lo, hi, y)
+    correct, inside = C.check_points(sem, points, lo, hi, y)
+    assert inside.all() and not (cert & ~correct).any() and cert.any()
+    # one upper bound shrunk to just below the device's clean output of that sample
+    shrunk = hi.copy()
+    shrunk[0, 0] = sem.run(x)[0, 0] - 1
+    assert C.check_points(sem, points, lo, shrunk, y)[1].tolist() == [False] + [True] * 11
+    monkeypatch.setattr(ibp, "rounding_divide_by_pot", lambda x, e: x >> e)
+    assert not C.check_points(sem, points, lo, hi, y)[1].all()
+    assert len(seen) == len(points)
+    runner.close()
+
+
 def _brute_force(sem, q0, dims, values, y):
     """Whether every point of the box (q0 with `dims` free over `values`) keeps y."""
     grid = np.array(list(itertools.product(values, repeat=len(dims))))
@@ -193,7 +229,7 @@ def test_branch_and_bound_agrees_with_enumeration(tmp_path, digits):
 def test_complete_verification_confirms_counterexamples_on_the_runtime(tmp_path, digits):
     sem = _digits_semantics(digits, "fpga-fixed", tmp_path)
     x, y = digits.dataset.test(30)
-    cfg = C.Config([0.03], complete=True, time_limit=2.0, attack_steps=5, corners=2)
+    cfg = C.Config([0.03], complete=True, time_limit=2.0, attack_steps=5, corners=2, strength="fast")
     clean = sem.run(x).argmax(1) == y
     row = C._eps_row(sem, digits.model.module, x, y, 0.03, cfg, clean, None)
     c = row["complete"]
