@@ -543,7 +543,8 @@ def _certify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -
             log.info("certify stage: %s", e)
     return certify(chosen, _config_list(cfg, "certify"), cfg["certify_samples"],
                    session=session, out=cfg["out"], calibration=cfg["calibration"],
-                   targets_dir=cfg["targets_dir"], plans=plans)["certify"]
+                   targets_dir=cfg["targets_dir"], plans=plans,
+                   strength=cfg.get("strength", "standard"))["certify"]
 
 
 def _amplify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:
@@ -711,15 +712,17 @@ def amplify(targets: list[str], session: Session, out=DEFAULT_OUT, eps: float = 
 def certify(targets: list[str], eps, samples: int | None = 200, complete: bool = False,
             time_limit: float = 10.0, session: Session | None = None,
             out: str | Path = DEFAULT_OUT, calibration: str | None = None, targets_dir=None,
-            plans: dict[str, str | Path] | None = None, attack_steps: int = 20,
-            corners: int = 4, **session_args) -> dict:
+            plans: dict[str, str | Path] | None = None, attack_steps: int | None = None,
+            corners: int = 4, strength: str = "standard", **session_args) -> dict:
     """Certified accuracy of the float model (IBP) and of each target on its exact
     integer arithmetic (deployq.certify) at each eps (a list, or text like
     '1/255,2/255'), on the first `samples` test samples, next to clean accuracy and
     accuracy under attack on the runtime; with `complete`, branch and bound decides
-    the rest within time_limit seconds per sample. Result under 'certify'."""
+    the rest within time_limit seconds per sample. The attack is deployq.robustness's
+    preset `strength` (attack_steps overrides its iterations). Result under 'certify'."""
     from . import certify as C
     eps = C.parse_eps(eps if isinstance(eps, str) else ",".join(map(str, eps)))
+    C.Config(eps, attack_steps=attack_steps, strength=strength)   # bad strength: now
     for t in targets_or_fail(targets, targets_dir):
         C.check_target(t)
     if samples is not None and samples < 1 or time_limit <= 0:
@@ -733,6 +736,6 @@ def certify(targets: list[str], eps, samples: int | None = 200, complete: bool =
         exported = export(name, session, out, calibration, targets_dir,
                           plan_path=(plans or {}).get(name))
         runners[name] = (exported, load_runner(exported))
-    cfg = C.Config(eps, complete, time_limit, attack_steps, corners, session.seed)
+    cfg = C.Config(eps, complete, time_limit, attack_steps, corners, session.seed, strength)
     return {"model": session.model.spec, "data": session.data_spec, "samples": int(len(x)),
             "seed": session.seed, "certify": C.evaluate(session, runners, x, y, cfg)}

@@ -203,12 +203,25 @@ def corner_points(sem: Semantics, qlo, qhi, x, eps, k: int, seed: int):
     return points
 
 
-def attack_points(sem: Semantics, module, x, y, eps, steps: int, seed: int):
-    """PGD from the target's mirror (BPDA) and from the float model (transfer)."""
-    from . import attacks
-    xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(y)
-    models = [m for m in (sem.mirror, module) if m is not None]
-    return [attacks.pgd(m, xt, yt, eps, steps, seed=seed).numpy() for m in models]
+def attack_points(sem: Semantics, module, x, y, eps, cfg: "Config"):
+    """The run's standard attack (deployq.robustness's preset cfg.strength: FGSM,
+    APGD-CE, APGD-T at strength standard) from the target's mirror (BPDA) and from the
+    float model (transfer); every point is kept, so a sample counts as attacked when
+    any of them flips it on the runtime (robustness.py's per-sample worst case). The
+    float model's points do not depend on the target: cached in cfg by eps."""
+    xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(y).long()
+    points = []
+    if sem is not None and sem.mirror is not None:
+        points += list(_white_box(sem.mirror, xt, yt, eps, cfg).values())
+    key = ("float", eps, len(x))
+    if key not in cfg.cache:
+        cfg.cache[key] = list(_white_box(module, xt, yt, eps, cfg).values())
+    return points + cfg.cache[key]
+
+
+def _white_box(model, xt, yt, eps: float, cfg: "Config") -> dict:
+    from . import robustness as R
+    return R._white_box(model, xt, yt, eps, cfg.attack_config(eps))
 
 
 def check_points(sem: Semantics, points, lo, hi, y):
@@ -307,23 +320,41 @@ class Config:
     eps: list[float]
     complete: bool = False
     time_limit: float = 10.0
-    attack_steps: int = 20
+    attack_steps: int | None = None        # None: the strength preset's iterations
     corners: int = 4
     seed: int = 0
+    strength: str = "standard"             # deployq.robustness.PRESETS
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.attack_config(self.eps[0] if self.eps else 0.1)   # bad strength: InputError now
+
+    def attack_config(self, eps: float):
+        """The robustness preset's white-box settings (sources are this module's)."""
+        from . import robustness as R
+        return R.Config(eps=[eps], sources=["transfer"], steps=self.attack_steps,
+                        strength=self.strength, seed=self.seed)
+
+    def describe(self) -> str:
+        """e.g. 'strength standard: FGSM, APGD-CE 100 iterations x 2 restart(s), ...'."""
+        c = self.attack_config(self.eps[0] if self.eps else 0.1)
+        white = c.describe().split("transfer: ", 1)[1].split(";")[0]
+        return (f"strength {self.strength}: {white}; from the target's mirror and from "
+                "the float model, worst case per sample on the runtime")
 
 
 def float_entry(graph: G.Graph, module, x, y, cfg: Config) -> tuple[dict, dict]:
-    """Float IBP certificates and PGD on the float model; also the masks by eps."""
-    from . import attacks
+    """Float IBP certificates and the standard attack on the float model; also the
+    masks by eps."""
     pred = _logits(module, x).argmax(1)
     rows, masks = [], {}
     for eps in cfg.eps:
         lo, hi = ball(x, eps)
         blo, bhi = ibp.float_bounds(graph, lo, hi)
         cert = certified(blo, bhi, y)
-        adv = attacks.pgd(module, torch.from_numpy(x), torch.from_numpy(y), eps,
-                          cfg.attack_steps, seed=cfg.seed)
-        attacked = (pred == y) & (_logits(module, adv.numpy()).argmax(1) == y)
+        attacked = pred == y
+        for adv in attack_points(None, module, x, y, eps, cfg):
+            attacked &= _logits(module, adv).argmax(1) == y
         masks[eps] = cert
         rows.append({"eps": eps, "certified": _mean(cert), "attacked": _mean(attacked),
                      "violations": int((cert & ~attacked).sum())})
@@ -354,7 +385,7 @@ def _eps_row(sem, module, x, y, eps, cfg: Config, clean, float_cert) -> dict:
     qlo, qhi = sem.box(x, eps)
     lo, hi = batched_bounds(sem.bounds, qlo, qhi)
     cert = certified(lo, hi, y)
-    points = ([x] + attack_points(sem, module, x, y, eps, cfg.attack_steps, cfg.seed)
+    points = ([x] + attack_points(sem, module, x, y, eps, cfg)
               + corner_points(sem, qlo, qhi, x, eps, cfg.corners, cfg.seed))
     correct, inside = check_points(sem, points, lo, hi, y)
     attacked = clean & correct
@@ -397,5 +428,6 @@ def evaluate(session, runners: dict, x: np.ndarray, y: np.ndarray, cfg: Config) 
         sem = semantics(exported, session.graph, runner)
         targets.append(target_entry(sem, module, x, y, cfg, masks))
     return {"eps": cfg.eps, "samples": int(len(x)), "complete": cfg.complete,
-            "time_limit": cfg.time_limit, "attack_steps": cfg.attack_steps,
+            "time_limit": cfg.time_limit, "strength": cfg.strength,
+            "attack_steps": cfg.attack_config(cfg.eps[0]).steps, "attack": cfg.describe(),
             "corners": cfg.corners, "targets": targets}

@@ -786,12 +786,16 @@ def amplify_(target_list, model, weights, data, out, calibration, calib_samples,
                    "integer input box (certified / falsified / undecided).")
 @click.option("--time-limit", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds per sample for --complete.")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(1),
-              help="PGD steps of the attacks the certificates are checked against.")
+@click.option("--strength", default="standard", show_default=True,
+              type=click.Choice(["fast", "standard", "thorough"]),
+              help="Attack preset (as in eval) the certificates are checked against.")
+@click.option("--steps", default=None, type=click.IntRange(1),
+              help="Attack iterations, overriding the strength preset's.")
 @click.option("--json", "json_path", default=None, help="Also write the results as JSON.")
 @_plan_option
 def certify_(target_list, eps, model, weights, data, out, calibration, calib_samples, seed,
-             targets_dir, samples, complete, time_limit, steps, json_path, plan_paths):
+             targets_dir, samples, complete, time_limit, strength, steps, json_path,
+             plan_paths):
     """Certified accuracy on each target's exact integer arithmetic (interval bound
     propagation; docs/certify.md), beside float IBP, clean accuracy and accuracy under
     attack on the runtime."""
@@ -804,7 +808,7 @@ def certify_(target_list, eps, model, weights, data, out, calibration, calib_sam
         check_target(t)
     session = _session(model, weights, data, seed, calib_samples)
     result = api.certify(names, eps_values, samples, complete, time_limit, session, out,
-                         calibration, targets_dir, plans, steps)
+                         calibration, targets_dir, plans, steps, strength=strength)
     click.echo(report.certify_text(result))
     if json_path:
         report.write_json(result, json_path)

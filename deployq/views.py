@@ -264,7 +264,8 @@ def machine(result: dict) -> str:
 def certify_title(result: dict) -> str:
     c = result["certify"]
     return (f"Certified accuracy ({c['samples']} samples; interval bounds on each target's "
-            f"exact integer arithmetic; in parentheses: accuracy under PGD-{c['attack_steps']} "
+            f"exact integer arithmetic; in parentheses: accuracy under "
+            f"{c.get('attack', 'PGD-' + str(c['attack_steps']))} "
             f"and {c['corners']} box points, run on the runtime)")
 
 

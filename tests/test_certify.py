@@ -93,7 +93,7 @@ def _digits_semantics(session, name, tmp_path):
 
 def _violations(sem, session, eps, n=40):
     x, y = session.dataset.test(n)
-    cfg = C.Config([eps], attack_steps=5, corners=4)
+    cfg = C.Config([eps], attack_steps=5, corners=4, strength="fast")
     clean = sem.run(x).argmax(1) == y
     return C._eps_row(sem, session.model.module, x, y, eps, cfg, clean, None)["violations"]
 
@@ -114,12 +114,36 @@ def test_planted_off_by_one_rounding_is_caught(tmp_path, digits, monkeypatch, na
     assert _violations(sem, digits, 0.001) > 0
 
 
+def test_attacked_accuracy_is_the_standard_apgd_attack(tmp_path, digits, monkeypatch):
+    """The attacked column uses robustness.py's standard preset (FGSM, APGD-CE,
+    APGD-T) from the mirror and the float model, worst case per sample. Negative
+    control: with APGD made a no-op the attacked accuracy rises (only FGSM is left),
+    so the figure does depend on APGD."""
+    from deployq import attacks
+    sem = _digits_semantics(digits, "mcu-int8", tmp_path)
+    x, y = digits.dataset.test(40)
+    calls = []
+    apgd = attacks.apgd
+    monkeypatch.setattr(attacks, "apgd", lambda m, *a, **k: calls.append(m) or apgd(m, *a, **k))
+
+    def attacked(eps=0.1):
+        cfg = C.Config([eps], attack_steps=10, corners=0)
+        assert "APGD-CE 10 iterations" in cfg.describe() and "APGD-T" in cfg.describe()
+        clean = sem.run(x).argmax(1) == y
+        return C._eps_row(sem, digits.model.module, x, y, eps, cfg, clean, None)
+    row = attacked()
+    assert row["violations"] == 0
+    assert {id(sem.mirror), id(digits.model.module)} <= {id(m) for m in calls}
+    monkeypatch.setattr(attacks, "apgd", lambda m, x, *a, **k: x.clone())
+    assert attacked()["attacked"] > row["attacked"] + 0.05
+
+
 def test_certificates_hold_on_the_runtime_and_never_exceed_attacks(tmp_path):
     """zoo:lenet-digits-qaibp on every certifiable target with a runtime here: no
     certified sample is flipped by PGD (mirror and float) or by box points run on the
     runtime, no runtime output leaves its bounds, and certificates exist."""
     result = api.certify(["fpga-fixed", "mcu-int8", "tflite-int8-ref"], "1/255,4/255",
-                         samples=40, out=tmp_path, attack_steps=10,
+                         samples=40, out=tmp_path, attack_steps=10, strength="fast",
                          model="zoo:lenet-digits-qaibp")["certify"]
     rows = [e for t in result["targets"] for e in t["eps"]]
     assert all(e["violations"] == 0 for e in rows)
@@ -127,6 +151,42 @@ def test_certificates_hold_on_the_runtime_and_never_exceed_attacks(tmp_path):
     assert sum(e["certified"] for e in rows) > 0
     assert all(e["float_not_here"] + e["certified_n"] - e["here_not_float"]
                == e["float_certified"] for e in rows if "float_certified" in e)
+
+
+def test_certified_bounds_hold_on_mcu_qemu(tmp_path, monkeypatch):
+    """The certificates hold on the Cortex-M build run in QEMU, not only on the host
+    C library: the clean input, attack points (mirror and float model) and random box
+    corners of zoo:lenet-digits-qaibp, run on the emulated device, stay inside the
+    integer bounds and equal their own point bounds; no certified sample is flipped.
+    Negative controls on the same device outputs: bounds shrunk by one LSB, and a
+    planted rounding bug (truncating shift), are caught."""
+    from dataclasses import replace
+    from deployq.backends import qemu
+    session = api.open_session("zoo:lenet-digits-qaibp")
+    ex = api.export("mcu-qemu", session, tmp_path)
+    runner = api.load_runner(ex)
+    assert isinstance(runner, qemu.Runner)
+    seen = {}                           # each point set runs on QEMU once
+    sem = C.semantics(ex, session.graph, runner)
+    sem = replace(sem, run=lambda p, run=sem.run: seen.setdefault(p.tobytes(), run(p)))
+    x, y = session.dataset.test(12)
+    eps = 2 / 255
+    qlo, qhi = sem.box(x, eps)
+    lo, hi = C.batched_bounds(sem.bounds, qlo, qhi)
+    cfg = C.Config([eps], attack_steps=5, corners=2, strength="fast")
+    points = ([x] + C.attack_points(sem, session.model.module, x, y, eps, cfg)
+              + C.corner_points(sem, qlo, qhi, x, eps, cfg.corners, 0))
+    cert = C.certified(lo, hi, y)
+    correct, inside = C.check_points(sem, points, lo, hi, y)
+    assert inside.all() and not (cert & ~correct).any() and cert.any()
+    # one upper bound shrunk to just below the device's clean output of that sample
+    shrunk = hi.copy()
+    shrunk[0, 0] = sem.run(x)[0, 0] - 1
+    assert C.check_points(sem, points, lo, shrunk, y)[1].tolist() == [False] + [True] * 11
+    monkeypatch.setattr(ibp, "rounding_divide_by_pot", lambda x, e: x >> e)
+    assert not C.check_points(sem, points, lo, hi, y)[1].all()
+    assert len(seen) == len(points)
+    runner.close()
 
 
 def _brute_force(sem, q0, dims, values, y):
@@ -169,7 +229,7 @@ def test_branch_and_bound_agrees_with_enumeration(tmp_path, digits):
 def test_complete_verification_confirms_counterexamples_on_the_runtime(tmp_path, digits):
     sem = _digits_semantics(digits, "fpga-fixed", tmp_path)
     x, y = digits.dataset.test(30)
-    cfg = C.Config([0.03], complete=True, time_limit=2.0, attack_steps=5, corners=2)
+    cfg = C.Config([0.03], complete=True, time_limit=2.0, attack_steps=5, corners=2, strength="fast")
     clean = sem.run(x).argmax(1) == y
     row = C._eps_row(sem, digits.model.module, x, y, 0.03, cfg, clean, None)
     c = row["complete"]

@@ -21,16 +21,17 @@ from deployq import api, report, views as V  # noqa: E402
 
 
 def run(model: str, targets: list[str], eps: str, n: int, complete_eps: str | None,
-        time_limit: float, steps: int, out: Path) -> dict:
+        time_limit: float, steps: int | None, out: Path, strength: str = "standard") -> dict:
     session = api.open_session(f"zoo:{model}")
     t0 = time.time()
-    doc = api.certify(targets, eps, n, session=session, out=out, attack_steps=steps)
+    doc = api.certify(targets, eps, n, session=session, out=out, attack_steps=steps,
+                      strength=strength)
     doc["seconds"] = round(time.time() - t0)
     if complete_eps:
         t0 = time.time()
         doc["complete"] = api.certify(targets, complete_eps, n, complete=True,
                                       time_limit=time_limit, session=session, out=out,
-                                      attack_steps=steps)["certify"]
+                                      attack_steps=steps, strength=strength)["certify"]
         doc["complete"]["seconds"] = round(time.time() - t0)
     return doc
 
@@ -56,7 +57,8 @@ def main() -> int:
     ap.add_argument("--complete-eps", default="1/255")
     ap.add_argument("--no-complete", action="store_true")
     ap.add_argument("--time-limit", type=float, default=10.0)
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--strength", default="standard", help="attack preset (robustness.py)")
+    ap.add_argument("--steps", type=int, default=None, help="override its iterations")
     ap.add_argument("--out", default="/tmp/deployq-bench-certify")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -65,7 +67,7 @@ def main() -> int:
     for model in args.models.split(","):
         doc = run(model, args.targets.split(","), args.eps, args.samples,
                   None if args.no_complete else args.complete_eps, args.time_limit,
-                  args.steps, Path(args.out))
+                  args.steps, Path(args.out), args.strength)
         docs.append(doc)
         print(tables(doc) + "\n", flush=True)
         if args.json:
