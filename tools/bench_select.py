@@ -7,10 +7,17 @@ target's runtime, of the plan each selection method chooses at each budget.
 
 On fpga-fixed every plan uses rounding 'rnd' (AP_RND; 'trn', the target's default,
 loses much more at low bits); tflite-int8 holds the chosen bits on its int8 grid
-(plan.py) with its own defaults. Robust accuracy is the per-sample worst case over
-FGSM and PGD from the float model's gradients (transfer) and from the target's mirror
-(bpda), all scored on the runtime (deployq.robustness), at each --eps; the adversarial
-method guards against the first. Prints markdown tables.
+(plan.py) with its own defaults. Robust accuracy is the per-sample worst case over the
+--strength preset's attacks (default standard: FGSM, APGD-CE, APGD-T) from the float
+model's gradients (transfer) and from the target's mirror (bpda), all scored on the
+runtime (deployq.robustness), at each --eps, with Wilson 95% intervals; the adversarial
+method guards against the first eps. Methods: adversarial (the DP refined on a
+validation split, --refine K), adversarial-dp (the DP alone), noise, hessian, uniform;
+with --act-budgets on targets allowing several activation bits, also the joint
+weight+activation selection and 'uniform-act' (the weight-only adversarial plan with
+every hidden tensor at the budget's bits). Prints markdown tables and the adversarial
+plan against every other row of its group (McNemar's exact p on the same samples).
+Each row is also printed to stderr as 'ROW {json}' as soon as it is measured.
 """
 from __future__ import annotations
 

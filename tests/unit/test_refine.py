@@ -10,7 +10,7 @@ from deployq import api, refine as RF, select as S, validate
 from deployq.errors import InputError
 
 RND = {"rounding": "rnd"}
-CHEAP = {"samples": 40, "steps": 2, "evals": 3}       # a cheap validation objective
+CHEAP = {"samples": 40, "steps": 2, "evals": 2}       # a cheap validation objective
 
 
 def _tiny_space(capacity, act_capacity=0):
@@ -130,11 +130,13 @@ def test_run_selects_inside_the_pipeline(tmp_path):
     out = tmp_path / "o"
     result, _ = api.run({"targets": ["fpga-fixed"], "out": str(out), "samples": 60,
                          "attacks": [], "profile_repeats": 0,
-                         "select": {"budget": "4bits", "rounding": "rnd"}})
+                         "select": {"budget": "4bits", "method": "uniform",
+                                    "rounding": "rnd"}})
     row = next(r for r in result["results"] if r["target"] == "fpga-fixed")
     plan = json.loads((out / "selected" / "fpga-fixed" / "plan.json").read_text())
     assert row["plan"] == str(out / "selected" / "fpga-fixed" / "plan.json")
-    assert plan["provenance"]["selection"]["average_bits"] <= 4
+    assert plan["provenance"]["selection"]["average_bits"] == 4
+    assert plan["config"]["default"] == {"rounding": "rnd"}
     assert row["accuracy"] > 0.8
     with pytest.raises(InputError, match="not a budget"):
         api.run({"targets": ["fpga-fixed"], "out": str(tmp_path / "p"),
