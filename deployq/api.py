@@ -206,19 +206,22 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
            session: Session | None = None, out: str | Path = DEFAULT_OUT,
            calibration: str | None = None, rounding: str | None = None,
            targets_dir=None, min_bits: int | None = None,
-           clips: tuple[float, ...] | None = None, progress=None, **session_args
-           ) -> Selection:
+           clips: tuple[float, ...] | None = None, activation_budget: str | None = None,
+           refine: int = 0, progress=None, **session_args) -> Selection:
     """Choose per-layer weight bits (and clipping) for TARGET under BUDGET
     (deployq.select) and write the plan to OUT/TARGET/plan.json; returns (path, plan)
     as a Selection. min_bits, clips: the candidates (default select.MIN_BITS,
-    select.CLIPS). progress: a callable given every deployq.progress.Progress event."""
+    select.CLIPS); activation_budget: also choose activation bits (targets allowing
+    several); refine = K > 0: measure the DP's K best on a validation split and refine.
+    progress: a callable given every deployq.progress.Progress event."""
     with PG.reporting(progress), PG.stages(2 + (session is None)):
         return _select(target, budget, method, eps, session, out, calibration, rounding,
-                       targets_dir, min_bits, clips, **session_args)
+                       targets_dir, min_bits, clips, activation_budget, refine,
+                       **session_args)
 
 
 def _select(target, budget, method, eps, session, out, calibration, rounding, targets_dir,
-            min_bits, clips, **session_args) -> Selection:
+            min_bits, clips, activation_budget, refine, **session_args) -> Selection:
     from . import select as S
     tgt = T.get(target, targets_dir)
     budget = S.parse_budget(budget)             # bad input fails before slow work
@@ -231,7 +234,8 @@ def _select(target, budget, method, eps, session, out, calibration, rounding, ta
     PG.stage(f"choosing bits for {tgt.name} by {method}")
     plan = S.select(session, tgt, budget, method, eps, settings, provenance=provenance(session),
                     min_bits=S.MIN_BITS if min_bits is None else min_bits,
-                    clips=S.CLIPS if clips is None else clips)
+                    clips=S.CLIPS if clips is None else clips,
+                    activation_budget=activation_budget, refine=refine)
     path = Path(out) / tgt.name / "plan.json"
     if any(_same(path, f) for f in session.model.files):
         raise InputError(f"{path} is an input; choose another --out")
@@ -488,6 +492,11 @@ def _run(config: dict | None) -> tuple[dict, list[Path]]:
     validate.register_inputs(cfg["model"], cfg["weights"], cfg["data"], cfg["plans"],
                              cfg["targets_dir"])
     robust = robust_config(cfg)
+    if cfg["select"]:                                   # budget texts before any work
+        from . import select as S
+        for key in ("budget", "activation_budget"):
+            if cfg["select"].get(key) is not None:
+                S.parse_budget(cfg["select"][key])
     plans = plans_by_target(_config_list(cfg, "plans"))
     names, skipped = cfg["targets"], []
     if names is None:
@@ -512,6 +521,7 @@ def _run_stages(cfg: dict, names: list[str], plans: dict, robust, skipped: list)
                            cfg["calib_samples"])
     validate.samples(cfg["samples"], len(session.dataset.x_test), "samples")
     with out_lock(cfg["out"]):
+        plans |= _select_stage(cfg, names, session, plans)
         result = evaluate(names, session, cfg["out"], cfg["samples"], cfg["calibration"],
                           cfg["targets_dir"], robust, plans,
                           {k: cfg[k] for k in ("weight_bits", "activation_bits")})
@@ -529,6 +539,33 @@ def _run_stages(cfg: dict, names: list[str], plans: dict, robust, skipped: list)
         files = report.write(result, cfg["out"], cfg["mcu_clock_mhz"])
         write_manifest(cfg["out"], result)
     return result, files
+
+
+def _select_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:
+    """The run's selection stage (config key `select`): a plan chosen by deployq.select
+    for every target without a plan, written to OUT/selected/TARGET/plan.json.
+    `rounding` applies where the target allows it; `activation_budget` on the targets
+    that allow several activation bits (the others keep their activation bits)."""
+    table = cfg.get("select")
+    if not table:
+        return {}
+    from . import select as S
+    found = {}
+    for tgt in targets_or_fail([n for n in names if n not in plans], cfg["targets_dir"]):
+        rounding = table.get("rounding")
+        settings = ({"rounding": rounding}
+                    if rounding in tgt.allowed.get("rounding", []) else {})
+        several = len(tgt.allowed.get("activation_bits", [])) > 1
+        log.info("selecting bits for %s (%s, budget %s)", tgt.name,
+                 table.get("method", "adversarial"), table["budget"])
+        plan = S.select(session, tgt, table["budget"], table.get("method", "adversarial"),
+                        table.get("eps", 0.1), settings, provenance=provenance(session),
+                        activation_budget=table.get("activation_budget") if several else None,
+                        refine=table.get("refine", 0))
+        path = Path(cfg["out"]) / "selected" / tgt.name / "plan.json"
+        plan.save(path)
+        found[tgt.name] = path
+    return found
 
 
 def _certify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:

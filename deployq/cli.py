@@ -392,9 +392,18 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
 @click.option("--clips", default="1,0.75,0.5", show_default=True,
               help="Candidate weight clipping fractions (the grid spans that fraction of "
                    "each channel's largest |weight|); '1' turns clipping off.")
+@click.option("--activation-budget", default=None,
+              help="Also choose each hidden tensor's activation bits under this budget "
+                   "('4bits' average, or packed bytes); targets allowing several "
+                   "activation_bits only (fpga-fixed).")
+@click.option("--refine", default=0, show_default=True, type=click.IntRange(0, 64),
+              help="K > 0: measure the DP's K best plans (robust accuracy through the "
+                   "target's mirror on a validation split of the training data) and "
+                   "improve the best by local search (docs/selection.md).")
 @_model_options
-def select_(target, budget, method, eps, rounding, min_bits, clips, model, weights, data,
-            out, calibration, calib_samples, seed, targets_dir):
+def select_(target, budget, method, eps, rounding, min_bits, clips, activation_budget,
+            refine, model, weights, data, out, calibration, calib_samples, seed,
+            targets_dir):
     """Choose per-layer weight bits and clipping under BUDGET and write
     OUT/TARGET/plan.json (export it with 'deployq export --plan' or run it with
     'deployq run --plan')."""
@@ -404,7 +413,8 @@ def select_(target, budget, method, eps, rounding, min_bits, clips, model, weigh
     with progress.stages(3):                # loading, calibrating, choosing
         session = _session(model, weights, data, seed, calib_samples)
         path, plan = api.select(target, budget, method, eps, session, out, calibration,
-                                rounding, targets_dir, min_bits, clip_values)
+                                rounding, targets_dir, min_bits, clip_values,
+                                activation_budget, refine)
     sel = plan.provenance["selection"]
     rows = [("layer", "weights", "bits", "clip")] + [
         (name, str(plan_weights(session, name)), str(bits), f"{sel['weight_clip'][name]:g}")
@@ -412,6 +422,9 @@ def select_(target, budget, method, eps, rounding, min_bits, clips, model, weigh
     click.echo(report.columns(rows))
     click.echo(f"{sel['method']}: {sel['average_bits']:.3f} average weight bits, "
                f"{sel['weight_bytes']} weight bytes (budget {sel['budget']})")
+    if sel.get("activation_bits"):
+        click.echo(f"activation bits {sel['activation_bits']}: "
+                   f"{sel['average_activation_bits']:.3f} average")
     click.echo(str(path))
 
 

@@ -17,6 +17,10 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 "weight_bits": None, "activation_bits": None,
                 # plan.json files (e.g. from 'deployq select') used for their targets
                 "plans": [],
+                # bit selection inside run (deployq.select), for every target without
+                # a plan: {budget = "4bits", method = "adversarial", eps, refine,
+                # activation_budget, rounding}; None: no selection
+                "select": None,
                 # robustness stage (attacks = [] turns it off): a strength preset
                 # (robustness.PRESETS: fast, standard, thorough) whose attacks, steps,
                 # restarts, target_classes and queries a key given here overrides;

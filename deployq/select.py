@@ -98,50 +98,73 @@ class Option:
 def solve(layers: list[list[Option]], capacity: int, d0: float = 0.0
           ) -> tuple[list[int], float]:
     """Indices of the options (one per layer) minimising the composed affine maps
-    applied to d0, subject to sum of costs <= capacity. Exact: every map is
-    increasing (gain >= 0), so a smaller D at the same used budget is never worse.
+    applied to d0, subject to sum of costs <= capacity (solve_top with k = 1).
     Raises InputError when even the cheapest options do not fit."""
+    return solve_top(layers, capacity, 1, d0)[0]
+
+
+def solve_top(layers: list[list[Option]], capacity: int, k: int, d0: float = 0.0
+              ) -> list[tuple[list[int], float]]:
+    """The k best assignments (option index per layer, objective), best first, among
+    those whose costs sum to at most capacity (fewer when fewer exist). Exact: every
+    map is increasing (gain >= 0), so an assignment whose prefix is not among the k
+    smallest D at its used budget is beaten by k others with the same suffix; keeping
+    the k smallest per budget cell keeps every member of the top k."""
     if sum(min(o.cost for o in opts) for opts in layers) > capacity:
         raise InputError("budget too small")
-    best = np.full(capacity + 1, np.inf)
-    best[0] = d0
+    best = np.full((capacity + 1, k), np.inf)
+    best[0, 0] = d0
     back = []
     for opts in layers:
-        new = np.full(capacity + 1, np.inf)
-        pick = np.full(capacity + 1, -1, np.int64)
+        new = np.full((capacity + 1, k), np.inf)
+        pick = np.full((capacity + 1, k, 2), -1, np.int64)     # (option, rank before)
         for j, o in enumerate(opts):
             if o.cost > capacity:
                 continue
-            cand = o.gain * best[:capacity + 1 - o.cost] + o.add
-            cand[~np.isfinite(best[:capacity + 1 - o.cost])] = np.inf
-            seg = new[o.cost:]
-            better = cand < seg
-            seg[better] = cand[better]
-            pick[o.cost:][better] = j
+            prev = best[:capacity + 1 - o.cost]
+            cand = np.where(np.isfinite(prev), o.gain * prev + o.add, np.inf)
+            ranks = np.broadcast_to(np.arange(k), cand.shape)
+            both = np.concatenate([new[o.cost:], cand], 1)
+            order = np.argsort(both, 1, kind="stable")[:, :k]
+            came = np.concatenate([pick[o.cost:], np.stack(
+                [np.full(cand.shape, j), ranks], 2)], 1)
+            new[o.cost:] = np.take_along_axis(both, order, 1)
+            pick[o.cost:] = np.take_along_axis(came, order[:, :, None], 1)
         best, back = new, back + [pick]
-    c = int(np.argmin(best))
-    objective = float(best[c])
-    choice = []
-    for opts, pick in zip(reversed(layers), reversed(back)):
-        j = int(pick[c])
-        choice.append(j)
-        c -= opts[j].cost
-    return choice[::-1], objective
+    flat = np.argsort(best.ravel(), kind="stable")[:k]
+    out = []
+    for cell in flat:
+        if not np.isfinite(best.ravel()[cell]):
+            break
+        c, r = divmod(int(cell), k)
+        objective, choice = float(best[c, r]), []
+        for opts, pick in zip(reversed(layers), reversed(back)):
+            j, r = (int(v) for v in pick[c, r])
+            choice.append(j)
+            c -= opts[j].cost
+        out.append((choice[::-1], objective))
+    return out
 
 
 def brute_force(layers: list[list[Option]], capacity: int, d0: float = 0.0
                 ) -> tuple[list[int], float]:
     """`solve` by enumeration (for tests and tiny models)."""
-    best = (None, math.inf)
+    top = brute_force_top(layers, capacity, 1, d0)
+    return top[0] if top else (None, math.inf)
+
+
+def brute_force_top(layers: list[list[Option]], capacity: int, k: int, d0: float = 0.0
+                    ) -> list[tuple[list[int], float]]:
+    """`solve_top` by enumeration (for tests and tiny models)."""
+    found = []
     for choice in itertools.product(*(range(len(o)) for o in layers)):
         if sum(layers[l][j].cost for l, j in enumerate(choice)) > capacity:
             continue
         d = d0
         for l, j in enumerate(choice):
             d = layers[l][j].gain * d + layers[l][j].add
-        if d < best[1]:
-            best = (list(choice), d)
-    return best
+        found.append((list(choice), d))
+    return sorted(found, key=lambda t: t[1])[:k]
 
 
 # --- spectral norms ------------------------------------------------------------------
@@ -318,22 +341,143 @@ def _by_choice(d: dict) -> dict:
     return {(f"{b}" if c == 1 else f"{b}@{c:g}"): v for (b, c), v in d.items()}
 
 
+# --- activation bits ------------------------------------------------------------------
+
+@dataclass
+class ActGroup:
+    """The hidden tensors whose activation_bits one choice sets: a weighted layer's
+    output and the unweighted nodes after it up to the next weighted layer (pools,
+    reshapes, adds). `noise[b]`: the RMS L2 norm of rounding the head tensor to its b-bit
+    grid (sqrt(numel / 12) * step), the term the chain adds at that layer."""
+    head: str
+    members: list[str]
+    numel: int
+    noise: dict
+
+
+def act_groups(graph: G.Graph, stats: dict, target: T.Target, config: P.PlanConfig,
+               bits: list[int]) -> list[ActGroup]:
+    """One group per weighted layer whose output is not (followed only by unweighted
+    nodes into) the logits; the input and the logits keep the target's default bits."""
+    groups, current = [], None
+    for node in graph.nodes:
+        if node.op in G.WEIGHTED:
+            current = ActGroup(node.name, [node.name], 0, {})
+            groups.append(current)
+        elif current is not None:
+            current.members.append(node.name)
+    groups = [g for g in groups if graph.output not in g.members]
+    for g in groups:
+        g.numel = sum(int(np.prod(graph.node(m).shape)) for m in g.members)
+        head = graph.node(g.head)
+        for b in bits:
+            s = P.PlanConfig(config.default, {}, {g.head: {"activation_bits": b}}).resolve(
+                target, g.head, head.op)
+            step = float(P.activation_params(*P._range(stats[g.head], s), s).scale[0])
+            g.noise[b] = math.sqrt(int(np.prod(head.shape)) / 12) * step
+    return groups
+
+
+def _act_space(session, tgt: T.Target, config: P.PlanConfig, budget: Budget | None):
+    """(groups, allowed bits, capacity in bits) of an activation budget; None without
+    one. Refuses targets that execute one activation width only."""
+    if budget is None:
+        return None
+    allowed = sorted(tgt.allowed.get("activation_bits", [tgt.defaults["activation_bits"]]))
+    if len(allowed) < 2:
+        raise InputError(f"{tgt.name} executes {allowed[0]}-bit activations only; "
+                         "--activation-budget needs a target that allows several "
+                         "activation_bits (e.g. fpga-fixed)")
+    groups = act_groups(session.graph, session.stats, tgt, config, allowed)
+    if not groups:
+        raise InputError("the model has no hidden activation to choose bits for")
+    n = sum(g.numel for g in groups)
+    capacity = budget.capacity(n)
+    if capacity < allowed[0] * n:
+        raise InputError(f"--activation-budget {budget.text} allows {capacity} activation "
+                         f"bits but the smallest choice ({allowed[0]} bits everywhere) "
+                         f"needs {allowed[0] * n}; raise it")
+    return groups, allowed, capacity
+
+
+# --- an assignment and its predicted objective --------------------------------------
+
+@dataclass(frozen=True)
+class Assignment:
+    """(bits, clip) per weighted layer and activation bits per ActGroup (empty without
+    an activation budget), in graph order."""
+    weights: tuple
+    acts: tuple = ()
+
+
+@dataclass
+class Space:
+    """What a search may choose and what it costs: layers, their (gain, add) per choice
+    (the chain's affine maps), activation groups with their choices, and both
+    capacities in bits."""
+    layers: list
+    table: list                   # per layer: {(bits, clip): (gain, add)}
+    capacity: int
+    groups: list = None
+    act_bits: list = None
+    act_capacity: int = 0
+
+    def weight_bits(self, a: Assignment) -> int:
+        return sum(l.n * b for l, (b, _) in zip(self.layers, a.weights))
+
+    def activation_bits(self, a: Assignment) -> int:
+        return sum(g.numel * b for g, b in zip(self.groups or [], a.acts))
+
+    def fits(self, a: Assignment) -> bool:
+        return (self.weight_bits(a) <= self.capacity
+                and self.activation_bits(a) <= (self.act_capacity if self.groups else 0))
+
+    def act_add(self, a: Assignment) -> dict:
+        """Layer name -> the activation rounding noise its output adds."""
+        return {g.head: g.noise[b] for g, b in zip(self.groups or [], a.acts)}
+
+    def predict(self, a: Assignment) -> float:
+        """The chain's D_L for an assignment (what the DP minimises)."""
+        d, acts = 0.0, self.act_add(a)
+        for l, t, k in zip(self.layers, self.table, a.weights):
+            gain, add = t[k]
+            d = gain * d + add + acts.get(l.node.name, 0.0)
+        return d
+
+    def settings(self, a: Assignment) -> dict:
+        """by_name plan settings of an assignment."""
+        by_name = {l.node.name: _setting(b, c) for l, (b, c) in zip(self.layers, a.weights)}
+        for g, b in zip(self.groups or [], a.acts):
+            for m in g.members:
+                by_name[m] = by_name.get(m, {}) | {"activation_bits": b}
+        return by_name
+
+
 def select(session, target: str | T.Target, budget: str | Budget,
            method: str = "adversarial", eps: float = 0.1, settings: dict | None = None,
            targets_dir=None, samples: int = SAMPLES, provenance: dict | None = None,
-           min_bits: int = MIN_BITS, clips: tuple[float, ...] = CLIPS) -> P.QuantPlan:
+           min_bits: int = MIN_BITS, clips: tuple[float, ...] = CLIPS,
+           activation_budget: str | Budget | None = None, refine: int = 0,
+           refine_options: dict | None = None) -> P.QuantPlan:
     """A plan for `target` whose per-layer weight bits fit `budget`, chosen by `method`
     among the allowed bits >= min_bits and (except 'uniform') the weight_clip
     fractions `clips`. `settings`: extra default settings for every layer (e.g.
-    {'rounding': 'rnd'})."""
+    {'rounding': 'rnd'}). `activation_budget` (targets allowing several
+    activation_bits): also choose each hidden tensor's bits under it. `refine` = K > 0:
+    measure the DP's K best on a validation split and improve the best by local search
+    (deployq.refine; `refine_options`: its samples, steps, evals)."""
     if method not in METHODS:
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     if not 0 <= eps <= 1:
         raise InputError(f"--eps must lie in [0, 1] (input units), got {eps}")
     if not clips or not all(0 < c <= 1 for c in clips):
         raise InputError(f"--clips must be fractions in (0, 1], e.g. '1,0.75,0.5'; got {clips}")
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise InputError(f"--refine must be a whole number >= 0 (candidates), got {refine!r}")
     tgt = target if isinstance(target, T.Target) else T.get(target, targets_dir)
     budget = budget if isinstance(budget, Budget) else parse_budget(budget)
+    if isinstance(activation_budget, str):
+        activation_budget = parse_budget(activation_budget)
     allowed = sorted(tgt.allowed.get("weight_bits", [tgt.defaults["weight_bits"]]))
     bits = [b for b in allowed if b >= min_bits]
     if not bits:
@@ -341,6 +485,7 @@ def select(session, target: str | T.Target, budget: str | Budget,
                          f"(allowed: {allowed}); lower it")
     config = P.PlanConfig(default=dict(settings or {}))
     clips = (1.0,) if method == "uniform" else tuple(sorted(set(clips), reverse=True))
+    acts = _act_space(session, tgt, config, activation_budget)
     layers = _layers(session.graph, tgt, config, bits, clips)
     if not layers:
         raise InputError("the model has no conv2d or linear layer to choose bits for")
@@ -351,47 +496,129 @@ def select(session, target: str | T.Target, budget: str | Budget,
                          f"smallest choice ({bits[0]} bits everywhere) needs "
                          f"{bits[0] * n_total} ({bits[0] * n_total / 8:.0f} bytes, "
                          f"{bits[0]}.0bits); raise the budget or lower --min-bits")
-    chosen, objective, info = _choose(session, layers, capacity, method, eps, samples)
-    used = sum(l.n * chosen[l.node.name][0] for l in layers)
+    space, info = _space(session, layers, capacity, acts, method, eps, samples)
+    found = _choose(space, method, max(refine, 1))
     record = {"method": method, "budget": budget.text, "budget_bits": capacity,
-              "eps": eps if method == "adversarial" else None,
-              "bits": {k: b for k, (b, _) in chosen.items()},
-              "weight_clip": {k: c for k, (_, c) in chosen.items()},
-              "predicted_objective": objective, "weight_bits_total": used,
-              "average_bits": used / n_total, "weight_bytes": math.ceil(used / 8),
-              "min_bits": bits[0], "measurements": info}
-    by_name = {name: _setting(b, c) for name, (b, c) in chosen.items()}
-    plan_config = P.PlanConfig(dict(settings or {}), {}, by_name)
+              "eps": eps if method == "adversarial" else None, "min_bits": bits[0],
+              "measurements": info}
+    if refine:
+        from . import refine as R
+        best, record["refinement"] = R.refine(session, tgt, space, found, config, eps,
+                                              **(refine_options or {}))
+    else:
+        best = found[0]
+    record |= _describe(space, best, n_total, activation_budget)
+    plan_config = P.PlanConfig(dict(settings or {}), {}, space.settings(best))
     prov = dict(provenance or {}) | {"selection": record}
     return P.make(session.graph, session.stats, tgt, plan_config, prov)
 
 
-def _choose(session, layers, capacity, method, eps, samples):
-    """((bits, clip) per layer name, predicted objective, measurements)."""
+def _describe(space: Space, a: Assignment, n_total: int, act_budget) -> dict:
+    used = space.weight_bits(a)
+    names = [l.node.name for l in space.layers]
+    out = {"bits": {k: b for k, (b, _) in zip(names, a.weights)},
+           "weight_clip": {k: c for k, (_, c) in zip(names, a.weights)},
+           "predicted_objective": space.predict(a), "weight_bits_total": used,
+           "average_bits": used / n_total, "weight_bytes": math.ceil(used / 8)}
+    if space.groups:
+        n = sum(g.numel for g in space.groups)
+        out |= {"activation_budget": act_budget.text, "activation_budget_bits":
+                space.act_capacity,
+                "activation_bits": {g.head: b for g, b in zip(space.groups, a.acts)},
+                "average_activation_bits": space.activation_bits(a) / n,
+                "activation_bytes": math.ceil(space.activation_bits(a) / 8)}
+    return out
+
+
+def _space(session, layers, capacity, acts, method, eps, samples) -> tuple[Space, dict]:
+    """The search space with each choice's affine map (uniform: all zero)."""
     graph = session.graph
+    groups, act_bits, act_capacity = acts or (None, None, 0)
     if method == "uniform":
-        for b in sorted({b for l in layers for b, _ in l.choices}, reverse=True):
-            if sum(l.n * b for l in layers) <= capacity:
-                return {l.node.name: (b, 1.0) for l in layers}, None, {}
-    x = session.dataset.calibration(samples, session.seed)
-    cell, costs = _costs(layers, capacity)
+        table = [{k: (1.0, 0.0) for k in l.choices} for l in layers]
+        return Space(layers, table, capacity, groups, act_bits, act_capacity), {}
     if method == "hessian":
         xl, yl = _labelled(session.dataset, samples, session.seed)
         traces = hessian_traces(graph, xl, yl, layers, seed=session.seed)
-        table = [[(1.0, max(traces[l.node.name], 0.0) / l.n
-                   * float(((l.quantized[k] - l.node.weight) ** 2).sum()))
-                  for k in l.choices] for l in layers]
+        table = [{k: (1.0, max(traces[l.node.name], 0.0) / l.n
+                      * float(((l.quantized[k] - l.node.weight) ** 2).sum()))
+                  for k in l.choices} for l in layers]
         info = {"hessian_trace": traces}
     else:
+        x = session.dataset.calibration(samples, session.seed)
         eps_l2 = eps * math.sqrt(int(np.prod(graph.input_shape)))
-        table, info = _adversarial_options(graph, layers, _inputs(graph, x),
-                                           eps_l2 if method == "adversarial" else 0.0,
-                                           session.seed)
-    options = [[Option(costs[i, b], g, a) for (b, _), (g, a) in zip(l.choices, table[i])]
-               for i, l in enumerate(layers)]
-    choice, objective = solve(options, capacity // cell)
-    return ({l.node.name: l.choices[j] for l, j in zip(layers, choice)}, objective,
-            info | {"cell_bits": cell})
+        rows, info = _adversarial_options(graph, layers, _inputs(graph, x),
+                                          eps_l2 if method == "adversarial" else 0.0,
+                                          session.seed)
+        table = [dict(zip(l.choices, r)) for l, r in zip(layers, rows)]
+    return Space(layers, table, capacity, groups, act_bits, act_capacity), info
+
+
+def _choose(space: Space, method: str, k: int) -> list[Assignment]:
+    """Up to k assignments, the DP's best first. Without activation groups: the k best
+    weight assignments. With them (adversarial, noise): coordinate descent on the chain,
+    weights with activations at 8 bits, then activations with those weights, then
+    weights again; the candidates are the last weight DP's k best and the activation
+    DP's k best (each exact for its coordinate). uniform and hessian: the same
+    activation bits everywhere, the largest that fit."""
+    if method == "uniform":
+        return [Assignment(_uniform(space.layers, space.capacity), _uniform_acts(space))]
+    acts = tuple(max(space.act_bits) for _ in space.groups or [])
+    if not space.groups or method == "hessian":
+        top = _weight_top(space, _uniform_acts(space), k)
+        return top
+    best = _weight_top(space, acts, 1)[0]
+    best = _act_top(space, best.weights, 1)[0]
+    top = _weight_top(space, best.acts, k)
+    more = _act_top(space, top[0].weights, k)
+    return list(dict.fromkeys(top + more))
+
+
+def _uniform(layers, capacity) -> tuple:
+    for b in sorted({b for l in layers for b, _ in l.choices}, reverse=True):
+        if sum(l.n * b for l in layers) <= capacity:
+            return tuple((b, 1.0) for _ in layers)
+    raise InputError("budget too small")
+
+
+def _uniform_acts(space: Space) -> tuple:
+    if not space.groups:
+        return ()
+    n = sum(g.numel for g in space.groups)
+    b = max(b for b in space.act_bits if b * n <= space.act_capacity)
+    return tuple(b for _ in space.groups)
+
+
+def _weight_top(space: Space, acts: tuple, k: int) -> list[Assignment]:
+    cell, costs = _costs(space.layers, space.capacity)
+    noise = space.act_add(Assignment((), acts))
+    options = [[Option(costs[i, b], *_plus(t[(b, c)], noise.get(l.node.name, 0.0)))
+                for b, c in l.choices] for i, (l, t) in enumerate(zip(space.layers, space.table))]
+    return [Assignment(tuple(l.choices[j] for l, j in zip(space.layers, choice)), acts)
+            for choice, _ in solve_top(options, space.capacity // cell, k)]
+
+
+def _act_top(space: Space, weights: tuple, k: int) -> list[Assignment]:
+    """The k best activation assignments for fixed weights: one DP stage per weighted
+    layer; those without a group have one option of cost 0."""
+    group = {g.head: g for g in space.groups}
+    cell = math.gcd(*[g.numel for g in space.groups])
+    options = []
+    for l, t, key in zip(space.layers, space.table, weights):
+        gain, add = t[key]
+        g = group.get(l.node.name)
+        options.append([Option(g.numel * b // cell, gain, add + g.noise[b])
+                        for b in space.act_bits] if g else [Option(0, gain, add)])
+    found = []
+    for choice, _ in solve_top(options, space.act_capacity // cell, k):
+        acts = tuple(space.act_bits[j] for l, j in zip(space.layers, choice)
+                     if l.node.name in group)
+        found.append(Assignment(weights, acts))
+    return found
+
+
+def _plus(gain_add: tuple, extra: float) -> tuple:
+    return gain_add[0], gain_add[1] + extra
 
 
 def _labelled(ds, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -206,7 +206,24 @@ CONFIG = {
     "mcu_clock_mhz": (lambda v: _is_num(v) and v > 0, "a clock in MHz > 0"),
     "weight_bits": (_int_at_least(1), "a whole number of bits"),
     "activation_bits": (_int_at_least(1), "a whole number of bits"),
+    "select": (lambda v: _select_table(v), "a table {budget = \"4bits\", method = "
+               "\"adversarial\"} with optional eps (0..1), refine (whole number >= 0), "
+               "activation_budget (\"4bits\"), rounding"),
 }
+SELECT_METHODS = ("adversarial", "noise", "hessian", "uniform")   # = select.METHODS
+SELECT_KEYS = {"budget": lambda v: isinstance(v, str) and v != "",
+               "method": lambda v: v in SELECT_METHODS,
+               "eps": lambda v: _is_num(v) and 0 <= v <= 1,
+               "refine": lambda v: _is_int(v) and v >= 0,
+               "activation_budget": lambda v: isinstance(v, str) and v != "",
+               "rounding": lambda v: isinstance(v, str) and v != ""}
+
+
+def _select_table(v) -> bool:
+    """The run's select table: a budget, known keys only, each of the right type
+    (the budget texts are parsed by select.parse_budget before any work)."""
+    return (isinstance(v, dict) and "budget" in v and set(v) <= set(SELECT_KEYS)
+            and all(SELECT_KEYS[k](x) for k, x in v.items()))
 PATH_KEYS = ("weights", "out", "targets_dir")
 
 

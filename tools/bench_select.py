@@ -7,10 +7,17 @@ target's runtime, of the plan each selection method chooses at each budget.
 
 On fpga-fixed every plan uses rounding 'rnd' (AP_RND; 'trn', the target's default,
 loses much more at low bits); tflite-int8 holds the chosen bits on its int8 grid
-(plan.py) with its own defaults. Robust accuracy is the per-sample worst case over
-FGSM and PGD from the float model's gradients (transfer) and from the target's mirror
-(bpda), all scored on the runtime (deployq.robustness), at each --eps; the adversarial
-method guards against the first. Prints markdown tables.
+(plan.py) with its own defaults. Robust accuracy is the per-sample worst case over the
+--strength preset's attacks (default standard: FGSM, APGD-CE, APGD-T) from the float
+model's gradients (transfer) and from the target's mirror (bpda), all scored on the
+runtime (deployq.robustness), at each --eps, with Wilson 95% intervals; the adversarial
+method guards against the first eps. Methods: adversarial (the DP refined on a
+validation split, --refine K), adversarial-dp (the DP alone), noise, hessian, uniform;
+with --act-budgets on targets allowing several activation bits, also the joint
+weight+activation selection and 'uniform-act' (the weight-only adversarial plan with
+every hidden tensor at the budget's bits). Prints markdown tables and the adversarial
+plan against every other row of its group (McNemar's exact p on the same samples).
+Each row is also printed to stderr as 'ROW {json}' as soon as it is measured.
 """
 from __future__ import annotations
 
@@ -24,8 +31,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deployq import api, mirror, plots, robustness as R, select as S  # noqa: E402
-from deployq import targets as T  # noqa: E402
+from deployq import api, mirror, plots, refine as RF, robustness as R  # noqa: E402
+from deployq import select as S  # noqa: E402
+from deployq import plan as P, stats, targets as T  # noqa: E402
 from deployq.io import atomic_write  # noqa: E402
 
 BUDGETS = {"fpga-fixed": "3,4,5,6", "tflite-int8": "4"}     # default budgets per target
@@ -46,56 +54,143 @@ def robust(entry: dict) -> dict[float, float]:
 
 
 def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
-                cfg: R.Config, eps: float, out: Path, candidates: dict) -> list[dict]:
-    """Rows of the float model and of every (target, budget, method) in runs."""
+                cfg: R.Config, eps: float, out: Path, candidates: dict,
+                act_budgets: list[float]) -> list[dict]:
+    """Rows of the float model and of every (target, budget, method) in runs; on
+    targets that allow several activation bits, also every activation budget."""
     session = api.open_session(f"zoo:{name}")
     x, y = session.dataset.test(cfg.samples)
     cache: dict = {}
     fl = R.evaluate(R.Subject("float", session.model.logits,
                               {"transfer": session.model.module}), x, y, cfg, cache)
     rows = [{"model": name, "target": "-", "method": "float", "budget": None, "bits": None,
-             "clean": fl["clean"], "robust": robust(fl), "samples": len(x)}]
+             "clean": fl["clean"], "robust": robust(fl), "samples": len(x), "act": None,
+             "masks": masks(fl)}]
     for target, budgets in runs.items():
         tgt = T.get(target)
+        acts = [None] + (act_budgets if len(tgt.allowed.get("activation_bits", [])) > 1
+                         else [])
         for budget in budgets:
-            for method in methods:
-                rows.append(bench_one(session, tgt, budget, method, eps, x, y, cfg, cache,
-                                      out, candidates))
+            for act in acts:
+                for method in (methods if act is None else ["adversarial"]):
+                    rows.append(bench_one(session, tgt, budget, method, eps, x, y, cfg,
+                                          cache, out, candidates, act))
+                if act is not None:
+                    rows.append(bench_uniform_acts(session, tgt, rows, eps, x, y, cfg,
+                                                   cache, out, act))
     return rows
 
 
-def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidates) -> dict:
-    """candidates: select()'s min_bits and clips."""
+def masks(entry: dict) -> dict:
+    return {e["eps"]: e["robust_mask"] for e in entry["eps"]}
+
+
+def method_args(method: str, refine: int) -> tuple[str, int]:
+    """'adversarial-dp' is the DP alone; 'adversarial' the DP refined (K = refine)."""
+    if method == "adversarial-dp":
+        return "adversarial", 0
+    return method, refine if method == "adversarial" else 0
+
+
+def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidates,
+              act=None, plan=None) -> dict:
+    """candidates: select()'s min_bits, clips, refine (K) and refine_options."""
     t0 = time.time()
-    plan = S.select(session, tgt, f"{budget}bits", method, eps, SETTINGS.get(tgt.name),
-                    **candidates)
+    cand = dict(candidates)
+    name, refine = method_args(method, cand.pop("refine"))
+    if plan is None:
+        plan = S.select(session, tgt, f"{budget}bits", name, eps, SETTINGS.get(tgt.name),
+                        activation_budget=None if act is None else f"{act}bits",
+                        refine=refine, **cand)
+    seconds = time.time() - t0
     exported = api.export(tgt.name, session, out, plan=plan)
     runner = api.load_runner(exported)
     entry = R.evaluate(subject(session, exported, runner, x), x, y, cfg, cache)
     sel = plan.provenance["selection"]
-    name = session.model.spec.removeprefix("zoo:")
-    print(f"{name} {tgt.name} {budget} {method}: {sel['bits']} clean {entry['clean']:.3f} "
-          f"robust {robust(entry)}", file=sys.stderr)
-    return {"model": name, "target": tgt.name, "method": method, "budget": budget,
-            "bits": sel["bits"], "weight_clip": sel["weight_clip"],
+    model = session.model.spec.removeprefix("zoo:")
+    print(f"{model} {tgt.name} {budget} act {act} {method}: {sel['bits']} "
+          f"{sel.get('activation_bits')} clean {entry['clean']:.3f} robust {robust(entry)} "
+          f"select {seconds:.0f}s", file=sys.stderr, flush=True)
+    row = {"model": model, "target": tgt.name, "method": method, "budget": budget,
+            "act": act, "bits": sel["bits"], "weight_clip": sel["weight_clip"],
+            "activation_bits": sel.get("activation_bits"),
             "average_bits": sel["average_bits"],
-            "clean": entry["clean"], "robust": robust(entry),
+            "average_activation_bits": sel.get("average_activation_bits"),
+            "clean": entry["clean"], "robust": robust(entry), "masks": masks(entry),
+            "robust_ci95": {e["eps"]: e["robust_ci95"] for e in entry["eps"]},
             "by": {e["eps"]: e["by"] for e in entry["eps"]},
-            "mirror_top1": entry["mirror"]["top1"],
-            "samples": len(x), "seconds": time.time() - t0}
+            "mirror_top1": entry["mirror"]["top1"], "refinement": sel.get("refinement"),
+            "samples": len(x), "select_seconds": seconds,
+            "seconds": time.time() - t0}
+    print("ROW " + json.dumps(row), file=sys.stderr, flush=True)      # partial runs
+    return row
+
+
+def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act) -> dict:
+    """The weight-only adversarial plan of the same budget with every hidden tensor at
+    `act` bits: the uniform-activation baseline of the joint selection."""
+    act = int(act)
+    base = next(r for r in reversed(rows) if r["target"] == tgt.name and r["act"] is None
+                and r["method"] == "adversarial")
+    by_name = {k: S._setting(b, base["weight_clip"][k]) for k, b in base["bits"].items()}
+    config = P.PlanConfig(dict(SETTINGS.get(tgt.name, {})))
+    for g in S.act_groups(session.graph, session.stats, tgt, config, [act]):
+        for m in g.members:
+            by_name[m] = by_name.get(m, {}) | {"activation_bits": act}
+    n = sum(l.weight.size for l in session.graph.nodes if l.op in ("conv2d", "linear"))
+    used = sum(session.graph.node(k).weight.size * b for k, b in base["bits"].items())
+    plan = P.make(session.graph, session.stats, tgt, P.PlanConfig(config.default, {}, by_name),
+                  {"selection": {"bits": base["bits"], "weight_clip": base["weight_clip"],
+                                 "average_bits": used / n, "average_activation_bits": act,
+                                 "activation_bits": {"all": act}}})
+    row = bench_one(session, tgt, base["budget"], "uniform-act", eps, x, y, cfg, cache, out,
+                    {"refine": 0}, act, plan)
+    return row
+
+
+def significance(rows: list[dict], eps: list[float]) -> str:
+    """Per (model, target, budget, act): the adversarial plan against each other row,
+    robust accuracy difference and McNemar's p on the same test samples."""
+    lines = ["| model | target | budget | act | vs | eps | adversarial % [95% CI] "
+             "| other % | diff (pts) | McNemar p | clean diff (pts) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["method"] != "adversarial":
+            continue
+        for o in rows:
+            same = all(o[k] == r[k] for k in ("model", "target", "budget", "act"))
+            if o is r or not same:
+                continue
+            for e in eps:
+                n = r["samples"]
+                test = stats.paired(stats.unpack(r["masks"][e], n),
+                                    stats.unpack(o["masks"][e], n))
+                lo, hi = r["robust_ci95"][e]
+                lines.append(f"| {r['model']} | {r['target']} | {r['budget']} | "
+                             f"{r['act'] or '-'} | {o['method']} | {e:g} | "
+                             f"{100 * r['robust'][e]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+                             f"{100 * o['robust'][e]:.1f} | "
+                             f"{100 * (r['robust'][e] - o['robust'][e]):+.1f} | "
+                             f"{test['p']:.2g} | {100 * (r['clean'] - o['clean']):+.1f} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], eps: list[float]) -> str:
-    lines = ["| model | target | budget (avg bits) | method | bits per layer | avg bits "
-             "| clean % | " + " | ".join(f"robust % (eps {e:g})" for e in eps) + " |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(eps)]
+    lines = ["| model | target | budget (avg bits) | act budget | method | bits per layer "
+             "| act bits | avg bits | clean % | " + " | ".join(f"robust % (eps {e:g})"
+                                                         for e in eps) + " | select s |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(eps) + "---|"]
     for r in rows:
         bits = "/".join(f"{b}" + (f"@{r['weight_clip'][k]:g}" if r["weight_clip"][k] != 1 else "")
                         for k, b in r["bits"].items()) if r["bits"] else "float"
         avg = f"{r['average_bits']:.2f}" if r.get("average_bits") else "32"
-        lines.append(f"| {r['model']} | {r['target']} | {r['budget'] or '-'} | {r['method']} "
-                     f"| {bits} | {avg} | {100 * r['clean']:.1f} | "
-                     + " | ".join(f"{100 * r['robust'][e]:.1f}" for e in eps) + " |")
+        acts = "/".join(str(b) for b in (r.get("activation_bits") or {}).values()) or "8"
+        secs = f"{r['select_seconds']:.0f}" if r.get("select_seconds") is not None else "-"
+        lines.append(f"| {r['model']} | {r['target']} | {r['budget'] or '-'} | "
+                     f"{r.get('act') or '-'} | {r['method']} | {bits} | {acts} | {avg} | "
+                     f"{100 * r['clean']:.1f} | "
+                     + " | ".join(f"{100 * r['robust'][e]:.1f}" for e in eps)
+                     + f" | {secs} |")
     return "\n".join(lines)
 
 
@@ -103,6 +198,7 @@ def loss_table(rows: list[dict], eps: list[float]) -> str:
     """Robust accuracy lost to quantization (float minus quantized, points), per model
     and eps, target, budget and method."""
     floats = {r["model"]: r["robust"] for r in rows if r["method"] == "float"}
+    rows = [r for r in rows if r.get("act") is None]
     cols = [(m, e) for m in floats for e in eps]
     keys = sorted({(r["target"], r["budget"], r["method"]) for r in rows if r["budget"]})
     by = {(r["model"], r["target"], r["budget"], r["method"]): r["robust"]
@@ -120,7 +216,8 @@ def loss_table(rows: list[dict], eps: list[float]) -> str:
 def plot(rows: list[dict], model: str, target: str, eps: float) -> str:
     """SVG: robust accuracy at eps against the plan's average weight bits, one line per
     method, the float model's as a flat line."""
-    mine = [r for r in rows if r["model"] == model and r["target"] == target]
+    mine = [r for r in rows if r["model"] == model and r["target"] == target
+            and r.get("act") is None]
     if len({r["budget"] for r in mine}) < 2:
         return ""                                # a line needs two budgets
     xs = [r["average_bits"] for r in mine]
@@ -143,34 +240,53 @@ def main() -> int:
     ap.add_argument("--budgets", default=None,
                     help="average weight bits for every target (default: per target, "
                          + "; ".join(f"{t} {b}" for t, b in BUDGETS.items()) + ")")
-    ap.add_argument("--methods", default=",".join(S.METHODS))
+    ap.add_argument("--methods", default="adversarial,adversarial-dp,noise,hessian,uniform")
     ap.add_argument("--eps", default="0.1",
                     help="comma-separated L-inf eps; the adversarial method uses the first")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--strength", default="standard", choices=list(R.PRESETS),
+                    help="attack preset of the benchmark (robustness.PRESETS)")
+    ap.add_argument("--steps", type=int, default=None, help="override the preset's")
+    ap.add_argument("--target-classes", type=int, default=None,
+                    help="override the preset's APGD-T target classes")
     ap.add_argument("--samples", type=int, default=None, help="test samples (default all)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--min-bits", type=int, default=S.MIN_BITS)
     ap.add_argument("--clips", default=",".join(f"{c:g}" for c in S.CLIPS))
+    ap.add_argument("--refine", type=int, default=6,
+                    help="K: the adversarial method measures the DP's K best on the "
+                         "validation split and refines (adversarial-dp: the DP alone)")
+    ap.add_argument("--evals", type=int, default=RF.EVALS, help="local-search evaluations")
+    ap.add_argument("--val-samples", type=int, default=RF.SAMPLES)
+    ap.add_argument("--act-budgets", default="",
+                    help="average activation bits, e.g. '4' (targets allowing several "
+                         "activation bits only)")
     ap.add_argument("--plot", default=None,
                     help="write DIR/select-MODEL-TARGET.svg (robust accuracy at the first "
                          "eps against average bits)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     eps = [float(e) for e in args.eps.split(",")]
-    cfg = R.Config(["fgsm", "pgd"], eps, ["transfer", "bpda"], args.steps,
+    cfg = R.Config(strength=args.strength, eps=eps, sources=["transfer", "bpda"],
+                   steps=args.steps, target_classes=args.target_classes,
                    samples=args.samples)
+    print(cfg.describe(), file=sys.stderr)
     runs = {t: [float(b) for b in (args.budgets or BUDGETS.get(t, "4")).split(",")]
             for t in args.targets.split(",")}
+    acts = [float(a) for a in args.act_budgets.split(",") if a]
+    candidates = {"min_bits": args.min_bits,
+                  "clips": tuple(float(c) for c in args.clips.split(",")),
+                  "refine": args.refine,
+                  "refine_options": {"evals": args.evals, "samples": args.val_samples}}
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for name in args.models.split(","):
             rows += bench_model(name, runs, args.methods.split(","), cfg, eps[0],
-                                Path(out), {"min_bits": args.min_bits, "clips": tuple(
-                                    float(c) for c in args.clips.split(","))})
-    print(table(rows, eps) + "\n\n" + loss_table(rows, eps))
+                                Path(out), candidates, acts)
     if args.json:
         atomic_write(Path(args.json), json.dumps(rows, indent=1).encode())
+    print(table(rows, eps) + "\n\n" + loss_table(rows, eps) + "\n\n"
+          + significance(rows, eps))
     for name in args.models.split(",") if args.plot else []:
         for target in runs:
             svg = plot(rows, name, target, eps[0])

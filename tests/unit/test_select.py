@@ -221,3 +221,21 @@ def test_targets_with_different_weight_grids_are_not_compared_bit_for_bit(digits
     same = api.evaluate(["onnx-int8", "tflite-int8-ref"], digits_session, tmp_path / "p",
                         samples=30)
     assert same["pairs"][0]["max_lsb"] is not None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_k_solver_equals_brute_force(seed):
+    rng = np.random.default_rng(100 + seed)
+    layers = _instance(rng, int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    capacity = sum(min(o.cost for o in opts) for opts in layers) + int(rng.integers(0, 8))
+    k = int(rng.integers(1, 7))
+    got = S.solve_top(layers, capacity, k, 0.3)
+    want = S.brute_force_top(layers, capacity, k, 0.3)
+    assert [v for _, v in got] == pytest.approx([v for _, v in want])
+    for choice, value in got:
+        assert sum(layers[l][j].cost for l, j in enumerate(choice)) <= capacity
+        d = 0.3
+        for l, j in enumerate(choice):
+            d = layers[l][j].gain * d + layers[l][j].add
+        assert d == pytest.approx(value)
+    assert len({tuple(c) for c, _ in got}) == len(got)        # distinct assignments

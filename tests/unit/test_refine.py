@@ -1,0 +1,144 @@
+"""Selection refinement, activation bits and selection inside run (docs/selection.md)."""
+import itertools
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from deployq import api, refine as RF, select as S, validate
+from deployq.errors import InputError
+
+RND = {"rounding": "rnd"}
+CHEAP = {"samples": 40, "steps": 2, "evals": 2}       # a cheap validation objective
+
+
+def _tiny_space(capacity, act_capacity=0):
+    """Three layers of 3, 5 and 7 weights, bits 3..5, clips 1 and 0.5; two activation
+    groups of 4 and 6 elements, bits 2..4; random affine maps."""
+    rng = np.random.default_rng(0)
+    layers, table = [], []
+    for i, n in enumerate((3, 5, 7)):
+        choices = {(b, c): None for b in (3, 4, 5) for c in (1.0, 0.5)}
+        layers.append(S.Layer(SimpleNamespace(name=f"l{i}"), n, choices))
+        table.append({k: (float(rng.uniform(0.5, 2)), float(rng.uniform(0, 3)))
+                      for k in choices})
+    groups = [S.ActGroup("l0", ["l0"], 4, {b: float(rng.uniform(0, 2)) / b for b in (2, 3, 4)}),
+              S.ActGroup("l1", ["l1"], 6, {b: float(rng.uniform(0, 2)) / b for b in (2, 3, 4)})]
+    return S.Space(layers, table, capacity, groups if act_capacity else None,
+                   [2, 3, 4] if act_capacity else None, act_capacity)
+
+
+def _all(space):
+    """Brute force: every assignment that fits both budgets."""
+    ws = itertools.product(*(list(l.choices) for l in space.layers))
+    acts = (list(itertools.product(*([space.act_bits] * len(space.groups))))
+            if space.groups else [()])
+    return {S.Assignment(tuple(w), tuple(a)) for w in ws for a in acts
+            if space.fits(S.Assignment(tuple(w), tuple(a)))}
+
+
+@pytest.mark.parametrize("capacity,act_capacity", [(60, 0), (45, 0), (60, 30), (48, 25)])
+def test_candidates_and_neighbours_respect_both_budgets(capacity, act_capacity):
+    space = _tiny_space(capacity, act_capacity)
+    oracle = _all(space)
+    found = S._choose(space, "adversarial", 5)
+    assert found and set(found) <= oracle
+    if not act_capacity:             # weights alone: the DP's top 5 are the oracle's
+        best = sorted(space.predict(a) for a in oracle)[:5]
+        assert [space.predict(a) for a in found] == pytest.approx(best)
+    for a in found:
+        moves = list(RF.neighbours(space, a))
+        assert moves and set(moves) <= oracle and a not in moves
+
+
+def test_activation_coordinate_descent_beats_uniform_activations():
+    space = _tiny_space(60, 30)
+    best = S._choose(space, "adversarial", 1)[0]
+    uniform = S.Assignment(best.weights, S._uniform_acts(space))
+    assert space.predict(best) <= space.predict(uniform) + 1e-12
+
+
+@pytest.fixture(scope="module")
+def refined(digits_session):
+    return S.select(digits_session, "fpga-fixed", "4bits", "adversarial", 0.1, RND,
+                    refine=2, refine_options=CHEAP, activation_budget="4bits")
+
+
+def test_refinement_is_never_worse_than_the_dps_best(refined, digits_session):
+    sel = refined.provenance["selection"]
+    ref = sel["refinement"]
+    by = {c["assignment"]: c for c in ref["candidates"]}
+    first = next(c for c in ref["candidates"] if c["origin"] == "dp-0")
+    chosen = by[ref["chosen"]]
+    assert (chosen["robust"], chosen["clean"]) >= (first["robust"], first["clean"])
+    assert ref["evaluations"] == len(ref["candidates"]) >= 2
+    assert all("predicted" in c and "robust" in c for c in ref["candidates"])
+    # both budgets hold, and the plan carries the chosen bits
+    n = sum(digits_session.graph.node(k).weight.size for k in sel["bits"])
+    assert sel["weight_bits_total"] <= 4 * n
+    assert sel["average_activation_bits"] <= 4
+    for name, b in sel["activation_bits"].items():
+        assert refined.layers[name].output.bits == b
+    for name, b in sel["bits"].items():
+        assert refined.layers[name].weight.bits == b
+
+
+def test_the_validation_split_is_training_data_disjoint_from_calibration(digits_session):
+    ds = digits_session.dataset
+    x, _ = RF.validation(ds, 40, 0, digits_session.calib_samples)
+    calib = ds.calibration(digits_session.calib_samples, 0)
+    rows = {r.tobytes() for r in ds.x_train}
+    assert all(r.tobytes() in rows for r in x)
+    assert not {r.tobytes() for r in x} & {r.tobytes() for r in calib}
+    with pytest.raises(InputError, match="validation split"):
+        RF.validation(ds, len(ds.x_train), 0, digits_session.calib_samples)
+
+
+def test_the_measured_objective_sees_a_bad_plan(digits_session, refined):
+    """Negative control: 2-bit everything scores far below the refined plan."""
+    from deployq import plan as P, targets as T
+    tgt = T.get("fpga-fixed")
+    x, y = RF.validation(digits_session.dataset, 40, 0, digits_session.calib_samples)
+    obj = RF.Objective(digits_session, tgt, x, y, 0.1, 2)
+    bad = P.make(digits_session.graph, digits_session.stats, tgt,
+                 P.PlanConfig({"weight_bits": 2, "activation_bits": 2, **RND}))
+    good, worse = obj(refined), obj(bad)
+    assert good["clean"] > worse["clean"] + 0.3
+
+
+def test_activation_bits_only_where_the_target_allows_them(digits_session, run_cli, tmp_path):
+    with pytest.raises(InputError, match="8-bit activations only"):
+        S.select(digits_session, "tflite-int8", "4bits", activation_budget="4bits")
+    code, _, err = run_cli("-q", "select", "-t", "onnx-int8", "-b", "4bits",
+                           "--activation-budget", "4bits", "-o", tmp_path)
+    assert code == 2 and "activations only" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "onnx-int8").exists()
+
+
+def test_select_table_is_validated():
+    assert validate.SELECT_METHODS == S.METHODS
+    for bad in ({"method": "adversarial"}, {"budget": "4bits", "method": "greedy"},
+                {"budget": "4bits", "refine": -1}, {"budget": "4bits", "typo": 1}, "4bits"):
+        with pytest.raises(InputError, match="select must be"):
+            validate.config({"select": bad}, "deployq.toml")
+    validate.config({"select": {"budget": "4bits", "method": "noise", "refine": 2,
+                                "eps": 0.05, "activation_budget": "4bits"}}, "x")
+
+
+def test_run_selects_inside_the_pipeline(tmp_path):
+    out = tmp_path / "o"
+    result, _ = api.run({"targets": ["fpga-fixed"], "out": str(out), "samples": 60,
+                         "attacks": [], "profile_repeats": 0,
+                         "select": {"budget": "4bits", "method": "uniform",
+                                    "rounding": "rnd"}})
+    row = next(r for r in result["results"] if r["target"] == "fpga-fixed")
+    plan = json.loads((out / "selected" / "fpga-fixed" / "plan.json").read_text())
+    assert row["plan"] == str(out / "selected" / "fpga-fixed" / "plan.json")
+    assert plan["provenance"]["selection"]["average_bits"] == 4
+    assert plan["config"]["default"] == {"rounding": "rnd"}
+    assert row["accuracy"] > 0.8
+    with pytest.raises(InputError, match="not a budget"):
+        api.run({"targets": ["fpga-fixed"], "out": str(tmp_path / "p"),
+                 "select": {"budget": "four"}})
+    assert not (tmp_path / "p").exists()
