@@ -382,7 +382,7 @@ def _reshape(c, n, layer):
 
 def _computed(c, a) -> bool:
     """a is a tensor the model computes (not a number, parameter or constant)."""
-    return hasattr(a, "name") and a.name in c.names
+    return isinstance(a, torch.fx.Node) and a.name in c.names
 
 
 def _const(c, a) -> np.ndarray:

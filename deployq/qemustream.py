@@ -131,10 +131,10 @@ class Session:
         try:
             self._stop(kill=False)
         finally:
-            for name in ("in_fd", "out_fd", "spare_fd"):
-                if getattr(self, name) is not None:
-                    os.close(getattr(self, name))
-                    setattr(self, name, None)
+            for fd in (self.in_fd, self.out_fd, self.spare_fd):
+                if fd is not None:
+                    os.close(fd)
+            self.in_fd = self.out_fd = self.spare_fd = None
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
