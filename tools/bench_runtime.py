@@ -3,6 +3,7 @@ reference kernels) and ONNX Runtime on the zoo models, single-threaded, in one r
 write docs/runtime-bench.md.
 
     python tools/bench_runtime.py [--repeats 7] [--batch 256] [--out docs/runtime-bench.md]
+                                  [--models A,B] [--section TITLE]
 
 Each figure is the median of --repeats timings (after a warm-up) of: one call on one
 sample (batch 1, microseconds) and one call on --batch samples (microseconds per sample).
@@ -95,25 +96,46 @@ def table(results: dict, which: int, unit: str) -> str:
     return f"{unit}\n\n" + "\n".join(lines)
 
 
+def with_section(old: str, title: str, body: str) -> str:
+    """old with its "## title" section (up to the next "## " heading) replaced by body,
+    or body appended when old has no such section."""
+    head = f"## {title}\n"
+    if head not in old:
+        return old.rstrip("\n") + "\n\n" + head + "\n" + body
+    start = old.index(head)
+    nxt = old.find("\n## ", start + len(head))
+    return old[:start] + head + "\n" + body + ("" if nxt < 0 else old[nxt:])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--out", type=Path, default=Path("docs/runtime-bench.md"))
     ap.add_argument("--models", default=",".join(m for m in zoo.MODELS if zoo.weights_file(m).is_file()))
+    ap.add_argument("--section", default=None,
+                    help="write the tables as the section '## SECTION' of --out (replaced "
+                         "if present, else appended), keeping the rest of the file")
     args = ap.parse_args()
     results = bench(args.models.split(","), args.batch, args.repeats)
     load = os.getloadavg()[0]
-    doc = (f"# C runtime speed\n\nMeasured by `python tools/bench_runtime.py --repeats "
-           f"{args.repeats} --batch {args.batch}` on {cpu()}; one thread each, medians of "
-           f"{args.repeats} interleaved rounds. Load average at the end of the run: "
-           f"{load:.1f} on {os.cpu_count()} cores (the machine was shared): absolute times "
-           "depend on that load; the ratios between runners timed in the same rounds are "
-           "the comparable figures. \"C reference\" and \"C optimized\" are the two kernel "
-           "sets of the C runtime (docs/runtime.md), same integers; \"C optimized\" is what "
-           "mcu-int8 runs by default.\n\n"
-           + table(results, 1, f"Batch {args.batch}, microseconds per sample:") + "\n\n"
-           + table(results, 0, "Batch 1, microseconds per call:") + "\n")
+    command = f"python tools/bench_runtime.py --repeats {args.repeats} --batch {args.batch}"
+    if args.section:
+        command += f" --models {args.models} --section '{args.section}'"
+    body = (f"Measured by `{command}` on {cpu()}; one thread each, medians of "
+            f"{args.repeats} interleaved rounds. Load average at the end of the run: "
+            f"{load:.1f} on {os.cpu_count()} cores (the machine was shared): absolute times "
+            "depend on that load; the ratios between runners timed in the same rounds are "
+            "the comparable figures. \"C reference\" and \"C optimized\" are the two kernel "
+            "sets of the C runtime (docs/runtime.md), same integers; \"C optimized\" is what "
+            "mcu-int8 runs by default.\n\n"
+            + table(results, 1, f"Batch {args.batch}, microseconds per sample:") + "\n\n"
+            + table(results, 0, "Batch 1, microseconds per call:") + "\n")
+    if args.section:
+        old = args.out.read_text() if args.out.is_file() else "# C runtime speed\n"
+        doc = with_section(old, args.section, body)
+    else:
+        doc = "# C runtime speed\n\n" + body
     atomic_write(args.out, doc.encode())
     return 0
 
