@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -124,24 +125,23 @@ def _label(space, a) -> str:
 def neighbours(space, a):
     """Assignments one move from a that fit both budgets (module docstring), in a fixed
     order: weight bit moves, clip moves, activation bit moves."""
-    from .select import Assignment
     weights, acts = list(a.weights), list(a.acts)
     for i, l in enumerate(space.layers):
         bits = sorted({b for b, _ in l.choices})
         b, c = weights[i]
         for nb in _steps(bits, b):
             for w in _paid(space, weights, i, (nb, c)):
-                yield Assignment(tuple(w), a.acts)
+                yield replace(a, weights=tuple(w))
     for i, l in enumerate(space.layers):
         b, c = weights[i]
         for nc in sorted({c2 for b2, c2 in l.choices if b2 == b} - {c}):
             w = weights.copy()
             w[i] = (b, nc)
-            yield Assignment(tuple(w), a.acts)
+            yield replace(a, weights=tuple(w))
     for i in range(len(acts)):
         for nb in _steps(space.act_bits, acts[i]):
             for v in _paid_acts(space, acts, i, nb):
-                yield Assignment(a.weights, tuple(v))
+                yield replace(a, acts=tuple(v))
 
 
 def _steps(bits: list, b) -> list:

@@ -18,7 +18,7 @@ def build():
                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10))
 
 def gated():
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Sigmoid(), nn.Flatten(),
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GELU(), nn.Flatten(),
                          nn.Linear(256, 10))
 """
 
@@ -103,7 +103,7 @@ def test_bad_files_exit_2_with_one_line_and_nothing_written(run_cli, tmp_path):
         (["-m", f"{tmp_path / 'net.py'}:build", "-w", tmp_path / "corrupt.pt"],
          "cannot read weights"),
         (["-m", f"{tmp_path / 'net.py'}:gated", "-d", "digits"],
-         "unsupported op 'aten.sigmoid.default' at layer '1'"),
+         "unsupported op 'aten.gelu.default' at layer '1'"),
         (["-m", f"{tmp_path / 'net.py'}:build", "-d", tmp_path / "wrong.npz"],
          "data"),
         (["-m", tmp_path / "missing.pt2"], "does not exist"),

@@ -22,7 +22,7 @@ def _one_error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--method", "trades"], "--method 'trades' is unknown"),
+    (["--method", "trades"], "'trades' is not one of"),
     (["--beta", "-0.1"], "--beta must be a number >= 0"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--method", "dq+pgd", "--beta", "0"], "needs --beta > 0"),
