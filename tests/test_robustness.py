@@ -128,9 +128,10 @@ def test_eval_with_attacks_writes_the_three_reports(tmp_path, run_cli):
 
 @pytest.mark.parametrize("args, words", [
     (["--eps", "0.1,1.5"], "(0, 1]"), (["--eps", "abc"], "numbers"), (["--eps", "0"], "(0, 1]"),
-    (["--eps", "1/0"], "fractions"), (["--strength", "max"], "unknown strength"),
+    (["--eps", "1/0"], "fractions"), (["--strength", "max"], "'max' is not one of"),
     (["--steps", "0"], "--steps"), (["--queries", "-1"], "--queries"),
-    (["--attacks", "cw"], "unknown attack 'cw'"), (["--sources", "oracle"], "unknown source")])
+    (["--attacks", "cw"], "'cw' is not one of fgsm"),
+    (["--sources", "oracle"], "'oracle' is not one of transfer")])
 def test_eval_bad_robustness_input_writes_nothing(tmp_path, run_cli, args, words):
     args = ["--attacks", "fgsm"] + args if args[0] != "--attacks" else args
     code, _, err = run_cli("eval", "-o", tmp_path / "out", *args)
