@@ -114,7 +114,33 @@ def test_onnx_runs_and_names_float_islands(tmp_path):
     path, plan = O.export(graph, _plan(graph, x, target), target, tmp_path)
     islands = plan.provenance.get("onnx_float_islands", [])
     assert O.float_islands(path) == islands
+    ops = O.kernels(path)      # ORT has no integer ConvTranspose: each one is named
+    assert ops["ConvTranspose"] == sum(i["op"] == "ConvTranspose" for i in islands)
     assert O.kernels(path)["QLinearConv"] >= 1
     logits = O.load(path).run(x)
     ref = G.run(graph, torch.from_numpy(x))["output"].numpy()
     assert np.corrcoef(logits.ravel(), ref.ravel())[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("name, options", [
+    ("mcu-int8", {}), ("fpga-fixed", {}),
+    ("fpga-fixed", {"acc_bits": 12, "acc_overflow": "sat", "out_overflow": "sat"})])
+def test_integer_bounds_are_the_runtime_at_points_and_contain_it_on_boxes(
+        tmp_path, name, options):
+    from tests.test_certify import _box_check, _semantics, _target
+    graph = _graph()
+    x = _x(40, 3)
+    exact, inside = _box_check(_semantics(graph, x, _target(name, **options), tmp_path), x,
+                               0.05)
+    assert exact and inside.all()
+
+
+def test_float_bounds_contain_the_float_model():
+    from deployq import ibp
+    graph = _graph()
+    x = _x(8, 4)
+    lo, hi = ibp.float_bounds(graph, np.clip(x - 0.05, 0, 1), np.clip(x + 0.05, 0, 1))
+    for k in range(5):
+        pt = np.clip(x + np.random.default_rng(k).uniform(-0.05, 0.05, x.shape), 0, 1)
+        y = G.run(graph, torch.from_numpy(pt.astype(np.float32)))["output"].numpy()
+        assert (lo - 1e-5 <= y).all() and (y <= hi + 1e-5).all()
