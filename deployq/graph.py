@@ -717,13 +717,22 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+def weighted(node: Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
+    """The linear map of a WEIGHTED node with weight w (IR layout) and bias b."""
+    if node.op == "linear":
+        return F.linear(x, w, b)
+    a = node.attrs
+    if node.op == "conv_transpose":
+        return F.conv_transpose2d(x, w.transpose(0, 1), b, a["stride"], a["padding"],
+                                  a["output_padding"])
+    return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+
+
 FLOAT_OPS = {
     "conv2d": lambda n, xs: _act(n, F.conv2d(xs[0], _t(n.weight), _t(n.bias), n.attrs["stride"],
                                              n.attrs["padding"], n.attrs["dilation"],
                                              n.attrs["groups"])),
-    "conv_transpose": lambda n, xs: _act(n, F.conv_transpose2d(
-        xs[0], _t(n.weight).transpose(0, 1), _t(n.bias), n.attrs["stride"],
-        n.attrs["padding"], n.attrs["output_padding"])),
+    "conv_transpose": lambda n, xs: _act(n, weighted(n, xs[0], _t(n.weight), _t(n.bias))),
     "linear": lambda n, xs: _act(n, F.linear(xs[0], _t(n.weight), _t(n.bias))),
     "add": lambda n, xs: _act(n, xs[0] + xs[1]),
     "mul": lambda n, xs: _act(n, xs[0] * xs[1]),
