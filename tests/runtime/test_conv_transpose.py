@@ -61,34 +61,49 @@ def test_capture_matches_pytorch_and_refuses_other_paddings():
         G.capture(nn.ConvTranspose2d(3, 3, 2, 2, groups=3), SHAPE)
 
 
-def _mcu_vs_reference(graph, x, tmp_path):
+@pytest.fixture(scope="module")
+def mcu_export(tmp_path_factory):
+    """One mcu-int8 export (the converter's .tflite and the C runtime's model) shared
+    by the tests that read it: (graph, plan, directory, artifact path)."""
     pytest.importorskip("ai_edge_litert")
+    from deployq.backends import mcu
+    graph, out = _graph(), tmp_path_factory.mktemp("mcu")
+    target = T.get("mcu-int8")
+    x = _x(64, 0)
+    path, plan = mcu.export(graph, _plan(graph, x, target), target, out, x)
+    return graph, plan, out, path
+
+
+def _mcu_vs_reference(out, path, x):
     from deployq import diff
     from deployq.backends import mcu, tflite
-    target = T.get("mcu-int8")
-    path, _ = mcu.export(graph, _plan(graph, x[:64], target), target, tmp_path, x[:64])
-    runners = [tflite.Runner(tmp_path / "model.tflite", "reference"), mcu.load(path)]
+    runners = [tflite.Runner(out / "model.tflite", "reference"), mcu.load(path)]
     return diff._compare(runners, x)
 
 
-def test_mcu_equals_litert_reference_on_every_tensor(tmp_path):
-    graph = _graph()
-    rows = _mcu_vs_reference(graph, _x(50, 0), tmp_path)
+def test_mcu_equals_litert_reference_on_every_tensor(mcu_export):
+    graph, _, out, path = mcu_export
+    rows = _mcu_vs_reference(out, path, _x(50, 0))
     computed = {n.name for n in graph.nodes if n.op != "reshape"}
     assert computed <= {r["layer"] for r in rows}
     assert all(r["different"] == 0 for r in rows), [r for r in rows if r["different"]]
 
 
-def test_negative_control_a_crop_one_off_is_caught(tmp_path, monkeypatch):
+def test_negative_control_a_crop_one_off_is_caught(mcu_export, tmp_path, monkeypatch):
     """The comparison fails when the C op's leading crop is off by one."""
+    import shutil
     from deployq.backends import mcu
+    _, _, out, path = mcu_export
     original = mcu.OPS["TRANSPOSE_CONV"]
 
     def shifted(r, op):
         original(r, op)
         r.ops[-1].params["pad_top"] += 1
     monkeypatch.setitem(mcu.OPS, "TRANSPOSE_CONV", shifted)
-    rows = _mcu_vs_reference(_graph(), _x(10, 0), tmp_path)
+    shutil.copytree(out, tmp_path / "skewed")
+    blob, _ = mcu.from_tflite((out / "model.tflite").read_bytes())
+    (tmp_path / "skewed" / path.name).write_bytes(blob)
+    rows = _mcu_vs_reference(tmp_path / "skewed", tmp_path / "skewed" / path.name, _x(10, 0))
     assert any(r["different"] for r in rows if r["layer"].startswith("up"))
 
 
@@ -144,3 +159,19 @@ def test_float_bounds_contain_the_float_model():
         pt = np.clip(x + np.random.default_rng(k).uniform(-0.05, 0.05, x.shape), 0, 1)
         y = G.run(graph, torch.from_numpy(pt.astype(np.float32)))["output"].numpy()
         assert (lo - 1e-5 <= y).all() and (y <= hi + 1e-5).all()
+
+
+def test_tflite_xnnpack_and_reference_and_the_mirror_follow_the_float_model(mcu_export):
+    """The export's .tflite on LiteRT's XNNPACK and reference kernels (what tflite-int8
+    and tflite-int8-ref run), and the plan-grid mirror (BPDA) of it."""
+    from deployq import mirror
+    from deployq.backends import tflite
+    graph, plan, out, _ = mcu_export
+    x = _x(100, 5)
+    ref = G.run(graph, torch.from_numpy(x))["output"].numpy().argmax(1)
+    reference = tflite.Runner(out / "model.tflite", "reference").run(x)
+    for runner in (tflite.Runner(out / "model.tflite", "xnnpack"),
+                   tflite.Runner(out / "model.tflite", "reference")):
+        assert (runner.run(x).argmax(1) == ref).mean() >= 0.9
+    logits = mirror.build(T.get("tflite-int8"), graph, plan).logits(x)
+    assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9
