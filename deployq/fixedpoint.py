@@ -515,7 +515,8 @@ def upsample(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     return np.repeat(np.repeat(x, sh, 2), sw, 3)
 
 
-OPS = {"conv2d": conv2d, "conv_transpose": conv_transpose, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
+OPS = {"conv2d": conv2d, "conv_transpose": conv_transpose,
+       "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
        "pad": pad, "upsample": upsample, **{op: activation for op in ACTIVATIONS}}
 

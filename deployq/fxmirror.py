@@ -270,7 +270,8 @@ def upsample(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return x.repeat_interleave(sh, 2).repeat_interleave(sw, 3)
 
 
-OPS = {"conv2d": conv2d, "conv_transpose": conv_transpose, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
+OPS = {"conv2d": conv2d, "conv_transpose": conv_transpose,
+       "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
        "pad": pad, "upsample": upsample, **{op: activation for op in TORCH_ACTIVATIONS}}
 

@@ -222,7 +222,8 @@ def _convt_taps(x_for_pos, x_for_neg, layer: FX.FxLayer):
             xp, xn = place(x_for_pos, ky, kx), place(x_for_neg, ky, kx)
             for ic in range(w.shape[1]):
                 wk = w[:, ic, ky, kx][:, None, None]
-                yield np.maximum(wk, 0) * xp[:, ic][:, None] + np.minimum(wk, 0) * xn[:, ic][:, None]
+                yield (np.maximum(wk, 0) * xp[:, ic][:, None]
+                       + np.minimum(wk, 0) * xn[:, ic][:, None])
 
 
 def _fx_linear(x, *, layer: FX.FxLayer, fx: FX.FxModel):
@@ -309,7 +310,8 @@ def table_bounds(x, table: np.ndarray):
     return out_lo, out_hi
 
 
-FX_IBP = {"conv2d": _fx_conv, "conv_transpose": _fx_conv_transpose, "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
+FX_IBP = {"conv2d": _fx_conv, "conv_transpose": _fx_conv_transpose,
+          "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
           "avgpool": _fx_avgpool, "gap": _fx_gap, "reshape": _fx_each(FX.reshape),
           "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp),
           "pad": _fx_each(FX.pad), "upsample": _fx_each(FX.upsample),

@@ -31,7 +31,8 @@ dq_status dq_transpose_conv_s8(const dq_window *w, const dq_requant_s8 *q,
                         const int32_t ix = source(ox, kx, w->stride_w, w->pad_left, in_dims->w);
                         if (ix < 0) continue;
                         const int8_t *x = in + (iy * in_dims->w + ix) * c_in;
-                        const int8_t *f = filter + ((oc * w->kernel_h + ky) * w->kernel_w + kx) * c_in;
+                        const int8_t *f =
+                            filter + ((oc * w->kernel_h + ky) * w->kernel_w + kx) * c_in;
                         for (int32_t ic = 0; ic < c_in; ++ic)
                             acc += (x[ic] + q->input_offset) * f[ic];
                     }
@@ -59,9 +60,11 @@ dq_status dq_transpose_conv_fx(const dq_window *w, const dq_requant_fx *q,
                         const int32_t ix = source(ox, kx, w->stride_w, w->pad_left, in_dims->w);
                         if (ix < 0) continue;
                         const int8_t *x = in + (iy * in_dims->w + ix) * c_in;
-                        const int8_t *f = filter + ((oc * w->kernel_h + ky) * w->kernel_w + kx) * c_in;
+                        const int8_t *f =
+                            filter + ((oc * w->kernel_h + ky) * w->kernel_w + kx) * c_in;
                         for (int32_t ic = 0; ic < c_in; ++ic)
-                            acc = dq_fx_accumulate(acc, x[ic] * f[ic], q->acc_bits, q->acc_overflow);
+                            acc = dq_fx_accumulate(acc, x[ic] * f[ic], q->acc_bits,
+                                                   q->acc_overflow);
                     }
                 }
                 out[(oy * out_dims->w + ox) * out_dims->c + oc] = dq_fx_requantize(

@@ -361,7 +361,8 @@ def _activation(w: _Writer, layer: FX.FxLayer) -> None:
                       [layer.extra["table"].astype(np.int8)]))
 
 
-OPS = {"conv2d": _conv, "conv_transpose": _conv_transpose, "linear": _linear, "add": _add, "mul": _mul, "maxpool": _maxpool,
+OPS = {"conv2d": _conv, "conv_transpose": _conv_transpose,
+       "linear": _linear, "add": _add, "mul": _mul, "maxpool": _maxpool,
        "avgpool": _avgpool, "gap": _gap, "concat": _concat, "clamp": _clamp,
        "reshape": _reshape, "pad": _pad, "upsample": _upsample,
        **{op: _activation for op in ACTIVATION_CODES}}

@@ -175,3 +175,17 @@ def test_tflite_xnnpack_and_reference_and_the_mirror_follow_the_float_model(mcu_
         assert (runner.run(x).argmax(1) == ref).mean() >= 0.9
     logits = mirror.build(T.get("tflite-int8"), graph, plan).logits(x)
     assert (logits.argmax(1) == reference.argmax(1)).mean() >= 0.9
+
+
+def test_emulated_cortex_m_equals_the_host_runtime(mcu_export, tmp_path):
+    """mcu-qemu: the same model file on the emulated Cortex-M gives the host's codes."""
+    from deployq import cproject
+    from deployq.backends import mcu
+    if cproject.missing_tools():
+        pytest.skip("the Arm toolchain or qemu is not installed")
+    _, _, _, path = mcu_export
+    x = _x(8, 6)
+    host = backends.codes(mcu.Runner(path, "ref"), x)
+    project = mcu.c_project(path, tmp_path / "ref", x, "ref")
+    cproject.build(project, extra_cflags="-Werror")
+    np.testing.assert_array_equal(cproject.run_test(project)["outputs"], host)
