@@ -137,16 +137,26 @@ def test_onnx_runs_and_names_float_islands(tmp_path):
     assert np.corrcoef(logits.ravel(), ref.ravel())[0, 1] > 0.95
 
 
-@pytest.mark.parametrize("name, options", [
-    ("mcu-int8", {}), ("fpga-fixed", {}),
-    ("fpga-fixed", {"acc_bits": 12, "acc_overflow": "sat", "out_overflow": "sat"})])
-def test_integer_bounds_are_the_runtime_at_points_and_contain_it_on_boxes(
-        tmp_path, name, options):
+def test_int8_bounds_are_the_runtime_at_points_and_contain_it_on_boxes(mcu_export):
+    from deployq import api, certify as C
+    from deployq.backends import mcu
+    from tests.test_certify import _box_check
+    graph, plan, _, path = mcu_export
+    target = T.get("mcu-int8")
+    sem = C.semantics(api.Exported(target, path, plan), graph, mcu.load(path, target))
+    x = _x(40, 3)
+    exact, inside = _box_check(sem, x, 0.05)
+    assert exact and inside.all()
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"acc_bits": 12, "acc_overflow": "sat", "out_overflow": "sat"}])
+def test_fx_bounds_are_the_runtime_at_points_and_contain_it_on_boxes(tmp_path, options):
     from tests.test_certify import _box_check, _semantics, _target
     graph = _graph()
     x = _x(40, 3)
-    exact, inside = _box_check(_semantics(graph, x, _target(name, **options), tmp_path), x,
-                               0.05)
+    sem = _semantics(graph, x, _target("fpga-fixed", **options), tmp_path)
+    exact, inside = _box_check(sem, x, 0.05)
     assert exact and inside.all()
 
 
