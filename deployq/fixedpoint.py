@@ -350,6 +350,53 @@ def conv2d(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     return requantize(acc, layer.shift[:, None, None], layer, fx)
 
 
+def scattered(x, ky: int, kx: int, stride, padding, out_hw):
+    """x (N, C, H, W) placed where tap (ky, kx) of a transposed conv sends it: input
+    (iy, ix) at output (iy * s - p + ky, ...), zero elsewhere, positions outside the
+    output dropped. Works on NumPy arrays and torch tensors alike."""
+    zeros = np.zeros if isinstance(x, np.ndarray) else _torch_zeros(x)
+    out = zeros((x.shape[0], x.shape[1], *out_hw))
+    rows = _placed(x.shape[2], ky, stride[0], padding[0], out_hw[0])
+    cols = _placed(x.shape[3], kx, stride[1], padding[1], out_hw[1])
+    if rows and cols:
+        (i0, i1, o0, o1), (j0, j1, q0, q1) = rows, cols
+        out[:, :, o0:o1:stride[0], q0:q1:stride[1]] = x[:, :, i0:i1, j0:j1]
+    return out
+
+
+def _placed(size: int, k: int, s: int, p: int, out: int):
+    """(first, end) input indices whose output i * s - p + k lies in [0, out), and the
+    (first, end) output indices they land on; None when there are none."""
+    first = max(0, -(-(p - k) // s))
+    end = min(size, (out - 1 + p - k) // s + 1)
+    if end <= first:
+        return None
+    return first, end, first * s - p + k, (end - 1) * s - p + k + 1
+
+
+def _torch_zeros(x):
+    import torch
+    return lambda shape: torch.zeros(shape, dtype=x.dtype)
+
+
+def conv_transpose(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
+    """Taps added in the order ky, kx, input channel (dq_transpose_conv_fx); a tap that
+    sends nothing to an output adds zero there, which no accumulator mode changes."""
+    a = layer.node.attrs
+    w = layer.weight                                  # (O, I, kh, kw)
+    n_in, (kh, kw) = w.shape[1], w.shape[2:]
+    out_hw = layer.node.shape[1:]
+
+    def taps():
+        for ky in range(kh):
+            for kx in range(kw):
+                placed = scattered(x, ky, kx, a["stride"], a["padding"], out_hw)
+                for ic in range(n_in):
+                    yield placed[:, ic][:, None] * w[:, ic, ky, kx][:, None, None]
+    acc = accumulate(layer.bias[:, None, None], taps(), fx, _bound(layer, fx))
+    return requantize(acc, layer.shift[:, None, None], layer, fx)
+
+
 def linear(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     w = layer.weight
     o = fx.options
@@ -468,7 +515,8 @@ def upsample(x: np.ndarray, *, layer: FxLayer, fx: FxModel) -> np.ndarray:
     return np.repeat(np.repeat(x, sh, 2), sw, 3)
 
 
-OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
+OPS = {"conv2d": conv2d, "conv_transpose": conv_transpose,
+       "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
        "pad": pad, "upsample": upsample, **{op: activation for op in ACTIVATIONS}}
 

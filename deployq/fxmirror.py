@@ -157,6 +157,23 @@ def conv2d(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w: torch.Tenso
     return requantize(acc, layer.shift[:, None, None], layer, fx)
 
 
+def conv_transpose(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w: torch.Tensor):
+    a = layer.node.attrs
+    raw = F.conv_transpose2d(x, w.transpose(0, 1), _float(layer.bias), a["stride"],
+                             a["padding"], a["output_padding"])
+
+    def taps():                          # fixedpoint.conv_transpose's order: ky, kx, channel
+        xi, wi = _int(x), layer.weight
+        for ky in range(wi.shape[2]):
+            for kx in range(wi.shape[3]):
+                placed = FX.scattered(xi, ky, kx, a["stride"], a["padding"],
+                                      layer.node.shape[1:])
+                for ic in range(wi.shape[1]):
+                    yield placed[:, ic][:, None] * wi[:, ic, ky, kx][:, None, None]
+    acc = _accumulate(raw, layer.bias[:, None, None], fx, taps, FX._bound(layer, fx))
+    return requantize(acc, layer.shift[:, None, None], layer, fx)
+
+
 def linear(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w: torch.Tensor):
     raw = F.linear(x, w, _float(layer.bias))
 
@@ -253,7 +270,8 @@ def upsample(x: torch.Tensor, *, layer: FX.FxLayer, fx: FX.FxModel, w=None):
     return x.repeat_interleave(sh, 2).repeat_interleave(sw, 3)
 
 
-OPS = {"conv2d": conv2d, "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
+OPS = {"conv2d": conv2d, "conv_transpose": conv_transpose,
+       "linear": linear, "add": add, "mul": mul, "maxpool": maxpool,
        "avgpool": avgpool, "gap": gap, "reshape": reshape, "concat": concat, "clamp": clamp,
        "pad": pad, "upsample": upsample, **{op: activation for op in TORCH_ACTIVATIONS}}
 

@@ -27,6 +27,10 @@ capture with a note: the graph ends at the logits, which attacks and comparisons
 (softmax outputs mask gradients); a softmax anywhere else is refused.
   pad      pads (top, bottom, left, right): zeros around H and W
   upsample scale (sh, sw): nearest neighbour, integer factors (out[i] = in[i // s])
+  conv_transpose  stride, padding, output_padding, act   weight (O, I, kh, kw) (PyTorch's
+           (I, O, kh, kw) swapped), bias (O,): input (iy, ix) adds x * w[:, :, ky, kx]
+           at output (iy * s - p + ky, ...); groups 1, no dilation, and only paddings
+           TFLite's TRANSPOSE_CONV derives from the output size (SAME or VALID)
 
 A 1-D signal (C, L) is held as the map (C, 1, L): Conv1d is a conv2d with a 1-row
 kernel, and every target runs it as one.
@@ -49,8 +53,8 @@ import torch.nn.functional as F
 from .errors import InputError, UnsupportedOpError
 
 INPUT = "input"
-WEIGHTED = ("conv2d", "linear")
-ACT_HOSTS = ("conv2d", "linear", "add", "mul")
+WEIGHTED = ("conv2d", "linear", "conv_transpose")
+ACT_HOSTS = ("conv2d", "linear", "add", "mul", "conv_transpose")
 POINTWISE = ("sigmoid", "tanh", "hardswish", "silu", "leaky_relu")
 log = logging.getLogger("deployq")
 
@@ -225,15 +229,73 @@ def _conv(c, n, layer):
 
 
 def _transposed(c, n, layer):
-    raise UnsupportedOpError("ConvTranspose2d (no target has its integer kernel in deployq "
-                             "yet; an Upsample(nearest) then a Conv2d deploys everywhere)",
-                             layer, "capture", SUPPORTED_TORCH)
+    """aten.conv_transpose2d: input, weight (I, O/g, kh, kw), bias, stride, padding,
+    output_padding, groups, dilation."""
+    a = n.args
+    return _conv_transpose_node(c, n, layer, a[1], _get(a, 2, None), _get(a, 3, 1),
+                                _get(a, 4, 0), _get(a, 5, 0), _get(a, 6, 1), _get(a, 7, 1))
+
+
+def _transposed1d(c, n, layer):
+    raise UnsupportedOpError("ConvTranspose1d (ConvTranspose2d is supported)", layer,
+                             "capture", SUPPORTED_TORCH)
+
+
+def tflite_transpose_padding(size: int, out: int, k: int, stride: int) -> dict[str, int]:
+    """The leading padding TFLite's TRANSPOSE_CONV derives from its output size, by
+    padding type, for the types whose forward conv of `out` gives `size` (TF's check):
+    VALID 0; SAME max((ceil(out / s) - 1) * s + k - out, 0) // 2 (padding.h)."""
+    pads = {}
+    if (out - k) // stride + 1 == size and out >= k:
+        pads["VALID"] = 0
+    if -(-out // stride) == size:
+        pads["SAME"] = max((size - 1) * stride + k - out, 0) // 2
+    return pads
+
+
+def conv_transpose_mode(in_hw, out_hw, kernel, stride, padding) -> str | None:
+    """The TFLite padding type ('SAME'/'VALID') that gives PyTorch's padding on both
+    axes, or None."""
+    per_axis = [tflite_transpose_padding(in_hw[i], out_hw[i], kernel[i], stride[i])
+                for i in range(2)]
+    for mode in ("VALID", "SAME"):
+        if all(p.get(mode) == padding[i] for i, p in enumerate(per_axis)):
+            return mode
+    return None
+
+
+def _conv_transpose_node(c, n, layer, weight, bias, stride, padding, output_padding,
+                         groups, dilation):
+    """conv_transpose IR node, weight held as (O, I, kh, kw) like a conv2d's (per output
+    channel along axis 0). Only what LiteRT's TRANSPOSE_CONV computes: groups 1, no
+    dilation, and a padding its SAME or VALID rule gives for this output size."""
+    weight, bias = c.param(weight), c.param(bias)
+    src = c.arg(n.args[0])
+    stride, padding = _pair(stride), _pair(padding)
+    out = _shape(n)
+    why = None
+    if weight.ndim != 4 or int(groups) != 1 or _pair(dilation) != (1, 1):
+        why = "groups > 1 or dilation > 1"
+    elif conv_transpose_mode(c.shape_of(src)[1:], out[1:], weight.shape[2:], stride,
+                             padding) is None:
+        why = (f"padding {padding} with stride {stride}, kernel {tuple(weight.shape[2:])} "
+               f"and output_padding {_pair(output_padding)}: LiteRT's TRANSPOSE_CONV "
+               "crops by its SAME/VALID rule only (e.g. kernel 2 stride 2 padding 0, or "
+               "kernel 4 stride 2 padding 1)")
+    if why:
+        raise UnsupportedOpError(f"ConvTranspose2d with {why}", layer, "capture",
+                                 SUPPORTED_TORCH)
+    attrs = dict(stride=stride, padding=padding, output_padding=_pair(output_padding),
+                 act=None)
+    weight = np.ascontiguousarray(weight.transpose(1, 0, 2, 3))
+    bias = np.zeros(weight.shape[0], np.float32) if bias is None else bias
+    return Node(layer, "conv_transpose", [src], out, attrs, weight, bias)
 
 
 def _convolution(c, n, layer):
     a = n.args           # input, weight, bias, stride, padding, dilation, transposed, ...
-    if a[6]:
-        _transposed(c, n, layer)
+    if a[6]:             # ... transposed, output_padding, groups
+        return _conv_transpose_node(c, n, layer, a[1], a[2], a[3], a[4], a[7], a[8], a[5])
     return _conv_node(c, n, layer, a[1], a[2], a[3], a[4], a[5], a[8])
 
 
@@ -523,7 +585,7 @@ ATEN = {
     "aten.conv2d.padding": _conv,
     "aten.conv1d.default": _conv1d,
     "aten.conv_transpose2d.input": _transposed,
-    "aten.conv_transpose1d.default": _transposed,
+    "aten.conv_transpose1d.default": _transposed1d,
     "aten.conv1d.padding": _conv1d,
     "aten.constant_pad_nd.default": _pad,
     "aten.pad.default": _pad,
@@ -586,6 +648,7 @@ ATEN = {
     "<built-in function getitem>": _getitem,
 }
 SUPPORTED_TORCH = ["Conv2d (padding: numbers, 'same', 'valid')", "Conv1d",
+                   "ConvTranspose2d (groups 1; padding as TFLite SAME/VALID gives it)",
                    "ZeroPad2d / F.pad (zeros)", "Upsample / interpolate (nearest, integer)", "Linear", "BatchNorm2d", "ReLU", "ReLU6", "Hardtanh", "clamp",
                    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d(1)", "mean(H,W)",
                    "flatten/view/reshape", "add", "mul (equal shapes or (C,1,1) x (C,H,W))",
@@ -654,10 +717,22 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
+def weighted(node: Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
+    """The linear map of a WEIGHTED node with weight w (IR layout) and bias b."""
+    if node.op == "linear":
+        return F.linear(x, w, b)
+    a = node.attrs
+    if node.op == "conv_transpose":
+        return F.conv_transpose2d(x, w.transpose(0, 1), b, a["stride"], a["padding"],
+                                  a["output_padding"])
+    return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+
+
 FLOAT_OPS = {
     "conv2d": lambda n, xs: _act(n, F.conv2d(xs[0], _t(n.weight), _t(n.bias), n.attrs["stride"],
                                              n.attrs["padding"], n.attrs["dilation"],
                                              n.attrs["groups"])),
+    "conv_transpose": lambda n, xs: _act(n, weighted(n, xs[0], _t(n.weight), _t(n.bias))),
     "linear": lambda n, xs: _act(n, F.linear(xs[0], _t(n.weight), _t(n.bias))),
     "add": lambda n, xs: _act(n, xs[0] + xs[1]),
     "mul": lambda n, xs: _act(n, xs[0] * xs[1]),

@@ -231,10 +231,8 @@ def _rounding(plan: P.QuantPlan, name: str) -> str:
 
 
 def _weighted(n: G.Node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a = n.attrs
-    y = (F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
-         if n.op == "conv2d" else F.linear(x, w, b))
-    act = a.get("act")
+    y = G.weighted(n, x, w, b)
+    act = n.attrs.get("act")
     return y if act is None else torch.clamp(y, act[0], act[1])
 
 

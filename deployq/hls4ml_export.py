@@ -62,7 +62,7 @@ def _why_not(options: FX.Options, node: G.Node, previous: str) -> str | None:
     a, op = node.attrs, node.op
     act = a.get("act")
     reasons = [
-        (op in ("add", "concat", "mul", "pad", "upsample") + G.POINTWISE,
+        (op in ("add", "concat", "mul", "pad", "upsample", "conv_transpose") + G.POINTWISE,
          f"{op} (not in deployq's hls4ml mapping)"),
         (op not in ("add", "concat", "mul") and node.inputs != [previous],
          "a branch (only a chain of single-input layers maps)"),

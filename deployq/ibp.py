@@ -55,10 +55,13 @@ def _float_affine(node: G.Node, xs):
     (lo, hi), = xs
     w, b = torch.from_numpy(node.weight.astype(np.float64)), torch.from_numpy(
         node.bias.astype(np.float64))
+    a = node.attrs
     if node.op == "conv2d":
-        a = node.attrs
         op = lambda t, ww, bb: F.conv2d(t, ww, bb, a["stride"], a["padding"], a["dilation"],
                                        a["groups"])
+    elif node.op == "conv_transpose":
+        op = lambda t, ww, bb: F.conv_transpose2d(t, ww.transpose(0, 1), bb, a["stride"],
+                                                 a["padding"], a["output_padding"])
     else:
         op = F.linear
     mid, rad = op((hi + lo) / 2, w, b), op((hi - lo) / 2, w.abs(), None)
@@ -77,6 +80,7 @@ def _monotone(fn):
 
 
 FLOAT_IBP = {"conv2d": _float_affine, "linear": _float_affine,
+             "conv_transpose": _float_affine,
              **{op: _monotone(op) for op in
                 ("add", "concat", "maxpool", "avgpool", "gap", "reshape", "clamp",
                  "sigmoid", "tanh", "leaky_relu", "pad", "upsample")}}
@@ -103,6 +107,18 @@ def _conv_f64(x: np.ndarray, w: np.ndarray, stride, padding, dilation, groups) -
     y = F.conv2d(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w.astype(np.float64)),
                  None, tuple(stride), tuple(padding), tuple(dilation), groups)
     return np.rint(y.numpy()).astype(np.int64)
+
+
+def _convt_f64(x: np.ndarray, w: np.ndarray, stride, crop, out_hw) -> np.ndarray:
+    """An integer transposed conv (w as (O, I, kh, kw)) in float64, exact as _conv_f64:
+    the full output, its leading crop rows and columns dropped, zeros past its end."""
+    y = F.conv_transpose2d(torch.from_numpy(x.astype(np.float64)),
+                           torch.from_numpy(w.astype(np.float64)).transpose(0, 1), None,
+                           tuple(stride)).numpy()
+    extra = [max(0, crop[i] + out_hw[i] - y.shape[2 + i]) for i in range(2)]
+    y = np.pad(y, ((0, 0), (0, 0), (0, extra[0]), (0, extra[1])))
+    y = y[:, :, crop[0]:crop[0] + out_hw[0], crop[1]:crop[1] + out_hw[1]]
+    return np.rint(y).astype(np.int64)
 
 
 def _signed_parts(w: np.ndarray):
@@ -181,6 +197,33 @@ def _conv_taps(x_for_pos, x_for_neg, layer: FX.FxLayer):
                 wk = w[:, ic, ky, kx][:, None, None]
                 ch = group_of * c_group + ic
                 yield np.maximum(wk, 0) * xp[sl][:, ch] + np.minimum(wk, 0) * xn[sl][:, ch]
+
+
+def _fx_conv_transpose(x, *, layer: FX.FxLayer, fx: FX.FxModel):
+    lo, hi = x
+    a, w, node = layer.node.attrs, layer.weight, layer.node
+    _check_exact(2 ** fx.bits(node.inputs[0]), w, node.name)
+    wp, wn = _signed_parts(w)
+    conv = lambda t, ww: _convt_f64(t, ww, a["stride"], a["padding"], node.shape[1:])
+    acc = _fx_acc(layer.bias[:, None, None], lambda: conv(lo, wp) + conv(hi, wn),
+                  lambda: conv(hi, wp) + conv(lo, wn), lambda: _convt_taps(lo, hi, layer),
+                  lambda: _convt_taps(hi, lo, layer), layer, fx)
+    return _fx_requant(acc, layer.shift[:, None, None], layer, fx)
+
+
+def _convt_taps(x_for_pos, x_for_neg, layer: FX.FxLayer):
+    """The products of FX.conv_transpose in its order (ky, kx, input channel), each at
+    its bound."""
+    a, w = layer.node.attrs, layer.weight
+    place = lambda t, ky, kx: FX.scattered(t, ky, kx, a["stride"], a["padding"],
+                                           layer.node.shape[1:])
+    for ky in range(w.shape[2]):
+        for kx in range(w.shape[3]):
+            xp, xn = place(x_for_pos, ky, kx), place(x_for_neg, ky, kx)
+            for ic in range(w.shape[1]):
+                wk = w[:, ic, ky, kx][:, None, None]
+                yield (np.maximum(wk, 0) * xp[:, ic][:, None]
+                       + np.minimum(wk, 0) * xn[:, ic][:, None])
 
 
 def _fx_linear(x, *, layer: FX.FxLayer, fx: FX.FxModel):
@@ -267,7 +310,8 @@ def table_bounds(x, table: np.ndarray):
     return out_lo, out_hi
 
 
-FX_IBP = {"conv2d": _fx_conv, "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
+FX_IBP = {"conv2d": _fx_conv, "conv_transpose": _fx_conv_transpose,
+          "linear": _fx_linear, "add": _fx_add, "maxpool": _fx_maxpool,
           "avgpool": _fx_avgpool, "gap": _fx_gap, "reshape": _fx_each(FX.reshape),
           "concat": _fx_each(FX.concat), "clamp": _fx_each(FX.clamp),
           "pad": _fx_each(FX.pad), "upsample": _fx_each(FX.upsample),
@@ -339,6 +383,7 @@ class S8Op:
 
 DATA_TYPES = {"conv2d": (np.int8, np.int32, np.int32, np.int32),
               "depthwise_conv2d": (np.int8, np.int32, np.int32, np.int32),
+              "transpose_conv": (np.int8, np.int32, np.int32, np.int32),
               "fully_connected": (np.int8, np.int32, np.int32, np.int32),
               "logistic": (np.int8,), "tanh": (np.int8,)}
 OP_NAMES = {code: name for name, code in R.OPS.items()}
@@ -423,6 +468,23 @@ def _s8_conv(prog: S8Program, op: S8Op, xs):
     xl, xh = pad(lo), pad(hi)
     wp, wn = _signed_parts(w)
     conv = lambda x, ww: _conv_f64(x, ww, (p[0], p[1]), (0, 0), (p[4], p[5]), groups)
+    acc_lo = (conv(xl, wp) + conv(xh, wn)).transpose(0, 2, 3, 1) + bias
+    acc_hi = (conv(xh, wp) + conv(xl, wn)).transpose(0, 2, 3, 1) + bias
+    return _s8_requant(prog, op, acc_lo, acc_hi, mult, shift)
+
+
+def _s8_transpose_conv(prog: S8Program, op: S8Op, xs):
+    """TRANSPOSE_CONV: the input offset, the sums of the positive and negative weights
+    at the box's ends (a sum of products is monotone in each), the bias, requantized."""
+    (lo, hi), = xs
+    p, (filt, bias, mult, shift) = op.params, op.data
+    in_dims, out_dims = prog.dims(op.inputs[0]), prog.dims(op.output)
+    w = filt.reshape(out_dims[2], int(p[10]), int(p[11]), in_dims[2]).transpose(0, 3, 1, 2)
+    off = -prog.tensors[op.inputs[0]].zero_point
+    _check_exact(256, w, str(op.output))
+    xl, xh = _nchw(lo + off), _nchw(hi + off)
+    wp, wn = _signed_parts(w)
+    conv = lambda x, ww: _convt_f64(x, ww, (p[0], p[1]), (p[2], p[3]), out_dims[:2])
     acc_lo = (conv(xl, wp) + conv(xh, wn)).transpose(0, 2, 3, 1) + bias
     acc_hi = (conv(xh, wp) + conv(xl, wn)).transpose(0, 2, 3, 1) + bias
     return _s8_requant(prog, op, acc_lo, acc_hi, mult, shift)
@@ -548,7 +610,8 @@ def _pad(prog, op, xs):
     return out
 
 
-S8_IBP = {"conv2d": _s8_conv, "depthwise_conv2d": _s8_conv, "fully_connected": _s8_fc,
+S8_IBP = {"conv2d": _s8_conv, "depthwise_conv2d": _s8_conv,
+          "transpose_conv": _s8_transpose_conv, "fully_connected": _s8_fc,
           "add": _s8_add, "max_pool": _s8_pool, "avg_pool": _s8_pool, "mean": _s8_mean,
           "reshape": _move(_reshape), "concat": _move(_concat),
           "transpose": _move(_transpose), "clamp": _move(_clamp), "slice": _move(_slice),

@@ -40,6 +40,10 @@ from .errors import InputError, TargetError
 from .targets import SETTINGS, Target
 
 FORMAT, VERSION = "deployq-plan", 1
+# Settings an op type takes unless by_type / by_name say otherwise. TRANSPOSE_CONV's
+# weights per tensor: the TFLite converter cannot carry a per-channel axis through the
+# filter transpose it inserts ("'tfl.transpose' op has mismatched quantized axes").
+OP_DEFAULTS = {"conv_transpose": {"granularity": "per-tensor"}}
 SHARED_PARAMS = ("maxpool", "avgpool", "reshape", "clamp", "concat", "pad", "upsample")
 BIAS_BITS = 32
 
@@ -140,8 +144,8 @@ class PlanConfig:
     by_name: dict = field(default_factory=dict)
 
     def resolve(self, target: Target, layer: str, op: str) -> dict:
-        settings = {**target.defaults, **self.default, **self.by_type.get(op, {}),
-                    **self.by_name.get(layer, {})}
+        settings = {**target.defaults, **self.default, **OP_DEFAULTS.get(op, {}),
+                    **self.by_type.get(op, {}), **self.by_name.get(layer, {})}
         for key in SETTINGS:
             target.check(key, settings[key], f"layer '{layer}'")
         return settings

@@ -32,6 +32,9 @@ def macs(node: G.Node, graph: G.Graph) -> int:
         return out * int(np.prod(node.weight.shape[1:]))
     if node.op == "linear":
         return int(node.weight.size)
+    if node.op == "conv_transpose":        # every input element times every tap
+        return int(np.prod(graph.shape_of(node.inputs[0]))) * int(node.weight.size) \
+            // node.weight.shape[1]
     return 0
 
 

@@ -197,11 +197,7 @@ def operator_norm(fn, in_shape: tuple[int, ...], iters: int = POWER_ITERS,
 def layer_operator(node: G.Node, weight: np.ndarray):
     """The bias-free linear map of a conv2d / linear node with `weight`, in float64."""
     w = torch.from_numpy(np.asarray(weight, np.float64))
-    if node.op == "linear":
-        return lambda x: F.linear(x, w)
-    a = node.attrs
-    return lambda x: F.conv2d(x, w, None, a["stride"], a["padding"], a["dilation"],
-                              a["groups"])
+    return lambda x: G.weighted(node, x, w, None)
 
 
 def layer_norm(graph: G.Graph, node: G.Node, weight: np.ndarray, seed: int = 0) -> float:
@@ -287,13 +283,7 @@ def _forward(graph: G.Graph, x: torch.Tensor, params: dict) -> torch.Tensor:
     for n in graph.nodes:
         xs = [values[i] for i in n.inputs]
         if n.name in params:
-            b = torch.from_numpy(n.bias)
-            if n.op == "linear":
-                y = F.linear(xs[0], params[n.name], b)
-            else:
-                a = n.attrs
-                y = F.conv2d(xs[0], params[n.name], b, a["stride"], a["padding"],
-                             a["dilation"], a["groups"])
+            y = G.weighted(n, xs[0], params[n.name], torch.from_numpy(n.bias))
             values[n.name] = G._act(n, y)
         else:
             values[n.name] = G.FLOAT_OPS[n.op](n, xs)

@@ -87,6 +87,21 @@ static dq_status run_conv(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
         ctx, &w, &q, &in, IN0, f, b, &out, OUT);
 }
 
+static dq_status run_transpose_conv(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
+                                    uint8_t *arena) {
+    (void)ctx;
+    const dq_window w = window_of(op->params);
+    const dq_dims in = IN_DIMS, out = OUT_DIMS;
+    const int8_t *f = data(m, op, 0);
+    const int32_t *b = data(m, op, 1);
+    if (is_s8(m)) {
+        const dq_requant_s8 q = requant_s8(m, op);
+        return dq_transpose_conv_s8(&w, &q, &in, IN0, f, b, &out, OUT);
+    }
+    const dq_requant_fx q = requant_fx(m, op, data(m, op, 3));
+    return dq_transpose_conv_fx(&w, &q, &in, IN0, f, b, &out, OUT);
+}
+
 static dq_status run_fc(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
                         uint8_t *arena) {
     const int32_t n_in = (int32_t)dq_tensor_elems(&m->tensors[op->inputs[0]]);
@@ -258,7 +273,7 @@ static const dq_run_fn RUN[DQ_OP_COUNT] = {
     [DQ_OP_CLAMP] = run_move, [DQ_OP_SLICE] = run_move, [DQ_OP_MUL] = run_mul,
     [DQ_OP_LOGISTIC] = run_activation, [DQ_OP_TANH] = run_activation,
     [DQ_OP_HARD_SWISH] = run_activation, [DQ_OP_LEAKY_RELU] = run_activation,
-    [DQ_OP_RESIZE_NEAREST] = run_move,
+    [DQ_OP_RESIZE_NEAREST] = run_move, [DQ_OP_TRANSPOSE_CONV] = run_transpose_conv,
 };
 
 /* The scratch query of the op's kernel in this build's set (0 when it has none). */

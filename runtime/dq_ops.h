@@ -41,6 +41,8 @@
  *     4 alpha_shift 7 rounding 8 act_min 9 act_max (also TFLite's RELU, RELU6,
  *     RELU_N1_TO_1, RELU_0_TO_1 when input and output are quantized differently:
  *     both multipliers the identity's, the range the activation's)
+ *   TRANSPOSE_CONV: params and data as CONV2D (groups 1, no dilation; pad_top and
+ *     pad_left crop the full transposed output's leading rows and columns)
  *   RESIZE_NEAREST: none; the output an integer multiple of the input along H and W
  *     (nearest neighbour, output row y reads row y / s); input and output share
  *     parameters
@@ -244,6 +246,12 @@ dq_status dq_transpose(const int32_t *perm, const dq_dims *in_dims, const int8_t
 dq_status dq_pad(const int32_t *pads, int8_t value, const dq_dims *in_dims, const int8_t *in,
                  const dq_dims *out_dims, int8_t *out);
 dq_status dq_clamp_s8(int32_t lo, int32_t hi, int32_t n, const int8_t *in, int8_t *out);
+dq_status dq_transpose_conv_s8(const dq_window *w, const dq_requant_s8 *q,
+                               const dq_dims *in_dims, const int8_t *in, const int8_t *filter,
+                               const int32_t *bias, const dq_dims *out_dims, int8_t *out);
+dq_status dq_transpose_conv_fx(const dq_window *w, const dq_requant_fx *q,
+                               const dq_dims *in_dims, const int8_t *in, const int8_t *filter,
+                               const int32_t *bias, const dq_dims *out_dims, int8_t *out);
 dq_status dq_resize_nearest(const dq_dims *in_dims, const int8_t *in, const dq_dims *out_dims,
                             int8_t *out);
 dq_status dq_slice(int32_t axis, int32_t begin, const dq_dims *in_dims, const int8_t *in,

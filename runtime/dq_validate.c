@@ -81,6 +81,14 @@ static dq_status check_conv(const dq_model *m, const dq_op *op, int depthwise) {
     return check_requant(m, op, oc);
 }
 
+/* groups 1, no dilation; the same tap bound as a conv (each output sums at most
+ * kh * kw * C_in products) */
+static dq_status check_transpose_conv(const dq_model *m, const dq_op *op) {
+    const int32_t *p = op->params;
+    CHECK(p[4] == 1 && p[5] == 1 && p[6] == 1, DQ_ERR_PARAM);
+    return check_conv(m, op, 0);
+}
+
 static dq_status check_fc(const dq_model *m, const dq_op *op) {
     const dq_tensor *in = &m->tensors[op->inputs[0]], *out = &m->tensors[op->output];
     const int64_t n_in = dq_tensor_elems(in), n_out = out->dims[2];
@@ -280,6 +288,7 @@ dq_status dq_check_op(const dq_model *m, const dq_op *op) {
     switch (op->type) {
     case DQ_OP_CONV2D: return check_conv(m, op, 0);
     case DQ_OP_DEPTHWISE_CONV2D: return check_conv(m, op, 1);
+    case DQ_OP_TRANSPOSE_CONV: return check_transpose_conv(m, op);
     case DQ_OP_FULLY_CONNECTED: return check_fc(m, op);
     case DQ_OP_ADD: return check_add(m, op);
     case DQ_OP_MUL: return check_mul(m, op);

@@ -207,6 +207,19 @@ def _conv(w: _Writer, layer: FX.FxLayer) -> None:
                       params, _requant_data(filt, layer)))
 
 
+def _conv_transpose(w: _Writer, layer: FX.FxLayer) -> None:
+    """TRANSPOSE_CONV with the IR's own padding as the leading crop (groups 1)."""
+    n, a = layer.node, layer.node.attrs
+    weight = layer.weight.astype(np.int8)
+    kh, kw = weight.shape[2:]
+    params = {"stride_h": a["stride"][0], "stride_w": a["stride"][1],
+              "pad_top": a["padding"][0], "pad_left": a["padding"][1],
+              "dilation_h": 1, "dilation_w": 1, "groups": 1,
+              "kernel_h": kh, "kernel_w": kw, **_requant_params(layer, w.fx)}
+    w.ops.append(F.Op("transpose_conv", [w.tensor(n.inputs[0])], w.tensor(n.name), params,
+                      _requant_data(weight.transpose(0, 2, 3, 1), layer)))
+
+
 def _requant_data(filt: np.ndarray, layer: FX.FxLayer) -> list[np.ndarray]:
     """data: filter, bias, (multiplier: unused in FX), shift."""
     return [filt.reshape(-1), layer.bias.astype(np.int32), np.zeros(0, np.int32),
@@ -348,7 +361,8 @@ def _activation(w: _Writer, layer: FX.FxLayer) -> None:
                       [layer.extra["table"].astype(np.int8)]))
 
 
-OPS = {"conv2d": _conv, "linear": _linear, "add": _add, "mul": _mul, "maxpool": _maxpool,
+OPS = {"conv2d": _conv, "conv_transpose": _conv_transpose,
+       "linear": _linear, "add": _add, "mul": _mul, "maxpool": _maxpool,
        "avgpool": _avgpool, "gap": _gap, "concat": _concat, "clamp": _clamp,
        "reshape": _reshape, "pad": _pad, "upsample": _upsample,
        **{op: _activation for op in ACTIVATION_CODES}}

@@ -177,6 +177,29 @@ def _conv(r: _Reader, op, depthwise: bool) -> None:
                       params, [weight.reshape(-1), bias, mult, shift]))
 
 
+def _transpose_conv(r: _Reader, op) -> None:
+    """TRANSPOSE_CONV (inputs: output shape, filter O,kh,kw,I, input, optional bias):
+    the leading crop by padding.h's rule applied to the output size (transpose_conv.cc),
+    multipliers as CONV_2D's (PopulateConvolutionQuantizationParams)."""
+    _, w, x = op.inputs[:3]
+    b = op.inputs[3] if len(op.inputs) > 3 else -1
+    o = op.outputs[0]
+    opt, S = op.builtinOptions, r.S
+    out_dims = r.tensors[r.act(o)].dims
+    weight = r.const(w)
+    out_ch, kh, kw = weight.shape[:3]
+    mult, shift = _multipliers(r, x, w, o, out_ch)
+    lo, hi = r.act_range(op, o)
+    params = {"stride_h": opt.strideH, "stride_w": opt.strideW,
+              "pad_top": _padding(S, opt.padding, out_dims[0], kh, opt.strideH, 1),
+              "pad_left": _padding(S, opt.padding, out_dims[1], kw, opt.strideW, 1),
+              "dilation_h": 1, "dilation_w": 1, "groups": 1,
+              "rounding": r.rounding, "act_min": lo, "act_max": hi, "kernel_h": kh, "kernel_w": kw}
+    bias = r.const(b).astype(np.int32) if b >= 0 else np.zeros(out_ch, np.int32)
+    r.ops.append(F.Op("transpose_conv", [r.act(x)], r.act(o), params,
+                      [weight.reshape(-1), bias, mult, shift]))
+
+
 def _multipliers(r: _Reader, x: int, w: int, o: int, channels: int):
     """Per output channel, QuantizeMultiplier(double(s_in) * double(s_w) / double(s_out))
     as conv.cc's Prepare computes it (a per-tensor scale is broadcast)."""
@@ -421,6 +444,7 @@ def _resize_nearest(r: _Reader, op) -> None:
 OPS = {
     "CONV_2D": lambda r, op: _conv(r, op, False),
     "DEPTHWISE_CONV_2D": lambda r, op: _conv(r, op, True),
+    "TRANSPOSE_CONV": _transpose_conv,
     "FULLY_CONNECTED": _fully_connected,
     "ADD": _add,
     "MUL": _mul,
@@ -444,6 +468,16 @@ OPS = {
 }
 
 
+# The batch-dependent output size of a TRANSPOSE_CONV (SHAPE of the input, a slice of
+# it, packed with the constant H, W, C): int32 arithmetic the runtime does not need, as
+# its tensors are per sample and TRANSPOSE_CONV takes its size from its output tensor.
+SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK")
+
+
+def _is_shape_arithmetic(r: _Reader, op) -> bool:
+    return all(r.graph.tensors[t].type == r.S.TensorType.INT32 for t in op.outputs)
+
+
 def from_tflite(data: bytes, rounding: int = 0) -> tuple[bytes, list[str]]:
     """The runtime model file for an int8 .tflite, and the .tflite name of each of its
     tensors."""
@@ -453,6 +487,8 @@ def from_tflite(data: bytes, rounding: int = 0) -> tuple[bytes, list[str]]:
     inp = r.act(g.inputs[0])
     for op in r.operators:
         name = r.op_name(op)
+        if name in SHAPE_OPS and _is_shape_arithmetic(r, op):
+            continue
         if name not in OPS:
             raise UnsupportedOpError(name, r.layer(op.outputs[0]), "mcu backend", OPS)
         OPS[name](r, op)

@@ -267,6 +267,25 @@ def _conv(b: _Builder, n: G.Node, xs: list[str]) -> str:
     return b.act(n, y)
 
 
+def _conv_transpose(b: _Builder, n: G.Node, xs: list[str]) -> str:
+    """ConvTranspose; its weight (I, O, kh, kw) is the IR's (O, I, kh, kw) swapped, the
+    integers transposed before their DequantizeLinear (per channel on axis 1) so no
+    float op sits between them. output_padding adds rows that only the bias reaches."""
+    lp, a = b.plan.layers[n.name], n.attrs
+    q = np.swapaxes(lp.weight.quantize(n.weight), 0, 1)
+    axis = 1 if lp.weight.axis is not None else None
+    w = b.dequant(f"{n.name}.weight", q, lp.weight.scale, axis, b.weight_dtype, b.weight_zp)
+    bscale = b.plan.bias_scale(n.name, n.inputs[0])
+    bq = quantized_bias(n.bias, np.broadcast_to(bscale, n.bias.shape))
+    bias = b.dequant(f"{n.name}.bias", bq, bscale, lp.weight.axis, np.int32)
+    ph, pw = a["padding"]
+    y = b.node("ConvTranspose", [xs[0], w, bias], f"{n.name}:convt",
+               strides=list(a["stride"]), pads=[ph, pw, ph, pw],
+               output_padding=list(a["output_padding"]),
+               kernel_shape=list(n.weight.shape[2:]))
+    return b.act(n, y)
+
+
 def _linear(b: _Builder, n: G.Node, xs: list[str]) -> str:
     w, bias = b.weights(n)
     return b.act(n, b.node("Gemm", [xs[0], w, bias], f"{n.name}:gemm", transB=1))
@@ -314,6 +333,7 @@ def _silu(b: _Builder, n: G.Node, xs: list[str]) -> str:
 
 OPS = {
     "conv2d": _conv,
+    "conv_transpose": _conv_transpose,
     "linear": _linear,
     "add": lambda b, n, xs: b.act(n, b.node("Add", xs, f"{n.name}:add")),
     "mul": lambda b, n, xs: b.act(n, b.node("Mul", xs, f"{n.name}:mul")),

@@ -352,6 +352,19 @@ def _conv_group(b: _Builder, n: G.Node, x, padding: str, channels: slice):
     return b.act(n, tf.nn.bias_add(y, b.bias(n, channels)))
 
 
+def _conv_transpose(b: _Builder, n: G.Node, xs):
+    """TRANSPOSE_CONV: the output size given, the leading crop TFLite derives from it
+    by the padding type graph.conv_transpose_mode found at capture; bias after."""
+    a, tf = n.attrs, b.tf
+    cout, _, kh, kw = n.weight.shape
+    mode = G.conv_transpose_mode(b.graph.shape_of(n.inputs[0])[1:], n.shape[1:], (kh, kw),
+                                 a["stride"], a["padding"])
+    w_tf = b.weight(n, np.transpose(n.weight, (2, 3, 0, 1)), 2)     # (kh, kw, O, I)
+    shape = tf.stack([tf.shape(xs[0])[0], n.shape[1], n.shape[2], cout])
+    y = tf.nn.conv2d_transpose(xs[0], w_tf, shape, [1, *a["stride"], 1], mode)
+    return b.act(n, tf.nn.bias_add(y, b.bias(n, slice(None))))
+
+
 def _channel_slice(qp: QParams, channels: slice) -> QParams:
     if qp.axis is None or channels == slice(None):
         return qp
@@ -482,6 +495,7 @@ def _upsample(b: _Builder, n: G.Node, xs):
 
 OPS = {
     "conv2d": _conv,
+    "conv_transpose": _conv_transpose,
     "linear": _linear,
     "add": _add,
     "mul": _mul,
@@ -499,7 +513,7 @@ OPS = {
     "pad": lambda b, n, xs: _pads(b.tf, xs[0], [n.attrs["pads"][:2], n.attrs["pads"][2:]]),
     "upsample": _upsample,
 }
-SUPPORTED = ["conv2d", "linear", "add", "mul", "concat", "maxpool (no dilation)",
+SUPPORTED = ["conv2d", "conv_transpose", "linear", "add", "mul", "concat", "maxpool (no dilation)",
              "avgpool", "gap",
              "reshape", "clamp", "pad", "upsample", "sigmoid", "tanh", "leaky_relu",
              "hardswish", "silu"]

@@ -228,7 +228,7 @@ class _Op(nn.Module):
     def __init__(self, fn):
         super().__init__()
         self.conv, self.one, self.fn = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 1, 3), fn
-        self.up = nn.ConvTranspose2d(4, 4, 2, 2)
+        self.up = nn.ConvTranspose2d(4, 4, 3, 2, padding=1, output_padding=1)
         self.register_buffer("k", torch.arange(6.0).reshape(1, 1, 1, 6))
 
     def forward(self, x):
@@ -241,7 +241,7 @@ class _Op(nn.Module):
     (lambda m, x: nn.functional.pad(m.conv(x), (0, 0, 0, 0, 1, 0)), "only zeros"),
     (lambda m, x: m.conv(x) * m.k, "varies inside a channel"),
     (lambda m, x: nn.functional.interpolate(m.conv(x), size=(7, 9)), "integer factors"),
-    (lambda m, x: m.up(m.conv(x)), "ConvTranspose2d")])
+    (lambda m, x: m.up(m.conv(x)), "ConvTranspose2d with padding")])
 def test_capture_refuses_what_no_target_runs_in_one_line(fn, message):
     with pytest.raises(UnsupportedOpError, match=message):
         G.capture(_Op(fn).eval(), SHAPE)
