@@ -25,7 +25,7 @@ const dq_kernel_set dq_kernels = {
     .fully_connected_fx = dq_fully_connected_fx_opt,
     .add_s8 = dq_add_s8_opt, .max_pool_s8 = dq_max_pool_s8_opt, .avg_pool_s8 = dq_avg_pool_s8,
     .mean_s8 = dq_mean_s8, .add_fx = dq_add_fx, .avg_pool_fx = dq_avg_pool_fx,
-    .mean_fx = dq_mean_fx, .mul_s8 = dq_mul_s8, .mul_fx = dq_mul_fx, .name = "opt",
+    .mean_fx = dq_mean_fx, .mul_s8 = dq_mul_s8_opt, .mul_fx = dq_mul_fx, .name = "opt",
     .lut_s8 = dq_lut_s8, .hard_swish_s8 = dq_hard_swish_s8_lut,
     .leaky_relu_s8 = dq_leaky_relu_s8_lut, .activation_s8_scratch = dq_activation_s8_lut_scratch,
 };

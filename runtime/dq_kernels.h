@@ -100,6 +100,9 @@ dq_status dq_add_s8_opt(const dq_add_s8_params *p, int32_t n, const int8_t *in1,
 dq_status dq_max_pool_s8_opt(const dq_window *w, int32_t act_min, int32_t act_max,
                              const dq_dims *in_dims, const int8_t *in,
                              const dq_dims *out_dims, int8_t *out);
+dq_status dq_mul_s8_opt(const dq_mul_s8_params *p, const dq_dims *d1, const int8_t *in1,
+                        const dq_dims *d2, const int8_t *in2, const dq_dims *out_dims,
+                        int8_t *out);
 /* HARD_SWISH and LEAKY_RELU as a 256-entry table the reference kernel fills on the
  * first sample (dq_activation_opt.c); both ask for the same 256 scratch bytes. */
 dq_status dq_hard_swish_s8_lut(const dq_ctx *ctx, const dq_hard_swish_s8_params *p,

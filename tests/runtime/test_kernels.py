@@ -106,6 +106,9 @@ def random_window_model(seed: int, mode: int, kind: str) -> bytes:
     if kind == "add":
         assert mode == F.MODE_S8, "random ADD models are int8 only"
         return _add_model(rng, (h, w, c))
+    if kind == "mul":
+        assert mode == F.MODE_S8, "random MUL models are int8 only"
+        return mul_model(rng, (h, w, c))
     if kind in ACTIVATIONS:
         assert mode == F.MODE_S8, "HARD_SWISH and LEAKY_RELU models here are int8 only"
         return activation_model(rng, kind, (h, w, c))
@@ -208,6 +211,31 @@ def activation_model(rng, kind: str, dims) -> bytes:
     return F.pack(F.MODE_S8, tensors, [F.Op(kind, [0], 1, activation_params(rng, kind))], 0, 1)
 
 
+def mul_model(rng, dims) -> bytes:
+    """MUL of a tensor by a constant (1 input) or by a clamped copy of itself (2 inputs);
+    the constant broadcasts along any of H, W, C (a 1 x 1 x C gate as in squeeze-
+    excitation, a channel broadcast the optimized kernel leaves to the reference)."""
+    t = F.Tensor(tuple(dims), int(rng.integers(-128, 128)))
+    lo = int(rng.integers(-128, 0))
+    p = {"multiplier": int(rng.integers(1 << 30, 2 ** 31)), "shift": int(rng.integers(-12, -6)),
+         "rounding": int(rng.integers(0, 2)), "act_min": -128, "act_max": 127}
+    if rng.random() < 0.5:         # else outputs spread over the codes, not saturated
+        p |= {"multiplier": _pick(rng, [0, 1 << 30, 2 ** 31 - 1], 1 << 30, 2 ** 31 - 1),
+              "shift": _pick(rng, [-31, 0, 30], -11, -5), "act_min": lo,
+              "act_max": int(rng.integers(lo, 128))}
+    out = F.Tensor(tuple(dims), int(rng.integers(-128, 128)))
+    if rng.random() < 0.5:
+        cdims = [d if rng.random() < 0.5 else 1 for d in dims]
+        const = rng.integers(-128, 128, int(np.prod(cdims))).astype(np.int8)
+        p |= {"const_zero_point": int(rng.integers(-128, 128)), "const_h": cdims[0],
+              "const_w": cdims[1], "const_c": cdims[2]}
+        return F.pack(F.MODE_S8, [t, out], [F.Op("mul", [0], 1, p, [const])], 0, 1)
+    clamp = F.Op("clamp", [0], 1, {"act_min": lo, "act_max": int(rng.integers(lo, 128))})
+    order = [0, 1] if rng.random() < 0.5 else [1, 0]
+    return F.pack(F.MODE_S8, [t, F.Tensor(tuple(dims), t.zero_point), out],
+                  [clamp, F.Op("mul", order, 2, p)], 0, 2)
+
+
 # --- comparing two builds -----------------------------------------------------------
 
 def _inputs(n_in: int, seed: int, n: int = 6) -> np.ndarray:
@@ -251,8 +279,8 @@ def test_the_two_builds_are_the_two_sets(libs):
 
 
 KINDS = ["conv2d", "depthwise_conv2d", "fully_connected", "max_pool", "avg_pool", "add",
-         *ACTIVATIONS]
-S8_ONLY = ("add", *ACTIVATIONS)
+         "mul", *ACTIVATIONS]
+S8_ONLY = ("add", "mul", *ACTIVATIONS)
 
 
 @pytest.mark.parametrize("mode, kind", [(F.MODE_S8, k) for k in KINDS] +
@@ -375,7 +403,7 @@ def _exported(tmp_path, target: str, zoo_name: str) -> bytes:
     return api.export(target, api.open_session(f"zoo:{zoo_name}"), tmp_path / target).path.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["lenet-digits", "dsnet-digits"])
+@pytest.mark.parametrize("name", ["lenet-digits", "dsnet-digits", "mnv3s-fmnist"])
 def test_optimized_set_bit_identical_on_the_zoo(libs, tmp_path, name):
     pytest.importorskip("tensorflow")
     for target in ("mcu-int8", "fpga-fixed"):
@@ -466,6 +494,21 @@ def test_a_wrong_fx_kernel_is_caught(libs, tmp_path, old, new):
     bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-bad.so", sources=src))
     assert any(differences(random_window_model(seed, F.MODE_FX, "conv2d"), libs[0], bad, seed)
                for seed in range(24))
+
+@pytest.mark.parametrize("old, new", [
+    ("in2 + dq_broadcast_index(d2, h, w, 0)", "in2"),          # a row found wrongly
+    ("if (p->rounding != DQ_ROUND_DOUBLE) return 0;", "")])  # single rounding vectorized
+def test_a_wrong_mul_kernel_is_caught(libs, tmp_path, old, new):
+    """Negative controls for the optimized MUL: on the random MUL models above."""
+    src = tmp_path / "runtime"
+    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
+    code = (src / "dq_mul_s8_opt.c").read_text()
+    assert old in code
+    (src / "dq_mul_s8_opt.c").write_text(code.replace(old, new))
+    bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-bad.so", sources=src))
+    assert any(differences(random_window_model(seed, F.MODE_S8, "mul"), libs[0], bad, seed)
+               for seed in range(24))
+
 
 # --- ADD overflow (issue 12, item 5) ------------------------------------------------
 
