@@ -8,8 +8,9 @@
  * Both sets compute the same integers on every tensor (tests/runtime/test_kernels.py
  * checks it). A kernel that needs working memory declares a scratch query, as TFLM's
  * RequestScratchBufferInArena and CMSIS-NN's *_get_buffer_size do: the bytes it needs
- * for the op's shapes. dq_model_init plans that memory in the arena (live only while
- * the op runs) and the kernel receives it in its dq_ctx. NULL: no scratch. */
+ * for the op's shapes. dq_model_init plans that memory in the arena (the op's own for
+ * the whole dq_invoke call, dq_ops.h's dq_ctx) and the kernel receives it in its
+ * dq_ctx. NULL: no scratch. */
 #ifndef DQ_KERNELS_H
 #define DQ_KERNELS_H
 
