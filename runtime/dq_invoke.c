@@ -244,7 +244,6 @@ static dq_status run_move(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
  * in S8 mode; TFLite's integer algorithms for the other two in S8 mode. */
 static dq_status run_activation(const dq_model *m, const dq_op *op, const dq_ctx *ctx,
                                 uint8_t *arena) {
-    (void)ctx;
     const int32_t *p = op->params;
     const int32_t n = (int32_t)dq_tensor_elems(&m->tensors[op->output]);
     const int32_t zp_in = m->tensors[op->inputs[0]].zero_point;
@@ -256,13 +255,13 @@ static dq_status run_activation(const dq_model *m, const dq_op *op, const dq_ctx
             zp_in, zp_out, (int16_t)p[DQ_P_OUTPUT_MULTIPLIER_INT16],
             (int16_t)p[DQ_P_RELUISH_MULTIPLIER_INT16], p[DQ_P_OUTPUT_EXPONENT],
             p[DQ_P_RELUISH_EXPONENT]};
-        return dq_kernels.hard_swish_s8(&hp, n, IN0, OUT);
+        return dq_kernels.hard_swish_s8(ctx, &hp, n, IN0, OUT);
     }
     const dq_leaky_relu_s8_params lp = {
         -zp_in, zp_out, p[DQ_P_IDENTITY_MULTIPLIER], p[DQ_P_IDENTITY_SHIFT],
         p[DQ_P_ALPHA_MULTIPLIER], p[DQ_P_ALPHA_SHIFT], p[DQ_P_ACT_MIN], p[DQ_P_ACT_MAX],
         (dq_rounding)p[DQ_P_ROUNDING]};
-    return dq_kernels.leaky_relu_s8(&lp, n, IN0, OUT);
+    return dq_kernels.leaky_relu_s8(ctx, &lp, n, IN0, OUT);
 }
 
 static const dq_run_fn RUN[DQ_OP_COUNT] = {
@@ -286,6 +285,8 @@ uint32_t dq_op_scratch_request(const dq_model *m, const dq_op *op) {
         fn = s8 ? dq_kernels.depthwise_conv2d_s8_scratch : dq_kernels.depthwise_conv2d_fx_scratch;
     else if (op->type == DQ_OP_FULLY_CONNECTED)
         fn = s8 ? dq_kernels.fully_connected_s8_scratch : dq_kernels.fully_connected_fx_scratch;
+    else if (s8 && (op->type == DQ_OP_HARD_SWISH || op->type == DQ_OP_LEAKY_RELU))
+        fn = dq_kernels.activation_s8_scratch;
     if (fn == NULL) return 0;
     const dq_window w = window_of(op->params);
     const int fc = op->type == DQ_OP_FULLY_CONNECTED;

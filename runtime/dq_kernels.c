@@ -25,10 +25,24 @@ const dq_kernel_set dq_kernels = {
     .fully_connected_fx = dq_fully_connected_fx_opt,
     .add_s8 = dq_add_s8_opt, .max_pool_s8 = dq_max_pool_s8_opt, .avg_pool_s8 = dq_avg_pool_s8,
     .mean_s8 = dq_mean_s8, .add_fx = dq_add_fx, .avg_pool_fx = dq_avg_pool_fx,
-    .mean_fx = dq_mean_fx, .mul_s8 = dq_mul_s8, .mul_fx = dq_mul_fx, .name = "opt",
-    .lut_s8 = dq_lut_s8, .hard_swish_s8 = dq_hard_swish_s8, .leaky_relu_s8 = dq_leaky_relu_s8,
+    .mean_fx = dq_mean_fx, .mul_s8 = dq_mul_s8_opt, .mul_fx = dq_mul_fx, .name = "opt",
+    .lut_s8 = dq_lut_s8, .hard_swish_s8 = dq_hard_swish_s8_lut,
+    .leaky_relu_s8 = dq_leaky_relu_s8_lut, .activation_s8_scratch = dq_activation_s8_lut_scratch,
 };
 #else
+/* The reference activations take no context (dq_ops.h); the table's entries do. */
+static dq_status hard_swish_s8_ref(const dq_ctx *ctx, const dq_hard_swish_s8_params *p,
+                                   int32_t n, const int8_t *in, int8_t *out) {
+    (void)ctx;
+    return dq_hard_swish_s8(p, n, in, out);
+}
+
+static dq_status leaky_relu_s8_ref(const dq_ctx *ctx, const dq_leaky_relu_s8_params *p,
+                                   int32_t n, const int8_t *in, int8_t *out) {
+    (void)ctx;
+    return dq_leaky_relu_s8(p, n, in, out);
+}
+
 const dq_kernel_set dq_kernels = {
     .conv2d_s8 = dq_conv2d_s8, .depthwise_conv2d_s8 = dq_depthwise_conv2d_s8,
     .fully_connected_s8 = dq_fully_connected_s8,
@@ -37,7 +51,7 @@ const dq_kernel_set dq_kernels = {
     .add_s8 = dq_add_s8, .max_pool_s8 = dq_max_pool_s8, .avg_pool_s8 = dq_avg_pool_s8,
     .mean_s8 = dq_mean_s8, .add_fx = dq_add_fx, .avg_pool_fx = dq_avg_pool_fx,
     .mean_fx = dq_mean_fx, .mul_s8 = dq_mul_s8, .mul_fx = dq_mul_fx, .name = "ref",
-    .lut_s8 = dq_lut_s8, .hard_swish_s8 = dq_hard_swish_s8, .leaky_relu_s8 = dq_leaky_relu_s8,
+    .lut_s8 = dq_lut_s8, .hard_swish_s8 = hard_swish_s8_ref, .leaky_relu_s8 = leaky_relu_s8_ref,
 };
 #endif
 

@@ -8,8 +8,9 @@
  * Both sets compute the same integers on every tensor (tests/runtime/test_kernels.py
  * checks it). A kernel that needs working memory declares a scratch query, as TFLM's
  * RequestScratchBufferInArena and CMSIS-NN's *_get_buffer_size do: the bytes it needs
- * for the op's shapes. dq_model_init plans that memory in the arena (live only while
- * the op runs) and the kernel receives it in its dq_ctx. NULL: no scratch. */
+ * for the op's shapes. dq_model_init plans that memory in the arena (the op's own for
+ * the whole dq_invoke call, dq_ops.h's dq_ctx) and the kernel receives it in its
+ * dq_ctx. NULL: no scratch. */
 #ifndef DQ_KERNELS_H
 #define DQ_KERNELS_H
 
@@ -56,10 +57,11 @@ typedef struct {
     dq_status (*mean_fx)(const dq_requant_fx *, const dq_mean_fx_params *, const dq_dims *,
                          const int8_t *, int8_t *);
     dq_status (*lut_s8)(const int8_t *, int32_t, const int8_t *, int8_t *);
-    dq_status (*hard_swish_s8)(const dq_hard_swish_s8_params *, int32_t, const int8_t *,
-                               int8_t *);
-    dq_status (*leaky_relu_s8)(const dq_leaky_relu_s8_params *, int32_t, const int8_t *,
-                               int8_t *);
+    dq_status (*hard_swish_s8)(const dq_ctx *, const dq_hard_swish_s8_params *, int32_t,
+                               const int8_t *, int8_t *);
+    dq_status (*leaky_relu_s8)(const dq_ctx *, const dq_leaky_relu_s8_params *, int32_t,
+                               const int8_t *, int8_t *);
+    dq_scratch_fn activation_s8_scratch;     /* HARD_SWISH and LEAKY_RELU, S8 mode */
     dq_status (*mul_s8)(const dq_mul_s8_params *, const dq_dims *, const int8_t *,
                         const dq_dims *, const int8_t *, const dq_dims *, int8_t *);
     dq_status (*mul_fx)(const dq_requant_fx *, const dq_dims *, const int8_t *,
@@ -99,5 +101,16 @@ dq_status dq_add_s8_opt(const dq_add_s8_params *p, int32_t n, const int8_t *in1,
 dq_status dq_max_pool_s8_opt(const dq_window *w, int32_t act_min, int32_t act_max,
                              const dq_dims *in_dims, const int8_t *in,
                              const dq_dims *out_dims, int8_t *out);
+dq_status dq_mul_s8_opt(const dq_mul_s8_params *p, const dq_dims *d1, const int8_t *in1,
+                        const dq_dims *d2, const int8_t *in2, const dq_dims *out_dims,
+                        int8_t *out);
+/* HARD_SWISH and LEAKY_RELU as a 256-entry table the reference kernel fills on the
+ * first sample (dq_activation_opt.c); both ask for the same 256 scratch bytes. */
+dq_status dq_hard_swish_s8_lut(const dq_ctx *ctx, const dq_hard_swish_s8_params *p,
+                               int32_t n, const int8_t *in, int8_t *out);
+dq_status dq_leaky_relu_s8_lut(const dq_ctx *ctx, const dq_leaky_relu_s8_params *p,
+                               int32_t n, const int8_t *in, int8_t *out);
+size_t dq_activation_s8_lut_scratch(const dq_window *w, const dq_dims *in_dims,
+                                    const dq_dims *out_dims);
 
 #endif

@@ -106,6 +106,12 @@ def random_window_model(seed: int, mode: int, kind: str) -> bytes:
     if kind == "add":
         assert mode == F.MODE_S8, "random ADD models are int8 only"
         return _add_model(rng, (h, w, c))
+    if kind == "mul":
+        assert mode == F.MODE_S8, "random MUL models are int8 only"
+        return mul_model(rng, (h, w, c))
+    if kind in ACTIVATIONS:
+        assert mode == F.MODE_S8, "HARD_SWISH and LEAKY_RELU models here are int8 only"
+        return activation_model(rng, kind, (h, w, c))
     if kind in ("max_pool", "avg_pool"):
         params |= {"dilation_h": 1, "dilation_w": 1}
         t = _tensor(rng, mode, (h, w, c))
@@ -147,6 +153,87 @@ def _add_model(rng, dims) -> bytes:
     out = F.Tensor(tuple(dims), int(rng.integers(-128, 128)))
     return F.pack(F.MODE_S8, [t, F.Tensor(tuple(dims), t.zero_point), out],
                   [clamp, F.Op("add", [0, 1], 2, p)], 0, 2)
+
+
+ACTIVATIONS = ("hard_swish", "leaky_relu")
+
+
+def _pick(rng, extremes: list[int], lo: int, hi: int) -> int:
+    """An extreme value (a range end, 0, 1) one time in three, else uniform in [lo, hi]."""
+    return int(rng.choice(extremes)) if rng.random() < 1 / 3 else int(rng.integers(lo, hi + 1))
+
+
+def _exporter_params(rng, kind: str) -> dict:
+    """The parameters the MCU exporter derives (backends/mcu.py) from random scales:
+    output codes spread over the range rather than saturated."""
+    from deployq.backends.mcu import _int16_multiplier
+    s_in = 2.0 ** rng.uniform(-9, -1)
+    s_out = s_in * 2.0 ** rng.uniform(-1.5, 1.5)
+    if kind == "hard_swish":
+        hires = s_in / 128.0
+        out_m, out_e = _int16_multiplier(hires / s_out)
+        relu_m, relu_e = _int16_multiplier(hires / (3.0 / 32768.0))
+        return {"output_multiplier_int16": out_m, "output_exponent": out_e,
+                "reluish_multiplier_int16": relu_m, "reluish_exponent": relu_e}
+    ident = F.quantize_multiplier(s_in / s_out)
+    alpha = F.quantize_multiplier(s_in * rng.uniform(0.01, 0.5) / s_out)
+    return {"identity_multiplier": ident[0], "identity_shift": ident[1],
+            "alpha_multiplier": alpha[0], "alpha_shift": alpha[1],
+            "rounding": int(rng.integers(0, 2)), "act_min": -128, "act_max": 127}
+
+
+def activation_params(rng, kind: str) -> dict:
+    """HARD_SWISH or LEAKY_RELU parameters: half the time as the exporter derives them
+    from random scales, else anywhere dq_validate.c accepts, extremes included (a zero
+    multiplier, the largest ones, the shortest and longest shifts)."""
+    if rng.random() < 0.5:
+        return _exporter_params(rng, kind)
+    if kind == "hard_swish":
+        m16 = [0, 1, 16384, 32767]
+        return {"output_multiplier_int16": _pick(rng, m16, 0, 32767),
+                "output_exponent": _pick(rng, [-15, 0], -15, 0),
+                "reluish_multiplier_int16": _pick(rng, m16, 0, 32767),
+                "reluish_exponent": _pick(rng, [-15, 0, 1, 30], -15, 30)}
+    m32 = [0, 1, 1 << 30, 2 ** 31 - 1]
+    lo = int(rng.integers(-128, 0))
+    return {"identity_multiplier": _pick(rng, m32, 1 << 30, 2 ** 31 - 1),
+            "identity_shift": _pick(rng, [-31, 0, 30], -12, 4),
+            "alpha_multiplier": _pick(rng, m32, 0, 2 ** 31 - 1),
+            "alpha_shift": _pick(rng, [-31, 0, 30], -12, 4),
+            "rounding": int(rng.integers(0, 2)), "act_min": lo,
+            "act_max": int(rng.integers(lo, 128))}
+
+
+def activation_model(rng, kind: str, dims) -> bytes:
+    """One HARD_SWISH or LEAKY_RELU op with random zero points and parameters."""
+    tensors = [F.Tensor(tuple(dims), int(rng.integers(-128, 128))),
+               F.Tensor(tuple(dims), int(rng.integers(-128, 128)))]
+    return F.pack(F.MODE_S8, tensors, [F.Op(kind, [0], 1, activation_params(rng, kind))], 0, 1)
+
+
+def mul_model(rng, dims) -> bytes:
+    """MUL of a tensor by a constant (1 input) or by a clamped copy of itself (2 inputs);
+    the constant broadcasts along any of H, W, C (a 1 x 1 x C gate as in squeeze-
+    excitation, a channel broadcast the optimized kernel leaves to the reference)."""
+    t = F.Tensor(tuple(dims), int(rng.integers(-128, 128)))
+    lo = int(rng.integers(-128, 0))
+    p = {"multiplier": int(rng.integers(1 << 30, 2 ** 31)), "shift": int(rng.integers(-12, -6)),
+         "rounding": int(rng.integers(0, 2)), "act_min": -128, "act_max": 127}
+    if rng.random() < 0.5:         # else outputs spread over the codes, not saturated
+        p |= {"multiplier": _pick(rng, [0, 1 << 30, 2 ** 31 - 1], 1 << 30, 2 ** 31 - 1),
+              "shift": _pick(rng, [-31, 0, 30], -11, -5), "act_min": lo,
+              "act_max": int(rng.integers(lo, 128))}
+    out = F.Tensor(tuple(dims), int(rng.integers(-128, 128)))
+    if rng.random() < 0.5:
+        cdims = [d if rng.random() < 0.5 else 1 for d in dims]
+        const = rng.integers(-128, 128, int(np.prod(cdims))).astype(np.int8)
+        p |= {"const_zero_point": int(rng.integers(-128, 128)), "const_h": cdims[0],
+              "const_w": cdims[1], "const_c": cdims[2]}
+        return F.pack(F.MODE_S8, [t, out], [F.Op("mul", [0], 1, p, [const])], 0, 1)
+    clamp = F.Op("clamp", [0], 1, {"act_min": lo, "act_max": int(rng.integers(lo, 128))})
+    order = [0, 1] if rng.random() < 0.5 else [1, 0]
+    return F.pack(F.MODE_S8, [t, F.Tensor(tuple(dims), t.zero_point), out],
+                  [clamp, F.Op("mul", order, 2, p)], 0, 2)
 
 
 # --- comparing two builds -----------------------------------------------------------
@@ -191,11 +278,13 @@ def test_the_two_builds_are_the_two_sets(libs):
         runtime.build("fast")
 
 
-KINDS = ["conv2d", "depthwise_conv2d", "fully_connected", "max_pool", "avg_pool", "add"]
+KINDS = ["conv2d", "depthwise_conv2d", "fully_connected", "max_pool", "avg_pool", "add",
+         "mul", *ACTIVATIONS]
+S8_ONLY = ("add", "mul", *ACTIVATIONS)
 
 
 @pytest.mark.parametrize("mode, kind", [(F.MODE_S8, k) for k in KINDS] +
-                         [(F.MODE_FX, k) for k in KINDS if k != "add"])
+                         [(F.MODE_FX, k) for k in KINDS if k not in S8_ONLY])
 def test_optimized_set_bit_identical_on_random_ops_and_corner_shapes(libs, mode, kind):
     for seed in range(24):
         blob = random_window_model(seed, mode, kind)
@@ -250,6 +339,56 @@ def test_a_wrong_cortex_m_kernel_is_caught(libs, tmp_path, old, new, kind):
     assert any(differences(random_window_model(seed, F.MODE_S8, kind), libs[0], bad, seed)
                for seed in range(12)), kind
 
+# --- HARD_SWISH and LEAKY_RELU as a table (dq_activation_opt.c) ---------------------
+
+EVERY_CODE_ROWS = np.stack([np.random.default_rng(k).permutation(np.arange(-128, 128, dtype=np.int8))
+                            for k in range(4)])       # every code in every sample
+
+
+def activation_differences(kind: str, lib_a, lib_b, seeds=range(40)) -> list[int]:
+    """Seeds of random one-op models (256 elements) on which two builds disagree for
+    some input code: each sample holds all 256 codes, in a different order, and the
+    samples after the first read the table the first one built."""
+    found = []
+    for seed in seeds:
+        blob = activation_model(np.random.default_rng(seed), kind, (1, 1, 256))
+        a, b = runtime.Model(blob, lib=lib_a), runtime.Model(blob, lib=lib_b)
+        if not np.array_equal(a.run(EVERY_CODE_ROWS), b.run(EVERY_CODE_ROWS)) or \
+                not np.array_equal(a.dump(EVERY_CODE_ROWS[1])[1], b.dump(EVERY_CODE_ROWS[1])[1]):
+            found.append(seed)
+    return found
+
+
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_tables_bit_identical_on_every_code(libs, kind):
+    assert not activation_differences(kind, *libs)
+
+
+@pytest.mark.parametrize("kind", ACTIVATIONS)
+def test_activation_tables_are_scratch(libs, kind):
+    blob = activation_model(np.random.default_rng(0), kind, (2, 3, 5))
+    ref, opt = (runtime.Model(blob, lib=lib) for lib in libs)
+    assert (ref.scratch_bytes(), opt.scratch_bytes()) == ([0], [256])
+
+
+@pytest.mark.parametrize("kind, call", [("hard_swish", "dq_hard_swish_s8(p, DQ_LUT_BYTES, table, table);"),
+                                        ("leaky_relu", "dq_leaky_relu_s8(p, DQ_LUT_BYTES, table, table);")])
+def test_an_activation_table_entry_off_by_one_is_caught(libs, tmp_path, kind, call):
+    """Negative control: one table entry (input code 37) one LSB off, or the table
+    left unbuilt after the first sample, must be found by the comparison above."""
+    src = tmp_path / "runtime"
+    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
+    code = (src / "dq_activation_opt.c").read_text()
+    assert call in code
+    (src / "dq_activation_opt.c").write_text(code.replace(call, call + " table[37] ^= 1;"))
+    bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-bad.so", sources=src))
+    assert activation_differences(kind, libs[0], bad, range(8)) == list(range(8))
+    stale = code.replace("if (ctx->first_sample) {", "if (ctx->first_sample && 0) {")
+    (src / "dq_activation_opt.c").write_text(stale)
+    bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-stale.so", sources=src))
+    assert activation_differences(kind, libs[0], bad, range(8))
+
+
 def test_scratch_is_planned_in_the_arena(libs):
     blob = random_window_model(1, F.MODE_S8, "conv2d")
     ref, opt = (runtime.Model(blob, lib=lib) for lib in libs)
@@ -264,7 +403,7 @@ def _exported(tmp_path, target: str, zoo_name: str) -> bytes:
     return api.export(target, api.open_session(f"zoo:{zoo_name}"), tmp_path / target).path.read_bytes()
 
 
-@pytest.mark.parametrize("name", ["lenet-digits", "dsnet-digits"])
+@pytest.mark.parametrize("name", ["lenet-digits", "dsnet-digits", "mnv3s-fmnist"])
 def test_optimized_set_bit_identical_on_the_zoo(libs, tmp_path, name):
     pytest.importorskip("tensorflow")
     for target in ("mcu-int8", "fpga-fixed"):
@@ -355,6 +494,21 @@ def test_a_wrong_fx_kernel_is_caught(libs, tmp_path, old, new):
     bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-bad.so", sources=src))
     assert any(differences(random_window_model(seed, F.MODE_FX, "conv2d"), libs[0], bad, seed)
                for seed in range(24))
+
+@pytest.mark.parametrize("old, new", [
+    ("in2 + dq_broadcast_index(d2, h, w, 0)", "in2"),          # a row found wrongly
+    ("if (p->rounding != DQ_ROUND_DOUBLE) return 0;", "")])  # single rounding vectorized
+def test_a_wrong_mul_kernel_is_caught(libs, tmp_path, old, new):
+    """Negative controls for the optimized MUL: on the random MUL models above."""
+    src = tmp_path / "runtime"
+    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
+    code = (src / "dq_mul_s8_opt.c").read_text()
+    assert old in code
+    (src / "dq_mul_s8_opt.c").write_text(code.replace(old, new))
+    bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-bad.so", sources=src))
+    assert any(differences(random_window_model(seed, F.MODE_S8, "mul"), libs[0], bad, seed)
+               for seed in range(24))
+
 
 # --- ADD overflow (issue 12, item 5) ------------------------------------------------
 
