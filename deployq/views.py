@@ -176,7 +176,8 @@ def pareto_robust(result: dict) -> tuple[float | None, dict[str, float]]:
 def profile_rows(result: dict, clock_mhz: float | None = None) -> list[tuple]:
     """One row per target: accuracy and robustness beside size and speed. A target
     with a device footprint (an MCU build) shows its flash image as its size and its
-    estimated device time (device_ms) as its speed, the emulator's host time aside."""
+    estimated device time (device_ms) as its speed; the ELF's size and the emulator's
+    host time stay in the JSON (artifact_bytes, latency), out of the terminal's width."""
     acc = {r["target"]: pct_ci(r["accuracy"], r.get("accuracy_ci95"))
            for r in result.get("results", [])}
     eps, robust = pareto_robust(result)
@@ -185,19 +186,18 @@ def profile_rows(result: dict, clock_mhz: float | None = None) -> list[tuple]:
               for t in result["robustness"]["targets"]} if robust else {}
     scored = ("accuracy", f"robust (eps {eps:g})" if eps else "robust") if acc else ()
     rows = [("target", *scored, "artifact", "weights", "MACs", "peak activations",
-             "batch 1 (median, p90)", "throughput")]
+             "batch 1 p50, p90", "throughput")]
     for t in result["profile"]["targets"]:
         lat = t["latency"]
         scores = (acc.get(t["target"], "-"), robust.get(t["target"], "-")) if acc else ()
-        speed = (f"{lat['batch1_ms_median']:.3f} ms, {lat['batch1_ms_p90']:.3f} ms",
+        speed = (f"{lat['batch1_ms_median']:.3f}, {lat['batch1_ms_p90']:.3f} ms",
                  f"{lat['throughput_per_s']:,.0f}/s")
         artifact = size(t["artifact_bytes"])
         fp = t.get("mcu_footprint")
         if fp:
             ms, mhz = device_ms(fp, clock_mhz)
-            speed = (f"device est. {ms:.3f} ms at {mhz:g} MHz (emulator on host: "
-                     f"{lat['batch1_ms_median']:.1f} ms)", f"{1000 / ms:,.0f}/s on device")
-            artifact = f"flash {size(fp['firmware_flash_bytes'])} (ELF {artifact})"
+            speed = (f"device est. {ms:.3f} ms @{mhz:g} MHz", f"{1000 / ms:,.0f}/s est.")
+            artifact = f"flash {size(fp['firmware_flash_bytes'])}"
         rows.append((t["target"], *scores, artifact, size(t["weight_bytes"]),
                      f"{t['macs']:,}", size(t["peak_activation_bytes"]), *speed))
     return rows
