@@ -5,6 +5,9 @@
         robust accuracy on fpga-fixed (4-bit activations, 8-bit weights) measured on the
         C runtime, worst case over PGD from the model's float copy (transfer) and
         through the target's bit-exact mirror (bpda), with 95% Wilson intervals
+        --strength standard: the robustness preset (APGD-CE, APGD-T from both gradient
+        sources, Square on the runtime); --compare A:B: McNemar on the per-sample robust
+        accuracy of runs A and B; --merge FILE: add the runs of an earlier --json
     python tools/bench_harden.py time [--train-samples 3000]
         one harden epoch of plain QAT, dq, pgd and dq+pgd side by side on a slice of
         Fashion-MNIST (order alternated over the repeats), and the ratios
@@ -103,8 +106,9 @@ def compare(rows: list[dict], pairs: list[str], key: str = "robust_mask") -> lis
 
 
 def cmd_eval(args) -> None:
-    rows = [evaluate_run(*r.split("=", 1), args) for r in args.run]
-    n = args.samples
+    rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["runs"]]
+    rows += [evaluate_run(*r.split("=", 1), args) for r in args.run]
+    n = rows[0]["samples"] if rows else args.samples
     print(f"{TARGET}, {args.activation_bits}-bit activations, {args.weight_bits}-bit weights; "
           f"eps {args.eps}; {rows[0]['attack'] if rows else ''}; robust accuracy on the "
           f"C runtime; {n} test samples; 95% Wilson intervals")
@@ -178,6 +182,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--restarts", type=int, default=None)
     ap.add_argument("--queries", type=int, default=None)
+    ap.add_argument("--merge", action="append", default=[], help="an earlier eval's "
+                    "--json: its runs join the table (runs measured apart, in parallel)")
     ap.add_argument("--compare", action="append", default=[], help="FIRST:SECOND runs, "
                     "McNemar on their per-sample robust accuracy")
     ap.add_argument("--activation-bits", type=int, default=4)
