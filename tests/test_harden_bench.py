@@ -46,3 +46,11 @@ def test_compare_of_equal_accuracy_on_other_samples_is_not_significant(bench):
 def test_compare_of_an_unknown_run_fails(bench):
     with pytest.raises(SystemExit, match="no run named c"):
         bench.compare([_run("a", [True]), _run("b", [False])], ["a:c"])
+
+
+def test_compare_reaches_a_runs_float_copy(bench):
+    plain = _run("plain", [False] * 10) | {"float_robust": 0.5,
+                                           "float_robust_mask": stats.pack([True, False] * 5)}
+    (c,) = bench.compare([plain, _run("dq", [True] * 10)], ["dq:plain/float"])
+    assert (c["first_only"], c["second_only"]) == (5, 0)
+    assert c["difference"] == pytest.approx(0.5)

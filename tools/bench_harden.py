@@ -89,8 +89,13 @@ def eval_config(args) -> R.Config:
 
 def compare(rows: list[dict], pairs: list[str], key: str = "robust_mask") -> list[dict]:
     """McNemar on the per-sample robust correctness of each FIRST:SECOND pair of runs
-    (the same test samples): the discordant counts and the exact two-sided p-value."""
+    (the same test samples): the discordant counts and the exact two-sided p-value.
+    NAME/float is run NAME's float copy (e.g. plain/float: the float plain model)."""
     by_name = {r["run"]: r for r in rows}
+    by_name |= {f"{r['run']}/float": {"run": f"{r['run']}/float", "samples": r["samples"],
+                                      "robust": r["float_robust"],
+                                      key: r["float_robust_mask"]}
+                for r in rows if "float_robust_mask" in r}
     found = []
     for pair in pairs:
         first, _, second = pair.partition(":")
