@@ -5,6 +5,9 @@
         robust accuracy on fpga-fixed (4-bit activations, 8-bit weights) measured on the
         C runtime, worst case over PGD from the model's float copy (transfer) and
         through the target's bit-exact mirror (bpda), with 95% Wilson intervals
+        --strength standard: the robustness preset (APGD-CE, APGD-T from both gradient
+        sources, Square on the runtime); --compare A:B: McNemar on the per-sample robust
+        accuracy of runs A and B; --merge FILE: add the runs of an earlier --json
     python tools/bench_harden.py time [--train-samples 3000]
         one harden epoch of plain QAT, dq, pgd and dq+pgd side by side on a slice of
         Fashion-MNIST (order alternated over the repeats), and the ratios
@@ -31,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deployq import api, plan as P, robustness as R, targets as T  # noqa: E402
+from deployq import api, plan as P, robustness as R, stats, targets as T  # noqa: E402
 
 TARGET = "fpga-fixed"
 
@@ -56,25 +59,64 @@ def evaluate_run(name: str, spec: str, args) -> dict:
         plan = P.make(session.graph, session.stats, tgt, config, api.provenance(session))
         plan_path = Path(tempfile.mkdtemp()) / "plan.json"
         plan.save(plan_path)
-    cfg = R.Config(["pgd"], [args.eps], ["transfer", "bpda"], args.steps, args.restarts,
-                   samples=args.samples)
+    cfg = eval_config(args)
     out = Path(tempfile.mkdtemp())
     result = api.evaluate([TARGET], session, out, args.samples, None, None, cfg,
                           {TARGET: plan_path})
     rows = {r["target"]: r for r in result["results"]}
-    robust = {t["target"]: t["eps"][0]["robust"] for t in result["robustness"]["targets"]}
+    attacked = {t["target"]: t["eps"][0] for t in result["robustness"]["targets"]}
     return {"run": name, "model": model, "weights": weights,
-            "float_clean": rows["float"]["accuracy"], "float_robust": robust["float"],
-            "clean": rows[TARGET]["accuracy"], "robust": robust[TARGET],
-            "samples": args.samples}
+            "float_clean": rows["float"]["accuracy"],
+            "float_robust": attacked["float"]["robust"],
+            "clean": rows[TARGET]["accuracy"], "robust": attacked[TARGET]["robust"],
+            "robust_mask": attacked[TARGET]["robust_mask"],
+            "float_robust_mask": attacked["float"]["robust_mask"],
+            "by": {f"{b['source']}/{b['attack']}": b["accuracy"]
+                   for b in attacked[TARGET]["by"]},
+            "attack": cfg.describe(), "samples": args.samples}
+
+
+def eval_config(args) -> R.Config:
+    """pgd: PGD-steps x restarts from transfer and bpda (the first runs of
+    docs/harden.md); standard/thorough: the robustness presets (APGD-CE, APGD-T and
+    Square on the runtime), any of --steps/--restarts/--queries given overriding it."""
+    if args.strength == "pgd":
+        return R.Config(["pgd"], [args.eps], ["transfer", "bpda"], args.steps or 20,
+                        args.restarts or 1, samples=args.samples)
+    return R.Config(None, [args.eps], args.sources.split(","), args.steps, args.restarts,
+                    args.queries, samples=args.samples, strength=args.strength)
+
+
+def compare(rows: list[dict], pairs: list[str], key: str = "robust_mask") -> list[dict]:
+    """McNemar on the per-sample robust correctness of each FIRST:SECOND pair of runs
+    (the same test samples): the discordant counts and the exact two-sided p-value.
+    NAME/float is run NAME's float copy (e.g. plain/float: the float plain model)."""
+    by_name = {r["run"]: r for r in rows}
+    by_name |= {f"{r['run']}/float": {"run": f"{r['run']}/float", "samples": r["samples"],
+                                      "robust": r["float_robust"],
+                                      key: r["float_robust_mask"]}
+                for r in rows if "float_robust_mask" in r}
+    found = []
+    for pair in pairs:
+        first, _, second = pair.partition(":")
+        if first not in by_name or second not in by_name:
+            raise SystemExit(f"bench_harden: error: --compare {pair}: no run named "
+                             f"{first if first not in by_name else second}")
+        a, b = by_name[first], by_name[second]
+        n = a["samples"]
+        found.append({"first": first, "second": second,
+                      "difference": a["robust"] - b["robust"]}
+                     | stats.paired(stats.unpack(a[key], n), stats.unpack(b[key], n)))
+    return found
 
 
 def cmd_eval(args) -> None:
-    rows = [evaluate_run(*r.split("=", 1), args) for r in args.run]
-    n = args.samples
+    rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["runs"]]
+    rows += [evaluate_run(*r.split("=", 1), args) for r in args.run]
+    n = rows[0]["samples"] if rows else args.samples
     print(f"{TARGET}, {args.activation_bits}-bit activations, {args.weight_bits}-bit weights; "
-          f"eps {args.eps}; PGD-{args.steps} x {args.restarts} (transfer + bpda, worst "
-          f"case) on the C runtime; {n} test samples; 95% Wilson intervals")
+          f"eps {args.eps}; {rows[0]['attack'] if rows else ''}; robust accuracy on the "
+          f"C runtime; {n} test samples; 95% Wilson intervals")
     print(f"{'run':<10} {'float clean':>11} {'float robust':>20} {'clean':>7} {'robust':>20}")
     for r in rows:
         lo, hi = wilson(r["robust"], n)
@@ -83,8 +125,15 @@ def cmd_eval(args) -> None:
               f"{100 * r['float_robust']:>6.1f}% [{100 * flo:.1f}, {100 * fhi:.1f}] "
               f"{100 * r['clean']:>6.1f}% {100 * r['robust']:>6.1f}% "
               f"[{100 * lo:.1f}, {100 * hi:.1f}]")
+        print(f"{'':<10} by source/attack: "
+              + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["by"].items()))
+    pairs = compare(rows, args.compare)
+    for c in pairs:
+        print(f"{c['first']} - {c['second']}: {100 * c['difference']:+.1f} points; "
+              f"robust only under {c['first']}: {c['first_only']}, only under "
+              f"{c['second']}: {c['second_only']}; McNemar p = {c['p']:.3g}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"runs": rows, "compare": pairs}, indent=1))
 
 
 METHODS = [("qat", "dq", 0.0), ("dq", "dq", 3e-4), ("pgd", "pgd", 0.0),
@@ -131,8 +180,17 @@ def main() -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--eps", type=float, default=0.03)
     ap.add_argument("--samples", "-n", type=int, default=500)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--restarts", type=int, default=1)
+    ap.add_argument("--strength", choices=["pgd", *R.STRENGTHS], default="pgd",
+                    help="pgd: PGD-20 transfer + bpda (the first runs); else a preset")
+    ap.add_argument("--sources", default="transfer,bpda,blackbox",
+                    help="gradient sources for the presets (blackbox: Square)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--restarts", type=int, default=None)
+    ap.add_argument("--queries", type=int, default=None)
+    ap.add_argument("--merge", action="append", default=[], help="an earlier eval's "
+                    "--json: its runs join the table (runs measured apart, in parallel)")
+    ap.add_argument("--compare", action="append", default=[], help="FIRST:SECOND runs, "
+                    "McNemar on their per-sample robust accuracy")
     ap.add_argument("--activation-bits", type=int, default=4)
     ap.add_argument("--weight-bits", type=int, default=8)
     ap.add_argument("--train-samples", type=int, default=3000)

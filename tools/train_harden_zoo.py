@@ -1,16 +1,20 @@
-"""Train the zoo model lenet-fmnist-dq: Defensive Quantization fine-tuning of
-zoo:lenet-fmnist for fpga-fixed with 4-bit activations and 8-bit weights, beta chosen
-on the validation split carved from the training data (never the test split).
+"""Train the zoo's Defensive Quantization models: DQ fine-tuning of a zoo model for a
+target (8-bit weights, --activation-bits activations), beta chosen on the validation
+split carved from the training data (never the test split).
 
     python tools/train_harden_zoo.py [--data fashion-mnist] [--betas 1e-4,1e-3]
         [--epochs 3] [--work harden-runs]
+        lenet-fmnist-dq: zoo:lenet-fmnist, fpga-fixed, 4-bit activations, eps 0.03
+    python tools/train_harden_zoo.py --name lenet-digits-dq --base zoo:lenet-digits \
+        --data digits --eps 0.1 --epochs 10
+        lenet-digits-dq: the same for digits at eps 0.1
 
 Each beta (and beta 0, plain QAT, the reference) is one `deployq harden` run in
 WORK/dqBETA (WORK/vanilla); a run already complete there is reused (resumed from its
 checkpoint, which must match the settings). The chosen beta has the best validation
 robust accuracy (a note says when its validation clean accuracy is more than 2 points
-below plain QAT's). Writes deployq/weights/lenet-fmnist-dq.npz and lenet-fmnist-dq.plan.json (the
-plan to deploy it with: `--plan deployq/weights/lenet-fmnist-dq.plan.json`).
+below plain QAT's). Writes deployq/weights/NAME.npz and NAME.plan.json (the plan to
+deploy it with: `--plan deployq/weights/NAME.plan.json`).
 Seeded and single-threaded: the same command gives the same weights on the same machine.
 """
 from __future__ import annotations
@@ -29,14 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deployq import api, zoo  # noqa: E402
 from deployq.io import atomic_write  # noqa: E402
 
-NAME, BASE = "lenet-fmnist" + zoo.DQ, "zoo:lenet-fmnist"
-SETTINGS = dict(activation_bits=4, weight_bits=8, eps=0.03)
-
-
 def run(work: Path, label: str, beta: float, args) -> dict:
-    session = api.open_session(BASE, None, args.data)
-    return api.harden("fpga-fixed", "dq", work / label, args.epochs, beta=beta,
-                      session=session, **SETTINGS)
+    session = api.open_session(args.base, None, args.data)
+    return api.harden(args.target, "dq", work / label, args.epochs, beta=beta,
+                      session=session, activation_bits=args.activation_bits,
+                      weight_bits=8, eps=args.eps)
 
 
 def choose(runs: dict[str, tuple[float, dict]]) -> str:
@@ -58,6 +59,11 @@ def main() -> int:
     ap.add_argument("--betas", default="1e-4,1e-3")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--work", default="harden-runs")
+    ap.add_argument("--name", default="lenet-fmnist" + zoo.DQ)
+    ap.add_argument("--base", default="zoo:lenet-fmnist")
+    ap.add_argument("--target", default="fpga-fixed")
+    ap.add_argument("--activation-bits", type=int, default=4)
+    ap.add_argument("--eps", type=float, default=0.03)
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(format="deployq: %(message)s", level=logging.INFO)
@@ -75,7 +81,7 @@ def main() -> int:
     state = load_file(str(work / best / "weights.safetensors"))
     buf = io.BytesIO()
     np.savez(buf, **state)
-    weights = Path(str(zoo.weights_file(NAME)))
+    weights = Path(str(zoo.weights_file(args.name)))
     atomic_write(weights, buf.getvalue())
     plan = weights.with_suffix(".plan.json")
     atomic_write(plan, (work / best / "plan.json").read_bytes())
