@@ -61,6 +61,7 @@ def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
     session = api.open_session(f"zoo:{name}")
     x, y = session.dataset.test(cfg.samples)
     cache: dict = {}
+    measured: dict = {}              # plan key -> its row: each distinct plan measured once
     fl = R.evaluate(R.Subject("float", session.model.logits,
                               {"transfer": session.model.module}), x, y, cfg, cache)
     rows = [{"model": name, "target": "-", "method": "float", "budget": None, "bits": None,
@@ -74,10 +75,10 @@ def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
             for act in acts:
                 for method in (methods if act is None else ["adversarial"]):
                     rows.append(bench_one(session, tgt, budget, method, eps, x, y, cfg,
-                                          cache, out, candidates, act))
+                                          cache, out, candidates, act, measured=measured))
                 if act is not None:
                     rows.append(bench_uniform_acts(session, tgt, rows, eps, x, y, cfg,
-                                                   cache, out, act))
+                                                   cache, out, act, measured))
     return rows
 
 
@@ -92,9 +93,20 @@ def method_args(method: str, refine: int) -> tuple[str, int]:
     return method, refine if method == "adversarial" else 0
 
 
+def plan_key(target: str, plan) -> str:
+    """Identity of a plan for the benchmark: the target and every tensor's settings
+    (bits, clip, activation bits) the plan's config names. Two methods choosing the same
+    plan get one measurement (the runtime and the attacks are deterministic given the
+    plan, so measuring it twice would only cost time)."""
+    return target + json.dumps(plan.config.to_json(), sort_keys=True, default=str)
+
+
 def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidates,
-              act=None, plan=None) -> dict:
-    """candidates: select()'s min_bits, clips, refine (K) and refine_options."""
+              act=None, plan=None, measured=None) -> dict:
+    """candidates: select()'s min_bits, clips, refine (K) and refine_options.
+    measured: plan_key -> row of plans already measured on these samples; a plan found
+    there is reported as identical to that row ('same_plan_as') without a second
+    export and attack run."""
     t0 = time.time()
     cand = dict(candidates)
     name, refine = method_args(method, cand.pop("refine"))
@@ -103,6 +115,9 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
                         activation_budget=None if act is None else f"{act}bits",
                         refine=refine, **cand)
     seconds = time.time() - t0
+    key = plan_key(tgt.name, plan)
+    if measured is not None and key in measured:
+        return same_plan(measured[key], method, budget, act, seconds, plan)
     exported = api.export(tgt.name, session, out, plan=plan)
     runner = api.load_runner(exported)
     entry = R.evaluate(subject(session, exported, runner, x), x, y, cfg, cache)
@@ -123,10 +138,27 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
             "samples": len(x), "select_seconds": seconds,
             "seconds": time.time() - t0}
     print("ROW " + json.dumps(row), file=sys.stderr, flush=True)      # partial runs
+    if measured is not None:
+        measured[key] = row
     return row
 
 
-def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act) -> dict:
+def same_plan(first: dict, method, budget, act, seconds, plan) -> dict:
+    """The row of a plan already measured (first), under this method's name."""
+    sel = plan.provenance["selection"]
+    row = first | {"method": method, "budget": budget, "act": act,
+                   "same_plan_as": first.get("same_plan_as") or first["method"],
+                   "refinement": sel.get("refinement"), "select_seconds": seconds,
+                   "seconds": seconds}
+    print(f"{row['model']} {row['target']} {budget} act {act} {method}: same plan as "
+          f"{row['same_plan_as']} ({sel['bits']}), not measured again",
+          file=sys.stderr, flush=True)
+    print("ROW " + json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act,
+                       measured=None) -> dict:
     """The weight-only adversarial plan of the same budget with every hidden tensor at
     `act` bits: the uniform-activation baseline of the joint selection."""
     act = int(act)
@@ -144,7 +176,7 @@ def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act) -> d
                                  "average_bits": used / n, "average_activation_bits": act,
                                  "activation_bits": {"all": act}}})
     row = bench_one(session, tgt, base["budget"], "uniform-act", eps, x, y, cfg, cache, out,
-                    {"refine": 0}, act, plan)
+                    {"refine": 0}, act, plan, measured)
     return row
 
 
