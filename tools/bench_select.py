@@ -22,12 +22,15 @@ Each row is also printed to stderr as 'ROW {json}' as soon as it is measured.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,17 +56,51 @@ def robust(entry: dict) -> dict[float, float]:
     return {e["eps"]: e["robust"] for e in entry["eps"]}
 
 
+def transfer_file(cache_dir, name: str, cfg: R.Config) -> Path | None:
+    """Where the float model's adversarial examples of this model and attack
+    configuration are kept between runs (None: not kept)."""
+    if not cache_dir:
+        return None
+    what = json.dumps([name, cfg.to_json(), cfg.describe()], sort_keys=True, default=str)
+    return Path(cache_dir) / f"transfer-{name}-{hashlib.sha256(what.encode()).hexdigest()[:16]}.npz"
+
+
+def load_transfer(path: Path | None, cache: dict) -> None:
+    """The transfer examples a previous run saved (numpy arrays, no pickle)."""
+    if path is None or not path.exists():
+        return
+    with np.load(path, allow_pickle=False) as z:
+        for k in z.files:
+            eps, attack = k.split("|")
+            cache.setdefault(("transfer", float(eps)), {})[attack] = z[k]
+    print(f"transfer examples from {path}", file=sys.stderr, flush=True)
+
+
+def save_transfer(path: Path | None, cache: dict) -> None:
+    if path is None or path.exists():
+        return
+    arrays = {f"{eps!r}|{a}": v for (key, eps), found in cache.items() if key == "transfer"
+              for a, v in found.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
 def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
                 cfg: R.Config, eps: float, out: Path, candidates: dict,
-                act_budgets: list[float]) -> list[dict]:
+                act_budgets: list[float], cache_dir=None) -> list[dict]:
     """Rows of the float model and of every (target, budget, method) in runs; on
     targets that allow several activation bits, also every activation budget."""
     session = api.open_session(f"zoo:{name}")
     x, y = session.dataset.test(cfg.samples)
     cache: dict = {}
     measured: dict = {}              # plan key -> its row: each distinct plan measured once
+    saved = transfer_file(cache_dir, name, cfg)
+    load_transfer(saved, cache)
     fl = R.evaluate(R.Subject("float", session.model.logits,
                               {"transfer": session.model.module}), x, y, cfg, cache)
+    save_transfer(saved, cache)
     rows = [{"model": name, "target": "-", "method": "float", "budget": None, "bits": None,
              "clean": fl["clean"], "robust": robust(fl), "samples": len(x), "act": None,
              "masks": masks(fl)}]
@@ -180,6 +217,12 @@ def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act,
     return row
 
 
+def fix_keys(row: dict) -> dict:
+    """A row read back from JSON: its per-eps dicts keyed by float again."""
+    return row | {k: {float(e): v for e, v in row[k].items()}
+                  for k in ("robust", "masks", "robust_ci95", "by") if row.get(k)}
+
+
 def significance(rows: list[dict], eps: list[float]) -> str:
     """Per (model, target, budget, act): the adversarial plan against each other row,
     robust accuracy difference and McNemar's p on the same test samples."""
@@ -293,6 +336,12 @@ def main() -> int:
     ap.add_argument("--act-budgets", default="",
                     help="average activation bits, e.g. '4' (targets allowing several "
                          "activation bits only)")
+    ap.add_argument("--transfer-cache", default=None,
+                    help="directory keeping the float model's adversarial examples "
+                         "between runs (same model, samples and attack settings)")
+    ap.add_argument("--tables", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of rows saved by earlier --json runs (of the "
+                         "same test samples) instead of running")
     ap.add_argument("--plot", default=None,
                     help="write DIR/select-MODEL-TARGET.svg (robust accuracy at the first "
                          "eps against average bits)")
@@ -311,10 +360,14 @@ def main() -> int:
                   "refine": args.refine,
                   "refine_options": {"evals": args.evals, "samples": args.val_samples}}
     rows = []
+    if args.tables:
+        rows = [fix_keys(r) for f in args.tables for r in json.loads(Path(f).read_text())]
+        print(table(rows, eps) + "\n\n" + significance(rows, eps))
+        return 0
     with tempfile.TemporaryDirectory() as out:
         for name in args.models.split(","):
             rows += bench_model(name, runs, args.methods.split(","), cfg, eps[0],
-                                Path(out), candidates, acts)
+                                Path(out), candidates, acts, args.transfer_cache)
     if args.json:
         atomic_write(Path(args.json), json.dumps(rows, indent=1).encode())
     print(table(rows, eps) + "\n\n" + loss_table(rows, eps) + "\n\n"

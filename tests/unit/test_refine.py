@@ -52,6 +52,24 @@ def test_candidates_and_neighbours_respect_both_budgets(capacity, act_capacity):
         assert moves and set(moves) <= oracle and a not in moves
 
 
+@pytest.mark.parametrize("capacity", [60, 45, 40])
+def test_diverse_candidates_are_the_best_per_choice_of_the_largest_layer(capacity):
+    space = _tiny_space(capacity)
+    oracle = _all(space)
+    found = S.diverse(space, ())
+    big = 2                                   # the 7-weight layer
+    fits = {a.weights[big] for a in oracle}
+    assert {a.weights[big] for a, _ in found} == fits and len(found) == len(fits)
+    for a, origin in found:
+        b, c = a.weights[big]
+        assert origin == f"largest-{b}" + ("" if c == 1 else f"@{c:g}")
+        best = min(space.predict(o) for o in oracle if o.weights[big] == (b, c))
+        assert a in oracle and space.predict(a) == pytest.approx(best)
+    # negative control: some choice of the largest layer is out of reach at 40
+    if capacity == 40:
+        assert len(fits) < len(space.layers[big].choices)
+
+
 def test_activation_coordinate_descent_beats_uniform_activations():
     space = _tiny_space(60, 30)
     best = S._choose(space, "adversarial", 1)[0]
