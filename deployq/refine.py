@@ -72,9 +72,12 @@ class Objective:
 
 
 def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: float,
-           samples: int = SAMPLES, steps: int = STEPS, evals: int = EVALS):
+           samples: int = SAMPLES, steps: int = STEPS, evals: int = EVALS,
+           origins: list[str] | None = None):
     """(best Assignment, provenance record). candidates: the DP's assignments, best
-    first; every one is measured, then local search from the best measured."""
+    first; every one is measured, then local search from the best measured. origins:
+    each candidate's label in provenance (default dp-0, dp-1, ...)."""
+    origins = origins or [f"dp-{i}" for i in range(len(candidates))]
     t0 = time.time()
     x, y = validation(session.dataset, samples, session.seed, session.calib_samples)
     objective = Objective(session, target, x, y, eps, steps)
@@ -87,8 +90,8 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
             seen[a] = objective(plan) | {"origin": origin, "predicted": space.predict(a)}
         return seen[a]
 
-    for rank, a in enumerate(candidates):
-        measure(a, f"dp-{rank}")
+    for a, origin in zip(candidates, origins):
+        measure(a, origin)
     best = max(candidates, key=lambda a: _key(seen[a]))
     budget = evals
     improved = True

@@ -493,8 +493,12 @@ def select(session, target: str | T.Target, budget: str | Budget,
               "measurements": info}
     if refine:
         from . import refine as R
+        origins = [f"dp-{i}" for i in range(len(found))]
+        if method in ("adversarial", "noise"):
+            extra = [(a, o) for a, o in diverse(space, found[0].acts) if a not in found]
+            found, origins = found + [a for a, _ in extra], origins + [o for _, o in extra]
         best, record["refinement"] = R.refine(session, tgt, space, found, config, eps,
-                                              **(refine_options or {}))
+                                              origins=origins, **(refine_options or {}))
     else:
         best = found[0]
     record |= _describe(space, best, n_total, activation_budget)
@@ -579,13 +583,39 @@ def _uniform_acts(space: Space) -> tuple:
     return tuple(b for _ in space.groups)
 
 
-def _weight_top(space: Space, acts: tuple, k: int) -> list[Assignment]:
+def _weight_top(space: Space, acts: tuple, k: int, fixed: dict | None = None
+                ) -> list[Assignment]:
+    """The k best weight assignments with activation bits `acts`; fixed: layer index ->
+    the one (bits, clip) that layer may take."""
     cell, costs = _costs(space.layers, space.capacity)
     noise = space.act_add(Assignment((), acts))
+    keys = [[c for c in l.choices if not fixed or i not in fixed or c == fixed[i]]
+            for i, l in enumerate(space.layers)]
     options = [[Option(costs[i, b], *_plus(t[(b, c)], noise.get(l.node.name, 0.0)))
-                for b, c in l.choices] for i, (l, t) in enumerate(zip(space.layers, space.table))]
-    return [Assignment(tuple(l.choices[j] for l, j in zip(space.layers, choice)), acts)
+                for b, c in ks] for i, (l, t, ks) in enumerate(zip(space.layers, space.table, keys))]
+    return [Assignment(tuple(ks[j] for ks, j in zip(keys, choice)), acts)
             for choice, _ in solve_top(options, space.capacity // cell, k)]
+
+
+def diverse(space: Space, acts: tuple) -> list[tuple[Assignment, str]]:
+    """(assignment, origin) for each (bits, clip) of the layer with the most weights
+    that fits: the DP's best with that layer fixed there. The DP's K best usually
+    differ only in the small layers (on LeNet, classifier.1 holds 96% of the weights
+    and every top plan gives it the same bits and clip), which moves robust accuracy
+    little; these candidates differ where the budget goes, so the measurement, not the
+    bound, decides the large layer's bits and clip. The local search cannot reach them
+    (one move changes the large layer by one step only when one other layer pays)."""
+    big = max(range(len(space.layers)), key=lambda i: space.layers[i].n)
+    out = []
+    for key in space.layers[big].choices:
+        try:
+            found = _weight_top(space, acts, 1, {big: key})
+        except InputError:                       # that choice alone breaks the budget
+            continue
+        if found:
+            b, c = key
+            out.append((found[0], f"largest-{b}" + (f"@{c:g}" if c != 1 else "")))
+    return out
 
 
 def _act_top(space: Space, weights: tuple, k: int) -> list[Assignment]:

@@ -22,12 +22,15 @@ Each row is also printed to stderr as 'ROW {json}' as soon as it is measured.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,16 +56,51 @@ def robust(entry: dict) -> dict[float, float]:
     return {e["eps"]: e["robust"] for e in entry["eps"]}
 
 
+def transfer_file(cache_dir, name: str, cfg: R.Config) -> Path | None:
+    """Where the float model's adversarial examples of this model and attack
+    configuration are kept between runs (None: not kept)."""
+    if not cache_dir:
+        return None
+    what = json.dumps([name, cfg.to_json(), cfg.describe()], sort_keys=True, default=str)
+    return Path(cache_dir) / f"transfer-{name}-{hashlib.sha256(what.encode()).hexdigest()[:16]}.npz"
+
+
+def load_transfer(path: Path | None, cache: dict) -> None:
+    """The transfer examples a previous run saved (numpy arrays, no pickle)."""
+    if path is None or not path.exists():
+        return
+    with np.load(path, allow_pickle=False) as z:
+        for k in z.files:
+            eps, attack = k.split("|")
+            cache.setdefault(("transfer", float(eps)), {})[attack] = z[k]
+    print(f"transfer examples from {path}", file=sys.stderr, flush=True)
+
+
+def save_transfer(path: Path | None, cache: dict) -> None:
+    if path is None or path.exists():
+        return
+    arrays = {f"{eps!r}|{a}": v for (key, eps), found in cache.items() if key == "transfer"
+              for a, v in found.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
+
+
 def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
                 cfg: R.Config, eps: float, out: Path, candidates: dict,
-                act_budgets: list[float]) -> list[dict]:
+                act_budgets: list[float], cache_dir=None) -> list[dict]:
     """Rows of the float model and of every (target, budget, method) in runs; on
     targets that allow several activation bits, also every activation budget."""
     session = api.open_session(f"zoo:{name}")
     x, y = session.dataset.test(cfg.samples)
     cache: dict = {}
+    measured: dict = {}              # plan key -> its row: each distinct plan measured once
+    saved = transfer_file(cache_dir, name, cfg)
+    load_transfer(saved, cache)
     fl = R.evaluate(R.Subject("float", session.model.logits,
                               {"transfer": session.model.module}), x, y, cfg, cache)
+    save_transfer(saved, cache)
     rows = [{"model": name, "target": "-", "method": "float", "budget": None, "bits": None,
              "clean": fl["clean"], "robust": robust(fl), "samples": len(x), "act": None,
              "masks": masks(fl)}]
@@ -74,10 +112,10 @@ def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
             for act in acts:
                 for method in (methods if act is None else ["adversarial"]):
                     rows.append(bench_one(session, tgt, budget, method, eps, x, y, cfg,
-                                          cache, out, candidates, act))
+                                          cache, out, candidates, act, measured=measured))
                 if act is not None:
                     rows.append(bench_uniform_acts(session, tgt, rows, eps, x, y, cfg,
-                                                   cache, out, act))
+                                                   cache, out, act, measured))
     return rows
 
 
@@ -92,9 +130,20 @@ def method_args(method: str, refine: int) -> tuple[str, int]:
     return method, refine if method == "adversarial" else 0
 
 
+def plan_key(target: str, plan) -> str:
+    """Identity of a plan for the benchmark: the target and every tensor's settings
+    (bits, clip, activation bits) the plan's config names. Two methods choosing the same
+    plan get one measurement (the runtime and the attacks are deterministic given the
+    plan, so measuring it twice would only cost time)."""
+    return target + json.dumps(plan.config.to_json(), sort_keys=True, default=str)
+
+
 def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidates,
-              act=None, plan=None) -> dict:
-    """candidates: select()'s min_bits, clips, refine (K) and refine_options."""
+              act=None, plan=None, measured=None) -> dict:
+    """candidates: select()'s min_bits, clips, refine (K) and refine_options.
+    measured: plan_key -> row of plans already measured on these samples; a plan found
+    there is reported as identical to that row ('same_plan_as') without a second
+    export and attack run."""
     t0 = time.time()
     cand = dict(candidates)
     name, refine = method_args(method, cand.pop("refine"))
@@ -103,6 +152,9 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
                         activation_budget=None if act is None else f"{act}bits",
                         refine=refine, **cand)
     seconds = time.time() - t0
+    key = plan_key(tgt.name, plan)
+    if measured is not None and key in measured:
+        return same_plan(measured[key], method, budget, act, seconds, plan)
     exported = api.export(tgt.name, session, out, plan=plan)
     runner = api.load_runner(exported)
     entry = R.evaluate(subject(session, exported, runner, x), x, y, cfg, cache)
@@ -123,10 +175,27 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
             "samples": len(x), "select_seconds": seconds,
             "seconds": time.time() - t0}
     print("ROW " + json.dumps(row), file=sys.stderr, flush=True)      # partial runs
+    if measured is not None:
+        measured[key] = row
     return row
 
 
-def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act) -> dict:
+def same_plan(first: dict, method, budget, act, seconds, plan) -> dict:
+    """The row of a plan already measured (first), under this method's name."""
+    sel = plan.provenance["selection"]
+    row = first | {"method": method, "budget": budget, "act": act,
+                   "same_plan_as": first.get("same_plan_as") or first["method"],
+                   "refinement": sel.get("refinement"), "select_seconds": seconds,
+                   "seconds": seconds}
+    print(f"{row['model']} {row['target']} {budget} act {act} {method}: same plan as "
+          f"{row['same_plan_as']} ({sel['bits']}), not measured again",
+          file=sys.stderr, flush=True)
+    print("ROW " + json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
+def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act,
+                       measured=None) -> dict:
     """The weight-only adversarial plan of the same budget with every hidden tensor at
     `act` bits: the uniform-activation baseline of the joint selection."""
     act = int(act)
@@ -144,8 +213,14 @@ def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act) -> d
                                  "average_bits": used / n, "average_activation_bits": act,
                                  "activation_bits": {"all": act}}})
     row = bench_one(session, tgt, base["budget"], "uniform-act", eps, x, y, cfg, cache, out,
-                    {"refine": 0}, act, plan)
+                    {"refine": 0}, act, plan, measured)
     return row
+
+
+def fix_keys(row: dict) -> dict:
+    """A row read back from JSON: its per-eps dicts keyed by float again."""
+    return row | {k: {float(e): v for e, v in row[k].items()}
+                  for k in ("robust", "masks", "robust_ci95", "by") if row.get(k)}
 
 
 def significance(rows: list[dict], eps: list[float]) -> str:
@@ -261,6 +336,12 @@ def main() -> int:
     ap.add_argument("--act-budgets", default="",
                     help="average activation bits, e.g. '4' (targets allowing several "
                          "activation bits only)")
+    ap.add_argument("--transfer-cache", default=None,
+                    help="directory keeping the float model's adversarial examples "
+                         "between runs (same model, samples and attack settings)")
+    ap.add_argument("--tables", nargs="+", default=None, metavar="JSON",
+                    help="print the tables of rows saved by earlier --json runs (of the "
+                         "same test samples) instead of running")
     ap.add_argument("--plot", default=None,
                     help="write DIR/select-MODEL-TARGET.svg (robust accuracy at the first "
                          "eps against average bits)")
@@ -279,10 +360,14 @@ def main() -> int:
                   "refine": args.refine,
                   "refine_options": {"evals": args.evals, "samples": args.val_samples}}
     rows = []
+    if args.tables:
+        rows = [fix_keys(r) for f in args.tables for r in json.loads(Path(f).read_text())]
+        print(table(rows, eps) + "\n\n" + significance(rows, eps))
+        return 0
     with tempfile.TemporaryDirectory() as out:
         for name in args.models.split(","):
             rows += bench_model(name, runs, args.methods.split(","), cfg, eps[0],
-                                Path(out), candidates, acts)
+                                Path(out), candidates, acts, args.transfer_cache)
     if args.json:
         atomic_write(Path(args.json), json.dumps(rows, indent=1).encode())
     print(table(rows, eps) + "\n\n" + loss_table(rows, eps) + "\n\n"

@@ -52,6 +52,24 @@ def test_candidates_and_neighbours_respect_both_budgets(capacity, act_capacity):
         assert moves and set(moves) <= oracle and a not in moves
 
 
+@pytest.mark.parametrize("capacity", [60, 45, 40])
+def test_diverse_candidates_are_the_best_per_choice_of_the_largest_layer(capacity):
+    space = _tiny_space(capacity)
+    oracle = _all(space)
+    found = S.diverse(space, ())
+    big = 2                                   # the 7-weight layer
+    fits = {a.weights[big] for a in oracle}
+    assert {a.weights[big] for a, _ in found} == fits and len(found) == len(fits)
+    for a, origin in found:
+        b, c = a.weights[big]
+        assert origin == f"largest-{b}" + ("" if c == 1 else f"@{c:g}")
+        best = min(space.predict(o) for o in oracle if o.weights[big] == (b, c))
+        assert a in oracle and space.predict(a) == pytest.approx(best)
+    # negative control: some choice of the largest layer is out of reach at 40
+    if capacity == 40:
+        assert len(fits) < len(space.layers[big].choices)
+
+
 def test_activation_coordinate_descent_beats_uniform_activations():
     space = _tiny_space(60, 30)
     best = S._choose(space, "adversarial", 1)[0]
@@ -142,3 +160,34 @@ def test_run_selects_inside_the_pipeline(tmp_path):
         api.run({"targets": ["fpga-fixed"], "out": str(tmp_path / "p"),
                  "select": {"budget": "four"}})
     assert not (tmp_path / "p").exists()
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "tools" / "bench_select.py"
+    spec = importlib.util.spec_from_file_location("bench_select", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_measures_each_distinct_plan_once(digits_session):
+    """bench_select keys a plan by target and settings: the same settings give the same
+    key (measured once, reported as the same plan), another clip a different one."""
+    from deployq import plan as P, targets as T
+    bench, tgt, g = _bench(), T.get("fpga-fixed"), digits_session.graph
+    names = [n.name for n in g.nodes if n.op in ("conv2d", "linear")]
+
+    def make(clip):
+        by = {k: S._setting(4, clip if k == names[-1] else 1.0) for k in names}
+        return P.make(g, digits_session.stats, tgt, P.PlanConfig(dict(RND), {}, by),
+                      {"selection": {"bits": {k: 4 for k in names}}})
+    a, b, c = make(1.0), make(1.0), make(0.5)
+    assert bench.plan_key("fpga-fixed", a) == bench.plan_key("fpga-fixed", b)
+    assert bench.plan_key("fpga-fixed", a) != bench.plan_key("fpga-fixed", c)
+    assert bench.plan_key("fpga-fixed", a) != bench.plan_key("tflite-int8", a)
+    first = {"model": "m", "target": "fpga-fixed", "method": "noise", "robust": {0.1: 0.5}}
+    row = bench.same_plan(first, "hessian", 4.0, None, 1.0, a)
+    assert row["method"] == "hessian" and row["same_plan_as"] == "noise"
+    assert row["robust"] == first["robust"]
