@@ -750,13 +750,15 @@ def certify(targets: list[str], eps, samples: int | None = 200, complete: bool =
             time_limit: float = 10.0, session: Session | None = None,
             out: str | Path = DEFAULT_OUT, calibration: str | None = None, targets_dir=None,
             plans: dict[str, str | Path] | None = None, attack_steps: int | None = None,
-            corners: int = 4, strength: str = "standard", **session_args) -> dict:
+            corners: int = 4, strength: str = "standard", clock: str = "wall",
+            **session_args) -> dict:
     """Certified accuracy of the float model (IBP) and of each target on its exact
     integer arithmetic (deployq.certify) at each eps (a list, or text like
     '1/255,2/255'), on the first `samples` test samples, next to clean accuracy and
     accuracy under attack on the runtime; with `complete`, branch and bound decides
-    the rest within time_limit seconds per sample. The attack is deployq.robustness's
-    preset `strength` (attack_steps overrides its iterations). Result under 'certify'."""
+    the rest within time_limit seconds per sample (clock 'wall', or 'cpu': process
+    time, for a loaded machine). The attack is deployq.robustness's preset `strength`
+    (attack_steps overrides its iterations). Result under 'certify'."""
     from . import certify as C
     eps = C.parse_eps(eps if isinstance(eps, str) else ",".join(map(str, eps)))
     C.Config(eps, attack_steps=attack_steps, strength=strength)   # bad strength: now
@@ -773,6 +775,7 @@ def certify(targets: list[str], eps, samples: int | None = 200, complete: bool =
         exported = export(name, session, out, calibration, targets_dir,
                           plan_path=(plans or {}).get(name))
         runners[name] = (exported, load_runner(exported))
-    cfg = C.Config(eps, complete, time_limit, attack_steps, corners, session.seed, strength)
+    cfg = C.Config(eps, complete, time_limit, attack_steps, corners, session.seed, strength,
+                   clock=clock)
     return {"model": session.model.spec, "data": session.data_spec, "samples": int(len(x)),
             "seed": session.seed, "certify": C.evaluate(session, runners, x, y, cfg)}

@@ -453,6 +453,13 @@ def _nchw(x):
 
 def _s8_conv(prog: S8Program, op: S8Op, xs):
     (lo, hi), = xs
+    acc_lo, acc_hi = _s8_conv_acc(prog, op, lo, hi)
+    mult, shift = op.data[2], op.data[3]
+    return _s8_requant(prog, op, acc_lo, acc_hi, mult, shift)
+
+
+def _s8_conv_acc(prog: S8Program, op: S8Op, lo, hi):
+    """The accumulators' bounds (bias included) of CONV_2D / DEPTHWISE_CONV_2D, NHWC."""
     p, (filt, bias, mult, shift) = op.params, op.data
     in_dims, out_dims = prog.dims(op.inputs[0]), prog.dims(op.output)
     kh, kw = int(p[10]), int(p[11])
@@ -470,7 +477,16 @@ def _s8_conv(prog: S8Program, op: S8Op, xs):
     conv = lambda x, ww: _conv_f64(x, ww, (p[0], p[1]), (0, 0), (p[4], p[5]), groups)
     acc_lo = (conv(xl, wp) + conv(xh, wn)).transpose(0, 2, 3, 1) + bias
     acc_hi = (conv(xh, wp) + conv(xl, wn)).transpose(0, 2, 3, 1) + bias
-    return _s8_requant(prog, op, acc_lo, acc_hi, mult, shift)
+    return acc_lo, acc_hi
+
+
+def s8_acc(prog: S8Program, op: S8Op, x: np.ndarray) -> np.ndarray:
+    """The exact int32 accumulators (bias included) of a conv or fully connected op at
+    the points x (N, *input dims, NHWC): what the runtime requantizes."""
+    x = np.asarray(x, np.int64)
+    if op.type == "fully_connected":
+        return _s8_fc_acc(prog, op, x, x)[0]
+    return _s8_conv_acc(prog, op, x, x)[0]
 
 
 def _s8_transpose_conv(prog: S8Program, op: S8Op, xs):
@@ -498,14 +514,18 @@ def _s8_requant(prog: S8Program, op: S8Op, lo, hi, mult, shift):
 
 def _s8_fc(prog: S8Program, op: S8Op, xs):
     (lo, hi), = xs
+    acc_lo, acc_hi = _s8_fc_acc(prog, op, lo, hi)
+    out = _s8_requant(prog, op, acc_lo, acc_hi, op.data[2], op.data[3])
+    return tuple(o.reshape(len(o), *prog.dims(op.output)) for o in out)
+
+
+def _s8_fc_acc(prog: S8Program, op: S8Op, lo, hi):
     filt, bias, mult, shift = op.data
     w = filt.reshape(len(bias), -1)
     off = -prog.tensors[op.inputs[0]].zero_point
     xl, xh = lo.reshape(len(lo), -1) + off, hi.reshape(len(hi), -1) + off
     wp, wn = _signed_parts(w)
-    acc_lo, acc_hi = xl @ wp.T + xh @ wn.T + bias, xh @ wp.T + xl @ wn.T + bias
-    out = _s8_requant(prog, op, acc_lo, acc_hi, mult, shift)
-    return tuple(o.reshape(len(o), *prog.dims(op.output)) for o in out)
+    return xl @ wp.T + xh @ wn.T + bias, xh @ wp.T + xl @ wn.T + bias
 
 
 def _s8_add(prog: S8Program, op: S8Op, xs):

@@ -21,31 +21,53 @@ from deployq import api, report, views as V  # noqa: E402
 
 
 def run(model: str, targets: list[str], eps: str, n: int, complete_eps: str | None,
-        time_limit: float, steps: int | None, out: Path, strength: str = "standard") -> dict:
+        time_limit: float, steps: int | None, out: Path, strength: str = "standard",
+        clock: str = "wall", only_complete: bool = False) -> dict:
     session = api.open_session(f"zoo:{model}")
     t0 = time.time()
-    doc = api.certify(targets, eps, n, session=session, out=out, attack_steps=steps,
-                      strength=strength)
+    doc = {"model": model, "samples": n}
+    if not only_complete:
+        doc = api.certify(targets, eps, n, session=session, out=out, attack_steps=steps,
+                          strength=strength)
     doc["seconds"] = round(time.time() - t0)
     if complete_eps:
         t0 = time.time()
         doc["complete"] = api.certify(targets, complete_eps, n, complete=True,
                                       time_limit=time_limit, session=session, out=out,
-                                      attack_steps=steps, strength=strength)["certify"]
+                                      attack_steps=steps, strength=strength,
+                                      clock=clock)["certify"]
         doc["complete"]["seconds"] = round(time.time() - t0)
     return doc
 
 
 def tables(doc: dict) -> str:
-    parts = [f"### {doc['model']} ({doc['samples']} test samples, {doc['seconds']} s)", "",
-             report.md_table(V.certify_rows(doc)), "",
-             report.md_table(V.certify_detail_rows(doc))]
+    parts = [f"### {doc['model']} ({doc['samples']} test samples, {doc['seconds']} s)"]
+    if "certify" in doc:
+        parts += ["", report.md_table(V.certify_rows(doc)), "",
+                  report.md_table(V.certify_detail_rows(doc))]
     if "complete" in doc:
         c = {"certify": doc["complete"]}
         parts += ["", f"Complete verification ({doc['complete']['time_limit']:g} s per "
                   f"sample, {doc['complete']['seconds']} s in all):", "",
-                  report.md_table(V.certify_detail_rows(c))]
+                  report.md_table(V.certify_detail_rows(c)), "", complete_table(c)]
     return "\n".join(parts)
+
+
+def complete_table(c: dict) -> str:
+    """Per target: the counts, the share decided, and the time (wall and CPU) of the
+    samples left to branch and bound."""
+    rows = [["target", "certified", "falsified", "undecided", "decided",
+             "left to branch and bound", "clock", "max wall s", "max CPU s", "mean CPU s"]]
+    for t in c["certify"]["targets"]:
+        for e in t["eps"]:
+            k = e.get("complete")
+            if k:
+                rows.append([t["target"], k["certified"], k["falsified"],
+                             k["undecided"] + k["unconfirmed"], f"{100 * k['decided']:.1f}%",
+                             k["searched"], k.get("clock", "wall"), k["max_seconds"],
+                             k.get("max_cpu_seconds", "-"), k.get("mean_cpu_seconds", "-")])
+    return "\n".join("| " + " | ".join(map(str, r)) + " |" for r in
+                     [rows[0], ["---"] * len(rows[0])] + rows[1:])
 
 
 def main() -> int:
@@ -59,6 +81,11 @@ def main() -> int:
     ap.add_argument("--time-limit", type=float, default=10.0)
     ap.add_argument("--strength", default="standard", help="attack preset (robustness.py)")
     ap.add_argument("--steps", type=int, default=None, help="override its iterations")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="the complete time limit's clock (cpu: process time, for a loaded "
+                    "machine)")
+    ap.add_argument("--only-complete", action="store_true",
+                    help="skip the IBP tables at --eps; run the complete row only")
     ap.add_argument("--out", default="/tmp/deployq-bench-certify")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -67,7 +94,8 @@ def main() -> int:
     for model in args.models.split(","):
         doc = run(model, args.targets.split(","), args.eps, args.samples,
                   None if args.no_complete else args.complete_eps, args.time_limit,
-                  args.steps, Path(args.out), args.strength)
+                  args.steps, Path(args.out), args.strength, args.clock,
+                  args.only_complete)
         docs.append(doc)
         print(tables(doc) + "\n", flush=True)
         if args.json:
