@@ -127,8 +127,13 @@ def _label(space, a) -> str:
 
 def neighbours(space, a):
     """Assignments one move from a that fit both budgets (module docstring), in a fixed
-    order: weight bit moves, clip moves, activation bit moves."""
+    order: activation bit moves (first: with an activation budget they are what the
+    search is for, and the evaluations are few), weight bit moves, clip moves."""
     weights, acts = list(a.weights), list(a.acts)
+    for i in range(len(acts)):
+        for nb in _steps(space.act_bits, acts[i]):
+            for v in _paid_acts(space, acts, i, nb):
+                yield replace(a, acts=tuple(v))
     for i, l in enumerate(space.layers):
         bits = sorted({b for b, _ in l.choices})
         b, c = weights[i]
@@ -141,10 +146,6 @@ def neighbours(space, a):
             w = weights.copy()
             w[i] = (b, nc)
             yield replace(a, weights=tuple(w))
-    for i in range(len(acts)):
-        for nb in _steps(space.act_bits, acts[i]):
-            for v in _paid_acts(space, acts, i, nb):
-                yield replace(a, acts=tuple(v))
 
 
 def _steps(bits: list, b) -> list:

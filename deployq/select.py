@@ -50,6 +50,8 @@ HUTCHINSON_ITERS = 32
 SAMPLES = 256
 MIN_BITS = 3                  # 2-bit (ternary) weights: opt in with min_bits=2
 CLIPS = (1.0, 0.75, 0.5)      # candidate weight_clip fractions of the searched methods
+MIN_ACT_BITS = 3              # activation floor where the budget allows it: a signed 2-bit
+                              # grid leaves a ReLU output one positive level (binary)
 
 
 # --- budget --------------------------------------------------------------------------
@@ -337,12 +339,15 @@ def _by_choice(d: dict) -> dict:
 class ActGroup:
     """The hidden tensors whose activation_bits one choice sets: a weighted layer's
     output and the unweighted nodes after it up to the next weighted layer (pools,
-    reshapes, adds). `noise[b]`: the RMS L2 norm of rounding the head tensor to its b-bit
-    grid (sqrt(numel / 12) * step), the term the chain adds at that layer."""
+    reshapes, adds). `noise[b]`: the term the chain adds at that layer for b bits; by
+    act_groups the model sqrt(numel / 12) * step (RMS L2 norm of uniform rounding
+    noise), replaced by measure_act_noise with the measured logit change referred back
+    to the head. `step[b]`: the head's grid step at b bits."""
     head: str
     members: list[str]
     numel: int
     noise: dict
+    step: dict = None
 
 
 def act_groups(graph: G.Graph, stats: dict, target: T.Target, config: P.PlanConfig,
@@ -365,7 +370,56 @@ def act_groups(graph: G.Graph, stats: dict, target: T.Target, config: P.PlanConf
                 target, g.head, head.op)
             step = float(P.activation_params(*P._range(stats[g.head], s), s).scale[0])
             g.noise[b] = math.sqrt(int(np.prod(head.shape)) / 12) * step
+            g.step = (g.step or {}) | {b: step}
     return groups
+
+
+ROUNDING = {"trn": torch.floor, "rnd": lambda v: torch.floor(v + 0.5),
+            "rnd_conv": torch.round}      # the ap_fixed modes (fixedpoint.py)
+
+
+def fake_quant(h: torch.Tensor, step: float, bits: int, rounding: str) -> torch.Tensor:
+    """h on the symmetric b-bit grid of `step` (saturating), rounded as `rounding`."""
+    q = ROUNDING[rounding](h / step).clamp(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return q * step
+
+
+def act_logit_change(graph: G.Graph, group: ActGroup, x: torch.Tensor, bits: int,
+                     rounding: str) -> float:
+    """RMS over samples of ||f(x) - f_g(x)||_2 at the logits, f_g the float graph with
+    only the group's head tensor on its b-bit grid (its pool / reshape members follow
+    the same grid, so they add nothing)."""
+    values = {G.INPUT: x}
+    for node in graph.nodes:
+        v = G.FLOAT_OPS[node.op](node, [values[i] for i in node.inputs])
+        if node.name == group.head:
+            v = fake_quant(v, group.step[bits], bits, rounding)
+        values[node.name] = v
+    ref = G.run(graph, x)["output"]
+    return float((values[graph.output] - ref).flatten(1).norm(dim=1).pow(2).mean().sqrt())
+
+
+def measure_act_noise(graph: G.Graph, groups: list[ActGroup], x: torch.Tensor,
+                      after: dict, rounding: str) -> dict:
+    """Replace each group's modelled noise[b] by the measured logit change of rounding
+    its head alone to b bits (act_logit_change on x: the calibration inputs, or for the
+    adversarial method their float-PGD points, where the bound is taken) divided by
+    `after[head]`, the product of the float spectral norms of the weighted layers after
+    it: the chain then carries it to the logits as (about) what was measured. The
+    Lipschitz product alone over-weights early layers by up to 50x
+    (docs/selection.md, looseness); saturation, ReLU zeros (which round exactly) and
+    truncation's bias ('trn') are in the measurement, not in the model. Returns the
+    measurements for provenance."""
+    out = {}
+    with torch.no_grad():
+        for g in groups:
+            change = {b: act_logit_change(graph, g, x, b, rounding) for b in g.noise}
+            model = dict(g.noise)
+            g.noise = {b: c / max(after[g.head], 1e-12) for b, c in change.items()}
+            out[g.head] = {"logit_change": {str(b): v for b, v in change.items()},
+                           "modelled_noise": {str(b): v for b, v in model.items()},
+                           "gain_after": after[g.head]}
+    return out
 
 
 def _act_space(session, tgt: T.Target, config: P.PlanConfig, budget: Budget | None):
@@ -387,6 +441,12 @@ def _act_space(session, tgt: T.Target, config: P.PlanConfig, budget: Budget | No
         raise InputError(f"--activation-budget {budget.text} allows {capacity} activation "
                          f"bits but the smallest choice ({allowed[0]} bits everywhere) "
                          f"needs {allowed[0] * n}; raise it")
+    floor = [b for b in allowed if b >= MIN_ACT_BITS]
+    if floor and capacity >= floor[0] * n:          # the floor only where it fits
+        allowed = floor
+        for g in groups:
+            g.noise = {b: v for b, v in g.noise.items() if b in allowed}
+            g.step = {b: v for b, v in g.step.items() if b in allowed}
     return groups, allowed, capacity
 
 
@@ -486,7 +546,8 @@ def select(session, target: str | T.Target, budget: str | Budget,
                          f"smallest choice ({bits[0]} bits everywhere) needs "
                          f"{bits[0] * n_total} ({bits[0] * n_total / 8:.0f} bytes, "
                          f"{bits[0]}.0bits); raise the budget or lower --min-bits")
-    space, info = _space(session, layers, capacity, acts, method, eps, samples)
+    rounding = (settings or {}).get("rounding") or tgt.defaults.get("rounding", "rnd")
+    space, info = _space(session, layers, capacity, acts, method, eps, samples, rounding)
     found = _choose(space, method, max(refine, 1))
     record = {"method": method, "budget": budget.text, "budget_bits": capacity,
               "eps": eps if method == "adversarial" else None, "min_bits": bits[0],
@@ -524,7 +585,24 @@ def _describe(space: Space, a: Assignment, n_total: int, act_budget) -> dict:
     return out
 
 
-def _space(session, layers, capacity, acts, method, eps, samples) -> tuple[Space, dict]:
+def _act_measure(session, layers, groups, info, method, eps, samples, rounding) -> dict:
+    """measure_act_noise on the calibration samples (noise) or on their float-PGD
+    points at eps (adversarial: PGD-10 on the float model, labels from the data)."""
+    from . import attacks as A
+    xl, yl = _labelled(session.dataset, samples, session.seed)
+    x = torch.from_numpy(np.asarray(xl, np.float32))
+    if method == "adversarial" and eps > 0:
+        x = A.pgd(session.model.module, x, torch.from_numpy(yl).long(), eps, 10,
+                  seed=session.seed)
+    after, gain = {}, 1.0
+    for layer in reversed(layers):
+        after[layer.node.name] = gain
+        gain *= info[layer.node.name]["lipschitz_float"]
+    return measure_act_noise(session.graph, groups, x, after, rounding)
+
+
+def _space(session, layers, capacity, acts, method, eps, samples,
+           rounding: str = "trn") -> tuple[Space, dict]:
     """The search space with each choice's affine map (uniform: all zero)."""
     graph = session.graph
     groups, act_bits, act_capacity = acts or (None, None, 0)
@@ -545,6 +623,9 @@ def _space(session, layers, capacity, acts, method, eps, samples) -> tuple[Space
                                           eps_l2 if method == "adversarial" else 0.0,
                                           session.seed)
         table = [dict(zip(l.choices, r)) for l, r in zip(layers, rows)]
+        if groups:
+            info = info | {"activations": _act_measure(session, layers, groups, info,
+                                                       method, eps, samples, rounding)}
     return Space(layers, table, capacity, groups, act_bits, act_capacity), info
 
 

@@ -309,6 +309,8 @@ def plot(rows: list[dict], model: str, target: str, eps: float) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["acts"]:              # activation bits on fpga-fixed (below)
+        return acts_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="lenet-digits,lenet-digits-adv")
     ap.add_argument("--targets", default=",".join(BUDGETS))
@@ -377,6 +379,165 @@ def main() -> int:
             svg = plot(rows, name, target, eps[0])
             if svg:
                 atomic_write(Path(args.plot) / f"select-{name}-{target}.svg", svg.encode())
+    return 0
+
+
+# --- activation bits on fpga-fixed: `python tools/bench_select.py acts ...` ----------
+
+ACT_METHODS = "a8,uniform,noise,adversarial-dp,adversarial"
+
+
+def act_plans(session, tgt, weights: int, act: int, method: str, eps: float,
+              candidates: dict, rounding: str = "rnd"):
+    """The plan of one activation row at `weights` average weight bits (8: every layer
+    at 8 bits, unclipped) and `act` average activation bits:
+      a8        the weight plan with the target's default (8-bit) activations
+      uniform   the weight plan with every hidden activation group at `act` bits
+      noise, adversarial-dp   select() with the activation budget, the DP alone
+      adversarial             the same refined on the validation split (K = refine)
+    The weight plan of a8 / uniform: all 8 bits, or the weight-only adversarial DP.
+    Every plan rounds as `rounding` (the benchmark's 'rnd', or the target's 'trn')."""
+    settings = {"rounding": rounding}
+    fixed = {"min_bits": 8, "clips": (1.0,)} if weights >= 8 else {
+        "min_bits": candidates["min_bits"], "clips": candidates["clips"]}
+    if method in ("a8", "uniform"):
+        base = S.select(session, tgt, f"{weights}bits", "adversarial", eps, settings, **fixed)
+        if method == "a8":
+            return base
+        by_name = dict(base.config.by_name)
+        config = P.PlanConfig(dict(settings))
+        for g in S.act_groups(session.graph, session.stats, tgt, config, [act]):
+            for m in g.members:
+                by_name[m] = by_name.get(m, {}) | {"activation_bits": act}
+        sel = dict(base.provenance["selection"]) | {"activation_bits": {
+            g.head: act for g in S.act_groups(session.graph, session.stats, tgt, config,
+                                              [act])}, "average_activation_bits": act}
+        return P.make(session.graph, session.stats, tgt,
+                      P.PlanConfig(config.default, {}, by_name), {"selection": sel})
+    name, refine = method_args(method, candidates["refine"])
+    return S.select(session, tgt, f"{weights}bits", name, eps, settings,
+                    activation_budget=f"{act}bits", refine=refine,
+                    refine_options=candidates["refine_options"], **fixed)
+
+
+def act_rows(name: str, weights: list[int], act: int, methods: list[str], cfg, eps: float,
+             out: Path, candidates: dict, done: list[dict], save,
+             rounding: str = "rnd") -> list[dict]:
+    """Rows of every (weight bits, method) of one model at `act` activation bits; a plan
+    already measured (same settings) is not measured again (its row says 'same as')."""
+    session = api.open_session(f"zoo:{name}")
+    tgt = T.get("fpga-fixed")
+    x, y = session.dataset.test(cfg.samples)
+    cache: dict = {}
+    measured: dict = {}
+    rows = []
+    for w in weights:
+        for method in methods:
+            t0 = time.time()
+            plan = act_plans(session, tgt, w, act, method, eps, candidates, rounding)
+            seconds = time.time() - t0
+            key = json.dumps(plan.config.by_name, sort_keys=True)
+            if key in measured:
+                row = dict(measured[key]) | {"method": method, "same_as": measured[key]["method"]}
+            else:
+                row = bench_one(session, tgt, w, method, eps, x, y, cfg, cache, out,
+                                {"refine": 0}, act, plan)
+                measured[key] = row
+            sel = plan.provenance["selection"]
+            row = row | {"select_seconds": seconds, "refinement": sel.get("refinement"),
+                         "activation_bits": sel.get("activation_bits"),
+                         "predicted": sel.get("predicted_objective"), "weights": w,
+                         "rounding": rounding}
+            rows.append(row)
+            save(done + rows)
+    return rows
+
+
+def act_significance(rows: list[dict], eps: list[float]) -> str:
+    """Each selected row against uniform, noise and a8 of its model and weight bits."""
+    lines = ["| model | weights | method | vs | eps | method % [95% CI] | other % | diff (pts) "
+             "| McNemar p | clean diff (pts) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["method"] not in ("adversarial", "adversarial-dp", "noise"):
+            continue
+        for o in rows:
+            if (o["model"], o["weights"]) != (r["model"], r["weights"]) or o is r \
+                    or o["method"] not in ("uniform", "a8", "noise") \
+                    or (r["method"] == "noise" and o["method"] == "noise"):
+                continue
+            for e in eps:
+                n = r["samples"]
+                test = stats.paired(stats.unpack(r["masks"][e], n),
+                                    stats.unpack(o["masks"][e], n))
+                lo, hi = r["robust_ci95"][e]
+                lines.append(f"| {r['model']} | {r['weights']} | {r['method']} | "
+                             f"{o['method']} | {e:g} | {100 * r['robust'][e]:.1f} "
+                             f"[{100 * lo:.1f}, {100 * hi:.1f}] | {100 * o['robust'][e]:.1f} | "
+                             f"{100 * (r['robust'][e] - o['robust'][e]):+.1f} | "
+                             f"{test['p']:.2g} | {100 * (r['clean'] - o['clean']):+.1f} |")
+    return "\n".join(lines)
+
+
+def act_table(rows: list[dict], eps: list[float]) -> str:
+    lines = ["| model | weights (avg bits) | method | weight bits per layer | act bits per "
+             "group | avg act bits | clean % | " + " | ".join(
+                 f"robust % (eps {e:g}) [95% CI]" for e in eps) + " | select s |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(eps) + "---|"]
+    for r in rows:
+        bits = "/".join(f"{b}" + (f"@{r['weight_clip'][k]:g}" if r["weight_clip"][k] != 1
+                                  else "") for k, b in r["bits"].items())
+        acts = r.get("activation_bits") or {}
+        avg = r.get("average_activation_bits")
+        cells = [f"{100 * r['robust'][e]:.1f} [{100 * r['robust_ci95'][e][0]:.1f}, "
+                 f"{100 * r['robust_ci95'][e][1]:.1f}]" for e in eps]
+        lines.append(f"| {r['model']} | {r['weights']} | {r['method']} | {bits} | "
+                     f"{'/'.join(str(b) for b in acts.values()) or '8'} | "
+                     f"{avg if avg is not None else 8:.2f} | {100 * r['clean']:.1f} | "
+                     + " | ".join(cells) + f" | {r['select_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def acts_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="bench_select.py acts",
+        description="Activation bits on fpga-fixed: uniform activations against the "
+                    "selected ones at one average activation budget (docs/selection.md).")
+    ap.add_argument("--models", default="lenet-fmnist-adv,lenet-fmnist")
+    ap.add_argument("--weights", default="8", help="average weight bits, e.g. '8,4'")
+    ap.add_argument("--act-budget", type=int, default=4, help="average activation bits")
+    ap.add_argument("--methods", default=ACT_METHODS)
+    ap.add_argument("--eps", default="0.1,0.03",
+                    help="comma-separated L-inf eps; selection uses the first")
+    ap.add_argument("--strength", default="standard", choices=list(R.PRESETS))
+    ap.add_argument("--target-classes", type=int, default=None)
+    ap.add_argument("--samples", type=int, default=500, help="test samples")
+    ap.add_argument("--refine", type=int, default=4)
+    ap.add_argument("--evals", type=int, default=16)
+    ap.add_argument("--val-samples", type=int, default=RF.SAMPLES)
+    ap.add_argument("--rounding", default="rnd", choices=["rnd", "trn", "rnd_conv"],
+                    help="every plan's rounding (fpga-fixed's default is trn)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="rows, rewritten after each one")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    eps = [float(e) for e in args.eps.split(",")]
+    cfg = R.Config(strength=args.strength, eps=eps, sources=["transfer", "bpda"],
+                   target_classes=args.target_classes, samples=args.samples)
+    print(cfg.describe(), file=sys.stderr)
+    candidates = {"min_bits": S.MIN_BITS, "clips": S.CLIPS, "refine": args.refine,
+                  "refine_options": {"evals": args.evals, "samples": args.val_samples}}
+
+    def save(rows):
+        if args.json:
+            atomic_write(Path(args.json), json.dumps(rows, indent=1).encode())
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as out:
+        for name in args.models.split(","):
+            rows += act_rows(name, [int(w) for w in args.weights.split(",")],
+                             args.act_budget, args.methods.split(","), cfg, eps[0],
+                             Path(out), candidates, rows, save, args.rounding)
+    print(act_table(rows, eps) + "\n\n" + act_significance(rows, eps))
     return 0
 
 
