@@ -133,15 +133,26 @@ REJECTED = {"DQ_ERR_PARAM": "a scale, zero point, multiplier or shift is outside
             "DQ_ERR_TENSOR": "a tensor's type or size is invalid"}
 
 
-def plan_settings(tgt: T.Target, settings: dict | None) -> dict:
-    """Model-wide settings ({"weight_bits": 4, ...}; None values dropped), each checked
-    against the target before any work."""
-    settings = {k: v for k, v in (settings or {}).items() if v is not None}
-    for key, value in settings.items():
+def plan_config(tgt: T.Target, settings: dict | None, output: str | None = None,
+                hidden_only: bool = False) -> P.PlanConfig:
+    """The one helper for model-wide plan settings ({"weight_bits": 4, ...}; None
+    values dropped), each checked against the target before any work, as the
+    PlanConfig's default. hidden_only (harden's DQ): the input and the logits (layer
+    `output`) keep the target's default activation bits: DQ quantizes the hidden
+    activations, not the image, and 4-bit logits tie on argmax."""
+    default = {k: v for k, v in (settings or {}).items() if v is not None}
+    for key, value in default.items():
         if key not in T.SETTINGS:
             raise InputError(f"unknown plan setting {key!r}; known: {', '.join(T.SETTINGS)}")
         tgt.check(key, value, f"{key} for {tgt.name}")
-    return settings
+    keep = {"activation_bits": tgt.defaults["activation_bits"]}
+    return P.PlanConfig(default=default, by_type={"input": keep} if hidden_only else {},
+                        by_name={output: keep} if hidden_only and output else {})
+
+
+def plan_settings(tgt: T.Target, settings: dict | None) -> dict:
+    """plan_config's checked settings as a dict (export, eval, sweep)."""
+    return plan_config(tgt, settings).default
 
 
 def provenance(session: Session) -> dict:
@@ -636,17 +647,9 @@ def list_targets(targets_dir=None) -> list[T.Target]:
 def bits_config(tgt: T.Target, activation_bits: int | None = None,
                 weight_bits: int | None = None, calibration: str | None = None,
                 output: str | None = None) -> P.PlanConfig:
-    """Plan settings for every layer, checked against the target now. The input and
-    the logits (layer `output`) keep the target's default activation bits: DQ quantizes
-    the hidden activations, not the image, and 4-bit logits tie on argmax."""
-    default = {k: v for k, v in (("activation_bits", activation_bits),
-                                 ("weight_bits", weight_bits),
-                                 ("calibration", calibration)) if v is not None}
-    keep = {"activation_bits": tgt.defaults["activation_bits"]}
-    config = P.PlanConfig(default=default, by_type={"input": keep},
-                          by_name={output: keep} if output else {})
-    config.resolve(tgt, "every layer", "conv2d")
-    return config
+    """plan_config with hidden_only, from harden's options (harden, amplify)."""
+    return plan_config(tgt, {"activation_bits": activation_bits, "weight_bits": weight_bits,
+                             "calibration": calibration}, output, hidden_only=True)
 
 
 def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epochs: int = 3,

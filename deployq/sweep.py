@@ -34,6 +34,7 @@ SWEEP_DEFAULTS = {
     "samples": 200, "seed": 0, "calib_samples": 512, "calibration": None, "data": None,
     "targets_dir": None, "out": "sweep-out", "temperature": 1.0,
 }
+TIMINGS = ("seconds", "cpu_seconds")     # a cell's fields that depend on how it ran
 AXES = ("model", "target", "weight_bits", "activation_bits", "plan", "eps", "strength")
 
 
@@ -244,12 +245,14 @@ def _fingerprint(spec: str) -> str:
 # --- one cell (runs in a worker) -----------------------------------------------------
 
 _SESSIONS: dict = {}        # per worker process: a session per (model, data, seed, ...)
+_PLANS: dict = {}           # per worker process: a selected plan per (session, target, plan)
 
 
 def run_cell(job: dict) -> dict:
     """Run one cell as `deployq eval` does; never raises for the cell's own failure:
-    {"id", "result"} or {"id", "error"}, with "seconds"."""
-    start = time.perf_counter()
+    {"id", "result"} or {"id", "error"}, with "seconds" (wall) and "cpu_seconds" (this
+    process's CPU time: what the cell costs, whatever else the machine runs)."""
+    start, cpu = time.perf_counter(), time.process_time()
     folder = Path(job["dir"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "worker.pid").write_text(str(os.getpid()))
@@ -261,7 +264,8 @@ def run_cell(job: dict) -> dict:
         log.exception("cell %s failed", job["id"])
         out = {"id": job["id"], "error": f"{type(e).__name__}: {e}"}
     (folder / "worker.pid").unlink(missing_ok=True)
-    return out | {"seconds": round(time.perf_counter() - start, 3)}
+    return out | {"seconds": round(time.perf_counter() - start, 3),
+                  "cpu_seconds": round(time.process_time() - cpu, 3)}
 
 
 def _evaluate(job: dict, folder: Path) -> dict:
@@ -269,13 +273,7 @@ def _evaluate(job: dict, folder: Path) -> dict:
     axes = job["axes"]
     session = _session(job, axes["model"])
     robust = robust_config(job, [axes["eps"]], job["strength"])
-    plans = None
-    if job["plan"]:
-        p = job["plan"]
-        path, _ = api.select(axes["target"], str(p["budget"]), p["method"], p["eps"], session,
-                             folder / "select", job["calibration"],
-                             targets_dir=job["targets_dir"])
-        plans = {axes["target"]: path}
+    plans = {axes["target"]: _selected(job, session, folder)} if job["plan"] else None
     settings = {"weight_bits": axes["weight_bits"], "activation_bits": axes["activation_bits"]}
     result = api.evaluate([axes["target"]], session, folder, job["samples"],
                           job["calibration"], job["targets_dir"], robust, plans, settings)
@@ -302,6 +300,26 @@ def _session(job: dict, model: str):
         _SESSIONS[key] = api.open_session(model, None, job["data"], job["seed"],
                                           job["calib_samples"])
     return _SESSIONS[key]
+
+
+def _selected(job: dict, session, folder: Path) -> Path:
+    """The cell's selected plan, made by api.select (`deployq select`, the selection
+    `run` does too) once per worker for each (session, target, plan entry) and saved
+    into every cell's own folder: the eps and strength cells of one plan share it (the
+    plan's own eps is the entry's, not the cell's)."""
+    from . import api
+    axes, p = job["axes"], job["plan"]
+    key = (axes["model"], job["data"], job["seed"], job["calib_samples"], axes["target"],
+           json.dumps(p, sort_keys=True), job["calibration"], job["targets_dir"])
+    if key not in _PLANS:
+        path, plan = api.select(axes["target"], str(p["budget"]), p["method"], p["eps"],
+                                session, folder / "select", job["calibration"],
+                                targets_dir=job["targets_dir"])
+        _PLANS[key] = (plan, path.relative_to(folder))
+        return path
+    plan, relative = _PLANS[key]
+    plan.save(folder / relative)
+    return folder / relative
 
 
 def one_thread() -> None:
@@ -348,6 +366,40 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    # local workers start first: their imports (torch, graph capture) overlap this
+    # process's checks and fingerprints; they write nothing, and stop if a check fails
+    pool = LocalPool(workers) if executor == "local" and not _all_stored(config) else None
+    try:
+        sweep, cells, done, todo, start = _plan(config, executor, workers, address)
+        if todo:
+            pool = pool or (RayPool(workers, address) if executor == "ray"
+                            else LocalPool(workers))
+            _execute(sweep, cells, done, todo, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+    doc = document(sweep, cells, done, {
+        "executor": executor, "workers": workers, "computed": len(todo),
+        "cached": len(cells) - len(todo), "wall_seconds": round(time.perf_counter() - start, 3)})
+    return doc, sweepreport.write(doc, sweep.out)
+
+
+def _all_stored(config: dict) -> bool:
+    """Whether OUT/cells already holds as many results as the grid has points (a
+    re-run of a finished sweep): then no worker is started before the cache is read.
+    A cheap guess, before any check: the cache itself decides what runs."""
+    cfg = SWEEP_DEFAULTS | config
+    try:
+        size = len(cfg["models"]) * len(cfg["targets"]) * len(cfg["activation_bits"]) * \
+            (len(cfg["weight_bits"]) + len(cfg["plans"])) * len(cfg["eps"]) * \
+            len(cfg["strength"])
+    except TypeError:
+        return False                    # prepare reports the bad axis
+    return len(list(Path(cfg["out"]).glob("cells/*/cell.json"))) >= size
+
+
+def _plan(config: dict, executor: str, workers: int, address: str | None):
+    """The checked sweep, its cells, the stored outcomes and the cells still to run."""
     sweep = prepare(config)
     if executor == "ray":
         check_address(address)
@@ -359,23 +411,35 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
     todo = [c for c in cells if c.id not in done]
     log.info("sweep: %d cells (%d cached, %d to run, %d skipped), %s executor, %d workers",
              len(cells), len(done), len(todo), len(sweep.skipped), executor, workers)
-    if todo:
-        pool = RayPool(workers, address) if executor == "ray" else LocalPool(workers)
-        progress = Progress(len(cells), len(done))
-        by_id = {c.id: c for c in todo}
+    return sweep, cells, done, todo, start
 
-        def finished(outcome: dict) -> None:
-            if outcome["id"] in done:          # a retried cell reported twice counts once
-                return
-            done[outcome["id"]] = outcome
-            _store(sweep, by_id[outcome["id"]], outcome)
-            progress.update(outcome["id"], outcome)
 
-        pool.run([sweep.job(c) for c in todo], finished)
-    doc = document(sweep, cells, done, {
-        "executor": executor, "workers": workers, "computed": len(todo),
-        "cached": len(cells) - len(todo), "wall_seconds": round(time.perf_counter() - start, 3)})
-    return doc, sweepreport.write(doc, sweep.out)
+def _execute(sweep: Sweep, cells: list[Cell], done: dict, todo: list[Cell], pool) -> None:
+    """Run the missing cells on the pool; store each success as it arrives. The
+    report's plotting library is imported meanwhile (in this process, which only waits
+    for results), not after the last cell."""
+    import threading
+    threading.Thread(target=_import_plots, daemon=True).start()
+    progress = Progress(len(cells), len(done))
+    by_id = {c.id: c for c in todo}
+
+    def finished(outcome: dict) -> None:
+        if outcome["id"] in done:          # a retried cell reported twice counts once
+            return
+        done[outcome["id"]] = outcome
+        _store(sweep, by_id[outcome["id"]], outcome)
+        progress.update(outcome["id"], outcome)
+
+    pool.run([sweep.job(c) for c in todo], finished)
+
+
+def _import_plots() -> None:
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.backends.backend_svg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+    except ImportError:                 # the report says so when it draws
+        pass
 
 
 def _label(axes: dict) -> str:
@@ -402,13 +466,13 @@ def _store(sweep: Sweep, cell: Cell, outcome: dict) -> None:
 
 def document(sweep: Sweep, cells: list[Cell], done: dict, run_info: dict) -> dict:
     """sweep.json: every cell in grid order with its axes and eval result (or error),
-    the skipped cells with reasons; `run` and each cell's `seconds` are the only
-    fields that depend on how and when it ran."""
+    the skipped cells with reasons; `run` and each cell's `seconds` and `cpu_seconds`
+    are the only fields that depend on how and when it ran."""
     rows = []
     for c in cells:
         o = done.get(c.id, {"error": "not run"})
         row = {"id": c.id, "axes": c.axes(), "status": "ok" if "result" in o else "failed",
-               "seconds": o.get("seconds")}
+               "seconds": o.get("seconds"), "cpu_seconds": o.get("cpu_seconds")}
         rows.append(row | ({"result": o["result"]} if "result" in o else {"error": o["error"]}))
     cfg = {k: v for k, v in sweep.cfg.items() if k != "out"}
     return {"format": FORMAT, "version": VERSION, "config": cfg, "cells": rows,
@@ -416,10 +480,10 @@ def document(sweep: Sweep, cells: list[Cell], done: dict, run_info: dict) -> dic
 
 
 def without_timings(doc: dict) -> dict:
-    """The sweep document with `run` and cell `seconds` removed: what two executors
+    """The sweep document with `run` and cell timings removed: what two executors
     (or two runs) must agree on exactly."""
     return {k: v for k, v in doc.items() if k != "run"} | {
-        "cells": [{k: v for k, v in c.items() if k != "seconds"} for c in doc["cells"]]}
+        "cells": [{k: v for k, v in c.items() if k not in TIMINGS} for c in doc["cells"]]}
 
 
 # --- executors -------------------------------------------------------------------------
@@ -432,6 +496,7 @@ def _worker_main(conn) -> None:
     if os.environ.get("DEPLOYQ_SWEEP_OWN_SESSIONS") == "1":
         os.setsid()
     one_thread()
+    warm()
     logging.basicConfig(format="deployq: %(message)s", level=logging.WARNING)
     try:
         while (job := conn.recv()) is not None:
@@ -440,14 +505,25 @@ def _worker_main(conn) -> None:
         return
 
 
+def warm() -> None:
+    """What every cell needs imported, imported once when a worker starts (while the
+    sweep process still checks the grid), not inside its first cell: torch's graph
+    capture (torch.export imports its tracer, 1.7 CPU-s, on first use) and deployq's
+    evaluation code."""
+    import torch.export._trace  # noqa: F401
+    from . import api, attacks, robustness  # noqa: F401
+
+
 class LocalPool:
-    """`workers` processes (spawned: no inherited torch state), one job at a time each.
+    """`workers` processes (spawned: no inherited torch state), one job at a time each,
+    started on construction so that their start-up overlaps the sweep's planning.
     The pool knows which cell each worker holds, so a worker that dies (killed, out of
     memory) has exactly its cell re-queued, up to RETRIES times, and is replaced."""
 
     def __init__(self, workers: int):
         import multiprocessing as mp
         self.ctx, self.workers = mp.get_context("spawn"), workers
+        self.idle = [self._spawn() for _ in range(workers)]
 
     def _spawn(self):
         parent, child = self.ctx.Pipe()
@@ -460,28 +536,32 @@ class LocalPool:
         from collections import deque
         from multiprocessing.connection import wait
         queue, attempts = deque(jobs), {j["id"]: 0 for j in jobs}
-        idle = [self._spawn() for _ in range(min(self.workers, len(jobs)))]
-        busy: dict = {}                       # conn -> (proc, job)
-        try:
-            while queue or busy:
-                while queue and idle:
-                    conn, proc = idle.pop()
-                    job = queue.popleft()
-                    conn.send(job)
-                    busy[conn] = (proc, job)
-                for conn in wait(list(busy)):
-                    proc, job = busy.pop(conn)
-                    try:
-                        outcome = conn.recv()
-                    except (EOFError, OSError):
-                        self._died(proc, job, queue, attempts, finished)
-                        idle.append(self._spawn())
-                        continue
-                    finished(outcome)
-                    idle.append((conn, proc))
-        finally:
-            for conn, proc in idle + [(c, p) for c, (p, _) in busy.items()]:
-                _stop(conn, proc)
+        idle, self.busy = self.idle, {}       # busy: conn -> (proc, job)
+        busy = self.busy
+        while queue or busy:
+            while queue and idle:
+                conn, proc = idle.pop()
+                job = queue.popleft()
+                conn.send(job)
+                busy[conn] = (proc, job)
+            for conn in wait(list(busy)):
+                proc, job = busy.pop(conn)
+                try:
+                    outcome = conn.recv()
+                except (EOFError, OSError):
+                    self._died(proc, job, queue, attempts, finished)
+                    idle.append(self._spawn())
+                    continue
+                finished(outcome)
+                idle.append((conn, proc))
+
+    def close(self) -> None:
+        """Stop every worker (idle or, after an interruption, busy); workers that never
+        ran a cell (a check failed, every cell was stored) are killed at once."""
+        busy = getattr(self, "busy", None)
+        for conn, proc in self.idle + [(c, p) for c, (p, _) in (busy or {}).items()]:
+            _stop(conn, proc, 2 if busy is not None else 0)
+        self.idle, self.busy = [], {}
 
     @staticmethod
     def _died(proc, job: dict, queue, attempts: dict, finished) -> None:
@@ -496,14 +576,17 @@ class LocalPool:
         queue.appendleft(job)
 
 
-def _stop(conn, proc) -> None:
+def _stop(conn, proc, grace: float) -> None:
+    """Ask a worker to end; one still busy after `grace` seconds (importing, running a
+    cell after an interruption) is killed: workers hold nothing to save."""
     try:
         conn.send(None)
     except (OSError, ValueError):
         pass
-    proc.join(10)
+    proc.join(grace)
     if proc.is_alive():
         proc.kill()
+        proc.join(5)
 
 
 class RayPool:
@@ -513,6 +596,9 @@ class RayPool:
 
     def __init__(self, workers: int, address: str | None):
         self.ray = connect_ray(workers, address)
+
+    def close(self) -> None:
+        """Ray keeps running until this process ends (ray.init's instance)."""
 
     def run(self, jobs: list[dict], finished) -> None:
         ray = self.ray

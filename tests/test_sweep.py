@@ -244,3 +244,52 @@ def test_eval_weight_bits_outside_the_target_is_one_line(run_cli, tmp_path):
     code, _, err = run_cli("eval", "-t", "onnx-int8", "--weight-bits", "9", "-o", out)
     assert code == 2 and "weight_bits=9" in _one_error_line(err)
     assert not out.exists()
+
+
+# --- selected plans, one plan-settings helper ---------------------------------------------
+
+def test_plan_cells_select_as_deployq_select_does(tmp_path):
+    """A plan cell's plan is api.select's (`deployq select`), made once per worker and
+    shared by the plan's eps cells; hessian: the cheap method (about 4 CPU-s)."""
+    from deployq import api
+    cfg = _config(tmp_path, TINY.replace("weight_bits = [8, 4]", "weight_bits = []")
+                  + 'plans = [{method = "hessian", budget = "5bits"}]\n')
+    out = tmp_path / "out"
+    p = _cli("sweep", "-c", cfg, "-o", out, "-j", "1")
+    assert p.returncode == 0, p.stderr
+    doc = _doc(out)
+    assert [(c["status"], c["axes"]["plan"], c["axes"]["weight_bits"]) for c in doc["cells"]] \
+        == [("ok", "hessian@5bits", None)] * 2
+    plans = [json.loads((out / c["result"]["results"][1]["plan"]).read_text())
+             for c in doc["cells"]]
+    assert plans[0] == plans[1]                              # one selection, two eps cells
+    _, direct = api.select("fpga-fixed", "5bits", "hessian", 0.1,
+                           api.open_session("zoo:lenet-digits"), tmp_path / "direct")
+    bits = {n: lp.weight.bits for n, lp in direct.layers.items() if lp.weight is not None}
+    assert len(set(bits.values())) > 1           # mixed widths: not a uniform export
+    assert {n: lp["weight"]["bits"] for n, lp in plans[0]["layers"].items()
+            if lp.get("weight")} == bits
+    exported = json.loads((out / Path(doc["cells"][0]["result"]["results"][1]["artifact"])
+                           .parent / "plan.json").read_text())
+    assert {n: lp["weight"]["bits"] for n, lp in exported["layers"].items()
+            if lp.get("weight")} == bits                     # eval ran that plan
+
+
+def test_one_plan_settings_helper_serves_export_and_harden():
+    from deployq import api, targets as T
+    from deployq.errors import InputError, TargetError
+    tgt = T.get("fpga-fixed")
+    assert api.plan_settings(tgt, {"weight_bits": 4, "activation_bits": None}) == \
+        {"weight_bits": 4}
+    config = api.bits_config(tgt, 4, None, None, "logits")
+    keep = {"activation_bits": tgt.defaults["activation_bits"]}
+    assert config.default == {"activation_bits": 4}
+    assert config.by_type == {"input": keep} and config.by_name == {"logits": keep}
+    assert api.bits_config(tgt, 4).by_name == {}
+    assert api.plan_config(tgt, {"weight_bits": 4}).by_type == {}   # eval: every layer
+    with pytest.raises(TargetError, match="weight_bits=12"):
+        api.bits_config(tgt, weight_bits=12)
+    with pytest.raises(TargetError, match="weight_bits=12"):
+        api.plan_settings(tgt, {"weight_bits": 12})
+    with pytest.raises(InputError, match="colour"):
+        api.plan_settings(tgt, {"colour": 1})

@@ -1,14 +1,26 @@
-"""Benchmark of `deployq sweep` (docs/sweep.md): a 16-cell sweep with 1 and 2 workers,
-local process pool and Ray, run alternately so that both see the same machine load;
-then a sweep killed at 50% (SIGKILL of the whole process group once half the cells are
-stored) and resumed, against a full run.
+"""Benchmark of `deployq sweep` (docs/sweep.md): 16-cell sweeps with 1 and 2 workers,
+local process pool and Ray, run alternately (1 then 2 workers in even rounds, 2 then 1
+in odd ones) so that both see the same machine load; then a sweep killed at 50%
+(SIGKILL of the whole process group once half the cells are stored) and resumed,
+against a full run.
 
     PYTHONPATH=$PWD python tools/bench_sweep.py [--rounds 1] [--out /tmp/bench-sweep]
-        [--samples 200] [--steps 10] [--skip-ray] [--skip-resume] [--own-sessions]
+        [--samples 200] [--steps 10] [--queries 100] [--realistic | --only-realistic]
+        [--skip-ray] [--skip-resume] [--own-sessions]
 
-Prints one line per run and a summary (ratios, load average), and writes
-OUT/bench.json. The cells: zoo:lenet-digits on fpga-fixed and onnx-int8, weights 8 and
-4 bits, eps 0.02/0.05/0.1/0.2, FGSM+PGD from transfer and bpda and Square queries."""
+Rows: `bench`, zoo:lenet-digits on fpga-fixed and onnx-int8, weights 8 and 4 bits, eps
+0.02/0.05/0.1/0.2, FGSM+PGD from transfer and bpda and Square queries (about 1 CPU-s a
+cell: start-up dominates); with --realistic also `realistic`, the same grid on
+zoo:lenet-fmnist (28x28 Fashion-MNIST, the docs' Song et al. sweep) at the sweep's
+default strength and 200 samples: cells of the cost a user's sweep cell has (about 3
+CPU-s on fpga-fixed's C reference loops, 1 on ONNX Runtime).
+
+Besides wall time, every run's CPU time is sampled from /proc (the sweep process and
+all its descendants: workers, Ray's processes), split into the sweep process, the
+cells (sum of the cells' own cpu_seconds) and the rest (worker start-up: imports,
+capture, calibration; Ray's own processes): on a shared machine the wall times carry
+the load, the CPU split does not. Prints one line per run and a summary, writes
+OUT/bench.json."""
 from __future__ import annotations
 
 import argparse
@@ -18,18 +30,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = """
-models = ["zoo:lenet-digits"]
+GRID = """
+models = ["{model}"]
 targets = ["fpga-fixed", "onnx-int8"]
 weight_bits = [8, 4]
 eps = [0.02, 0.05, 0.1, 0.2]
 strength = [{{name = "bench", steps = {steps}, restarts = 1, queries = {queries}}}]
 samples = {samples}
 """
+ROWS = {"bench": "zoo:lenet-digits", "realistic": "zoo:lenet-fmnist"}
+TICK = os.sysconf("SC_CLK_TCK")
+TREE = ROOT                 # the deployq that runs (--tree: another checkout, to compare)
 
 
 def sweep_cmd(cfg: Path, out: Path, executor: str, workers: int) -> list[str]:
@@ -37,20 +53,79 @@ def sweep_cmd(cfg: Path, out: Path, executor: str, workers: int) -> list[str]:
             "--executor", executor, "-j", str(workers)]
 
 
+class CpuSampler(threading.Thread):
+    """CPU seconds (user + system) of a process and all its descendants, read from
+    /proc every `period` s; a process's last reading counts (what it used in its last
+    period before exiting is missed: at most `period` s each)."""
+
+    def __init__(self, root: int, period: float = 0.2):
+        super().__init__(daemon=True)
+        self.root, self.period, self.cpu, self.names = root, period, {}, {}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.period):
+            self.sample()
+
+    def sample(self) -> None:
+        parents, stats = {}, {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                text = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            name = text[text.index("(") + 1:text.rindex(")")]
+            fields = text[text.rindex(")") + 2:].split()
+            pid = int(entry.name)
+            parents[pid] = int(fields[1])
+            stats[pid] = (name, (int(fields[11]) + int(fields[12])) / TICK)
+        for pid in stats:
+            p = pid
+            while p not in (self.root, 0, 1) and p in parents:
+                p = parents[p]
+            if p == self.root:
+                self.names[pid], self.cpu[pid] = stats[pid]
+
+    def stop(self) -> dict:
+        self.stopped.set()
+        self.join()
+        total = sum(self.cpu.values())
+        main = self.cpu.get(self.root, 0.0)
+        return {"cpu_total": round(total, 1), "cpu_sweep_process": round(main, 1),
+                "processes": len(self.cpu)}
+
+
 def timed(cmd: list[str], kill_after: int | None = None, out: Path | None = None) -> dict:
     """Run cmd; with kill_after, SIGKILL its process group once that many cells are
-    stored under out/cells. Returns wall seconds, exit code, load average."""
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    stored under out/cells. Returns wall seconds, CPU seconds, exit code, load."""
+    env = os.environ | {"PYTHONPATH": str(TREE)}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
+    sampler = CpuSampler(proc.pid)
+    sampler.start()
     if kill_after is not None:
         while proc.poll() is None and len(list(out.glob("cells/*/cell.json"))) < kill_after:
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
+    while proc.poll() is None:          # the last samples while the process still exists
+        time.sleep(0.05)
+    cpu = sampler.stop()
     _, err = proc.communicate()
     return {"seconds": round(time.perf_counter() - start, 2), "code": proc.returncode,
-            "load": os.getloadavg()[0], "stderr": err[-500:] if proc.returncode else ""}
+            "load": round(os.getloadavg()[0], 1), **cpu,
+            "stderr": err[-500:] if proc.returncode else ""}
+
+
+def cell_cpu(out: Path) -> dict:
+    """From sweep.json: the sweep's own wall time and the cells' summed wall and CPU."""
+    doc = json.loads((out / "sweep.json").read_text())
+    cells = [c for c in doc["cells"] if c.get("seconds") is not None]
+    return {"sweep_seconds": doc["run"]["wall_seconds"],
+            "cells_seconds": round(sum(c["seconds"] for c in cells), 1),
+            "cells_cpu": round(sum(c.get("cpu_seconds") or 0 for c in cells), 1)}
 
 
 def _fresh(path: Path) -> Path:
@@ -58,19 +133,35 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def speedup(cfg: Path, base: Path, executors: list[str], rounds: int) -> list[dict]:
+def speedup(configs: dict, base: Path, executors: list[str], rounds: int) -> list[dict]:
     runs = []
     for r in range(rounds):
-        for executor in executors:
-            for workers in (1, 2):
-                out = _fresh(base / f"{executor}-{workers}-{r}")
-                t = timed(sweep_cmd(cfg, out, executor, workers))
-                doc = json.loads((out / "sweep.json").read_text())
-                t |= {"executor": executor, "workers": workers, "round": r,
-                      "sweep_seconds": doc["run"]["wall_seconds"]}
-                print(json.dumps(t), flush=True)
-                runs.append(t)
+        for row, cfg in configs.items():
+            for executor in executors:
+                for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+                    out = _fresh(base / f"{row}-{executor}-{workers}-{r}")
+                    t = timed(sweep_cmd(cfg, out, executor, workers))
+                    t |= {"row": row, "executor": executor, "workers": workers, "round": r,
+                          **cell_cpu(out)}
+                    t["cpu_rest"] = round(t["cpu_total"] - t["cpu_sweep_process"]
+                                          - t["cells_cpu"], 1)
+                    print(json.dumps(t), flush=True)
+                    runs.append(t)
     return runs
+
+
+def summary(runs: list[dict], row: str, executor: str) -> dict:
+    """Mean wall times and CPU split of 1 and 2 workers over the rounds, and the
+    ratio of the means."""
+    out = {}
+    for w in (1, 2):
+        mine = [r for r in runs if (r["row"], r["executor"], r["workers"]) == (row, executor, w)]
+        out[w] = {k: round(sum(r[k] for r in mine) / len(mine), 1)
+                  for k in ("seconds", "sweep_seconds", "cpu_total", "cpu_sweep_process",
+                            "cells_cpu", "cpu_rest")}
+    out["speedup"] = round(out[1]["seconds"] / out[2]["seconds"], 3)
+    out["speedup_sweep_seconds"] = round(out[1]["sweep_seconds"] / out[2]["sweep_seconds"], 3)
+    return out
 
 
 def resume(cfg: Path, base: Path, rounds: int) -> list[dict]:
@@ -99,33 +190,53 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--realistic", action="store_true",
+                    help="also the realistic row (zoo:lenet-fmnist cells, about 3x the cost)")
+    ap.add_argument("--only-realistic", action="store_true", help="the realistic row only")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--skip-resume", action="store_true")
     ap.add_argument("--own-sessions", action="store_true",
                     help="DEPLOYQ_SWEEP_OWN_SESSIONS=1: each local worker in its own session "
                          "(Linux autogroup shares CPU per session on a loaded machine)")
+    ap.add_argument("--tree", type=Path, default=ROOT,
+                    help="run the deployq of this checkout (e.g. `git worktree add` of an "
+                         "older commit) to compare before and after")
     args = ap.parse_args()
+    global TREE
+    TREE = args.tree.resolve()
     if args.own_sessions:
         os.environ["DEPLOYQ_SWEEP_OWN_SESSIONS"] = "1"
     base = Path(args.out)
     base.mkdir(parents=True, exist_ok=True)
-    cfg = base / "sweep.toml"
-    cfg.write_text(CONFIG.format(samples=args.samples, steps=args.steps, queries=args.queries))
+    rows = (["realistic"] if args.only_realistic
+            else ["bench"] + (["realistic"] if args.realistic else []))
+    configs = {}
+    for row in rows:
+        configs[row] = base / f"{row}.toml"
+        configs[row].write_text(GRID.format(model=ROWS[row], samples=args.samples,
+                                            steps=args.steps, queries=args.queries))
     executors = ["local"] + ([] if args.skip_ray else ["ray"])
-    result = {"cpus": os.cpu_count(), "speedup_runs": speedup(cfg, base, executors, args.rounds)}
-    for executor in executors:
-        t = {w: [r["seconds"] for r in result["speedup_runs"]
-                 if r["executor"] == executor and r["workers"] == w] for w in (1, 2)}
-        result[f"{executor}_speedup"] = round(sum(t[1]) / sum(t[2]), 3)
-        print(f"{executor}: 1 worker {sum(t[1]):.1f} s, 2 workers {sum(t[2]):.1f} s, "
-              f"speed-up {result[f'{executor}_speedup']}x")
+    result = {"cpus": os.cpu_count(), "tree": str(TREE), "load_at_start": os.getloadavg(),
+              "speedup_runs": speedup(configs, base, executors, args.rounds)}
+    for row in rows:
+        for executor in executors:
+            s = result[f"{row}_{executor}"] = summary(result["speedup_runs"], row, executor)
+            print(f"{row} {executor}: 1 worker {s[1]['seconds']:.1f} s, 2 workers "
+                  f"{s[2]['seconds']:.1f} s, speed-up {s['speedup']}x (sweep_seconds "
+                  f"{s['speedup_sweep_seconds']}x); CPU-s 1 worker {s[1]['cpu_total']} "
+                  f"(sweep process {s[1]['cpu_sweep_process']}, cells {s[1]['cells_cpu']}, "
+                  f"rest {s[1]['cpu_rest']}), 2 workers {s[2]['cpu_total']} "
+                  f"(sweep process {s[2]['cpu_sweep_process']}, cells {s[2]['cells_cpu']}, "
+                  f"rest {s[2]['cpu_rest']})")
     if not args.skip_resume:
+        cfg = configs[rows[0]]
         result["resume_runs"] = resume(cfg, base, args.rounds)
         full = sum(r["full"] for r in result["resume_runs"])
         again = sum(r["resumed"] for r in result["resume_runs"])
         result["resume_ratio"] = round(again / full, 3)
         print(f"resume after a kill at 50%: {again:.1f} s vs full {full:.1f} s "
               f"({100 * again / full:.0f}%)")
+    result["load_at_end"] = os.getloadavg()
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     (base / "bench.json").write_text(json.dumps(result, indent=1))
 
