@@ -100,15 +100,16 @@ def _violations(sem, session, eps, n=40):
 
 @pytest.mark.parametrize("name", ["fpga-fixed", "mcu-int8"])
 def test_planted_off_by_one_rounding_is_caught(tmp_path, digits, monkeypatch, name):
-    """Bounds computed with a wrong rounding rule (half up where the runtime truncates;
-    floor where it rounds half away) disagree with the runtime: the soundness check
-    reports it on narrow boxes (wide ones can hide one LSB). Without the plant it
-    reports nothing."""
+    """Bounds computed with a wrong rounding rule (fpga-fixed: floor where the runtime
+    rounds, half up where it truncates; mcu-int8: floor where it rounds half away)
+    disagree with the runtime: the soundness check reports it on narrow boxes (wide
+    ones can hide one LSB). Without the plant it reports nothing."""
     sem = _digits_semantics(digits, name, tmp_path)
     assert _violations(sem, digits, 0.02) == 0 and _violations(sem, digits, 0.001) == 0
     if name == "fpga-fixed":
         shift = FX.shift
-        monkeypatch.setattr(FX, "shift", lambda x, s, q: shift(x, s, "rnd" if q == "trn" else q))
+        wrong = {"trn": "rnd", "rnd": "trn", "rnd_conv": "trn"}     # whatever the default
+        monkeypatch.setattr(FX, "shift", lambda x, s, q: shift(x, s, wrong[q]))
     else:
         monkeypatch.setattr(ibp, "rounding_divide_by_pot", lambda x, e: x >> e)
     assert _violations(sem, digits, 0.001) > 0
