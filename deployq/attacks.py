@@ -286,9 +286,10 @@ def square_attack(runner_fn, x: np.ndarray, y: np.ndarray, eps: float, queries: 
 def _new_window(rng, x: np.ndarray, best: np.ndarray, inside: np.ndarray, eps: float,
                 tries: int = 10) -> np.ndarray:
     """best with its `inside` window set to x + a random +-eps per channel, redrawn
-    (up to `tries` times) for the samples where that changes nothing, as the reference
-    code does: with one channel a plain draw repeats the window's values half the time,
-    a wasted query."""
+    (up to `tries` times) for the samples where that changes nothing, as the Square
+    Attack authors' code does (AutoAttack's and torchattacks' copies draw one window and
+    sign for the whole batch and do not redraw): with one channel a plain draw often
+    repeats the window's values, a wasted query."""
     n, c = x.shape[:2]
     cand = best.copy()
     todo = np.arange(n)
