@@ -275,13 +275,32 @@ def square_attack(runner_fn, x: np.ndarray, y: np.ndarray, eps: float, queries: 
             break
         side = _square_side(p_init, i, queries, h, w)
         inside = _windows(rng, len(active), side, h, w)
-        window = rng.choice([-eps, eps], size=(len(active), c, 1, 1)).astype(np.float32)
-        cand = np.where(inside, np.clip(x[active] + window, 0, 1), best[active])
+        cand = _new_window(rng, x[active], best[active], inside, eps)
         new = margin(runner_fn(cand), y[active])
         better = new < loss[active]
         best[active[better]] = cand[better]
         loss[active[better]] = new[better]
     return best
+
+
+def _new_window(rng, x: np.ndarray, best: np.ndarray, inside: np.ndarray, eps: float,
+                tries: int = 10) -> np.ndarray:
+    """best with its `inside` window set to x + a random +-eps per channel, redrawn
+    (up to `tries` times) for the samples where that changes nothing, as the Square
+    Attack authors' code does (AutoAttack's and torchattacks' copies draw one window and
+    sign for the whole batch and do not redraw): with one channel a plain draw often
+    repeats the window's values, a wasted query."""
+    n, c = x.shape[:2]
+    cand = best.copy()
+    todo = np.arange(n)
+    for _ in range(tries):
+        window = rng.choice([-eps, eps], size=(len(todo), c, 1, 1)).astype(np.float32)
+        cand[todo] = np.where(inside[todo], np.clip(x[todo] + window, 0, 1), best[todo])
+        same = ~(np.abs(cand[todo] - best[todo]) > 1e-7).any(axis=(1, 2, 3))
+        todo = todo[same]
+        if not len(todo):
+            break
+    return cand
 
 
 def _windows(rng, n: int, side: int, h: int, w: int) -> np.ndarray:
