@@ -217,6 +217,15 @@ def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act,
     return row
 
 
+def saved_rows(path: Path) -> list[dict]:
+    """Rows of a --json file, or the 'ROW {json}' lines of a run's stderr (a run that
+    was stopped keeps the rows it measured)."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    return [json.loads(line[4:]) for line in text.splitlines() if line.startswith("ROW ")]
+
+
 def fix_keys(row: dict) -> dict:
     """A row read back from JSON: its per-eps dicts keyed by float again."""
     return row | {k: {float(e): v for e, v in row[k].items()}
@@ -340,8 +349,8 @@ def main() -> int:
                     help="directory keeping the float model's adversarial examples "
                          "between runs (same model, samples and attack settings)")
     ap.add_argument("--tables", nargs="+", default=None, metavar="JSON",
-                    help="print the tables of rows saved by earlier --json runs (of the "
-                         "same test samples) instead of running")
+                    help="print the tables of rows saved by earlier runs (--json files or "
+                         "their stderr's ROW lines; same test samples) instead of running")
     ap.add_argument("--plot", default=None,
                     help="write DIR/select-MODEL-TARGET.svg (robust accuracy at the first "
                          "eps against average bits)")
@@ -361,7 +370,7 @@ def main() -> int:
                   "refine_options": {"evals": args.evals, "samples": args.val_samples}}
     rows = []
     if args.tables:
-        rows = [fix_keys(r) for f in args.tables for r in json.loads(Path(f).read_text())]
+        rows = [fix_keys(r) for f in args.tables for r in saved_rows(Path(f))]
         print(table(rows, eps) + "\n\n" + significance(rows, eps))
         return 0
     with tempfile.TemporaryDirectory() as out:
