@@ -104,6 +104,7 @@ def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
     rows = [{"model": name, "target": "-", "method": "float", "budget": None, "bits": None,
              "clean": fl["clean"], "robust": robust(fl), "samples": len(x), "act": None,
              "masks": masks(fl)}]
+    print("ROW " + json.dumps(rows[0]), file=sys.stderr, flush=True)
     for target, budgets in runs.items():
         tgt = T.get(target)
         acts = [None] + (act_budgets if len(tgt.allowed.get("activation_bits", [])) > 1
