@@ -104,6 +104,7 @@ def bench_model(name: str, runs: dict[str, list[float]], methods: list[str],
     rows = [{"model": name, "target": "-", "method": "float", "budget": None, "bits": None,
              "clean": fl["clean"], "robust": robust(fl), "samples": len(x), "act": None,
              "masks": masks(fl)}]
+    print("ROW " + json.dumps(rows[0]), file=sys.stderr, flush=True)
     for target, budgets in runs.items():
         tgt = T.get(target)
         acts = [None] + (act_budgets if len(tgt.allowed.get("activation_bits", [])) > 1
@@ -215,6 +216,15 @@ def bench_uniform_acts(session, tgt, rows, eps, x, y, cfg, cache, out, act,
     row = bench_one(session, tgt, base["budget"], "uniform-act", eps, x, y, cfg, cache, out,
                     {"refine": 0}, act, plan, measured)
     return row
+
+
+def saved_rows(path: Path) -> list[dict]:
+    """Rows of a --json file, or the 'ROW {json}' lines of a run's stderr (a run that
+    was stopped keeps the rows it measured)."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        return json.loads(text)
+    return [json.loads(line[4:]) for line in text.splitlines() if line.startswith("ROW ")]
 
 
 def fix_keys(row: dict) -> dict:
@@ -342,8 +352,8 @@ def main() -> int:
                     help="directory keeping the float model's adversarial examples "
                          "between runs (same model, samples and attack settings)")
     ap.add_argument("--tables", nargs="+", default=None, metavar="JSON",
-                    help="print the tables of rows saved by earlier --json runs (of the "
-                         "same test samples) instead of running")
+                    help="print the tables of rows saved by earlier runs (--json files or "
+                         "their stderr's ROW lines; same test samples) instead of running")
     ap.add_argument("--plot", default=None,
                     help="write DIR/select-MODEL-TARGET.svg (robust accuracy at the first "
                          "eps against average bits)")
@@ -363,7 +373,7 @@ def main() -> int:
                   "refine_options": {"evals": args.evals, "samples": args.val_samples}}
     rows = []
     if args.tables:
-        rows = [fix_keys(r) for f in args.tables for r in json.loads(Path(f).read_text())]
+        rows = [fix_keys(r) for f in args.tables for r in saved_rows(Path(f))]
         print(table(rows, eps) + "\n\n" + significance(rows, eps))
         return 0
     with tempfile.TemporaryDirectory() as out:
