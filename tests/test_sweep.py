@@ -1,6 +1,7 @@
 """deployq sweep: grid and validation, bad input (exit 2 before any work), caching and
 resume, a killed worker's cell retried, a failing cell reported, and the local and Ray
-executors giving the same sweep.json. Cells are tiny (30 samples, 2 PGD steps) on the
+executors giving the same sweep.json, selected-plan cells (the `plans` axis) against
+`deployq select`, and api's one plan-settings helper. Cells are tiny (30 samples, 2 PGD steps) on the
 fpga-fixed target (the C runtime: no TensorFlow start-up)."""
 import csv
 import json
