@@ -6,7 +6,7 @@ against a full run.
 
     PYTHONPATH=$PWD python tools/bench_sweep.py [--rounds 1] [--out /tmp/bench-sweep]
         [--samples 200] [--steps 10] [--queries 100] [--realistic | --only-realistic]
-        [--skip-ray] [--skip-resume] [--own-sessions]
+        [--skip-local] [--skip-ray] [--skip-resume] [--own-sessions] [--tree DIR]
 
 Rows: `bench`, zoo:lenet-digits on fpga-fixed and onnx-int8, weights 8 and 4 bits, eps
 0.02/0.05/0.1/0.2, FGSM+PGD from transfer and bpda and Square queries (about 1 CPU-s a
@@ -194,6 +194,7 @@ def main() -> None:
                     help="also the realistic row (zoo:lenet-fmnist cells, about 6x the cost)")
     ap.add_argument("--only-realistic", action="store_true", help="the realistic row only")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-local", action="store_true")
     ap.add_argument("--skip-resume", action="store_true")
     ap.add_argument("--own-sessions", action="store_true",
                     help="DEPLOYQ_SWEEP_OWN_SESSIONS=1: each local worker in its own session "
@@ -215,7 +216,7 @@ def main() -> None:
         configs[row] = base / f"{row}.toml"
         configs[row].write_text(GRID.format(model=ROWS[row], samples=args.samples,
                                             steps=args.steps, queries=args.queries))
-    executors = ["local"] + ([] if args.skip_ray else ["ray"])
+    executors = ([] if args.skip_local else ["local"]) + ([] if args.skip_ray else ["ray"])
     result = {"cpus": os.cpu_count(), "tree": str(TREE), "load_at_start": os.getloadavg(),
               "speedup_runs": speedup(configs, base, executors, args.rounds)}
     for row in rows:
