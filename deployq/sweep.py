@@ -366,11 +366,16 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
     workers = workers or os.cpu_count() or 1
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
-    # local workers start first: their imports (torch, graph capture) overlap this
-    # process's checks and fingerprints; they write nothing, and stop if a check fails
-    pool = LocalPool(workers) if executor == "local" and not _all_stored(config) else None
+    # workers start first: their imports (torch, graph capture) overlap this process's
+    # checks and fingerprints; they write nothing, and stop if a check fails
+    pool = None
     try:
-        sweep, cells, done, todo, start = _plan(config, executor, workers, address)
+        if executor == "ray":
+            pool, planned = _ray_early(config, workers, address)
+        else:
+            pool = None if _all_stored(config) else LocalPool(workers)
+            planned = _plan(config, executor, workers, address)
+        sweep, cells, done, todo, start = planned
         if todo:
             pool = pool or (RayPool(workers, address) if executor == "ray"
                             else LocalPool(workers))
@@ -396,6 +401,22 @@ def _all_stored(config: dict) -> bool:
     except TypeError:
         return False                    # prepare reports the bad axis
     return len(list(Path(cfg["out"]).glob("cells/*/cell.json"))) >= size
+
+
+def _ray_early(config: dict, workers: int, address: str | None):
+    """Ray starts, and its workers import torch and deployq (`warm` tasks), while a
+    thread of this process checks the grid and fingerprints the models. The address is
+    checked first (an unreachable one is exit 2 at once); a failing grid check is
+    exit 2 once Ray is up, with nothing written. Returns (pool or None, _plan's tuple)."""
+    check_address(address)
+    if _all_stored(config):
+        return None, _plan(config, "ray", workers, address)
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as ex:
+        planned = ex.submit(_plan, config, "ray", workers, address)
+        pool = RayPool(workers, address)
+        pool.warm(workers)
+        return pool, planned.result()
 
 
 def _plan(config: dict, executor: str, workers: int, address: str | None):
@@ -597,6 +618,12 @@ class RayPool:
     def __init__(self, workers: int, address: str | None):
         self.ray = connect_ray(workers, address)
 
+    def warm(self, workers: int) -> None:
+        """One task per worker that imports what cells need (`warm`), queued before
+        the cells: Ray's worker processes start on it while the grid is checked."""
+        task = self.ray.remote(num_cpus=1)(_ray_warm)
+        self.warming = [task.remote() for _ in range(workers)]
+
     def close(self) -> None:
         """Ray keeps running until this process ends (ray.init's instance)."""
 
@@ -613,6 +640,11 @@ class RayPool:
                 except ray.exceptions.RayError as e:
                     finished({"id": job["id"], "seconds": None,
                               "error": f"ray: {type(e).__name__}: {str(e).splitlines()[0]}"})
+
+
+def _ray_warm() -> None:
+    one_thread()
+    warm()
 
 
 def _ray_cell(job: dict) -> dict:

@@ -1,6 +1,7 @@
 """deployq sweep: grid and validation, bad input (exit 2 before any work), caching and
 resume, a killed worker's cell retried, a failing cell reported, and the local and Ray
-executors giving the same sweep.json. Cells are tiny (30 samples, 2 PGD steps) on the
+executors giving the same sweep.json, selected-plan cells (the `plans` axis) against
+`deployq select`, and api's one plan-settings helper. Cells are tiny (30 samples, 2 PGD steps) on the
 fpga-fixed target (the C runtime: no TensorFlow start-up)."""
 import csv
 import json
@@ -127,6 +128,7 @@ def test_local_sweep_writes_every_view(local_out):
     doc = _doc(out)
     assert [c["status"] for c in doc["cells"]] == ["ok"] * 4
     assert len({c["id"] for c in doc["cells"]}) == 4
+    assert all(0 < c["cpu_seconds"] <= c["seconds"] + 1 for c in doc["cells"])
     axes = [(c["axes"]["weight_bits"], c["axes"]["eps"]) for c in doc["cells"]]
     assert axes == [(8, 0.05), (8, 0.1), (4, 0.05), (4, 0.1)]
     cell = doc["cells"][2]

@@ -6,14 +6,14 @@ against a full run.
 
     PYTHONPATH=$PWD python tools/bench_sweep.py [--rounds 1] [--out /tmp/bench-sweep]
         [--samples 200] [--steps 10] [--queries 100] [--realistic | --only-realistic]
-        [--skip-ray] [--skip-resume] [--own-sessions]
+        [--skip-local] [--skip-ray] [--skip-resume] [--own-sessions] [--tree DIR]
 
 Rows: `bench`, zoo:lenet-digits on fpga-fixed and onnx-int8, weights 8 and 4 bits, eps
 0.02/0.05/0.1/0.2, FGSM+PGD from transfer and bpda and Square queries (about 1 CPU-s a
 cell: start-up dominates); with --realistic also `realistic`, the same grid on
 zoo:lenet-fmnist (28x28 Fashion-MNIST, the docs' Song et al. sweep) at the sweep's
-default strength and 200 samples: cells of the cost a user's sweep cell has (about 3
-CPU-s on fpga-fixed's C reference loops, 1 on ONNX Runtime).
+default strength and 200 samples: cells of the cost a user's sweep cell has (about 10
+CPU-s on fpga-fixed's C reference loops, 3 on ONNX Runtime; 104 CPU-s for the 16).
 
 Besides wall time, every run's CPU time is sampled from /proc (the sweep process and
 all its descendants: workers, Ray's processes), split into the sweep process, the
@@ -103,7 +103,7 @@ def timed(cmd: list[str], kill_after: int | None = None, out: Path | None = None
     env = os.environ | {"PYTHONPATH": str(TREE)}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, cwd=TREE)   # -m: cwd first
     sampler = CpuSampler(proc.pid)
     sampler.start()
     if kill_after is not None:
@@ -191,9 +191,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--realistic", action="store_true",
-                    help="also the realistic row (zoo:lenet-fmnist cells, about 3x the cost)")
+                    help="also the realistic row (zoo:lenet-fmnist cells, about 6x the cost)")
     ap.add_argument("--only-realistic", action="store_true", help="the realistic row only")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-local", action="store_true")
     ap.add_argument("--skip-resume", action="store_true")
     ap.add_argument("--own-sessions", action="store_true",
                     help="DEPLOYQ_SWEEP_OWN_SESSIONS=1: each local worker in its own session "
@@ -206,7 +207,7 @@ def main() -> None:
     TREE = args.tree.resolve()
     if args.own_sessions:
         os.environ["DEPLOYQ_SWEEP_OWN_SESSIONS"] = "1"
-    base = Path(args.out)
+    base = Path(args.out).resolve()
     base.mkdir(parents=True, exist_ok=True)
     rows = (["realistic"] if args.only_realistic
             else ["bench"] + (["realistic"] if args.realistic else []))
@@ -215,7 +216,7 @@ def main() -> None:
         configs[row] = base / f"{row}.toml"
         configs[row].write_text(GRID.format(model=ROWS[row], samples=args.samples,
                                             steps=args.steps, queries=args.queries))
-    executors = ["local"] + ([] if args.skip_ray else ["ray"])
+    executors = ([] if args.skip_local else ["local"]) + ([] if args.skip_ray else ["ray"])
     result = {"cpus": os.cpu_count(), "tree": str(TREE), "load_at_start": os.getloadavg(),
               "speedup_runs": speedup(configs, base, executors, args.rounds)}
     for row in rows:
