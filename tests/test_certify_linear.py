@@ -165,11 +165,12 @@ def test_linear_branch_and_bound_agrees_with_enumeration(tmp_path, digits):
         lo[dims], hi[dims] = zero[dims], one[dims]
         truth = _brute_force(sem, q0, dims, np.arange(zero[0], one[0] + 1), int(y[i]))
         expect = "certified" if truth else "falsified"
-        status, cex, _ = LB.verify(net, sem.point, lo, hi, int(y[i]), 20.0,
+        status, cex, _ = LB.verify(net, sem.point, lo, hi, int(y[i]), 5.0,
                                    clock=time.process_time)
         assert status in (expect, "stuck", "undecided")
         by_linear.add(status)
-        status, cex, _ = C.decide(sem, digits.model.module, lo, hi, int(y[i]), 60.0, "cpu")
+        status, cex, _ = C.decide(sem, digits.model.module, lo, hi, int(y[i]), 60.0, "cpu",
+                                  linear_share=0.1)
         assert status == expect
         if cex is not None:
             assert sem.point(cex[None]).argmax(1)[0] != y[i]
