@@ -303,6 +303,32 @@ def margin_gradient(sem: Semantics, module) -> Callable:
 CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
 
 
+def decide(sem: Semantics, module, qlo, qhi, y: int, time_limit: float,
+           clock: str = "wall", linear: bool = True, linear_share: float = 0.5):
+    """The box of codes [qlo, qhi] (semantics layout): ('certified' | 'falsified' |
+    'undecided', counterexample codes or None, branches). The activation branch and
+    bound gets linear_share of the time limit (its only refutation is the corner of
+    its linear bound, weak on a box that is almost all counterexamples); input
+    splitting, which runs each part's centre, the rest."""
+    from . import linbounds as LB
+    tick = CLOCKS[clock]
+    t0 = tick()
+    status, q, boxes = "stuck", None, 0
+    net = linear_net(sem) if linear else None
+    if net is not None:
+        try:
+            status, q, boxes = LB.verify(net, sem.point, qlo, qhi, y,
+                                         time_limit * linear_share, tick)
+        except LB.NotLinear as e:
+            log.info("linear bounds not applicable here (%s)", e)
+    if status in ("stuck", "undecided"):
+        left = time_limit - (tick() - t0)
+        status, q, more = branch_and_bound(sem, margin_gradient(sem, module), qlo, qhi, y,
+                                           left, clock=tick)
+        boxes += more
+    return status, q, boxes
+
+
 def linear_net(sem: Semantics):
     """sem's model as a linbounds chain (built once), or None where it is not one."""
     from . import linbounds as LB
@@ -323,23 +349,9 @@ def verify(sem: Semantics, module, x1, y1: int, eps: float, time_limit: float,
     can neither certify nor refute) or is not available, branch and bound over the
     input box with interval bounds for the time left (complete: the grid is finite).
     clock: 'wall' or 'cpu' (process time, for a loaded machine)."""
-    from . import linbounds as LB
-    tick = CLOCKS[clock]
-    t0, w0, c0 = tick(), time.monotonic(), time.process_time()
+    w0, c0 = time.monotonic(), time.process_time()
     qlo, qhi = sem.box(x1, eps)
-    status, q, boxes = "stuck", None, 0
-    net = linear_net(sem) if linear else None
-    if net is not None:
-        try:
-            status, q, boxes = LB.verify(net, sem.point, qlo[0], qhi[0], int(y1), time_limit,
-                                         tick)
-        except LB.NotLinear as e:
-            log.info("linear bounds not applicable here (%s)", e)
-    if status == "stuck":
-        left = time_limit - (tick() - t0)
-        status, q, more = branch_and_bound(sem, margin_gradient(sem, module), qlo[0], qhi[0],
-                                           int(y1), left, clock=tick)
-        boxes += more
+    status, q, boxes = decide(sem, module, qlo[0], qhi[0], int(y1), time_limit, clock, linear)
     verdict = Verdict(status, 0.0, boxes)
     if q is not None:
         lo32, hi32 = ball(x1, eps)

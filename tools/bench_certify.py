@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,6 +54,37 @@ def tables(doc: dict) -> str:
     return "\n".join(parts)
 
 
+def complete_without_attacks(model: str, target: str, n: int, eps: str, time_limit: float,
+                             clock: str, out: Path) -> dict:
+    """The complete row without the attack stage (stricter, and cheap on a loaded
+    machine): IBP over n samples; every sample it leaves open that the runtime
+    classifies right at the clean input goes to certify.verify (its counterexamples
+    confirmed on the runtime); the runtime's clean errors count as falsified."""
+    from deployq import certify as C
+    session = api.open_session(f"zoo:{model}")
+    ex = api.export(target, session, out)
+    sem = C.semantics(ex, session.graph, api.load_runner(ex))
+    x, y = session.dataset.test(n)
+    e = C.parse_eps(eps)[0]
+    qlo, qhi = sem.box(x, e)
+    cert = C.certified(*C.batched_bounds(sem.bounds, qlo, qhi), y)
+    clean = sem.run(x).argmax(1) == y
+    counts = {"certified": int(cert.sum()), "falsified": int((~clean).sum()), "undecided": 0,
+              "unconfirmed": 0}
+    rows = []
+    for i in np.flatnonzero(~cert & clean):
+        v = C.verify(sem, session.model.module, x[i:i + 1], int(y[i]), e, time_limit, clock)
+        counts[v.status] += 1
+        rows.append({"sample": int(i), "status": v.status, "branches": v.boxes,
+                     "wall_s": round(v.seconds, 2), "cpu_s": round(v.cpu_seconds, 2)})
+        print(model, target, rows[-1], flush=True)
+    decided = counts["certified"] + counts["falsified"]
+    return {"model": model, "target": target, "eps": e, "samples": n, "clock": clock,
+            "time_limit": time_limit, "ibp_certified": int(cert.sum()),
+            "clean_wrong": int((~clean).sum()), "searched": len(rows), **counts,
+            "decided": decided / n, "rows": rows}
+
+
 def complete_table(c: dict) -> str:
     """Per target: the counts, the share decided, and the time (wall and CPU) of the
     samples left to branch and bound."""
@@ -86,11 +118,29 @@ def main() -> int:
                     "machine)")
     ap.add_argument("--only-complete", action="store_true",
                     help="skip the IBP tables at --eps; run the complete row only")
+    ap.add_argument("--no-attacks", action="store_true",
+                    help="complete row only, without the attack stage (one target per "
+                    "--targets entry)")
     ap.add_argument("--out", default="/tmp/deployq-bench-certify")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
     docs = []
+    if args.no_attacks:
+        for model in args.models.split(","):
+            for target in args.targets.split(","):
+                doc = complete_without_attacks(model, target, args.samples, args.complete_eps,
+                                               args.time_limit, args.clock,
+                                               Path(args.out) / model / target)
+                docs.append(doc)
+                cpu = [r["cpu_s"] for r in doc["rows"]]
+                print(f"| {model} | {target} | {doc['certified']} | {doc['falsified']} | "
+                      f"{doc['undecided'] + doc['unconfirmed']} | {100 * doc['decided']:.1f}% | "
+                      f"{doc['searched']} | {max(cpu, default=0):.2f} | "
+                      f"{max([r['wall_s'] for r in doc['rows']], default=0):.2f} |", flush=True)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(docs, indent=1))
+        return 0
     for model in args.models.split(","):
         doc = run(model, args.targets.split(","), args.eps, args.samples,
                   None if args.no_complete else args.complete_eps, args.time_limit,
