@@ -373,7 +373,8 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
         if executor == "ray":
             pool, planned = _ray_early(config, workers, address)
         else:
-            pool = None if _all_stored(config) else LocalPool(workers)
+            pool = None if _all_stored(config) else LocalPool(min(workers,
+                                                                   _grid_size(config)))
             planned = _plan(config, executor, workers, address)
         sweep, cells, done, todo, start = planned
         if todo:
@@ -389,18 +390,24 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
     return doc, sweepreport.write(doc, sweep.out)
 
 
+def _grid_size(config: dict) -> int:
+    """The number of grid points (valid or not) before any check; 1 for a bad axis
+    (prepare reports it)."""
+    cfg = SWEEP_DEFAULTS | config
+    try:
+        return max(1, len(cfg["models"]) * len(cfg["targets"]) * len(cfg["activation_bits"])
+                   * (len(cfg["weight_bits"]) + len(cfg["plans"])) * len(cfg["eps"])
+                   * len(cfg["strength"]))
+    except TypeError:
+        return 1
+
+
 def _all_stored(config: dict) -> bool:
     """Whether OUT/cells already holds as many results as the grid has points (a
     re-run of a finished sweep): then no worker is started before the cache is read.
     A cheap guess, before any check: the cache itself decides what runs."""
-    cfg = SWEEP_DEFAULTS | config
-    try:
-        size = len(cfg["models"]) * len(cfg["targets"]) * len(cfg["activation_bits"]) * \
-            (len(cfg["weight_bits"]) + len(cfg["plans"])) * len(cfg["eps"]) * \
-            len(cfg["strength"])
-    except TypeError:
-        return False                    # prepare reports the bad axis
-    return len(list(Path(cfg["out"]).glob("cells/*/cell.json"))) >= size
+    out = Path((SWEEP_DEFAULTS | config)["out"])
+    return len(list(out.glob("cells/*/cell.json"))) >= _grid_size(config)
 
 
 def _ray_early(config: dict, workers: int, address: str | None):
@@ -545,6 +552,7 @@ class LocalPool:
         import multiprocessing as mp
         self.ctx, self.workers = mp.get_context("spawn"), workers
         self.idle = [self._spawn() for _ in range(workers)]
+        self.used: set = set()                # pids of workers that got a cell
 
     def _spawn(self):
         parent, child = self.ctx.Pipe()
@@ -565,6 +573,7 @@ class LocalPool:
                 job = queue.popleft()
                 conn.send(job)
                 busy[conn] = (proc, job)
+                self.used.add(proc.pid)
             for conn in wait(list(busy)):
                 proc, job = busy.pop(conn)
                 try:
@@ -578,10 +587,11 @@ class LocalPool:
 
     def close(self) -> None:
         """Stop every worker (idle or, after an interruption, busy); workers that never
-        ran a cell (a check failed, every cell was stored) are killed at once."""
-        busy = getattr(self, "busy", None)
-        for conn, proc in self.idle + [(c, p) for c, (p, _) in (busy or {}).items()]:
-            _stop(conn, proc, 2 if busy is not None else 0)
+        ran a cell (a check failed, every cell was stored, fewer cells than workers)
+        are killed at once."""
+        busy = getattr(self, "busy", {})
+        for conn, proc in self.idle + [(c, p) for c, (p, _) in busy.items()]:
+            _stop(conn, proc, 2 if proc.pid in self.used else 0)
         self.idle, self.busy = [], {}
 
     @staticmethod
