@@ -156,7 +156,7 @@ def test_cli_writes_the_hls4ml_project(run_cli, tmp_path):
     assert meta["types"]["features_0"]["accum"].startswith("ap_fixed<32,")
     firmware = tmp_path / "h" / H.PROJECT / "firmware"
     assert (firmware / "deployq.cpp").is_file() and (firmware / "parameters.h").is_file()
-    assert "AP_TRN,AP_SAT" in (firmware / "defines.h").read_text()
+    assert "AP_RND_CONV,AP_SAT" in (firmware / "defines.h").read_text()   # default rounding
     assert out.splitlines()[-1] == str(tmp_path / "h" / H.PROJECT)
 
 
