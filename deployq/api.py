@@ -738,15 +738,17 @@ def amplify(targets: list[str], session: Session, out=DEFAULT_OUT, eps: float = 
     from . import amplify as A
     A.check(targets_or_fail(targets, targets_dir), attack, eps, samples, steps)
     exports = {}
-    for name in targets:
-        tgt = T.get(name, targets_dir)
-        plan = (plans or {}).get(name)
-        if plan is None and name in (config or {}):
-            plan = P.make(session.graph, session.stats, tgt, config[name], provenance(session))
-        exported = export(name, session, out, None, targets_dir, plan=plan)
-        exports[name] = (tgt, exported, load_runner(exported))
-    x, y = session.dataset.test(samples)
-    return A.measure(session, exports, x, y, attack, eps, steps)
+    with out_lock(out):                     # the exports are OUT's, as in evaluate
+        for name in targets:
+            tgt = T.get(name, targets_dir)
+            plan = (plans or {}).get(name)
+            if plan is None and name in (config or {}):
+                plan = P.make(session.graph, session.stats, tgt, config[name],
+                              provenance(session))
+            exported = export(name, session, out, None, targets_dir, plan=plan)
+            exports[name] = (tgt, exported, load_runner(exported))
+        x, y = session.dataset.test(samples)
+        return A.measure(session, exports, x, y, attack, eps, steps)
 
 
 def certify(targets: list[str], eps, samples: int | None = 200, complete: bool = False,
