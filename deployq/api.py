@@ -220,7 +220,7 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
            clips: tuple[float, ...] | None = None, activation_budget: str | None = None,
            refine: int = 0, progress=None, **session_args) -> Selection:
     """Choose per-layer weight bits (and clipping) for TARGET under BUDGET
-    (deployq.select) and write the plan to OUT/TARGET/plan.json; returns (path, plan)
+    (deployq.selection) and write the plan to OUT/TARGET/plan.json; returns (path, plan)
     as a Selection. min_bits, clips: the candidates (default select.MIN_BITS,
     select.CLIPS); activation_budget: also choose activation bits (targets allowing
     several); refine = K > 0: measure the DP's K best on a validation split and refine.
@@ -233,7 +233,7 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
 
 def _select(target, budget, method, eps, session, out, calibration, rounding, targets_dir,
             min_bits, clips, activation_budget, refine, **session_args) -> Selection:
-    from . import select as S
+    from . import selection as S
     tgt = T.get(target, targets_dir)
     budget = S.parse_budget(budget)             # bad input fails before slow work
     if method not in S.METHODS:
@@ -504,7 +504,7 @@ def _run(config: dict | None) -> tuple[dict, list[Path]]:
                              cfg["targets_dir"])
     robust = robust_config(cfg)
     if cfg["select"]:                                   # budget texts before any work
-        from . import select as S
+        from . import selection as S
         for key in ("budget", "activation_budget"):
             if cfg["select"].get(key) is not None:
                 S.parse_budget(cfg["select"][key])
@@ -553,14 +553,14 @@ def _run_stages(cfg: dict, names: list[str], plans: dict, robust, skipped: list)
 
 
 def _select_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:
-    """The run's selection stage (config key `select`): a plan chosen by deployq.select
+    """The run's selection stage (config key `select`): a plan chosen by deployq.selection
     for every target without a plan, written to OUT/selected/TARGET/plan.json.
     `rounding` applies where the target allows it; `activation_budget` on the targets
     that allow several activation bits (the others keep their activation bits)."""
     table = cfg.get("select")
     if not table:
         return {}
-    from . import select as S
+    from . import selection as S
     found = {}
     for tgt in targets_or_fail([n for n in names if n not in plans], cfg["targets_dir"]):
         rounding = table.get("rounding")
@@ -581,7 +581,7 @@ def _select_stage(cfg: dict, names: list[str], session: Session, plans: dict) ->
 
 def _certify_stage(cfg: dict, names: list[str], session: Session, plans: dict) -> dict:
     """The run's certify stage on the targets whose arithmetic deployq models exactly."""
-    from . import certify as C
+    from . import certification as C
     chosen = []
     for name in names:
         try:
@@ -619,7 +619,7 @@ def profile(targets: list[str], session: Session | None = None,
             targets_dir=None, reuse: bool = False, **session_args) -> dict:
     """Size, compute, memory and latency of each target (exported now, or reused from
     OUT when reuse is set), and the machine they were measured on."""
-    from . import profile as PR
+    from . import profiling as PR
     targets_or_fail(targets, targets_dir)
     if repeats < 3 or batch < 1:
         raise InputError(f"profiling needs --repeats >= 3 and --batch >= 1, got {repeats}, {batch}")
@@ -658,11 +658,11 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
            weight_bits: int | None = None, calibration: str | None = None,
            **options) -> dict:
     """Quantization-aware training of the session's model for TARGET's plan with
-    METHOD (deployq.harden.METHODS: dq, pgd, dq+pgd); writes OUT/weights.safetensors,
+    METHOD (deployq.hardening.METHODS: dq, pgd, dq+pgd); writes OUT/weights.safetensors,
     OUT/plan.json and OUT/harden.json, checkpoints in OUT and resumes from them.
     options: harden.Config fields (steps, lr, batch, val_fraction, ...) and, without
     `session`, open_session's arguments."""
-    from . import harden as H
+    from . import hardening as H
     if method == H.QAIBP:
         return _harden_qaibp(target, out, epochs, eps, session, targets_dir, **options)
     fields = set(H.Config.__dataclass_fields__)
@@ -682,7 +682,7 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
 
 def _check_trainable(session: Session, out) -> None:
     """harden trains a module, and its outputs never land on an input file."""
-    from . import harden as H
+    from . import hardening as H
     if session.model.program is not None:
         raise InputError("harden trains an nn.Module; give the model as zoo:NAME or "
                          "path/file.py:factory, not a .pt2 program")
@@ -698,7 +698,7 @@ def _harden_qaibp(target: str, out, epochs: int, eps: float, session: Session | 
     """harden --method qa-ibp: QA-IBP certified training (deployq.qaibp) at TARGET's
     default bits; OUT/weights.safetensors and OUT/harden.json (no checkpoints)."""
     from safetensors.torch import save
-    from . import harden as H, qaibp
+    from . import hardening as H, qaibp
     tgt = T.get(target, targets_dir)
     given = {"lr": lr, "batch": batch, "val_fraction": val_fraction}
     cfg = qaibp.Config(eps=eps, epochs=epochs, seed=seed,
@@ -758,13 +758,13 @@ def certify(targets: list[str], eps, samples: int | None = 200, complete: bool =
             corners: int = 4, strength: str = "standard", clock: str = "wall",
             **session_args) -> dict:
     """Certified accuracy of the float model (IBP) and of each target on its exact
-    integer arithmetic (deployq.certify) at each eps (a list, or text like
+    integer arithmetic (deployq.certification) at each eps (a list, or text like
     '1/255,2/255'), on the first `samples` test samples, next to clean accuracy and
     accuracy under attack on the runtime; with `complete`, branch and bound decides
     the rest within time_limit seconds per sample (clock 'wall', or 'cpu': process
     time, for a loaded machine). The attack is deployq.robustness's preset `strength`
     (attack_steps overrides its iterations). Result under 'certify'."""
-    from . import certify as C
+    from . import certification as C
     eps = C.parse_eps(eps if isinstance(eps, str) else ",".join(map(str, eps)))
     C.Config(eps, attack_steps=attack_steps, strength=strength)   # bad strength: now
     for t in targets_or_fail(targets, targets_dir):

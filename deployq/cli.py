@@ -813,7 +813,7 @@ def certify_(target_list, eps, model, weights, data, out, calibration, calib_sam
     propagation; docs/certify.md), beside float IBP, clean accuracy and accuracy under
     attack on the runtime."""
     from . import api, report
-    from .certify import check_target, parse_eps
+    from .certification import check_target, parse_eps
     plans = api.plans_by_target(plan_paths)
     names = api.with_plan_targets(_split(target_list), plans)
     eps_values = parse_eps(eps)

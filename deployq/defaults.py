@@ -17,7 +17,7 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 "weight_bits": None, "activation_bits": None,
                 # plan.json files (e.g. from 'deployq select') used for their targets
                 "plans": [],
-                # bit selection inside run (deployq.select), for every target without
+                # bit selection inside run (deployq.selection), for every target without
                 # a plan: {budget = "4bits", method = "adversarial", eps, refine,
                 # activation_budget, rounding}; None: no selection
                 "select": None,
@@ -36,7 +36,7 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 "robust_samples": 200, "temperature": 1.0,
                 # profiling stage: latency repeats (0 turns it off)
                 "profile_repeats": 30,
-                # certify stage (deployq.certify): eps list ([] turns it off), samples
+                # certify stage (deployq.certification): eps list ([] turns it off), samples
                 "certify": [], "certify_samples": 200,
                 # amplify stage (deployq.amplify): PGD eps (None turns it off), samples,
                 # on every target that can dump its tensors

@@ -11,7 +11,7 @@ unsigned `bits` grid of [0, running max], the input on the 1/255 grid. Rounding 
 straight-through (forward rounds, backward passes the gradient). Interval bounds go
 through the same forward pass: affine layers in centre/radius form, and every rounding
 and clamp applied to both ends, which is sound because each is monotone (the exact
-integer bounds of deployq.certify are the ones that certify; these train).
+integer bounds of deployq.certification are the ones that certify; these train).
 
 Loss: kappa * CE(clean logits) + (1 - kappa) * CE(worst-case logits), where the
 worst case takes the lower bound of the true class and the upper bound of the others.
@@ -209,7 +209,7 @@ def train(model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
     the simulated bits to its default weight bits; overrides (eps, epochs, seed, ...)
     set Config fields. progress(epoch, epochs, entry) is called after each epoch.
     Returns the model (eval mode; BN statistics as given) and the log. The certificate
-    of the result is computed on the target itself (deployq.certify)."""
+    of the result is computed on the target itself (deployq.certification)."""
     if target is not None:
         from . import targets as T
         tgt = T.get(target) if isinstance(target, str) else target
@@ -281,7 +281,7 @@ def _step(sim: Simulated, opt, x, y, eps: float, kappa: float) -> float:
 def evaluate(sim: Simulated, x: np.ndarray, y: np.ndarray, eps: float,
              batch: int = 1000) -> dict:
     """Clean accuracy of the simulated quantized model and the fraction its interval
-    bounds certify at eps (a training signal; deployq.certify certifies)."""
+    bounds certify at eps (a training signal; deployq.certification certifies)."""
     clean = cert = 0
     with torch.no_grad():
         for i in range(0, len(x), batch):

@@ -1,6 +1,6 @@
 """End-to-end refinement of a bit-width selection (docs/selection.md, "Refinement").
 
-The DP (deployq.select) ranks assignments by a bound; this module scores them by what
+The DP (deployq.selection) ranks assignments by a bound; this module scores them by what
 the bound stands in for: robust accuracy, measured through the target's mirror
 (fpga-fixed: bit-exact with the runtime) on a validation split carved from the
 TRAINING data, never the test split. It measures the DP's K best, then improves the

@@ -205,7 +205,7 @@ def _check_bits(sweep: Sweep, key: str) -> None:
 
 
 def _check_plan(plan) -> dict:
-    from . import select as S
+    from . import selection as S
     if not isinstance(plan, dict) or set(plan) - {"method", "budget", "eps"} or \
             "budget" not in plan:
         raise InputError(f"a plans entry is a table with budget (and method, eps), e.g. "

@@ -1,4 +1,4 @@
-"""deployq.certify and deployq.ibp: integer interval bounds that are the runtime's own
+"""deployq.certification and deployq.ibp: integer interval bounds that are the runtime's own
 arithmetic at a point and contain every runtime output over a box (checked on the C
 runtime and LiteRT's reference kernels), certificates that attacks and box points run
 on the runtime never break, a planted off-by-one rounding that these checks catch,
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from deployq import api, backends, calibrate, certify as C, fixedpoint as FX, graph as G
+from deployq import api, backends, calibrate, certification as C, fixedpoint as FX, graph as G
 from deployq import ibp, plan as P, qaibp, targets as T, zoo
 from deployq.errors import DeployqError, InputError
 from tests.conftest import ALL_OPS_SHAPE, AllOps, randomized

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from deployq import api, certify as C, fixedpoint as FX, linbounds as LB
+from deployq import api, certification as C, fixedpoint as FX, linbounds as LB
 from tests.test_certify import _brute_force, _semantics, _target
 
 

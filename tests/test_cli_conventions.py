@@ -70,7 +70,7 @@ def test_command_list_is_not_truncated(run_cli):
 
 
 def test_closed_sets_are_the_modules_own():
-    from deployq import harden, robustness, select
+    from deployq import hardening as harden, robustness, selection as select
     assert C.SELECT_METHODS == select.METHODS
     assert C.HARDEN_METHODS == tuple(harden.METHODS) + (harden.QAIBP,)
     assert (C.ATTACKS, C.SOURCES, C.STRENGTHS) == (robustness.ATTACKS, robustness.SOURCES,
@@ -192,13 +192,15 @@ def test_open_session_takes_modules_programs_and_arrays():
 
 
 def test_top_level_verbs_and_modules():
-    from deployq import select as S
-    assert S.METHODS and callable(deployq.select) and deployq.select is S
     import importlib
-    prof = importlib.import_module("deployq.profile")
-    assert callable(deployq.profile) and deployq.profile is prof and prof.machine
+    from deployq import api, selection as S
+    assert S.METHODS and deployq.select is api.select and deployq.profile is api.profile
+    prof = importlib.import_module("deployq.profiling")
+    assert prof.machine and deployq.profile is api.profile  # importing it changes nothing
     for name in ("certify", "harden", "load_runner", "load_exported", "list_targets"):
         assert callable(getattr(deployq, name)), name
+    with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
+        deployq.nonesuch
 
 
 def test_evaluate_progress_callback_and_typed_result(tmp_path):

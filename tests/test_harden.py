@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deployq import amplify as A, api, harden as H, models, targets as T
+from deployq import amplify as A, api, hardening as H, models, targets as T
 from deployq.errors import InputError
 
 SMALL = dict(val_samples=40, val_steps=2, steps=2, batch=64, seed=0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from deployq import fixedpoint, refine as RF, select as S
+from deployq import fixedpoint, refine as RF, selection as S
 from deployq import plan as P, targets as T
 
 

@@ -60,7 +60,7 @@ def complete_without_attacks(model: str, target: str, n: int, eps: str, time_lim
     machine): IBP over n samples; every sample it leaves open that the runtime
     classifies right at the clean input goes to certify.verify (its counterexamples
     confirmed on the runtime); the runtime's clean errors count as falsified."""
-    from deployq import certify as C
+    from deployq import certification as C
     session = api.open_session(f"zoo:{model}")
     ex = api.export(target, session, out)
     sem = C.semantics(ex, session.graph, api.load_runner(ex))

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deployq import api, mirror, plots, refine as RF, robustness as R  # noqa: E402
-from deployq import select as S  # noqa: E402
+from deployq import selection as S  # noqa: E402
 from deployq import plan as P, stats, targets as T  # noqa: E402
 from deployq.io import atomic_write  # noqa: E402
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deployq import api, plan as P, refine as RF, select as S, targets as T  # noqa: E402
+from deployq import api, plan as P, refine as RF, selection as S, targets as T  # noqa: E402
 
 
 def weights_arg(text: str, names: list[str]) -> dict:

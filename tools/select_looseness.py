@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deployq import api, plan as P, select as S, targets as T  # noqa: E402
+from deployq import api, plan as P, selection as S, targets as T  # noqa: E402
 
 
 def logits(session, layers, weights, x) -> torch.Tensor:

@@ -86,7 +86,7 @@ def certifiable(target) -> None:
 
 
 def semantics(exported, graph: G.Graph, runner):
-    from .. import certify
+    from .. import certification as certify
     plan, target = exported.plan, exported.target
     return certify.fx_semantics(exported, graph, runner, lower(graph, plan, target),
                                 mirror(graph, plan, target))

@@ -53,7 +53,7 @@ def certifiable(target) -> None:
 
 
 def semantics(exported, graph: G.Graph, runner):
-    from .. import certify
+    from .. import certification as certify
     return certify.s8_semantics(exported, graph, runner,
                                 (exported.path.parent / ARTIFACT).read_bytes())
 

@@ -52,7 +52,7 @@ def certifiable(target) -> None:
 
 
 def semantics(exported, graph, runner):
-    from .. import certify
+    from .. import certification as certify
     return certify.s8_semantics(exported, graph, runner,
                                 (exported.path.parent / mcu.ARTIFACT).read_bytes())
 

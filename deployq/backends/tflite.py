@@ -51,7 +51,7 @@ def certifiable(target) -> None:
 def semantics(exported, graph, runner):
     """The .tflite translated to the C runtime's model file, which LiteRT's reference
     kernels match bit for bit (tests/runtime/test_mcu.py)."""
-    from .. import certify
+    from .. import certification as certify
     from . import get            # the mcu backend owns that translation (mcu imports us)
     blob, _ = get("mcu").from_tflite((exported.path.parent / ARTIFACT).read_bytes(), 0)
     return certify.s8_semantics(exported, graph, runner, blob)

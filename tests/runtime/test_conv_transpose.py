@@ -138,7 +138,7 @@ def test_onnx_runs_and_names_float_islands(tmp_path):
 
 
 def test_int8_bounds_are_the_runtime_at_points_and_contain_it_on_boxes(mcu_export):
-    from deployq import api, certify as C
+    from deployq import api, certification as C
     from deployq.backends import mcu
     from tests.test_certify import _box_check
     graph, plan, _, path = mcu_export

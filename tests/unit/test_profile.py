@@ -2,7 +2,7 @@ import copy
 
 import numpy as np
 
-from deployq import api, plan as P, profile, targets as T
+from deployq import api, plan as P, profiling as profile, targets as T
 
 
 def _plan(session):

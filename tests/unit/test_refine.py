@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deployq import api, refine as RF, select as S, validate
+from deployq import api, refine as RF, selection as S, validate
 from deployq.errors import InputError
 
 RND = {"rounding": "rnd"}

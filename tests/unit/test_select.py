@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deployq import api, plan as P, select as S, targets as T
+from deployq import api, plan as P, selection as S, targets as T
 from deployq.errors import InputError
 
 RND = {"rounding": "rnd"}
