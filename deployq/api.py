@@ -140,7 +140,10 @@ def plan_config(tgt: T.Target, settings: dict | None, output: str | None = None,
     PlanConfig's default. hidden_only (harden's DQ): the input and the logits (layer
     `output`) keep the target's default activation bits: DQ quantizes the hidden
     activations, not the image, and 4-bit logits tie on argmax."""
-    default = {k: v for k, v in (settings or {}).items() if v is not None}
+    default = {k: v for k, v in (settings or {}).items() if v is not None
+               and not (k == "rounding" and v not in tgt.allowed.get("rounding", ()))}
+    # (a rounding mode applies to the targets that offer it, as in run's select stage:
+    # eval --rounding trn sets fpga-fixed's; the int8 targets round as their runtimes do)
     for key, value in default.items():
         if key not in T.SETTINGS:
             raise InputError(f"unknown plan setting {key!r}; known: {', '.join(T.SETTINGS)}")

@@ -85,6 +85,9 @@ def _model_options(f):
     return f
 
 
+FX_ROUNDING = ("trn", "rnd", "rnd_conv")     # targets/fpga-fixed.toml's [allowed]
+
+
 def _plan_option(f):
     return click.option(
         "--plan", "plan_paths", multiple=True, type=click.Path(dir_okay=False),
@@ -94,6 +97,10 @@ def _plan_option(f):
 
 
 def _bits_options(f):
+    f = click.option("--rounding", default=None, type=click.Choice(FX_ROUNDING),
+                     help="Rounding of fpga-fixed's requantizations: trn (AP_TRN, floor), "
+                          "rnd (AP_RND), rnd_conv (AP_RND_CONV, the default); the int8 "
+                          "targets round as their runtimes do.")(f)
     f = click.option("--activation-bits", default=None, type=click.IntRange(2, 16),
                      help="Activation bits of every layer (default: the target's).")(f)
     return click.option("--weight-bits", default=None, type=click.IntRange(2, 16),
@@ -521,14 +528,15 @@ def profile_(target_list, model, weights, data, out, calibration, calib_samples,
 @click.pass_context
 def eval_(ctx, target_list, model, weights, data, out, calibration, calib_samples, seed,
           targets_dir, samples, json_path, attacks, strength, eps, sources, steps, restarts,
-          queries, plan_paths, weight_bits, activation_bits):
+          queries, plan_paths, weight_bits, activation_bits, rounding):
     """Export to each target and compare float and integer accuracy on the test split;
     with --attacks or --strength, also robust accuracy measured on each runtime."""
     from . import api, progress, report
     _attack_options_need_attacks(ctx, attacks is not None or strength is not None)
     plans = api.plans_by_target(plan_paths)
     names = api.with_plan_targets(_split(target_list), plans)
-    settings = {"weight_bits": weight_bits, "activation_bits": activation_bits}
+    settings = {"weight_bits": weight_bits, "activation_bits": activation_bits,
+                "rounding": rounding}
     for tgt in api.targets_or_fail(names, targets_dir):
         if tgt.name not in plans:
             api.plan_settings(tgt, settings)         # before the session: fail fast

@@ -295,3 +295,21 @@ def test_one_plan_settings_helper_serves_export_and_harden():
         api.plan_settings(tgt, {"weight_bits": 12})
     with pytest.raises(InputError, match="colour"):
         api.plan_settings(tgt, {"colour": 1})
+
+
+def test_eval_rounding_sets_fpga_fixed_and_leaves_the_int8_targets(run_cli, tmp_path):
+    from deployq import api, targets as T
+    assert api.plan_settings(T.get("fpga-fixed"), {"rounding": "trn"}) == {"rounding": "trn"}
+    assert api.plan_settings(T.get("mcu-int8"), {"rounding": "trn"}) == {}
+    out = tmp_path / "out"
+    code, _, err = run_cli("eval", "-t", "fpga-fixed,mcu-int8", "--rounding", "trn",
+                           "-n", "20", "-o", out)
+    assert code == 0, err
+    modes = {t: {lp["settings"]["rounding"] for lp in
+                 json.loads((out / t / "plan.json").read_text())["layers"].values()}
+             for t in ("fpga-fixed", "mcu-int8")}
+    assert modes == {"fpga-fixed": {"trn"}, "mcu-int8": {"half_away"}}
+    code, _, err = run_cli("eval", "-t", "fpga-fixed", "--rounding", "floor", "-o",
+                           tmp_path / "bad")
+    assert code == 2 and "floor" in _one_error_line(err)
+    assert not (tmp_path / "bad").exists()
