@@ -205,7 +205,7 @@ def _s8_affine(prog, op, in_dims, out_dims):
 
 def build(sem) -> Net:
     """The chain of sem's integer model (raises NotLinear where it is not one)."""
-    model = getattr(sem, "model", None)
+    model = sem.model                   # certification.Semantics: FxModel, S8Program or None
     if isinstance(model, FX.FxModel):
         return from_fx(model)
     if isinstance(model, ibp.S8Program):

@@ -552,6 +552,7 @@ class LocalPool:
         import multiprocessing as mp
         self.ctx, self.workers = mp.get_context("spawn"), workers
         self.idle = [self._spawn() for _ in range(workers)]
+        self.busy: dict = {}                  # conn -> (proc, job), while run() runs
         self.used: set = set()                # pids of workers that got a cell
 
     def _spawn(self):
@@ -589,8 +590,7 @@ class LocalPool:
         """Stop every worker (idle or, after an interruption, busy); workers that never
         ran a cell (a check failed, every cell was stored, fewer cells than workers)
         are killed at once."""
-        busy = getattr(self, "busy", {})
-        for conn, proc in self.idle + [(c, p) for c, (p, _) in busy.items()]:
+        for conn, proc in self.idle + [(c, p) for c, (p, _) in self.busy.items()]:
             _stop(conn, proc, 2 if proc.pid in self.used else 0)
         self.idle, self.busy = [], {}
 

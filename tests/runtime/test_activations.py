@@ -134,7 +134,9 @@ def test_fpga_comparison_catches_a_changed_table(tmp_path):
     fx = fpga.lower(graph, plan, target)
     q = FX.quantize_input(x, fx.input_frac, fx.input_bits, fx.input_quant)
     codes, counts = np.unique(FX.run_all(fx, q)["conv"], return_counts=True)
-    fx.layers["act"].extra["table"][int(codes[counts.argmax()]) & 0xFF] += 1
+    table, i = fx.layers["act"].extra["table"], int(codes[counts.argmax()]) & 0xFF
+    table[i] += 8 if table[i] < 100 else -8     # not 1 LSB: the next layer's rounding
+    #                                              (round half to even) can absorb that
     c_out = backends.codes(fpga.load(path), x)
     assert not np.array_equal(c_out.reshape(len(x), -1),
                               FX.run_int(fx, q).reshape(len(x), -1))
