@@ -247,17 +247,21 @@ def significance(rows: list[dict], eps: list[float]) -> str:
             if o is r or not same:
                 continue
             for e in eps:
-                n = r["samples"]
-                test = stats.paired(stats.unpack(r["masks"][e], n),
-                                    stats.unpack(o["masks"][e], n))
-                lo, hi = r["robust_ci95"][e]
                 lines.append(f"| {r['model']} | {r['target']} | {r['budget']} | "
                              f"{r['act'] or '-'} | {o['method']} | {e:g} | "
-                             f"{100 * r['robust'][e]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
-                             f"{100 * o['robust'][e]:.1f} | "
-                             f"{100 * (r['robust'][e] - o['robust'][e]):+.1f} | "
-                             f"{test['p']:.2g} | {100 * (r['clean'] - o['clean']):+.1f} |")
+                             + versus(r, o, e))
     return "\n".join(lines)
+
+
+def versus(r: dict, o: dict, e: float) -> str:
+    """The table cells of row r against row o at eps e, paired on the same samples:
+    r's robust % [95% CI], o's, the difference, McNemar's p, the clean difference."""
+    n = r["samples"]
+    test = stats.paired(stats.unpack(r["masks"][e], n), stats.unpack(o["masks"][e], n))
+    lo, hi = r["robust_ci95"][e]
+    return (f"{100 * r['robust'][e]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+            f"{100 * o['robust'][e]:.1f} | {100 * (r['robust'][e] - o['robust'][e]):+.1f} | "
+            f"{test['p']:.2g} | {100 * (r['clean'] - o['clean']):+.1f} |")
 
 
 def table(rows: list[dict], eps: list[float]) -> str:
@@ -476,15 +480,8 @@ def act_significance(rows: list[dict], eps: list[float]) -> str:
                     or (r["method"] == "noise" and o["method"] == "noise"):
                 continue
             for e in eps:
-                n = r["samples"]
-                test = stats.paired(stats.unpack(r["masks"][e], n),
-                                    stats.unpack(o["masks"][e], n))
-                lo, hi = r["robust_ci95"][e]
                 lines.append(f"| {r['model']} | {r['weights']} | {r['method']} | "
-                             f"{o['method']} | {e:g} | {100 * r['robust'][e]:.1f} "
-                             f"[{100 * lo:.1f}, {100 * hi:.1f}] | {100 * o['robust'][e]:.1f} | "
-                             f"{100 * (r['robust'][e] - o['robust'][e]):+.1f} | "
-                             f"{test['p']:.2g} | {100 * (r['clean'] - o['clean']):+.1f} |")
+                             f"{o['method']} | {e:g} | " + versus(r, o, e))
     return "\n".join(lines)
 
 
