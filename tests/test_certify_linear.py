@@ -93,15 +93,15 @@ def test_linear_bounds_contain_the_runtime(sem, digits, monkeypatch):
 
 def test_chain_is_the_runtime_and_a_planted_rounding_bug_is_caught(sem, digits, monkeypatch):
     """The chain's point semantics equal the C runtime's outputs; with fpga-fixed's
-    truncation planted as half up (mcu-int8: the rounding divide as a floor) they no
-    longer do."""
+    rounding mode planted as another (round half to even as truncation, truncation as
+    half up; mcu-int8: the rounding divide as a floor) they no longer do."""
     net = LB.build(sem)
     x, _ = digits.dataset.test(40)
     codes = sem.flat(sem.codes(x))
     assert np.array_equal(net.point(codes), sem.run(x))
     if isinstance(sem.model, FX.FxModel):
         shift = FX.shift
-        monkeypatch.setattr(FX, "shift", lambda v, s, q: shift(v, s, "rnd" if q == "trn" else q))
+        monkeypatch.setattr(FX, "shift", lambda v, s, q: shift(v, s, "rnd" if q == "trn" else "trn"))
     else:
         from deployq import ibp
         monkeypatch.setattr(ibp, "rounding_divide_by_pot", lambda v, e: v >> e)

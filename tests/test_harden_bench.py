@@ -60,8 +60,8 @@ def test_compare_reaches_a_runs_float_copy(bench):
 def test_zoo_digits_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
     """zoo:lenet-digits-dq with its shipped 4-bit plan on the C runtime: accurate
     (94.2% on the whole test split when it was trained); the plain zoo model on a
-    4-bit plan calibrated after training (post-training quantization, the negative
-    control) is far less so (64.5% on the first 200)."""
+    4-bit plan calibrated after training with the same rounding (`trn`; post-training
+    quantization, the negative control) is far less so (64.5% on the first 200)."""
     from deployq import api, plan as P, targets as T
     plan = ROOT / "deployq" / "weights" / "lenet-digits-dq.plan.json"
     dq = api.open_session("zoo:lenet-digits-dq")
@@ -71,7 +71,8 @@ def test_zoo_digits_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
     dq_acc = (api.load_runner(ex).run(x).argmax(1) == y).mean()
     plain = api.open_session("zoo:lenet-digits")
     tgt = T.get("fpga-fixed")
-    config = api.bits_config(tgt, 4, 8, output=plain.graph.output)
+    config = api.plan_config(tgt, {"activation_bits": 4, "weight_bits": 8,
+                                   "rounding": "trn"}, plain.graph.output, hidden_only=True)
     ptq = P.make(plain.graph, plain.stats, tgt, config, api.provenance(plain))
     ex2 = api.export("fpga-fixed", plain, tmp_path / "plain", plan=ptq)
     ptq_acc = (api.load_runner(ex2).run(x).argmax(1) == y).mean()
