@@ -224,8 +224,8 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
            refine: int = 0, progress=None, **session_args) -> Selection:
     """Choose per-layer weight bits (and clipping) for TARGET under BUDGET
     (deployq.selection) and write the plan to OUT/TARGET/plan.json; returns (path, plan)
-    as a Selection. min_bits, clips: the candidates (default select.MIN_BITS,
-    select.CLIPS); activation_budget: also choose activation bits (targets allowing
+    as a Selection. min_bits, clips: the candidates (default selection.MIN_BITS,
+    selection.CLIPS); activation_budget: also choose activation bits (targets allowing
     several); refine = K > 0: measure the DP's K best on a validation split and refine.
     progress: a callable given every deployq.progress.Progress event."""
     with PG.reporting(progress), PG.stages(2 + (session is None)):
@@ -663,7 +663,7 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
     """Quantization-aware training of the session's model for TARGET's plan with
     METHOD (deployq.hardening.METHODS: dq, pgd, dq+pgd); writes OUT/weights.safetensors,
     OUT/plan.json and OUT/harden.json, checkpoints in OUT and resumes from them.
-    options: harden.Config fields (steps, lr, batch, val_fraction, ...) and, without
+    options: hardening.Config fields (steps, lr, batch, val_fraction, ...) and, without
     `session`, open_session's arguments."""
     from . import hardening as H
     if method == H.QAIBP:

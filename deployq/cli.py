@@ -14,7 +14,7 @@ from .errors import InputError
 
 log = logging.getLogger("deployq")
 # closed sets the CLI offers as click.Choice (the modules that own them import torch;
-# tests/test_cli.py checks these equal select.METHODS, harden.METHODS + qa-ibp,
+# tests/test_cli.py checks these equal selection.METHODS, hardening.METHODS + qa-ibp,
 # robustness.ATTACKS/SOURCES/STRENGTHS)
 SELECT_METHODS = ("adversarial", "noise", "hessian", "uniform")
 HARDEN_METHODS = ("dq", "pgd", "dq+pgd", "qa-ibp")

@@ -210,7 +210,7 @@ CONFIG = {
                "\"adversarial\"} with optional eps (0..1), refine (whole number >= 0), "
                "activation_budget (\"4bits\"), rounding"),
 }
-SELECT_METHODS = ("adversarial", "noise", "hessian", "uniform")   # = select.METHODS
+SELECT_METHODS = ("adversarial", "noise", "hessian", "uniform")   # = selection.METHODS
 SELECT_KEYS = {"budget": lambda v: isinstance(v, str) and v != "",
                "method": lambda v: v in SELECT_METHODS,
                "eps": lambda v: _is_num(v) and 0 <= v <= 1,
@@ -221,7 +221,7 @@ SELECT_KEYS = {"budget": lambda v: isinstance(v, str) and v != "",
 
 def _select_table(v) -> bool:
     """The run's select table: a budget, known keys only, each of the right type
-    (the budget texts are parsed by select.parse_budget before any work)."""
+    (the budget texts are parsed by selection.parse_budget before any work)."""
     return (isinstance(v, dict) and "budget" in v and set(v) <= set(SELECT_KEYS)
             and all(SELECT_KEYS[k](x) for k, x in v.items()))
 PATH_KEYS = ("weights", "out", "targets_dir")
