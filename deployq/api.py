@@ -566,9 +566,7 @@ def _select_stage(cfg: dict, names: list[str], session: Session, plans: dict) ->
     from . import selection as S
     found = {}
     for tgt in targets_or_fail([n for n in names if n not in plans], cfg["targets_dir"]):
-        rounding = table.get("rounding")
-        settings = ({"rounding": rounding}
-                    if rounding in tgt.allowed.get("rounding", []) else {})
+        settings = plan_settings(tgt, {"rounding": table.get("rounding")})
         several = len(tgt.allowed.get("activation_bits", [])) > 1
         log.info("selecting bits for %s (%s, budget %s)", tgt.name,
                  table.get("method", "adversarial"), table["budget"])

@@ -329,13 +329,7 @@ def test_cortex_m_kernels_bit_identical_on_random_ops_and_corner_shapes(libs, ds
 def test_a_wrong_cortex_m_kernel_is_caught(libs, tmp_path, old, new, kind):
     """Negative control: a quad-order mistake in the DSP kernels must be found by the
     comparison above."""
-    src = tmp_path / "runtime"
-    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
-    header = (src / "dq_arm_dsp.h").read_text()
-    assert old in header
-    (src / "dq_arm_dsp.h").write_text(header.replace(old, new))
-    bad = runtime.load_library(runtime.build(runtime.DSP_TWIN, out=tmp_path / "libdq-bad.so",
-                                             sources=src))
+    bad = mutated_library(tmp_path, "dq_arm_dsp.h", old, new, runtime.DSP_TWIN)
     assert any(differences(random_window_model(seed, F.MODE_S8, kind), libs[0], bad, seed)
                for seed in range(12)), kind
 
@@ -458,6 +452,18 @@ static dq_status dq_conv2d_s8_perturbed(const dq_ctx *ctx, const dq_window *w,
 """
 
 
+def mutated_library(tmp_path: Path, name: str, old: str, new: str, kernels: str = "opt"):
+    """A build of the runtime with `old` replaced by `new` in runtime/NAME (a negative
+    control's wrong kernel); `old` must be there."""
+    src = tmp_path / "runtime"
+    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
+    code = (src / name).read_text()
+    assert old in code
+    (src / name).write_text(code.replace(old, new))
+    return runtime.load_library(runtime.build(kernels, out=tmp_path / "libdq-bad.so",
+                                              sources=src))
+
+
 def perturbed_library(tmp_path: Path, condition: str):
     """An opt build whose conv2d_s8 entry is the optimized kernel plus a wrong LSB."""
     src = tmp_path / "runtime"
@@ -486,12 +492,7 @@ def test_a_perturbed_optimized_kernel_is_caught(libs, tmp_path, condition):
 def test_a_wrong_fx_kernel_is_caught(libs, tmp_path, old, new):
     """Negative controls for the optimized FX conv: each shortcut the exactness argument
     of dq_conv2d_fx_opt.c rules out must be found on the random FX conv models."""
-    src = tmp_path / "runtime"
-    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
-    code = (src / "dq_conv2d_fx_opt.c").read_text()
-    assert old in code
-    (src / "dq_conv2d_fx_opt.c").write_text(code.replace(old, new))
-    bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-bad.so", sources=src))
+    bad = mutated_library(tmp_path, "dq_conv2d_fx_opt.c", old, new)
     assert any(differences(random_window_model(seed, F.MODE_FX, "conv2d"), libs[0], bad, seed)
                for seed in range(24))
 
@@ -500,12 +501,7 @@ def test_a_wrong_fx_kernel_is_caught(libs, tmp_path, old, new):
     ("if (p->rounding != DQ_ROUND_DOUBLE) return 0;", "")])  # single rounding vectorized
 def test_a_wrong_mul_kernel_is_caught(libs, tmp_path, old, new):
     """Negative controls for the optimized MUL: on the random MUL models above."""
-    src = tmp_path / "runtime"
-    shutil.copytree(runtime.SOURCES, src, ignore=shutil.ignore_patterns("fuzz", "mcu"))
-    code = (src / "dq_mul_s8_opt.c").read_text()
-    assert old in code
-    (src / "dq_mul_s8_opt.c").write_text(code.replace(old, new))
-    bad = runtime.load_library(runtime.build("opt", out=tmp_path / "libdq-bad.so", sources=src))
+    bad = mutated_library(tmp_path, "dq_mul_s8_opt.c", old, new)
     assert any(differences(random_window_model(seed, F.MODE_S8, "mul"), libs[0], bad, seed)
                for seed in range(24))
 
