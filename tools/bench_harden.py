@@ -15,6 +15,16 @@
     python tools/bench_harden.py subset --train-samples 12000 --json fmnist12k.npz
         a seeded slice of Fashion-MNIST's training split (with the whole test split) as
         an .npz for `-d`: the runs of docs/harden.md trained on it to fit a shared machine
+    python tools/bench_harden.py lipschitz --run dq=zoo:lenet-digits@runs/dq ...
+        per weighted layer of each run's folded float weights: the spectral norm of W
+        reshaped to (out, in*k*k) (what DQ's penalty pushes to 1), the layer's operator
+        norm as a linear map on its input (power iteration: a 3x3 conv's can exceed the
+        matrix's by up to 3x), ||W W^T - I||_F (smaller Gram), and their products
+    python tools/bench_harden.py valsplit --data digits --json digits-val.npz
+        harden's validation split (the same --val-fraction and --seed) as the test split
+        of an .npz, its training part as the training split: `eval --data digits-val.npz`
+        then measures runs on the validation samples, to choose beta at the standard
+        strength without reading the test split
 
 A run is NAME=MODEL (the model as it is, with a calibrated plan: post-training
 quantization) or NAME=MODEL@DIR (DIR from `deployq harden`: its weights and plan.json).
@@ -54,8 +64,10 @@ def evaluate_run(name: str, spec: str, args) -> dict:
     if folder:
         plan_path = Path(folder) / "plan.json"
     else:                                        # post-training quantization
-        config = api.bits_config(tgt, args.activation_bits, args.weight_bits,
-                                 output=session.graph.output)
+        config = api.plan_config(tgt, {"activation_bits": args.activation_bits,
+                                        "weight_bits": args.weight_bits,
+                                        "rounding": args.rounding},
+                                 session.graph.output, hidden_only=True)
         plan = P.make(session.graph, session.stats, tgt, config, api.provenance(session))
         plan_path = Path(tempfile.mkdtemp()) / "plan.json"
         plan.save(plan_path)
@@ -63,6 +75,7 @@ def evaluate_run(name: str, spec: str, args) -> dict:
     out = Path(tempfile.mkdtemp())
     result = api.evaluate([TARGET], session, out, args.samples, None, None, cfg,
                           {TARGET: plan_path})
+    settings = next(iter(P.QuantPlan.load(plan_path).layers.values())).settings
     rows = {r["target"]: r for r in result["results"]}
     attacked = {t["target"]: t["eps"][0] for t in result["robustness"]["targets"]}
     return {"run": name, "model": model, "weights": weights,
@@ -73,7 +86,8 @@ def evaluate_run(name: str, spec: str, args) -> dict:
             "float_robust_mask": attacked["float"]["robust_mask"],
             "by": {f"{b['source']}/{b['attack']}": b["accuracy"]
                    for b in attacked[TARGET]["by"]},
-            "attack": cfg.describe(), "samples": args.samples}
+            "attack": cfg.describe(), "samples": args.samples,
+            "rounding": settings.get("rounding")}
 
 
 def eval_config(args) -> R.Config:
@@ -125,7 +139,7 @@ def cmd_eval(args) -> None:
               f"{100 * r['float_robust']:>6.1f}% [{100 * flo:.1f}, {100 * fhi:.1f}] "
               f"{100 * r['clean']:>6.1f}% {100 * r['robust']:>6.1f}% "
               f"[{100 * lo:.1f}, {100 * hi:.1f}]")
-        print(f"{'':<10} by source/attack: "
+        print(f"{'':<10} rounding {r.get('rounding')}; by source/attack: "
               + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["by"].items()))
     pairs = compare(rows, args.compare)
     for c in pairs:
@@ -173,9 +187,50 @@ def cmd_subset(args) -> None:
     print(f"{args.json}: {len(idx)} training samples, {len(ds.x_test)} test samples")
 
 
+def operator_norm(node, shape: tuple[int, ...], w: torch.Tensor, iters: int = 200) -> float:
+    """The L2 operator norm of node's linear map (bias left out) on inputs of `shape`,
+    by power iteration on J^T J (seeded)."""
+    from deployq import graph as G
+    v = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+    for _ in range(iters):
+        v = (v / v.norm()).requires_grad_(True)
+        u = G.weighted(node, v, w, None)
+        (v,) = torch.autograd.grad(0.5 * (u * u).sum(), v)
+    return float(v.norm().sqrt())
+
+
+def cmd_lipschitz(args) -> None:
+    from deployq import hardening as H
+    for name, spec in (r.split("=", 1) for r in args.run):
+        model, _, folder = spec.partition("@")
+        weights = str(Path(folder) / "weights.safetensors") if folder else None
+        graph = api.open_session(model, weights, args.data).graph
+        rows, prod_mat, prod_op = [], 1.0, 1.0
+        for n in (n for n in graph.nodes if n.op in ("conv2d", "linear")):
+            w = torch.from_numpy(n.weight)
+            mat = float(torch.linalg.matrix_norm(w.reshape(len(w), -1), ord=2))
+            op = operator_norm(n, graph.shape_of(n.inputs[0]), w)
+            orth = float(H.orthogonality(w).sqrt())
+            prod_mat, prod_op = prod_mat * mat, prod_op * op
+            rows.append(f"{n.name} {mat:.2f}/{op:.2f} (orth {orth:.2f})")
+        print(f"{name}: " + ", ".join(rows)
+              + f"; products {prod_mat:.2f}/{prod_op:.2f}")
+
+
+def cmd_valsplit(args) -> None:
+    import numpy as np
+    from deployq import data, hardening
+    ds = data.load(args.data or "digits", args.seed)
+    part = hardening.split(ds.x_train, ds.y_train, args.val_fraction, args.seed)
+    np.savez(args.json, x=part.x_train, y=part.y_train, x_test=part.x_val,
+             y_test=part.y_val)
+    print(f"{args.json}: {len(part.x_train)} training samples, {len(part.x_val)} "
+          "validation samples as its test split")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["eval", "time", "subset"])
+    ap.add_argument("command", choices=["eval", "time", "subset", "valsplit", "lipschitz"])
     ap.add_argument("--run", action="append", default=[], help="NAME=MODEL[@DIR]")
     ap.add_argument("--data", default=None)
     ap.add_argument("--eps", type=float, default=0.03)
@@ -191,16 +246,22 @@ def main() -> int:
                     "--json: its runs join the table (runs measured apart, in parallel)")
     ap.add_argument("--compare", action="append", default=[], help="FIRST:SECOND runs, "
                     "McNemar on their per-sample robust accuracy")
+    ap.add_argument("--rounding", default=None, help="fpga-fixed rounding of the "
+                    "post-training plans (default: the target's); a harden run's plan "
+                    "keeps the rounding it was trained with")
     ap.add_argument("--activation-bits", type=int, default=4)
     ap.add_argument("--weight-bits", type=int, default=8)
     ap.add_argument("--train-samples", type=int, default=3000)
     ap.add_argument("--pgd-steps", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    {"eval": cmd_eval, "time": cmd_time, "subset": cmd_subset}[args.command](args)
+    {"eval": cmd_eval, "time": cmd_time, "subset": cmd_subset,
+     "valsplit": cmd_valsplit, "lipschitz": cmd_lipschitz}[args.command](args)
     print(f"({time.time() - t0:.0f} s; machine shared with other jobs)", file=sys.stderr)
     return 0
 
