@@ -77,3 +77,41 @@ def test_zoo_digits_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
     ex2 = api.export("fpga-fixed", plain, tmp_path / "plain", plan=ptq)
     ptq_acc = (api.load_runner(ex2).run(x).argmax(1) == y).mean()
     assert dq_acc >= 0.9 and ptq_acc < dq_acc - 0.1
+
+
+def test_operator_norm_is_the_dense_maps_spectral_norm(bench):
+    """bench_harden lipschitz's operator norm of a 3x3 conv (padding 1) on an 8x8 input
+    equals the spectral norm of the dense matrix of that map (built column by column);
+    the reshaped (out, in*k*k) matrix's norm, what DQ's penalty constrains, is a
+    different number (the negative control: the two are not interchangeable)."""
+    import torch
+    from deployq import graph as G
+    w = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    node = G.Node("c", "conv2d", ["input"], (4, 8, 8), {"stride": (1, 1), "padding": (1, 1),
+                                                         "dilation": (1, 1), "groups": 1})
+    basis = torch.eye(2 * 8 * 8).reshape(-1, 2, 8, 8)
+    dense = G.weighted(node, basis, w, None).reshape(len(basis), -1).T
+    exact = float(torch.linalg.matrix_norm(dense, ord=2))
+    assert bench.operator_norm(node, (2, 8, 8), w) == pytest.approx(exact, rel=1e-3)
+    reshaped = float(torch.linalg.matrix_norm(w.reshape(4, -1), ord=2))
+    assert abs(reshaped - exact) > 0.1 * exact
+    lin = G.Node("l", "linear", ["input"], (3,), {})
+    m = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+    assert bench.operator_norm(lin, (5,), m) == pytest.approx(
+        float(torch.linalg.matrix_norm(m, ord=2)), rel=1e-3)
+
+
+def test_valsplit_is_hardens_validation_split(bench, tmp_path):
+    """valsplit's test split is exactly the samples harden holds out (same fraction and
+    seed), and its training split the rest: beta is chosen without the test split."""
+    import argparse
+    import numpy as np
+    from deployq import data, hardening
+    out = tmp_path / "val.npz"
+    bench.cmd_valsplit(argparse.Namespace(data="digits", seed=0, val_fraction=0.1,
+                                          json=str(out)))
+    ds = data.load("digits", 0)
+    part = hardening.split(ds.x_train, ds.y_train, 0.1, 0)
+    with np.load(out) as f:
+        assert np.array_equal(f["x_test"], part.x_val) and np.array_equal(f["y"], part.y_train)
+        assert len(f["x_test"]) == 144 and len(f["x"]) + 144 == len(ds.x_train)
