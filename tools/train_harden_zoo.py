@@ -12,8 +12,8 @@ split carved from the training data (never the test split).
         the standard attack strength on the validation split (docs/harden.md, Digits)
 
 Each beta (and beta 0, plain QAT, the reference) is one `deployq harden` run in
-WORK/dqBETA (WORK/vanilla; stage 2 in WORK/dqBETA-s2); a run already complete there is reused (resumed from its
-checkpoint, which must match the settings). The chosen beta has the best validation
+WORK/dqBETA (WORK/vanilla; stage 2 in WORK/dqBETA-s2); a run already complete there is
+reused (resumed from its checkpoint, which must match the settings). The chosen beta has the best validation
 robust accuracy (a note says when its validation clean accuracy is more than 2 points
 below plain QAT's). Writes deployq/weights/NAME.npz and NAME.plan.json (the plan to
 deploy it with: `--plan deployq/weights/NAME.plan.json`).
