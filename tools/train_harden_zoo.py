@@ -8,6 +8,10 @@ split carved from the training data (never the test split).
     python tools/train_harden_zoo.py --name lenet-digits-dq --base zoo:lenet-digits \
         --data digits --eps 0.1 --epochs 10
         lenet-digits-dq: the same for digits at eps 0.1
+    python tools/train_harden_zoo.py --name lenet-fmnist-dq8 --activation-bits 8 \
+        --data fmnist12k.npz --betas 1e-4,3e-4,1e-3 --max-clean-drop 2
+        lenet-fmnist-dq8: 8-bit activations (the plan is fpga-fixed's; the weights also
+        run on the int8 targets with their own calibrated plan)
 
 Each beta (and beta 0, plain QAT, the reference) is one `deployq harden` run in
 WORK/dqBETA (WORK/vanilla); a run already complete there is reused (resumed from its
@@ -40,15 +44,17 @@ def run(work: Path, label: str, beta: float, args) -> dict:
                       weight_bits=8, eps=args.eps)
 
 
-def choose(runs: dict[str, tuple[float, dict]]) -> str:
-    """The beta with the best validation robust accuracy; says when its validation
-    clean accuracy is more than 2 points below plain QAT's (the issue's bar)."""
+def choose(runs: dict[str, tuple[float, dict]], max_drop: float | None = None) -> str:
+    """The beta with the best validation robust accuracy; with max_drop (points), only
+    among the betas whose validation clean accuracy is at most max_drop points below
+    plain QAT's (all of them if none is). Says when the chosen one is more than 2 points
+    below plain QAT's (the issue's bar)."""
     ref = runs["vanilla"][1]["final"]["val_clean"]
-    best = max((k for k in runs if k != "vanilla"),
-               key=lambda k: runs[k][1]["final"]["val_robust"])
-    drop = ref - runs[best][1]["final"]["val_clean"]
-    if drop > 0.02:
-        print(f"note: {best} is {100 * drop:.1f} points below plain QAT's validation "
+    drop = {k: ref - r["final"]["val_clean"] for k, (_, r) in runs.items() if k != "vanilla"}
+    within = [k for k in drop if max_drop is None or drop[k] <= max_drop / 100]
+    best = max(within or drop, key=lambda k: runs[k][1]["final"]["val_robust"])
+    if drop[best] > 0.02:
+        print(f"note: {best} is {100 * drop[best]:.1f} points below plain QAT's validation "
               "clean accuracy (more than 2)")
     return best
 
@@ -64,6 +70,9 @@ def main() -> int:
     ap.add_argument("--target", default="fpga-fixed")
     ap.add_argument("--activation-bits", type=int, default=4)
     ap.add_argument("--eps", type=float, default=0.03)
+    ap.add_argument("--max-clean-drop", type=float, default=None,
+                    help="choose among the betas at most this many points of validation "
+                         "clean accuracy below plain QAT's (default: any)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(format="deployq: %(message)s", level=logging.INFO)
@@ -75,7 +84,7 @@ def main() -> int:
         f = r["final"]
         print(f"{label}: beta {beta:g}, validation clean {100 * f['val_clean']:.2f}%, "
               f"robust {100 * f['val_robust']:.2f}%")
-    best = choose(runs)
+    best = choose(runs, args.max_clean_drop)
     print(f"chosen: {best}")
     from safetensors.numpy import load_file
     state = load_file(str(work / best / "weights.safetensors"))
