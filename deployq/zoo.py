@@ -73,8 +73,9 @@ MODELS = ([f"{arch}-{data}" for arch in ARCHS for data in DATASETS]
 ADV = "-adv"                  # suffix of adversarially trained weights of a model
 DQ = "-dq"                    # Defensive Quantization for fpga-fixed at 4-bit
                               # activations (tools/train_harden_zoo.py)
+DQ8 = "-dq8"                  # the same at 8-bit activations (also for the int8 targets)
 QAIBP = "-qaibp"              # QA-IBP certified training (tools/train_qaibp.py)
-VARIANTS = (ADV, DQ, QAIBP)
+VARIANTS = (ADV, DQ8, DQ, QAIBP)
 
 
 def _base(name: str) -> str:
@@ -90,8 +91,9 @@ def build(name: str) -> nn.Module:
     arch, _, data = base.partition("-")
     if base not in MODELS:
         raise InputError(f"unknown zoo model '{name}': choose one of {', '.join(MODELS)} "
-                         f"(NAME{ADV}: adversarially trained weights, NAME{DQ}: "
-                         f"Defensive Quantization, NAME{QAIBP}: certifiably trained)")
+                         f"(NAME{ADV}: adversarially trained weights, NAME{DQ} / NAME{DQ8}: "
+                         f"Defensive Quantization at 4 / 8-bit activations, "
+                         f"NAME{QAIBP}: certifiably trained)")
     ch, hw, _ = DATASETS[data]
     return {**ARCHS, **FMNIST_ARCHS}[arch](ch, hw, 10)
 

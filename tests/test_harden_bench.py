@@ -115,3 +115,23 @@ def test_valsplit_is_hardens_validation_split(bench, tmp_path):
     with np.load(out) as f:
         assert np.array_equal(f["x_test"], part.x_val) and np.array_equal(f["y"], part.y_train)
         assert len(f["x_test"]) == 144 and len(f["x"]) + 144 == len(ds.x_train)
+
+
+def test_zoo_fmnist_dq8_runs_on_fpga_fixed_and_int8(tmp_path):
+    """zoo:lenet-fmnist-dq8 (8-bit activations) with its shipped plan on fpga-fixed and
+    with a calibrated plan on mcu-int8: accurate on both runtimes. Negative control: the
+    same architecture untrained, through the same plan, is near chance."""
+    import torch
+    from deployq import api, zoo
+    plan = ROOT / "deployq" / "weights" / "lenet-fmnist-dq8.plan.json"
+    dq = api.open_session("zoo:lenet-fmnist-dq8")
+    x, y = dq.dataset.test(200)
+    fx = api.export("fpga-fixed", dq, tmp_path / "fx", plan_path=plan)
+    assert fx.plan.layers["features.0"].output.bits == 8
+    int8 = api.export("mcu-int8", dq, tmp_path / "int8")
+    for ex in (fx, int8):
+        assert (api.load_runner(ex).run(x).argmax(1) == y).mean() >= 0.85
+    torch.manual_seed(0)
+    untrained = api.open_session(zoo.build("lenet-fmnist").eval(), data="fashion-mnist")
+    ex = api.export("fpga-fixed", untrained, tmp_path / "raw", plan_path=plan)
+    assert (api.load_runner(ex).run(x).argmax(1) == y).mean() < 0.3

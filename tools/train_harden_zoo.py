@@ -10,12 +10,17 @@ split carved from the training data (never the test split).
         lenet-digits-dq: the same for digits at eps 0.1, in two stages (the second on
         activation grids calibrated for the first's weights); beta 1e-2 was chosen at
         the standard attack strength on the validation split (docs/harden.md, Digits)
+    python tools/train_harden_zoo.py --name lenet-fmnist-dq8 --activation-bits 8 \
+        --data fmnist12k.npz --betas 1e-4,3e-4,1e-3 --max-clean-drop 2
+        lenet-fmnist-dq8: 8-bit activations (the plan is fpga-fixed's; the weights also
+        run on the int8 targets with their own calibrated plan)
 
 Each beta (and beta 0, plain QAT, the reference) is one `deployq harden` run in
 WORK/dqBETA (WORK/vanilla; stage 2 in WORK/dqBETA-s2); a run already complete there is
-reused (resumed from its checkpoint, which must match the settings). The chosen beta has the best validation
-robust accuracy (a note says when its validation clean accuracy is more than 2 points
-below plain QAT's). Writes deployq/weights/NAME.npz and NAME.plan.json (the plan to
+reused (resumed from its checkpoint, which must match the settings). The chosen beta has
+the best validation robust accuracy (with --max-clean-drop N, among those at most N
+points of validation clean accuracy below plain QAT's; a note says when the chosen one
+is more than 2 points below). Writes deployq/weights/NAME.npz and NAME.plan.json (the plan to
 deploy it with: `--plan deployq/weights/NAME.plan.json`).
 Seeded and single-threaded: the same command gives the same weights on the same machine.
 """
@@ -58,15 +63,17 @@ def folder(label: str, args) -> str:
     return f"{label}-s2" if args.stage2_epochs else label
 
 
-def choose(runs: dict[str, tuple[float, dict]]) -> str:
-    """The beta with the best validation robust accuracy; says when its validation
-    clean accuracy is more than 2 points below plain QAT's (the issue's bar)."""
+def choose(runs: dict[str, tuple[float, dict]], max_drop: float | None = None) -> str:
+    """The beta with the best validation robust accuracy; with max_drop (points), only
+    among the betas whose validation clean accuracy is at most max_drop points below
+    plain QAT's (all of them if none is). Says when the chosen one is more than 2 points
+    below plain QAT's (the issue's bar)."""
     ref = runs["vanilla"][1]["final"]["val_clean"]
-    best = max((k for k in runs if k != "vanilla"),
-               key=lambda k: runs[k][1]["final"]["val_robust"])
-    drop = ref - runs[best][1]["final"]["val_clean"]
-    if drop > 0.02:
-        print(f"note: {best} is {100 * drop:.1f} points below plain QAT's validation "
+    drop = {k: ref - r["final"]["val_clean"] for k, (_, r) in runs.items() if k != "vanilla"}
+    within = [k for k in drop if max_drop is None or drop[k] <= max_drop / 100]
+    best = max(within or drop, key=lambda k: runs[k][1]["final"]["val_robust"])
+    if drop[best] > 0.02:
+        print(f"note: {best} is {100 * drop[best]:.1f} points below plain QAT's validation "
               "clean accuracy (more than 2)")
     return best
 
@@ -84,6 +91,9 @@ def main() -> int:
     ap.add_argument("--eps", type=float, default=0.03)
     ap.add_argument("--stage2-epochs", type=int, default=0, help="then harden again "
                     "for this many epochs on grids calibrated for the trained weights")
+    ap.add_argument("--max-clean-drop", type=float, default=None,
+                    help="choose among the betas at most this many points of validation "
+                         "clean accuracy below plain QAT's (default: any)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(format="deployq: %(message)s", level=logging.INFO)
@@ -95,7 +105,7 @@ def main() -> int:
         f = r["final"]
         print(f"{label}: beta {beta:g}, validation clean {100 * f['val_clean']:.2f}%, "
               f"robust {100 * f['val_robust']:.2f}%")
-    best = choose(runs)
+    best = choose(runs, args.max_clean_drop)
     print(f"chosen: {best}")
     best = folder(best, args)
     from safetensors.numpy import load_file
