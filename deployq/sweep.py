@@ -11,6 +11,7 @@ pool (`local`, the default) or Ray (`ray`, locally or on a cluster); both run th
 `seconds`. The results' views are in deployq/sweepreport.py."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -680,25 +681,64 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
                          "Ray)") from None
 
 
+# A local Ray instance's settings (RayConfig entries, ray.init's `_system_config`; each
+# named in Ray's src/ray/common/ray_config_def.h). Ray's defaults suit a long-lived
+# cluster; a sweep's instance lives for one command on a machine whose cores the cells
+# need, so it drops the background reporting that only observability tools read.
+RAY_LOCAL_CONFIG = {
+    "worker_niceness": 0,                   # default 15: workers at the sweep's own
+                                            # priority, as the local pool's workers are
+    "task_events_report_interval_ms": 0,    # 0 disables task state events (the
+                                            # dashboard's task table): a flush every second
+    "enable_metrics_collection": False,     # no metrics export from workers and raylet
+    "event_stats": False,                   # no event-loop statistics
+    "debug_dump_period_milliseconds": 0,    # 0 disables the raylet's debug_state dump
+}
+
+
 def connect_ray(workers: int, address: str | None):
-    """ray, initialised: a local instance with `workers` CPUs, or the cluster at address."""
+    """ray, initialised: a local instance with `workers` CPUs, or the cluster at address.
+
+    One thread per runtime: a local instance's raylet inherits THREAD_VARS from this
+    process's environment (set around ray.init only) and passes them to its workers, so
+    the workers it prestarts at start-up (one per CPU) run the cells. A job-level
+    runtime_env with env_vars would make every task need a worker with that runtime
+    env: Ray would start `workers` more processes and leave the prestarted ones idle.
+    On a cluster (address) the other nodes' raylets are not ours, so there the job's
+    runtime_env carries the variables."""
     try:
         import ray
     except ImportError:
         raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'") from None
     if ray.is_initialized():
         return ray
-    env = {"env_vars": {v: "1" for v in THREAD_VARS}}
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address:
-            ray.init(address=address, runtime_env=env, logging_level=logging.ERROR,
-                     log_to_driver=False)
+            ray.init(address=address, runtime_env={"env_vars": {v: "1" for v in THREAD_VARS}},
+                     **quiet)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, runtime_env=env,
-                     logging_level=logging.ERROR, log_to_driver=False)
+            with _environ({v: "1" for v in THREAD_VARS}):
+                ray.init(num_cpus=workers, include_dashboard=False,
+                         _system_config=RAY_LOCAL_CONFIG, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
         raise InputError(f"cannot start or reach Ray"
                          f"{' at ' + address if address else ''}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                          "check --address (host:port of a running 'ray start --head')") from None
     return ray
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    """os.environ with `values` set inside the block, as it was after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

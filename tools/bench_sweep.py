@@ -60,7 +60,7 @@ class CpuSampler(threading.Thread):
 
     def __init__(self, root: int, period: float = 0.2):
         super().__init__(daemon=True)
-        self.root, self.period, self.cpu, self.names = root, period, {}, {}
+        self.root, self.period, self.cpu, self.kinds = root, period, {}, {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -86,15 +86,48 @@ class CpuSampler(threading.Thread):
             while p not in (self.root, 0, 1) and p in parents:
                 p = parents[p]
             if p == self.root:
-                self.names[pid], self.cpu[pid] = stats[pid]
+                self.cpu[pid] = stats[pid][1]
+                # a process that has exited has no command line: keep what it was
+                self.kinds[pid] = process_kind(pid) or self.kinds.get(pid) or stats[pid][0]
 
     def stop(self) -> dict:
         self.stopped.set()
         self.join()
         total = sum(self.cpu.values())
         main = self.cpu.get(self.root, 0.0)
+        by_kind: dict = {}
+        for pid, cpu in self.cpu.items():
+            kind = "sweep process" if pid == self.root else self.kinds[pid]
+            row = by_kind.setdefault(kind, {"cpu": 0.0, "processes": 0})
+            row["cpu"] += cpu
+            row["processes"] += 1
         return {"cpu_total": round(total, 1), "cpu_sweep_process": round(main, 1),
-                "processes": len(self.cpu)}
+                "processes": len(self.cpu),
+                "cpu_by_kind": {k: {"cpu": round(v["cpu"], 2), "processes": v["processes"]}
+                                for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]["cpu"])}}
+
+
+def process_kind(pid: int) -> str | None:
+    """What a descendant of the sweep is, from its command line: `ray worker` (Ray's
+    worker processes, whatever task they run), `pool worker` (the local pool's spawned
+    workers), Ray's agents by their title, other Python processes by their script
+    (dashboard.py, monitor.py, log_monitor.py), binaries by name (raylet, gcs_server)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if not argv[0]:                     # a zombie, or a kernel thread
+        return None
+    if argv[0].startswith("ray::"):
+        title = argv[0].split()[0]
+        return title if title.endswith("Agent") else "ray worker"
+    if any("multiprocessing.spawn" in a for a in argv):
+        return "pool worker"
+    for arg in argv[1:3]:
+        if arg.endswith(".py"):
+            script = os.path.basename(arg)
+            return "ray worker" if script == "default_worker.py" else script
+    return os.path.basename(argv[0])
 
 
 def timed(cmd: list[str], kill_after: int | None = None, out: Path | None = None) -> dict:
