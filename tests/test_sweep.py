@@ -241,6 +241,29 @@ def test_ray_and_local_give_the_same_sweep_json(local_out, tmp_path):
     assert len(masks) > 2
 
 
+def test_local_ray_workers_get_one_thread_and_the_sweep_priority():
+    """connect_ray's local instance: the workers that run tasks have THREAD_VARS = 1
+    without a job runtime_env (so Ray's prestarted workers serve the tasks), run at this
+    process's niceness (Ray's default adds 15), and this process's environment is as it
+    was."""
+    ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'deployq[ray]')")
+    if ray.is_initialized():
+        pytest.skip("Ray already initialised in this process")
+    before = {v: os.environ.get(v) for v in S.THREAD_VARS}
+    S.connect_ray(2, None)
+    try:
+        assert {v: os.environ.get(v) for v in S.THREAD_VARS} == before
+        probe = ray.remote(num_cpus=1)(lambda: (
+            os.nice(0), {v: os.environ.get(v) for v in S.THREAD_VARS},
+            dict(ray.get_runtime_context().runtime_env)))
+        seen = ray.get([probe.remote() for _ in range(4)])
+    finally:
+        ray.shutdown()
+    assert {nice for nice, _, _ in seen} == {os.nice(0)}
+    assert all(env == {v: "1" for v in S.THREAD_VARS} for _, env, _ in seen)
+    assert all(not runtime_env for _, _, runtime_env in seen)
+
+
 def test_eval_weight_bits_outside_the_target_is_one_line(run_cli, tmp_path):
     out = tmp_path / "out"
     code, _, err = run_cli("eval", "-t", "onnx-int8", "--weight-bits", "9", "-o", out)

@@ -8,6 +8,8 @@ against a full run.
         [--samples 200] [--steps 10] [--queries 100] [--realistic | --only-realistic]
         [--skip-local] [--skip-ray] [--skip-resume] [--own-sessions] [--tree DIR]
 
+(--skip-local --skip-ray: the resume measurement only.)
+
 Rows: `bench`, zoo:lenet-digits on fpga-fixed and onnx-int8, weights 8 and 4 bits, eps
 0.02/0.05/0.1/0.2, FGSM+PGD from transfer and bpda and Square queries (about 1 CPU-s a
 cell: start-up dominates); with --realistic also `realistic`, the same grid on
@@ -210,7 +212,10 @@ def resume(cfg: Path, base: Path, rounds: int) -> list[dict]:
              "stored_at_kill": stored, "resumed": resumed["seconds"],
              "computed_on_resume": doc["run"]["computed"],
              "ratio": round(resumed["seconds"] / full["seconds"], 3),
-             "load": resumed["load"]}
+             "full_cpu": full["cpu_total"], "killed_cpu": killed["cpu_total"],
+             "resumed_cpu": resumed["cpu_total"],
+             "ratio_cpu": round(resumed["cpu_total"] / full["cpu_total"], 3),
+             "load": [full["load"], killed["load"], resumed["load"]]}
         print(json.dumps(t), flush=True)
         runs.append(t)
     return runs
@@ -268,8 +273,12 @@ def main() -> None:
         full = sum(r["full"] for r in result["resume_runs"])
         again = sum(r["resumed"] for r in result["resume_runs"])
         result["resume_ratio"] = round(again / full, 3)
+        cpu_full = sum(r["full_cpu"] for r in result["resume_runs"])
+        cpu_again = sum(r["resumed_cpu"] for r in result["resume_runs"])
+        result["resume_ratio_cpu"] = round(cpu_again / cpu_full, 3)
         print(f"resume after a kill at 50%: {again:.1f} s vs full {full:.1f} s "
-              f"({100 * again / full:.0f}%)")
+              f"({100 * again / full:.0f}%); CPU-s {cpu_again:.1f} vs {cpu_full:.1f} "
+              f"({100 * cpu_again / cpu_full:.0f}%)")
     result["load_at_end"] = os.getloadavg()
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     (base / "bench.json").write_text(json.dumps(result, indent=1))
