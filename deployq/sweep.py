@@ -627,6 +627,7 @@ class RayPool:
     any cell runs."""
 
     def __init__(self, workers: int, address: str | None):
+        self.owned = not _import_ray().is_initialized()   # close() ends only its own
         self.ray = connect_ray(workers, address)
 
     def warm(self, workers: int) -> None:
@@ -636,7 +637,12 @@ class RayPool:
         self.warming = [task.remote() for _ in range(workers)]
 
     def close(self) -> None:
-        """Ray keeps running until this process ends (ray.init's instance)."""
+        """Shut down the Ray this pool started (a local instance's processes, or the
+        connection to a cluster) when the cells are done, not at interpreter exit, where
+        ray.shutdown first sleeps half a second for log lines. A Ray the caller had
+        initialised stays up."""
+        if self.owned and self.ray.is_initialized():
+            self.ray.shutdown()
 
     def run(self, jobs: list[dict], finished) -> None:
         ray = self.ray
@@ -706,10 +712,7 @@ def connect_ray(workers: int, address: str | None):
     env: Ray would start `workers` more processes and leave the prestarted ones idle.
     On a cluster (address) the other nodes' raylets are not ours, so there the job's
     runtime_env carries the variables."""
-    try:
-        import ray
-    except ImportError:
-        raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'") from None
+    ray = _import_ray()
     if ray.is_initialized():
         return ray
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
@@ -726,6 +729,14 @@ def connect_ray(workers: int, address: str | None):
                          f"{' at ' + address if address else ''}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                          "check --address (host:port of a running 'ray start --head')") from None
+    return ray
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'") from None
     return ray
 
 
