@@ -420,6 +420,8 @@ def _ray_early(config: dict, workers: int, address: str | None):
     if _all_stored(config):
         return None, _plan(config, "ray", workers, address)
     from concurrent.futures import ThreadPoolExecutor
+    _import_ray()       # before the thread: Ray's start-up, not the checks, is the longer
+                        # way to the first cell, and imports in two threads share one GIL
     with ThreadPoolExecutor(1) as ex:
         planned = ex.submit(_plan, config, "ray", workers, address)
         pool = RayPool(workers, address)
@@ -700,13 +702,18 @@ RAY_LOCAL_CONFIG = {
     "event_stats": False,                   # no event-loop statistics
     "debug_dump_period_milliseconds": 0,    # 0 disables the raylet's debug_state dump
 }
+# ...and its log monitor's (ray/_private/log_monitor.py reads them from its environment):
+# it looks for new log files once a minute instead of ten times a second; it only
+# streams workers' output to the driver, which a sweep turns off (log_to_driver).
+RAY_LOCAL_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "LOG_NAME_UPDATE_INTERVAL_S": "60"}
 
 
 def connect_ray(workers: int, address: str | None):
     """ray, initialised: a local instance with `workers` CPUs, or the cluster at address.
 
     One thread per runtime: a local instance's raylet inherits THREAD_VARS from this
-    process's environment (set around ray.init only) and passes them to its workers, so
+    process's environment (set around ray.init only, with RAY_LOCAL_ENV for the log
+    monitor ray.init starts) and passes them to its workers, so
     the workers it prestarts at start-up (one per CPU) run the cells. A job-level
     runtime_env with env_vars would make every task need a worker with that runtime
     env: Ray would start `workers` more processes and leave the prestarted ones idle.
@@ -721,7 +728,7 @@ def connect_ray(workers: int, address: str | None):
             ray.init(address=address, runtime_env={"env_vars": {v: "1" for v in THREAD_VARS}},
                      **quiet)
         else:
-            with _environ({v: "1" for v in THREAD_VARS}):
+            with _environ({v: "1" for v in THREAD_VARS} | RAY_LOCAL_ENV):
                 ray.init(num_cpus=workers, include_dashboard=False,
                          _system_config=RAY_LOCAL_CONFIG, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:

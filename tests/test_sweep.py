@@ -270,10 +270,11 @@ def test_local_ray_workers_get_one_thread_and_the_sweep_priority():
     ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'deployq[ray]')")
     if ray.is_initialized():
         pytest.skip("Ray already initialised in this process")
-    before = {v: os.environ.get(v) for v in S.THREAD_VARS}
+    names = [*S.THREAD_VARS, *S.RAY_LOCAL_ENV]
+    before = {v: os.environ.get(v) for v in names}
     S.connect_ray(2, None)
     try:
-        assert {v: os.environ.get(v) for v in S.THREAD_VARS} == before
+        assert {v: os.environ.get(v) for v in names} == before
         probe = ray.remote(num_cpus=1)(lambda: (
             os.nice(0), {v: os.environ.get(v) for v in S.THREAD_VARS},
             dict(ray.get_runtime_context().runtime_env)))
