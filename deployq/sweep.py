@@ -11,6 +11,7 @@ pool (`local`, the default) or Ray (`ray`, locally or on a cluster); both run th
 `seconds`. The results' views are in deployq/sweepreport.py."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -419,6 +420,8 @@ def _ray_early(config: dict, workers: int, address: str | None):
     if _all_stored(config):
         return None, _plan(config, "ray", workers, address)
     from concurrent.futures import ThreadPoolExecutor
+    _import_ray()       # before the thread: Ray's start-up, not the checks, is the longer
+                        # way to the first cell, and imports in two threads share one GIL
     with ThreadPoolExecutor(1) as ex:
         planned = ex.submit(_plan, config, "ray", workers, address)
         pool = RayPool(workers, address)
@@ -626,6 +629,7 @@ class RayPool:
     any cell runs."""
 
     def __init__(self, workers: int, address: str | None):
+        self.owned = not _import_ray().is_initialized()   # close() ends only its own
         self.ray = connect_ray(workers, address)
 
     def warm(self, workers: int) -> None:
@@ -635,7 +639,12 @@ class RayPool:
         self.warming = [task.remote() for _ in range(workers)]
 
     def close(self) -> None:
-        """Ray keeps running until this process ends (ray.init's instance)."""
+        """Shut down the Ray this pool started (a local instance's processes, or the
+        connection to a cluster) when the cells are done, not at interpreter exit, where
+        ray.shutdown first sleeps half a second for log lines. A Ray the caller had
+        initialised stays up."""
+        if self.owned and self.ray.is_initialized():
+            self.ray.shutdown()
 
     def run(self, jobs: list[dict], finished) -> None:
         ray = self.ray
@@ -680,25 +689,74 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
                          "Ray)") from None
 
 
+# A local Ray instance's settings (RayConfig entries, ray.init's `_system_config`; each
+# named in Ray's src/ray/common/ray_config_def.h). Ray's defaults suit a long-lived
+# cluster; a sweep's instance lives for one command on a machine whose cores the cells
+# need, so it drops the background reporting that only observability tools read.
+RAY_LOCAL_CONFIG = {
+    "worker_niceness": 0,                   # default 15: workers at the sweep's own
+                                            # priority, as the local pool's workers are
+    "task_events_report_interval_ms": 0,    # 0 disables task state events (the
+                                            # dashboard's task table): a flush every second
+    "enable_metrics_collection": False,     # no metrics export from workers and raylet
+    "event_stats": False,                   # no event-loop statistics
+    "debug_dump_period_milliseconds": 0,    # 0 disables the raylet's debug_state dump
+}
+# ...and its log monitor's (ray/_private/log_monitor.py reads them from its environment):
+# it looks for new log files once a minute instead of ten times a second; it only
+# streams workers' output to the driver, which a sweep turns off (log_to_driver).
+RAY_LOCAL_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "LOG_NAME_UPDATE_INTERVAL_S": "60"}
+
+
 def connect_ray(workers: int, address: str | None):
-    """ray, initialised: a local instance with `workers` CPUs, or the cluster at address."""
-    try:
-        import ray
-    except ImportError:
-        raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'") from None
+    """ray, initialised: a local instance with `workers` CPUs, or the cluster at address.
+
+    One thread per runtime: a local instance's raylet inherits THREAD_VARS from this
+    process's environment (set around ray.init only, with RAY_LOCAL_ENV for the log
+    monitor ray.init starts) and passes them to its workers, so
+    the workers it prestarts at start-up (one per CPU) run the cells. A job-level
+    runtime_env with env_vars would make every task need a worker with that runtime
+    env: Ray would start `workers` more processes and leave the prestarted ones idle.
+    On a cluster (address) the other nodes' raylets are not ours, so there the job's
+    runtime_env carries the variables."""
+    ray = _import_ray()
     if ray.is_initialized():
         return ray
-    env = {"env_vars": {v: "1" for v in THREAD_VARS}}
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address:
-            ray.init(address=address, runtime_env=env, logging_level=logging.ERROR,
-                     log_to_driver=False)
+            ray.init(address=address, runtime_env={"env_vars": {v: "1" for v in THREAD_VARS}},
+                     **quiet)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, runtime_env=env,
-                     logging_level=logging.ERROR, log_to_driver=False)
+            with _environ({v: "1" for v in THREAD_VARS} | RAY_LOCAL_ENV):
+                ray.init(num_cpus=workers, include_dashboard=False,
+                         _system_config=RAY_LOCAL_CONFIG, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
         raise InputError(f"cannot start or reach Ray"
                          f"{' at ' + address if address else ''}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                          "check --address (host:port of a running 'ray start --head')") from None
     return ray
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'") from None
+    return ray
+
+
+@contextlib.contextmanager
+def _environ(values: dict):
+    """os.environ with `values` set inside the block, as it was after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

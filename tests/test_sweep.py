@@ -171,14 +171,17 @@ def test_rerun_is_cached_and_resume_computes_only_the_missing(local_out, tmp_pat
     assert S.without_timings(resumed) == S.without_timings(first)
 
 
-def test_killed_worker_cell_is_retried_and_counted_once(tmp_path):
+def _sweep_killing_a_worker(tmp_path, *executor, wait: float = 120):
+    """A 2-cell sweep with 1 worker whose worker is killed (SIGKILL) while it runs the
+    first cell (its worker.pid exists only during run_cell). Returns (killed cell id,
+    process, stderr, out)."""
     out = tmp_path / "out"
     cfg = _config(tmp_path, TINY.replace("eps = [0.05, 0.1]", "eps = [0.1]"))
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "deployq", "sweep", "-c", str(cfg),
-                             "-o", str(out), "-j", "1"], env=env, stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    deadline, killed = time.time() + 120, None
+                             "-o", str(out), "-j", "1", *executor], env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline, killed = time.time() + wait, None
     while killed is None and time.time() < deadline and proc.poll() is None:
         for pid_file in out.glob("cells/*/worker.pid"):
             try:
@@ -192,13 +195,22 @@ def test_killed_worker_cell_is_retried_and_counted_once(tmp_path):
         time.sleep(0.02)
     stdout, stderr = proc.communicate(timeout=600)
     assert killed, "no worker was seen running a cell"
-    assert proc.returncode == 0, stderr
-    assert f"running cell {killed} died" in stderr and "retrying" in stderr
+    return killed, proc, stderr, out
+
+
+def _each_cell_once(out) -> None:
     doc = _doc(out)
     assert [c["status"] for c in doc["cells"]] == ["ok", "ok"]
     assert sorted(c["id"] for c in doc["cells"]) == sorted(
         p.name for p in (out / "cells").iterdir() if (p / "cell.json").is_file())
     assert doc["run"]["computed"] == 2
+
+
+def test_killed_worker_cell_is_retried_and_counted_once(tmp_path):
+    killed, proc, stderr, out = _sweep_killing_a_worker(tmp_path)
+    assert proc.returncode == 0, stderr
+    assert f"running cell {killed} died" in stderr and "retrying" in stderr
+    _each_cell_once(out)
 
 
 def test_failing_cell_is_reported_and_the_sweep_goes_on(tmp_path):
@@ -239,6 +251,39 @@ def test_ray_and_local_give_the_same_sweep_json(local_out, tmp_path):
     masks = {t["eps"][0]["robust_mask"] for c in local["cells"]
              for t in c["result"]["robustness"]["targets"]}
     assert len(masks) > 2
+
+
+def test_killed_ray_worker_cell_is_rerun_by_ray_and_counted_once(tmp_path):
+    """Ray re-runs the task of a worker killed mid-cell (max_retries): the sweep ends
+    with exit 0 and each cell once."""
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'deployq[ray]')")
+    _, proc, stderr, out = _sweep_killing_a_worker(tmp_path, "--executor", "ray", wait=300)
+    assert proc.returncode == 0, stderr
+    _each_cell_once(out)
+
+
+def test_local_ray_workers_get_one_thread_and_the_sweep_priority():
+    """connect_ray's local instance: the workers that run tasks have THREAD_VARS = 1
+    without a job runtime_env (so Ray's prestarted workers serve the tasks), run at this
+    process's niceness (Ray's default adds 15), and this process's environment is as it
+    was."""
+    ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'deployq[ray]')")
+    if ray.is_initialized():
+        pytest.skip("Ray already initialised in this process")
+    names = [*S.THREAD_VARS, *S.RAY_LOCAL_ENV]
+    before = {v: os.environ.get(v) for v in names}
+    S.connect_ray(2, None)
+    try:
+        assert {v: os.environ.get(v) for v in names} == before
+        probe = ray.remote(num_cpus=1)(lambda: (
+            os.nice(0), {v: os.environ.get(v) for v in S.THREAD_VARS},
+            dict(ray.get_runtime_context().runtime_env)))
+        seen = ray.get([probe.remote() for _ in range(4)])
+    finally:
+        ray.shutdown()
+    assert {nice for nice, _, _ in seen} == {os.nice(0)}
+    assert all(env == {v: "1" for v in S.THREAD_VARS} for _, env, _ in seen)
+    assert all(not runtime_env for _, _, runtime_env in seen)
 
 
 def test_eval_weight_bits_outside_the_target_is_one_line(run_cli, tmp_path):

@@ -8,6 +8,8 @@ against a full run.
         [--samples 200] [--steps 10] [--queries 100] [--realistic | --only-realistic]
         [--skip-local] [--skip-ray] [--skip-resume] [--own-sessions] [--tree DIR]
 
+(--skip-local --skip-ray: the resume measurement only.)
+
 Rows: `bench`, zoo:lenet-digits on fpga-fixed and onnx-int8, weights 8 and 4 bits, eps
 0.02/0.05/0.1/0.2, FGSM+PGD from transfer and bpda and Square queries (about 1 CPU-s a
 cell: start-up dominates); with --realistic also `realistic`, the same grid on
@@ -60,7 +62,7 @@ class CpuSampler(threading.Thread):
 
     def __init__(self, root: int, period: float = 0.2):
         super().__init__(daemon=True)
-        self.root, self.period, self.cpu, self.names = root, period, {}, {}
+        self.root, self.period, self.cpu, self.kinds = root, period, {}, {}
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -86,15 +88,48 @@ class CpuSampler(threading.Thread):
             while p not in (self.root, 0, 1) and p in parents:
                 p = parents[p]
             if p == self.root:
-                self.names[pid], self.cpu[pid] = stats[pid]
+                self.cpu[pid] = stats[pid][1]
+                # a process that has exited has no command line: keep what it was
+                self.kinds[pid] = process_kind(pid) or self.kinds.get(pid) or stats[pid][0]
 
     def stop(self) -> dict:
         self.stopped.set()
         self.join()
         total = sum(self.cpu.values())
         main = self.cpu.get(self.root, 0.0)
+        by_kind: dict = {}
+        for pid, cpu in self.cpu.items():
+            kind = "sweep process" if pid == self.root else self.kinds[pid]
+            row = by_kind.setdefault(kind, {"cpu": 0.0, "processes": 0})
+            row["cpu"] += cpu
+            row["processes"] += 1
         return {"cpu_total": round(total, 1), "cpu_sweep_process": round(main, 1),
-                "processes": len(self.cpu)}
+                "processes": len(self.cpu),
+                "cpu_by_kind": {k: {"cpu": round(v["cpu"], 2), "processes": v["processes"]}
+                                for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1]["cpu"])}}
+
+
+def process_kind(pid: int) -> str | None:
+    """What a descendant of the sweep is, from its command line: `ray worker` (Ray's
+    worker processes, whatever task they run), `pool worker` (the local pool's spawned
+    workers), Ray's agents by their title, other Python processes by their script
+    (dashboard.py, monitor.py, log_monitor.py), binaries by name (raylet, gcs_server)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if not argv[0]:                     # a zombie, or a kernel thread
+        return None
+    if argv[0].startswith("ray::"):
+        title = argv[0].split()[0]
+        return title if title.endswith("Agent") else "ray worker"
+    if any("multiprocessing.spawn" in a for a in argv):
+        return "pool worker"
+    for arg in argv[1:3]:
+        if arg.endswith(".py"):
+            script = os.path.basename(arg)
+            return "ray worker" if script == "default_worker.py" else script
+    return os.path.basename(argv[0])
 
 
 def timed(cmd: list[str], kill_after: int | None = None, out: Path | None = None) -> dict:
@@ -177,7 +212,10 @@ def resume(cfg: Path, base: Path, rounds: int) -> list[dict]:
              "stored_at_kill": stored, "resumed": resumed["seconds"],
              "computed_on_resume": doc["run"]["computed"],
              "ratio": round(resumed["seconds"] / full["seconds"], 3),
-             "load": resumed["load"]}
+             "full_cpu": full["cpu_total"], "killed_cpu": killed["cpu_total"],
+             "resumed_cpu": resumed["cpu_total"],
+             "ratio_cpu": round(resumed["cpu_total"] / full["cpu_total"], 3),
+             "load": [full["load"], killed["load"], resumed["load"]]}
         print(json.dumps(t), flush=True)
         runs.append(t)
     return runs
@@ -235,8 +273,12 @@ def main() -> None:
         full = sum(r["full"] for r in result["resume_runs"])
         again = sum(r["resumed"] for r in result["resume_runs"])
         result["resume_ratio"] = round(again / full, 3)
+        cpu_full = sum(r["full_cpu"] for r in result["resume_runs"])
+        cpu_again = sum(r["resumed_cpu"] for r in result["resume_runs"])
+        result["resume_ratio_cpu"] = round(cpu_again / cpu_full, 3)
         print(f"resume after a kill at 50%: {again:.1f} s vs full {full:.1f} s "
-              f"({100 * again / full:.0f}%)")
+              f"({100 * again / full:.0f}%); CPU-s {cpu_again:.1f} vs {cpu_full:.1f} "
+              f"({100 * cpu_again / cpu_full:.0f}%)")
     result["load_at_end"] = os.getloadavg()
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
     (base / "bench.json").write_text(json.dumps(result, indent=1))
