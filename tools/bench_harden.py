@@ -53,7 +53,7 @@ def evaluate_run(name: str, spec: str, args) -> dict:
     weights = str(Path(folder) / "weights.safetensors") if folder else None
     session = api.open_session(model, weights, args.data)
     _from_sample(session.dataset, args.start, args.samples)
-    tgt = T.get(TARGET)
+    tgt = T.get(TARGET, args.targets_dir)
     if folder:
         plan_path = Path(folder) / "plan.json"
     else:                                        # post-training quantization
@@ -64,8 +64,8 @@ def evaluate_run(name: str, spec: str, args) -> dict:
         plan.save(plan_path)
     cfg = eval_config(args)
     out = Path(tempfile.mkdtemp())
-    result = api.evaluate([TARGET], session, out, args.samples, None, None, cfg,
-                          {TARGET: plan_path})
+    result = api.evaluate([TARGET], session, out, args.samples, None, args.targets_dir,
+                          cfg, {TARGET: plan_path})
     rows = {r["target"]: r for r in result["results"]}
     attacked = {t["target"]: t["eps"][0] for t in result["robustness"]["targets"]}
     return {"run": name, "model": model, "weights": weights,
@@ -249,6 +249,9 @@ def main() -> int:
                     "--json: its runs join the table (runs measured apart, in parallel)")
     ap.add_argument("--compare", action="append", default=[], help="FIRST:SECOND runs, "
                     "McNemar on their per-sample robust accuracy")
+    ap.add_argument("--targets-dir", default=None, help="a folder whose fpga-fixed.toml "
+                    "replaces the built-in one (e.g. rounding = \"trn\": a harden "
+                    "plan sets its layers' rounding, not the input's)")
     ap.add_argument("--activation-bits", type=int, default=4)
     ap.add_argument("--weight-bits", type=int, default=8)
     ap.add_argument("--train-samples", type=int, default=3000)
