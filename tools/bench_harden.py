@@ -76,7 +76,7 @@ def evaluate_run(name: str, spec: str, args) -> dict:
             "float_robust_mask": attacked["float"]["robust_mask"],
             "by": {f"{b['source']}/{b['attack']}": b["accuracy"]
                    for b in attacked[TARGET]["by"]},
-            "attack": cfg.describe(), "samples": args.samples, "start": args.start}
+            "attack": cfg.describe(), "samples": args.samples}
 
 
 def _from_sample(ds, start: int, samples: int) -> None:
@@ -167,7 +167,8 @@ def compare(rows: list[dict], pairs: list[str], key: str = "robust_mask") -> lis
 
 def cmd_eval(args) -> None:
     rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["runs"]]
-    rows = join_pieces(rows + [evaluate_run(*r.split("=", 1), args) for r in args.run])
+    rows = join_pieces(rows + [evaluate_run(*r.split("=", 1), args) | {"start": args.start}
+                               for r in args.run])
     n = rows[0]["samples"] if rows else args.samples
     start = rows[0].get("start", 0) if rows else args.start
     print(f"{TARGET}, {args.activation_bits}-bit activations, {args.weight_bits}-bit weights; "
