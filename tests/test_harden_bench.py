@@ -110,3 +110,13 @@ def test_zoo_digits_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
     ex2 = api.export("fpga-fixed", plain, tmp_path / "plain", plan=ptq)
     ptq_acc = (api.load_runner(ex2).run(x).argmax(1) == y).mean()
     assert dq_acc >= 0.9 and ptq_acc < dq_acc - 0.1
+
+
+def test_a_piece_starts_at_its_sample_and_stays_inside_the_test_split(bench):
+    import numpy as np
+    from types import SimpleNamespace
+    ds = SimpleNamespace(x_test=np.arange(10), y_test=np.arange(10) % 3)
+    bench._from_sample(ds, 4, 6)
+    assert list(ds.x_test) == [4, 5, 6, 7, 8, 9] and list(ds.y_test) == [1, 2, 0, 1, 2, 0]
+    with pytest.raises(SystemExit, match="goes past the 6 test samples"):
+        bench._from_sample(ds, 1, 6)                  # negative control: one too many
