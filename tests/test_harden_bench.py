@@ -57,6 +57,39 @@ def test_compare_reaches_a_runs_float_copy(bench):
     assert c["difference"] == pytest.approx(0.5)
 
 
+def _piece(name, mask, start, robust_by=None):
+    return _run(name, mask) | {"start": start, "attack": "apgd", "clean": 0.8,
+                               "float_clean": 0.9, "float_robust": 0.0,
+                               "by": {"bpda/apgd": robust_by or sum(mask) / len(mask)}}
+
+
+def test_pieces_of_a_run_join_in_sample_order(bench):
+    # pieces given out of order: samples 0-3 then 4-9
+    late = _piece("dq", [False] * 6, 4)
+    early = _piece("dq", [True] * 4, 0) | {"clean": 0.5}
+    (row,) = bench.join_pieces([late, early])
+    assert row["samples"] == 10 and row["start"] == 0
+    assert stats.unpack(row["robust_mask"], 10) == [True] * 4 + [False] * 6
+    assert row["robust"] == pytest.approx(0.4)
+    assert row["clean"] == pytest.approx((0.5 * 4 + 0.8 * 6) / 10)
+    assert row["by"]["bpda/apgd"] == pytest.approx(0.4)
+
+
+def test_pieces_with_a_gap_or_another_attack_are_refused(bench):
+    with pytest.raises(SystemExit, match="adjacent sample ranges"):
+        bench.join_pieces([_piece("dq", [True] * 4, 0), _piece("dq", [True] * 4, 5)])
+    with pytest.raises(SystemExit, match="adjacent sample ranges"):
+        bench.join_pieces([_piece("dq", [True] * 4, 0),
+                           _piece("dq", [True] * 4, 4) | {"attack": "pgd"}])
+
+
+def test_compare_of_runs_on_other_samples_fails(bench):
+    # negative control: the same counts but samples 0-9 against 10-19 are not paired
+    with pytest.raises(SystemExit, match="different test samples"):
+        bench.compare([_piece("a", [True] * 10, 0), _piece("b", [True] * 10, 10)],
+                      ["a:b"])
+
+
 def test_zoo_digits_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
     """zoo:lenet-digits-dq with its shipped 4-bit plan on the C runtime: accurate
     (95.0% on the whole test split when it was trained); the plain zoo model on a
@@ -135,3 +168,13 @@ def test_zoo_fmnist_dq8_runs_on_fpga_fixed_and_int8(tmp_path):
     untrained = api.open_session(zoo.build("lenet-fmnist").eval(), data="fashion-mnist")
     ex = api.export("fpga-fixed", untrained, tmp_path / "raw", plan_path=plan)
     assert (api.load_runner(ex).run(x).argmax(1) == y).mean() < 0.3
+
+
+def test_a_piece_starts_at_its_sample_and_stays_inside_the_test_split(bench):
+    import numpy as np
+    from types import SimpleNamespace
+    ds = SimpleNamespace(x_test=np.arange(10), y_test=np.arange(10) % 3)
+    bench._from_sample(ds, 4, 6)
+    assert list(ds.x_test) == [4, 5, 6, 7, 8, 9] and list(ds.y_test) == [1, 2, 0, 1, 2, 0]
+    with pytest.raises(SystemExit, match="goes past the 6 test samples"):
+        bench._from_sample(ds, 1, 6)                  # negative control: one too many

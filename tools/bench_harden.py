@@ -8,6 +8,8 @@
         --strength standard: the robustness preset (APGD-CE, APGD-T from both gradient
         sources, Square on the runtime); --compare A:B: McNemar on the per-sample robust
         accuracy of runs A and B; --merge FILE: add the runs of an earlier --json
+        --start S: test samples S .. S+n-1 (a piece of a larger set, run apart); --merge
+        joins the pieces of a run (the same NAME, adjacent ranges) into one row
     python tools/bench_harden.py time [--train-samples 3000]
         one harden epoch of plain QAT, dq, pgd and dq+pgd side by side on a slice of
         Fashion-MNIST (order alternated over the repeats), and the ratios
@@ -60,7 +62,8 @@ def evaluate_run(name: str, spec: str, args) -> dict:
     model, _, folder = spec.partition("@")
     weights = str(Path(folder) / "weights.safetensors") if folder else None
     session = api.open_session(model, weights, args.data)
-    tgt = T.get(TARGET)
+    _from_sample(session.dataset, args.start, args.samples)
+    tgt = T.get(TARGET, args.targets_dir)
     if folder:
         plan_path = Path(folder) / "plan.json"
     else:                                        # post-training quantization
@@ -73,8 +76,8 @@ def evaluate_run(name: str, spec: str, args) -> dict:
         plan.save(plan_path)
     cfg = eval_config(args)
     out = Path(tempfile.mkdtemp())
-    result = api.evaluate([TARGET], session, out, args.samples, None, None, cfg,
-                          {TARGET: plan_path})
+    result = api.evaluate([TARGET], session, out, args.samples, None, args.targets_dir,
+                          cfg, {TARGET: plan_path})
     settings = next(iter(P.QuantPlan.load(plan_path).layers.values())).settings
     rows = {r["target"]: r for r in result["results"]}
     attacked = {t["target"]: t["eps"][0] for t in result["robustness"]["targets"]}
@@ -88,6 +91,55 @@ def evaluate_run(name: str, spec: str, args) -> dict:
                    for b in attacked[TARGET]["by"]},
             "attack": cfg.describe(), "samples": args.samples,
             "rounding": settings.get("rounding")}
+
+
+def _from_sample(ds, start: int, samples: int) -> None:
+    """Make test samples start .. start+samples-1 the dataset's first ones (evaluate
+    always reads the first n). The attacks draw their random starts per call, so a
+    piece's per-sample results are deterministic for its (start, samples) and seed."""
+    if start < 0 or start + samples > len(ds.x_test):
+        raise SystemExit(f"bench_harden: error: --start {start} with -n {samples} goes "
+                         f"past the {len(ds.x_test)} test samples")
+    ds.x_test, ds.y_test = ds.x_test[start:], ds.y_test[start:]
+
+
+MASKS = ("robust_mask", "float_robust_mask")
+RATES = ("float_clean", "float_robust", "clean", "robust")
+
+
+def join_pieces(rows: list[dict]) -> list[dict]:
+    """Rows of the same run measured on adjacent sample ranges (--start) as one row:
+    rates weighted by samples, per-sample masks concatenated in sample order. Rows of
+    one run must cover one gap-free range with the same attack."""
+    by_run: dict[str, list[dict]] = {}
+    for r in rows:
+        by_run.setdefault(r["run"], []).append(r)
+    return [_join(name, pieces) for name, pieces in by_run.items()]
+
+
+def _join(name: str, pieces: list[dict]) -> dict:
+    pieces = sorted(pieces, key=lambda r: r.get("start", 0))
+    if len(pieces) == 1:
+        return pieces[0]
+    end = pieces[0].get("start", 0)
+    for r in pieces:
+        if r.get("start", 0) != end or r["attack"] != pieces[0]["attack"]:
+            raise SystemExit(f"bench_harden: error: run {name}: the pieces must cover "
+                             "adjacent sample ranges with the same attack; got "
+                             + ", ".join(f"{r.get('start', 0)}+{r['samples']}"
+                                         for r in pieces))
+        end += r["samples"]
+    n = end - pieces[0].get("start", 0)
+    joined = dict(pieces[0], samples=n)
+    for key in RATES:
+        joined[key] = sum(r[key] * r["samples"] for r in pieces) / n
+    joined["by"] = {k: sum(r["by"][k] * r["samples"] for r in pieces) / n
+                    for k in pieces[0]["by"]}
+    for key in MASKS:
+        if all(key in r for r in pieces):
+            joined[key] = stats.pack([v for r in pieces
+                                      for v in stats.unpack(r[key], r["samples"])])
+    return joined
 
 
 def eval_config(args) -> R.Config:
@@ -118,6 +170,9 @@ def compare(rows: list[dict], pairs: list[str], key: str = "robust_mask") -> lis
                              f"{first if first not in by_name else second}")
         a, b = by_name[first], by_name[second]
         n = a["samples"]
+        if (n, a.get("start", 0)) != (b["samples"], b.get("start", 0)):
+            raise SystemExit(f"bench_harden: error: --compare {pair}: the runs were "
+                             "measured on different test samples")
         found.append({"first": first, "second": second,
                       "difference": a["robust"] - b["robust"]}
                      | stats.paired(stats.unpack(a[key], n), stats.unpack(b[key], n)))
@@ -126,15 +181,17 @@ def compare(rows: list[dict], pairs: list[str], key: str = "robust_mask") -> lis
 
 def cmd_eval(args) -> None:
     rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["runs"]]
-    rows += [evaluate_run(*r.split("=", 1), args) for r in args.run]
+    rows = join_pieces(rows + [evaluate_run(*r.split("=", 1), args) | {"start": args.start}
+                               for r in args.run])
     n = rows[0]["samples"] if rows else args.samples
+    start = rows[0].get("start", 0) if rows else args.start
     print(f"{TARGET}, {args.activation_bits}-bit activations, {args.weight_bits}-bit weights; "
           f"eps {args.eps}; {rows[0]['attack'] if rows else ''}; robust accuracy on the "
-          f"C runtime; {n} test samples; 95% Wilson intervals")
+          f"C runtime; test samples {start}-{start + n - 1}; 95% Wilson intervals")
     print(f"{'run':<10} {'float clean':>11} {'float robust':>20} {'clean':>7} {'robust':>20}")
     for r in rows:
-        lo, hi = wilson(r["robust"], n)
-        flo, fhi = wilson(r["float_robust"], n)
+        lo, hi = wilson(r["robust"], r["samples"])
+        flo, fhi = wilson(r["float_robust"], r["samples"])
         print(f"{r['run']:<10} {100 * r['float_clean']:>10.1f}% "
               f"{100 * r['float_robust']:>6.1f}% [{100 * flo:.1f}, {100 * fhi:.1f}] "
               f"{100 * r['clean']:>6.1f}% {100 * r['robust']:>6.1f}% "
@@ -235,6 +292,8 @@ def main() -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--eps", type=float, default=0.03)
     ap.add_argument("--samples", "-n", type=int, default=500)
+    ap.add_argument("--start", type=int, default=0, help="first test sample attacked "
+                    "(a piece of a larger set; --merge joins the pieces)")
     ap.add_argument("--strength", choices=["pgd", *R.STRENGTHS], default="pgd",
                     help="pgd: PGD-20 transfer + bpda (the first runs); else a preset")
     ap.add_argument("--sources", default="transfer,bpda,blackbox",
@@ -249,6 +308,9 @@ def main() -> int:
     ap.add_argument("--rounding", default=None, help="fpga-fixed rounding of the "
                     "post-training plans (default: the target's); a harden run's plan "
                     "keeps the rounding it was trained with")
+    ap.add_argument("--targets-dir", default=None, help="a folder whose fpga-fixed.toml "
+                    "replaces the built-in one (e.g. rounding = \"trn\": a harden "
+                    "plan sets its layers' rounding, not the input's)")
     ap.add_argument("--activation-bits", type=int, default=4)
     ap.add_argument("--weight-bits", type=int, default=8)
     ap.add_argument("--train-samples", type=int, default=3000)
