@@ -282,7 +282,19 @@ def make(graph: G.Graph, stats: dict[str, calibrate.TensorStats], target: Target
                                               target.container_bits)
                                 if n.op in G.WEIGHTED else None)
               for n in graph.nodes}
-    return QuantPlan(target.name, acts[G.INPUT], layers, config, provenance or {})
+    return QuantPlan(target.name, acts[G.INPUT], layers, _pin_input(config, settings[G.INPUT]),
+                     provenance or {})
+
+
+def _pin_input(config: PlanConfig, resolved: dict) -> PlanConfig:
+    """config with the input's rounding written in: every layer carries its resolved
+    settings, and the input's must travel with the plan too, not follow the target's
+    default when the plan is exported later (a plan trained with `trn` stays `trn`)."""
+    if "rounding" not in resolved or "rounding" in config.by_type.get("input", {}):
+        return config
+    by_type = {**config.by_type,
+               "input": {**config.by_type.get("input", {}), "rounding": resolved["rounding"]}}
+    return PlanConfig(config.default, by_type, config.by_name)
 
 
 FIXED_RANGES = {"sigmoid": lambda bits: (0.0, 1.0 - 2.0 ** -bits),

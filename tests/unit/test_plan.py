@@ -157,3 +157,21 @@ def test_low_bit_grid_refuses_converter_calibration(made):
     with pytest.raises(TargetError, match="converter"):
         P.make(g, stats, T.get("tflite-int8"),
                P.PlanConfig(default={"weight_bits": 4, "calibration": "converter"}))
+
+
+def test_a_plan_keeps_its_input_rounding_when_the_target_default_changes(made):
+    """The input's rounding is written into the plan (layers carry theirs in their
+    settings): a plan made when fpga-fixed defaulted to `trn` exports its input with
+    `trn` after the default became `rnd_conv`. Negative control: a config without the
+    pin follows the new default."""
+    import dataclasses
+    g, stats, _ = made
+    fx = T.get("fpga-fixed")
+    old = dataclasses.replace(fx, defaults={**fx.defaults, "rounding": "trn"})
+    new = dataclasses.replace(fx, defaults={**fx.defaults, "rounding": "rnd_conv"})
+    plan = P.make(g, stats, old)
+    assert {lp.settings["rounding"] for lp in plan.layers.values()} == {"trn"}
+    assert plan.config.resolve(new, G.INPUT, "input")["rounding"] == "trn"
+    assert P.PlanConfig().resolve(new, G.INPUT, "input")["rounding"] == "rnd_conv"
+    pinned = P.make(g, stats, old, P.PlanConfig(by_type={"input": {"rounding": "rnd"}}))
+    assert pinned.config.resolve(new, G.INPUT, "input")["rounding"] == "rnd"
