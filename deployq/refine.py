@@ -9,13 +9,22 @@ best by local search:
          spent) by moving another layer the fewest steps the other way that fits the
          budget
   clip   one layer's weight_clip to another candidate fraction
-Only a strictly better measured objective (robust accuracy, then clean accuracy) is
+Only a strictly better measured objective (score, then robust, then clean accuracy) is
 accepted, so the answer is never worse on the validation objective than the DP's best
 (which is the first candidate measured).
 
-Objective per sample: correct on the clean input, on the float model's APGD-CE
-examples (transfer; computed once) and on APGD-CE through the candidate's mirror
-(bpda), every prediction being the mirror's (= the runtime's on fpga-fixed).
+Objective per sample (deployq.robustness.evaluate's per-sample worst case): correct on
+the clean input, on the float model's APGD-CE examples (transfer; computed once), on
+APGD-CE through the candidate's mirror (bpda) and, by default, on a Square attack with a
+small query budget on the mirror's outputs (blackbox), every prediction being the
+mirror's (= the runtime's on fpga-fixed). The gradient-free check is what keeps the
+search from rewarding gradient masking: a cheap gradient attack scores a plan whose
+rounding hides its gradients as robust (docs/selection.md, "A masking-resistant
+objective"), the Square attack never looks at gradients. Its small query budget finds
+only part of what the gradient attacks miss, so the score is the worst case minus
+PENALTY x `hidden`, the fraction of samples every gradient attack left correct and the
+Square attack broke: an estimate of the failures a blind gradient attack hides, near
+0 on a plan whose gradients work (Square is the weaker attack there).
 """
 from __future__ import annotations
 
@@ -24,17 +33,22 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from . import attacks as A
 from . import mirror as M
 from . import plan as P
+from . import robustness as R
+from . import stats
 from .errors import InputError
 
 log = logging.getLogger("deployq")
 SAMPLES = 200          # validation samples
 STEPS = 10             # APGD-CE iterations of the search objective (cheap)
 EVALS = 24             # local-search evaluations after the K candidates
+SOURCES = ("transfer", "bpda", "blackbox")     # the objective's attack sources
+QUERIES = 100          # Square queries on the mirror (the gradient-free check)
+SQUARE_P = 0.8         # Square's p_init (robustness.PRESETS' standard value)
+PENALTY = 1.0          # weight of the samples only the Square attack broke (Objective)
 
 
 def validation(ds, n: int, seed: int, calib_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,38 +63,76 @@ def validation(ds, n: int, seed: int, calib_samples: int) -> tuple[np.ndarray, n
 
 
 class Objective:
-    """Measured robust accuracy of a plan on (x, y) at eps."""
+    """Measured robust accuracy of a plan on (x, y) at eps: robustness.evaluate's
+    per-sample worst case over `sources` (module docstring), APGD-CE `steps` iterations
+    (one restart) for the gradient sources and a `queries`-query Square attack for
+    'blackbox'. build(target, graph, plan) -> the plan's mirror (a torch module with
+    .logits(numpy)); mirror.build unless a test gives its own."""
 
-    def __init__(self, session, target, x, y, eps: float, steps: int = STEPS):
-        self.session, self.target, self.eps, self.steps = session, target, eps, steps
-        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y).long()
-        self.transfer = (A.apgd(session.model.module, self.x, self.y, eps, steps)
-                         if eps > 0 else None)
+    def __init__(self, session, target, x, y, eps: float, steps: int = STEPS,
+                 sources=SOURCES, queries: int = QUERIES, build=M.build,
+                 penalty: float = PENALTY):
+        self.session, self.target, self.eps, self.build = session, target, eps, build
+        self.penalty = penalty
+        self.x, self.y = np.asarray(x, np.float32), np.asarray(y).astype(np.int64)
+        unknown = set(sources) - set(R.SOURCES)
+        if unknown or "bpda" not in sources:
+            raise InputError(f"refinement sources must include 'bpda' and come from "
+                             f"{', '.join(R.SOURCES)}, got {', '.join(sources)}")
+        self.cfg = (R.Config(attacks=["apgd-ce"], eps=[eps], sources=list(sources),
+                             steps=steps, restarts=1, queries=queries, samples=len(y),
+                             square_p=SQUARE_P, strength="fast") if eps > 0 else None)
+        self.cache: dict = {}          # the float model's (transfer) examples, once
+
+    def describe(self) -> str:
+        if self.cfg is None:
+            return "clean accuracy only (eps 0)"
+        return self.cfg.describe() + (
+            f"; score = worst case - {self.penalty:g} x samples only the black-box "
+            "attack broke" if "blackbox" in self.cfg.sources and self.penalty else "")
 
     def __call__(self, plan: P.QuantPlan) -> dict:
-        m = M.build(self.target, self.session.graph, plan)
-        with torch.no_grad():
-            ok = m(self.x).argmax(1) == self.y
-            clean = float(ok.float().mean())
-            if self.transfer is not None:
-                ok &= m(self.transfer).argmax(1) == self.y
-        if self.eps > 0:
-            adv = A.apgd(m, self.x, self.y, self.eps, self.steps)
-            with torch.no_grad():
-                ok &= m(adv).argmax(1) == self.y
-        return {"robust": float(ok.float().mean()), "clean": clean}
+        m = self.build(self.target, self.session.graph, plan)
+        if self.cfg is None:
+            clean = float(np.mean(m.logits(self.x).argmax(1) == self.y))
+            return {"robust": clean, "clean": clean, "hidden": 0.0, "score": clean}
+        subject = R.Subject("candidate", m.logits,
+                            {"transfer": self.session.model.module, "bpda": m})
+        entry = R.evaluate(subject, self.x, self.y, self.cfg, self.cache)
+        row = entry["eps"][0]
+        hidden = _hidden(row)
+        return {"robust": row["robust"], "clean": entry["clean"], "hidden": hidden,
+                "score": row["robust"] - self.penalty * hidden,
+                "by": {f"{b['source']}/{b['attack']}": b["accuracy"] for b in row["by"]}}
+
+
+def _hidden(row: dict) -> float:
+    """Fraction of samples every gradient attack left correct and the black-box attack
+    broke (0 without a black-box attack): the gradient attacks' blind spot."""
+    n = row["samples"]
+    masks = {(b["source"], b["attack"]): np.array(stats.unpack(b["accuracy_mask"], n))
+             for b in row["by"]}
+    box = [m for (src, _), m in masks.items() if src == "blackbox"]
+    white = [m for (src, _), m in masks.items() if src != "blackbox"]
+    if not box or not white:
+        return 0.0
+    return float(np.mean(np.logical_and.reduce(white) & ~np.logical_and.reduce(box)))
 
 
 def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: float,
            samples: int = SAMPLES, steps: int = STEPS, evals: int = EVALS,
-           origins: list[str] | None = None):
+           origins: list[str] | None = None, sources=SOURCES, queries: int = QUERIES,
+           penalty: float = PENALTY):
     """(best Assignment, provenance record). candidates: the DP's assignments, best
     first; every one is measured, then local search from the best measured. origins:
-    each candidate's label in provenance (default dp-0, dp-1, ...)."""
+    each candidate's label in provenance (default dp-0, dp-1, ...). sources, queries:
+    the objective's attacks (Objective; without 'blackbox' no gradient-free check);
+    penalty: Objective's weight of the samples only the black-box attack broke."""
     origins = origins or [f"dp-{i}" for i in range(len(candidates))]
     t0 = time.time()
     x, y = validation(session.dataset, samples, session.seed, session.calib_samples)
-    objective = Objective(session, target, x, y, eps, steps)
+    objective = Objective(session, target, x, y, eps, steps, sources, queries,
+                          penalty=penalty)
     seen: dict = {}
 
     def measure(a, origin):
@@ -107,7 +159,7 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
             if budget <= 0:
                 break
     record = {"validation_samples": int(len(y)), "split": "train (disjoint from "
-              "calibration)", "attack": f"APGD-CE {steps} iterations, transfer + bpda",
+              "calibration)", "attack": objective.describe(),
               "eps": eps, "candidates_from_dp": len(candidates), "evaluations": len(seen),
               "seconds": round(time.time() - t0, 1), "chosen": _label(space, best),
               "candidates": [{"assignment": _label(space, a)} | r for a, r in seen.items()]}
@@ -117,7 +169,7 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
 
 
 def _key(r: dict) -> tuple:
-    return r["robust"], r["clean"]
+    return r["score"], r["robust"], r["clean"]
 
 
 def _label(space, a) -> str:

@@ -125,6 +125,44 @@ def test_the_measured_objective_sees_a_bad_plan(digits_session, refined):
     assert good["clean"] > worse["clean"] + 0.3
 
 
+class _Masked:
+    """A mirror with total gradient masking: the same outputs as `mirror`, but its
+    input passes through detach, so every gradient attack through it sees zeros."""
+
+    def __init__(self, mirror):
+        self.mirror = mirror
+
+    def __call__(self, x):
+        return self.mirror(x.detach()) + 0 * x.sum()
+
+    def logits(self, x):
+        return self.mirror.logits(x)
+
+
+def test_the_objective_does_not_reward_gradient_masking(digits_session):
+    """The masked mirror computes the honest one's function, so it is exactly as robust.
+    The cheap gradient attack alone scores it far higher (negative control: the check
+    off); with the Square check it scores no higher than the honest mirror."""
+    from deployq import mirror as M, plan as P, targets as T
+    tgt, g = T.get("fpga-fixed"), digits_session.graph
+    honest = M.build(tgt, g, P.make(g, digits_session.stats, tgt, P.PlanConfig(dict(RND))))
+    masked = _Masked(honest)
+    x, y = RF.validation(digits_session.dataset, 60, 0, digits_session.calib_samples)
+
+    def scores(sources, penalty=RF.PENALTY):
+        obj = RF.Objective(digits_session, tgt, x, y, 0.1, 2, sources, 300,
+                           build=lambda target, graph, plan: plan, penalty=penalty)
+        return obj(honest), obj(masked)
+
+    h, m = scores(("bpda",))                       # the check off
+    assert m["score"] == m["robust"] == m["clean"] and m["score"] > h["score"] + 0.3
+    h, m = scores(("bpda", "blackbox"))            # the check on
+    assert m["score"] <= h["score"] and m["hidden"] > 0.2 > h["hidden"]
+    assert m["by"]["bpda/apgd-ce"] == m["clean"]   # still masked for the gradient attack
+    with pytest.raises(InputError, match="must include 'bpda'"):
+        RF.Objective(digits_session, tgt, x, y, 0.1, 2, ("transfer",))
+
+
 def test_activation_bits_only_where_the_target_allows_them(digits_session, run_cli, tmp_path):
     with pytest.raises(InputError, match="8-bit activations only"):
         S.select(digits_session, "tflite-int8", "4bits", activation_budget="4bits")
