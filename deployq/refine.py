@@ -91,11 +91,23 @@ class Objective:
             f"; score = worst case - {self.penalty:g} x samples only the black-box "
             "attack broke" if "blackbox" in self.cfg.sources and self.penalty else "")
 
-    def __call__(self, plan: P.QuantPlan) -> dict:
+    def __call__(self, plan: P.QuantPlan, floor: float | None = None) -> dict:
+        """The plan's record. floor: a score to beat; when clean and transfer accuracy
+        alone (an upper bound of the score, computed in two forward passes) fall below
+        it, the attacks are skipped and the record says 'pruned' (it cannot win)."""
         m = self.build(self.target, self.session.graph, plan)
         if self.cfg is None:
             clean = float(np.mean(m.logits(self.x).argmax(1) == self.y))
             return {"robust": clean, "clean": clean, "hidden": 0.0, "score": clean}
+        found = self.cache.get(("transfer", self.eps))
+        if floor is not None and found is not None:
+            ok = m.logits(self.x).argmax(1) == self.y
+            clean = float(np.mean(ok))
+            for adv in found.values():
+                ok &= m.logits(adv).argmax(1) == self.y
+            if float(np.mean(ok)) < floor:
+                return {"pruned": True, "robust_at_most": float(np.mean(ok)),
+                        "clean": clean, "robust": None, "score": None}
         subject = R.Subject("candidate", m.logits,
                             {"transfer": self.session.model.module, "bpda": m})
         entry = R.evaluate(subject, self.x, self.y, self.cfg, self.cache)
@@ -122,29 +134,34 @@ def _hidden(row: dict) -> float:
 def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: float,
            samples: int = SAMPLES, steps: int = STEPS, evals: int = EVALS,
            origins: list[str] | None = None, sources=SOURCES, queries: int = QUERIES,
-           penalty: float = PENALTY):
+           penalty: float = PENALTY, prune: bool = True):
     """(best Assignment, provenance record). candidates: the DP's assignments, best
     first; every one is measured, then local search from the best measured. origins:
     each candidate's label in provenance (default dp-0, dp-1, ...). sources, queries:
     the objective's attacks (Objective; without 'blackbox' no gradient-free check);
-    penalty: Objective's weight of the samples only the black-box attack broke."""
+    penalty: Objective's weight of the samples only the black-box attack broke.
+    prune: skip the attacks on a plan whose clean and transfer accuracy already fall
+    below the best score (it cannot be chosen, so the answer is the same; its record
+    says 'pruned')."""
     origins = origins or [f"dp-{i}" for i in range(len(candidates))]
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     x, y = validation(session.dataset, samples, session.seed, session.calib_samples)
     objective = Objective(session, target, x, y, eps, steps, sources, queries,
                           penalty=penalty)
     seen: dict = {}
 
-    def measure(a, origin):
+    def measure(a, origin, floor=None):
         if a not in seen:
             plan = P.make(session.graph, session.stats, target,
                           P.PlanConfig(config.default, {}, space.settings(a)))
-            seen[a] = objective(plan) | {"origin": origin, "predicted": space.predict(a)}
+            seen[a] = (objective(plan, floor if prune else None)
+                       | {"origin": origin, "predicted": space.predict(a)})
         return seen[a]
 
+    best = candidates[0]
     for a, origin in zip(candidates, origins):
-        measure(a, origin)
-    best = max(candidates, key=lambda a: _key(seen[a]))
+        if _key(measure(a, origin, seen[best]["score"] if seen else None)) > _key(seen[best]):
+            best = a
     budget = evals
     improved = True
     while improved and budget > 0:
@@ -153,7 +170,7 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
             if a in seen:
                 continue
             budget -= 1
-            if _key(measure(a, "local")) > _key(seen[best]):
+            if _key(measure(a, "local", seen[best]["score"])) > _key(seen[best]):
                 best, improved = a, True
                 break
             if budget <= 0:
@@ -161,7 +178,9 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
     record = {"validation_samples": int(len(y)), "split": "train (disjoint from "
               "calibration)", "attack": objective.describe(),
               "eps": eps, "candidates_from_dp": len(candidates), "evaluations": len(seen),
-              "seconds": round(time.time() - t0, 1), "chosen": _label(space, best),
+              "pruned": sum(bool(r.get("pruned")) for r in seen.values()),
+              "seconds": round(time.time() - t0, 1),
+              "cpu_seconds": round(time.process_time() - cpu0, 1), "chosen": _label(space, best),
               "candidates": [{"assignment": _label(space, a)} | r for a, r in seen.items()]}
     log.info("refinement: %d evaluations in %.0f s, validation robust %.3f -> %.3f",
              len(seen), time.time() - t0, seen[candidates[0]]["robust"], seen[best]["robust"])
@@ -169,7 +188,8 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
 
 
 def _key(r: dict) -> tuple:
-    return r["score"], r["robust"], r["clean"]
+    """Order of records: score, then robust, then clean accuracy; pruned ones last."""
+    return (float("-inf"),) if r.get("pruned") else (r["score"], r["robust"], r["clean"])
 
 
 def _label(space, a) -> str:

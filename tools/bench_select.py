@@ -349,6 +349,9 @@ def main() -> int:
                          "validation split and refines (adversarial-dp: the DP alone)")
     ap.add_argument("--evals", type=int, default=RF.EVALS, help="local-search evaluations")
     ap.add_argument("--val-samples", type=int, default=RF.SAMPLES)
+    ap.add_argument("--val-sources", default=",".join(RF.SOURCES),
+                    help="the refinement objective's sources ('transfer,bpda': without "
+                         "the Square check, docs/selection.md)")
     ap.add_argument("--act-budgets", default="",
                     help="average activation bits, e.g. '4' (targets allowing several "
                          "activation bits only)")
@@ -374,7 +377,8 @@ def main() -> int:
     candidates = {"min_bits": args.min_bits,
                   "clips": tuple(float(c) for c in args.clips.split(",")),
                   "refine": args.refine,
-                  "refine_options": {"evals": args.evals, "samples": args.val_samples}}
+                  "refine_options": {"evals": args.evals, "samples": args.val_samples,
+                                     "sources": tuple(args.val_sources.split(","))}}
     rows = []
     if args.tables:
         rows = [fix_keys(r) for f in args.tables for r in saved_rows(Path(f))]
@@ -539,6 +543,9 @@ def acts_main(argv: list[str]) -> int:
     ap.add_argument("--refine", type=int, default=4)
     ap.add_argument("--evals", type=int, default=16)
     ap.add_argument("--val-samples", type=int, default=RF.SAMPLES)
+    ap.add_argument("--val-sources", default=",".join(RF.SOURCES),
+                    help="the refinement objective's sources ('transfer,bpda': without "
+                         "the Square check, docs/selection.md)")
     ap.add_argument("--rounding", default="rnd", choices=["rnd", "trn", "rnd_conv"],
                     help="every plan's rounding (fpga-fixed's default is trn)")
     ap.add_argument("--threads", type=int, default=1)
@@ -553,7 +560,8 @@ def acts_main(argv: list[str]) -> int:
                    target_classes=args.target_classes, samples=args.samples)
     print(cfg.describe(), file=sys.stderr)
     candidates = {"min_bits": S.MIN_BITS, "clips": S.CLIPS, "refine": args.refine,
-                  "refine_options": {"evals": args.evals, "samples": args.val_samples}}
+                  "refine_options": {"evals": args.evals, "samples": args.val_samples,
+                                     "sources": tuple(args.val_sources.split(","))}}
 
     def save(rows):
         if args.json:

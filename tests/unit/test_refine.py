@@ -163,6 +163,33 @@ def test_the_objective_does_not_reward_gradient_masking(digits_session):
         RF.Objective(digits_session, tgt, x, y, 0.1, 2, ("transfer",))
 
 
+def test_pruning_hopeless_candidates_keeps_the_answer(digits_session):
+    """prune skips the attacks on plans whose clean and transfer accuracy fall below the
+    best score: the same chosen plan and the same records for every plan measured in
+    full; a pruned plan's bound is below the chosen score and above its full score."""
+    def run(prune):
+        plan = S.select(digits_session, "fpga-fixed", "4bits", "adversarial", 0.1, RND,
+                        refine=3, refine_options=CHEAP | {"prune": prune})
+        return plan.provenance["selection"]["refinement"]
+    on, off = run(True), run(False)
+    assert on["chosen"] == off["chosen"] and off["pruned"] == 0
+    full = {c["assignment"]: c for c in off["candidates"]}
+    chosen = full[on["chosen"]]
+    for c in on["candidates"]:
+        if c.get("pruned"):
+            assert full[c["assignment"]]["robust"] <= c["robust_at_most"] < chosen["score"]
+        else:
+            assert c == full[c["assignment"]]
+    # the bound itself: a floor above 1 always prunes, a floor of 0 never does
+    from deployq import plan as P, targets as T
+    tgt = T.get("fpga-fixed")
+    x, y = RF.validation(digits_session.dataset, 40, 0, digits_session.calib_samples)
+    obj = RF.Objective(digits_session, tgt, x, y, 0.1, 2)
+    plan = P.make(digits_session.graph, digits_session.stats, tgt, P.PlanConfig(dict(RND)))
+    first = obj(plan)                               # computes the transfer examples
+    assert obj(plan, 1.01)["pruned"] and obj(plan, 0.0) == first
+
+
 def test_activation_bits_only_where_the_target_allows_them(digits_session, run_cli, tmp_path):
     with pytest.raises(InputError, match="8-bit activations only"):
         S.select(digits_session, "tflite-int8", "4bits", activation_budget="4bits")
