@@ -89,7 +89,8 @@ def test_refinement_is_never_worse_than_the_dps_best(refined, digits_session):
     by = {c["assignment"]: c for c in ref["candidates"]}
     first = next(c for c in ref["candidates"] if c["origin"] == "dp-0")
     chosen = by[ref["chosen"]]
-    assert (chosen["robust"], chosen["clean"]) >= (first["robust"], first["clean"])
+    assert RF._key(chosen) >= RF._key(first)       # score, then robust, then clean
+    assert all(k in chosen for k in ("score", "hidden", "by"))
     assert ref["evaluations"] == len(ref["candidates"]) >= 2
     assert all("predicted" in c and "robust" in c for c in ref["candidates"])
     # both budgets hold, and the plan carries the chosen bits
