@@ -515,7 +515,8 @@ def select(session, target: str | T.Target, budget: str | Budget,
     {'rounding': 'rnd'}). `activation_budget` (targets allowing several
     activation_bits): also choose each hidden tensor's bits under it. `refine` = K > 0:
     measure the DP's K best on a validation split and improve the best by local search
-    (deployq.refine; `refine_options`: its samples, steps, evals)."""
+    (deployq.refine; `refine_options`: its samples, steps, evals, and the objective's
+    sources, queries and penalty: by default a Square check on the mirror)."""
     if method not in METHODS:
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     if not 0 <= eps <= 1:

@@ -349,6 +349,9 @@ def main() -> int:
                          "validation split and refines (adversarial-dp: the DP alone)")
     ap.add_argument("--evals", type=int, default=RF.EVALS, help="local-search evaluations")
     ap.add_argument("--val-samples", type=int, default=RF.SAMPLES)
+    ap.add_argument("--val-sources", default=",".join(RF.SOURCES),
+                    help="the refinement objective's sources ('transfer,bpda': without "
+                         "the Square check, docs/selection.md)")
     ap.add_argument("--act-budgets", default="",
                     help="average activation bits, e.g. '4' (targets allowing several "
                          "activation bits only)")
@@ -374,7 +377,8 @@ def main() -> int:
     candidates = {"min_bits": args.min_bits,
                   "clips": tuple(float(c) for c in args.clips.split(",")),
                   "refine": args.refine,
-                  "refine_options": {"evals": args.evals, "samples": args.val_samples}}
+                  "refine_options": {"evals": args.evals, "samples": args.val_samples,
+                                     "sources": tuple(args.val_sources.split(","))}}
     rows = []
     if args.tables:
         rows = [fix_keys(r) for f in args.tables for r in saved_rows(Path(f))]
@@ -414,24 +418,41 @@ def act_plans(session, tgt, weights: int, act: int, method: str, eps: float,
     settings = {"rounding": rounding}
     fixed = {"min_bits": 8, "clips": (1.0,)} if weights >= 8 else {
         "min_bits": candidates["min_bits"], "clips": candidates["clips"]}
-    if method in ("a8", "uniform"):
+    if method in ("a8", "uniform") or method.startswith("acts:"):
         base = S.select(session, tgt, f"{weights}bits", "adversarial", eps, settings, **fixed)
         if method == "a8":
             return base
         by_name = dict(base.config.by_name)
         config = P.PlanConfig(dict(settings))
-        for g in S.act_groups(session.graph, session.stats, tgt, config, [act]):
+        groups = S.act_groups(session.graph, session.stats, tgt, config, [act])
+        bits = (fixed_acts(method, len(groups)) if method.startswith("acts:")
+                else [act] * len(groups))
+        for g, b in zip(groups, bits):
             for m in g.members:
-                by_name[m] = by_name.get(m, {}) | {"activation_bits": act}
-        sel = dict(base.provenance["selection"]) | {"activation_bits": {
-            g.head: act for g in S.act_groups(session.graph, session.stats, tgt, config,
-                                              [act])}, "average_activation_bits": act}
+                by_name[m] = by_name.get(m, {}) | {"activation_bits": b}
+        numel = [g.numel for g in groups]
+        sel = dict(base.provenance["selection"]) | {
+            "activation_bits": {g.head: b for g, b in zip(groups, bits)},
+            "average_activation_bits": float(np.dot(numel, bits) / sum(numel))}
         return P.make(session.graph, session.stats, tgt,
                       P.PlanConfig(config.default, {}, by_name), {"selection": sel})
     name, refine = method_args(method, candidates["refine"])
     return S.select(session, tgt, f"{weights}bits", name, eps, settings,
                     activation_budget=f"{act}bits", refine=refine,
                     refine_options=candidates["refine_options"], **fixed)
+
+
+def fixed_acts(method: str, groups: int) -> list[int]:
+    """'acts:3/5/8' -> [3, 5, 8]: a given activation plan (one bits per group), e.g. a
+    plan an earlier selection chose, re-measured without selecting again."""
+    try:
+        bits = [int(b) for b in method.removeprefix("acts:").split("/")]
+    except ValueError:
+        bits = []
+    if len(bits) != groups or not all(2 <= b <= 8 for b in bits):
+        raise SystemExit(f"bench_select.py: error: {method!r} needs {groups} activation "
+                         "bits in 2..8, e.g. acts:3/5/8")
+    return bits
 
 
 def act_rows(name: str, weights: list[int], act: int, methods: list[str], cfg, eps: float,
@@ -472,7 +493,8 @@ def act_significance(rows: list[dict], eps: list[float]) -> str:
     lines = ["| model | weights | method | vs | eps | method % [95% CI] | other % | diff (pts) "
              "| McNemar p | clean diff (pts) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["method"] not in ("adversarial", "adversarial-dp", "noise"):
+        if r["method"] not in ("adversarial", "adversarial-dp", "noise") \
+                and not r["method"].startswith("acts:"):
             continue
         for o in rows:
             if (o["model"], o["weights"]) != (r["model"], r["weights"]) or o is r \
@@ -521,18 +543,25 @@ def acts_main(argv: list[str]) -> int:
     ap.add_argument("--refine", type=int, default=4)
     ap.add_argument("--evals", type=int, default=16)
     ap.add_argument("--val-samples", type=int, default=RF.SAMPLES)
+    ap.add_argument("--val-sources", default=",".join(RF.SOURCES),
+                    help="the refinement objective's sources ('transfer,bpda': without "
+                         "the Square check, docs/selection.md)")
     ap.add_argument("--rounding", default="rnd", choices=["rnd", "trn", "rnd_conv"],
                     help="every plan's rounding (fpga-fixed's default is trn)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sources", default="transfer,bpda",
+                    help="attack sources of the test rows; add 'blackbox' for the Square "
+                         "attack on the runtime (the preset's queries)")
     ap.add_argument("--json", default=None, help="rows, rewritten after each one")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     eps = [float(e) for e in args.eps.split(",")]
-    cfg = R.Config(strength=args.strength, eps=eps, sources=["transfer", "bpda"],
+    cfg = R.Config(strength=args.strength, eps=eps, sources=args.sources.split(","),
                    target_classes=args.target_classes, samples=args.samples)
     print(cfg.describe(), file=sys.stderr)
     candidates = {"min_bits": S.MIN_BITS, "clips": S.CLIPS, "refine": args.refine,
-                  "refine_options": {"evals": args.evals, "samples": args.val_samples}}
+                  "refine_options": {"evals": args.evals, "samples": args.val_samples,
+                                     "sources": tuple(args.val_sources.split(","))}}
 
     def save(rows):
         if args.json:

@@ -3,7 +3,8 @@
 per-group activation bits, with 8-bit weights or a given weight plan, a rounding mode
 and an activation calibration, scored by deployq.refine's objective (the last 200
 training samples of the seeded permutation, APGD-CE 10 iterations, transfer + bpda
-through the bit-exact mirror). Never the test split.
+through the bit-exact mirror, and the Square check on the mirror unless --sources
+leaves 'blackbox' out). Never the test split.
 
     python tools/select_act_probe.py --model lenet-fmnist-adv --eps 0.1 \\
         --acts 8/8/8,4/4/4,6/3/4 --calibration minmax,percentile,mse
@@ -41,6 +42,10 @@ def main() -> int:
     ap.add_argument("--rounding", default="rnd")
     ap.add_argument("--calibration", default="minmax")
     ap.add_argument("--samples", type=int, default=RF.SAMPLES)
+    ap.add_argument("--sources", default=",".join(RF.SOURCES),
+                    help="objective sources (refine.Objective); 'transfer,bpda' is the "
+                         "objective without the gradient-free check")
+    ap.add_argument("--queries", type=int, default=RF.QUERIES, help="Square queries")
     args = ap.parse_args()
     torch.set_num_threads(1)
     s = api.open_session(f"zoo:{args.model}")
@@ -49,9 +54,12 @@ def main() -> int:
     names = [n.name for n in s.graph.nodes if n.op in ("conv2d", "linear")]
     w = weights_arg(args.weights, names) if args.weights else {}
     x, y = RF.validation(s.dataset, args.samples, s.seed, s.calib_samples)
-    objective = RF.Objective(s, tgt, x, y, args.eps, RF.STEPS)
-    print("| model | eps | rounding | calibration | weights | act bits | robust % | clean % |")
-    print("|---|---|---|---|---|---|---|---|")
+    objective = RF.Objective(s, tgt, x, y, args.eps, RF.STEPS, args.sources.split(","),
+                             args.queries)
+    print(objective.describe(), file=sys.stderr)
+    print("| model | eps | rounding | calibration | weights | act bits | score % | robust % "
+          "| clean % | hidden % | by source/attack % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for cal in args.calibration.split(","):
         for acts in args.acts.split(","):
             bits = [int(b) for b in acts.split("/")]
@@ -63,8 +71,11 @@ def main() -> int:
             t0 = time.time()
             r = objective(P.make(s.graph, s.stats, tgt, P.PlanConfig(default, {}, by)))
             print(f"| {args.model} | {args.eps:g} | {args.rounding} | {cal} | "
-                  f"{args.weights or '8'} | {acts} | {100 * r['robust']:.1f} | "
-                  f"{100 * r['clean']:.1f} |", flush=True)
+                  f"{args.weights or '8'} | {acts} | {100 * r['score']:.1f} | "
+                  f"{100 * r['robust']:.1f} | {100 * r['clean']:.1f} | "
+                  f"{100 * r['hidden']:.1f} | " + ", ".join(
+                      f"{k} {100 * v:.1f}" for k, v in r.get("by", {}).items()) + " |",
+                  flush=True)
             print(f"{time.time() - t0:.0f} s", file=sys.stderr)
     return 0
 

@@ -89,7 +89,8 @@ def test_refinement_is_never_worse_than_the_dps_best(refined, digits_session):
     by = {c["assignment"]: c for c in ref["candidates"]}
     first = next(c for c in ref["candidates"] if c["origin"] == "dp-0")
     chosen = by[ref["chosen"]]
-    assert (chosen["robust"], chosen["clean"]) >= (first["robust"], first["clean"])
+    assert RF._key(chosen) >= RF._key(first)       # score, then robust, then clean
+    assert all(k in chosen for k in ("score", "hidden", "by"))
     assert ref["evaluations"] == len(ref["candidates"]) >= 2
     assert all("predicted" in c and "robust" in c for c in ref["candidates"])
     # both budgets hold, and the plan carries the chosen bits
@@ -123,6 +124,71 @@ def test_the_measured_objective_sees_a_bad_plan(digits_session, refined):
                  P.PlanConfig({"weight_bits": 2, "activation_bits": 2, **RND}))
     good, worse = obj(refined), obj(bad)
     assert good["clean"] > worse["clean"] + 0.3
+
+
+class _Masked:
+    """A mirror with total gradient masking: the same outputs as `mirror`, but its
+    input passes through detach, so every gradient attack through it sees zeros."""
+
+    def __init__(self, mirror):
+        self.mirror = mirror
+
+    def __call__(self, x):
+        return self.mirror(x.detach()) + 0 * x.sum()
+
+    def logits(self, x):
+        return self.mirror.logits(x)
+
+
+def test_the_objective_does_not_reward_gradient_masking(digits_session):
+    """The masked mirror computes the honest one's function, so it is exactly as robust.
+    The cheap gradient attack alone scores it far higher (negative control: the check
+    off); with the Square check it scores no higher than the honest mirror."""
+    from deployq import mirror as M, plan as P, targets as T
+    tgt, g = T.get("fpga-fixed"), digits_session.graph
+    honest = M.build(tgt, g, P.make(g, digits_session.stats, tgt, P.PlanConfig(dict(RND))))
+    masked = _Masked(honest)
+    x, y = RF.validation(digits_session.dataset, 60, 0, digits_session.calib_samples)
+
+    def scores(sources, penalty=RF.PENALTY):
+        obj = RF.Objective(digits_session, tgt, x, y, 0.1, 2, sources, 300,
+                           build=lambda target, graph, plan: plan, penalty=penalty)
+        return obj(honest), obj(masked)
+
+    h, m = scores(("bpda",))                       # the check off
+    assert m["score"] == m["robust"] == m["clean"] and m["score"] > h["score"] + 0.3
+    h, m = scores(("bpda", "blackbox"))            # the check on
+    assert m["score"] <= h["score"] and m["hidden"] > 0.2 > h["hidden"]
+    assert m["by"]["bpda/apgd-ce"] == m["clean"]   # still masked for the gradient attack
+    with pytest.raises(InputError, match="must include 'bpda'"):
+        RF.Objective(digits_session, tgt, x, y, 0.1, 2, ("transfer",))
+
+
+def test_pruning_hopeless_candidates_keeps_the_answer(digits_session):
+    """prune skips the attacks on plans whose clean and transfer accuracy fall below the
+    best score: the same chosen plan and the same records for every plan measured in
+    full; a pruned plan's bound is below the chosen score and above its full score."""
+    def run(prune):
+        plan = S.select(digits_session, "fpga-fixed", "4bits", "adversarial", 0.1, RND,
+                        refine=3, refine_options=CHEAP | {"prune": prune})
+        return plan.provenance["selection"]["refinement"]
+    on, off = run(True), run(False)
+    assert on["chosen"] == off["chosen"] and off["pruned"] == 0
+    full = {c["assignment"]: c for c in off["candidates"]}
+    chosen = full[on["chosen"]]
+    for c in on["candidates"]:
+        if c.get("pruned"):
+            assert full[c["assignment"]]["robust"] <= c["robust_at_most"] < chosen["score"]
+        else:
+            assert c == full[c["assignment"]]
+    # the bound itself: a floor above 1 always prunes, a floor of 0 never does
+    from deployq import plan as P, targets as T
+    tgt = T.get("fpga-fixed")
+    x, y = RF.validation(digits_session.dataset, 40, 0, digits_session.calib_samples)
+    obj = RF.Objective(digits_session, tgt, x, y, 0.1, 2)
+    plan = P.make(digits_session.graph, digits_session.stats, tgt, P.PlanConfig(dict(RND)))
+    first = obj(plan)                               # computes the transfer examples
+    assert obj(plan, 1.01)["pruned"] and obj(plan, 0.0) == first
 
 
 def test_activation_bits_only_where_the_target_allows_them(digits_session, run_cli, tmp_path):
