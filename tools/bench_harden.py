@@ -309,8 +309,8 @@ def main() -> int:
                     "post-training plans (default: the target's); a harden run's plan "
                     "keeps the rounding it was trained with")
     ap.add_argument("--targets-dir", default=None, help="a folder whose fpga-fixed.toml "
-                    "replaces the built-in one (e.g. rounding = \"trn\": a harden "
-                    "plan sets its layers' rounding, not the input's)")
+                    "replaces the built-in one (e.g. rounding = \"trn\" for a plan written "
+                    "before plans recorded their input's rounding)")
     ap.add_argument("--activation-bits", type=int, default=4)
     ap.add_argument("--weight-bits", type=int, default=8)
     ap.add_argument("--train-samples", type=int, default=3000)
