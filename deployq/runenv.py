@@ -21,26 +21,33 @@ QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0",
 @contextlib.contextmanager
 def private_run(verbose: bool = False):
     run_dir = tempfile.mkdtemp(prefix=f"deployq-run-{os.getpid()}-")
-    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "TORCHINDUCTOR_CACHE_DIR",
-                                                *QUIET_ENV)}
+    quiet = {} if verbose else {k: v for k, v in QUIET_ENV.items() if k not in os.environ}
     saved_tempdir = tempfile.tempdir
-    os.environ["TMPDIR"] = run_dir
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(run_dir, "torchinductor")
-    if not verbose:
-        for k, v in QUIET_ENV.items():
-            os.environ.setdefault(k, v)
     tempfile.tempdir = run_dir
     try:
-        with _native_stderr_to(None if verbose else os.path.join(run_dir, "native.log")):
+        with environ({"TMPDIR": run_dir,
+                      "TORCHINDUCTOR_CACHE_DIR": os.path.join(run_dir, "torchinductor"),
+                      **quiet}), \
+                _native_stderr_to(None if verbose else os.path.join(run_dir, "native.log")):
             yield run_dir
     finally:
         tempfile.tempdir = saved_tempdir
-        for k, v in saved_env.items():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def environ(values: dict):
+    """os.environ with `values` set inside the block, as it was after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

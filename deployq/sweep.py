@@ -11,7 +11,6 @@ pool (`local`, the default) or Ray (`ray`, locally or on a cluster); both run th
 `seconds`. The results' views are in deployq/sweepreport.py."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import runenv
 from .errors import DeployqError, InputError
 
 log = logging.getLogger("deployq")
@@ -728,7 +728,7 @@ def connect_ray(workers: int, address: str | None):
             ray.init(address=address, runtime_env={"env_vars": {v: "1" for v in THREAD_VARS}},
                      **quiet)
         else:
-            with _environ({v: "1" for v in THREAD_VARS} | RAY_LOCAL_ENV):
+            with runenv.environ({v: "1" for v in THREAD_VARS} | RAY_LOCAL_ENV):
                 ray.init(num_cpus=workers, include_dashboard=False,
                          _system_config=RAY_LOCAL_CONFIG, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
@@ -745,18 +745,3 @@ def _import_ray():
     except ImportError:
         raise InputError("--executor ray needs Ray: pip install 'deployq[ray]'") from None
     return ray
-
-
-@contextlib.contextmanager
-def _environ(values: dict):
-    """os.environ with `values` set inside the block, as it was after it."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
