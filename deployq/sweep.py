@@ -533,7 +533,9 @@ def _worker_main(conn) -> None:
         while (job := conn.recv()) is not None:
             conn.send(run_cell(job))
     except (EOFError, OSError, KeyboardInterrupt):
-        return
+        pass
+    os._exit(0)     # a worker holds nothing to save: no interpreter teardown (torch's
+                    # takes about a second) between the last cell and the sweep's report
 
 
 def warm() -> None:
@@ -593,8 +595,11 @@ class LocalPool:
         """Stop every worker (idle or, after an interruption, busy); workers that never
         ran a cell (a check failed, every cell was stored, fewer cells than workers)
         are killed at once."""
-        for conn, proc in self.idle + [(c, p) for c, (p, _) in self.busy.items()]:
-            _stop(conn, proc, 2 if proc.pid in self.used else 0)
+        workers = self.idle + [(c, p) for c, (p, _) in self.busy.items()]
+        for conn, _ in workers:
+            _ask_to_end(conn)
+        for _, proc in workers:        # all were asked first: they end side by side
+            _stop(proc, 2 if proc.pid in self.used else 0)
         self.idle, self.busy = [], {}
 
     @staticmethod
@@ -610,13 +615,16 @@ class LocalPool:
         queue.appendleft(job)
 
 
-def _stop(conn, proc, grace: float) -> None:
-    """Ask a worker to end; one still busy after `grace` seconds (importing, running a
-    cell after an interruption) is killed: workers hold nothing to save."""
+def _ask_to_end(conn) -> None:
     try:
         conn.send(None)
     except (OSError, ValueError):
         pass
+
+
+def _stop(proc, grace: float) -> None:
+    """Wait for a worker asked to end; one still busy after `grace` seconds (importing,
+    running a cell after an interruption) is killed: workers hold nothing to save."""
     proc.join(grace)
     if proc.is_alive():
         proc.kill()
