@@ -11,7 +11,7 @@ pow2 or float scale, narrow range), every activation tensor fake-quantized on th
 plan's grid with the target's rounding mode, straight-through (identity inside the
 range, zero where it saturates: the clamp at the calibrated range is DQ's bounded
 ReLU). The activation grids are calibrated once, on training samples, before the first
-epoch, and stay fixed: the network learns to fit them. (Re-calibrating every epoch
+epoch (of each stage: train's `stages`), and stay fixed: the network learns to fit them. (Re-calibrating every epoch
 failed: trained activations outgrow the clamp, a fresh min-max range then widens the
 4-bit grid until most values round to zero; on Fashion-MNIST, validation accuracy
 fell to 11% after one epoch.) OUT/plan.json is that plan with the final
