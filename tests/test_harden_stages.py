@@ -110,3 +110,13 @@ def test_a_one_stage_checkpoint_is_not_resumed_as_two_stages(tmp_path):
         _run(tmp_path, on_epoch=interrupt)
     with pytest.raises(Exception, match="different stages"):
         _run(tmp_path, stages=2)
+
+
+def test_stages_refused_before_work(tmp_path):
+    """qa-ibp has no activation grids to recalibrate; a non-integer count is refused."""
+    from deployq.errors import InputError
+    with pytest.raises(InputError, match="--stages applies to dq, pgd and dq"):
+        api.harden("fpga-fixed", "qa-ibp", tmp_path / "q", epochs=1, stages=2)
+    with pytest.raises(InputError, match="--stages must be an integer"):
+        api.harden("fpga-fixed", "dq", tmp_path / "d", epochs=1, stages=1.5)
+    assert not any(tmp_path.iterdir())
