@@ -11,10 +11,10 @@ pow2 or float scale, narrow range), every activation tensor fake-quantized on th
 plan's grid with the target's rounding mode, straight-through (identity inside the
 range, zero where it saturates: the clamp at the calibrated range is DQ's bounded
 ReLU). The activation grids are calibrated once, on training samples, before the first
-epoch (of each stage: train's `stages`), and stay fixed: the network learns to fit them. (Re-calibrating every epoch
-failed: trained activations outgrow the clamp, a fresh min-max range then widens the
-4-bit grid until most values round to zero; on Fashion-MNIST, validation accuracy
-fell to 11% after one epoch.) OUT/plan.json is that plan with the final
+epoch (of each stage: train's `stages`), and stay fixed: the network learns to fit
+them. (Re-calibrating every epoch failed: trained activations outgrow the clamp, a
+fresh min-max range then widens the 4-bit grid until most values round to zero; on
+Fashion-MNIST, validation accuracy fell to 11% after one epoch.) OUT/plan.json is that plan with the final
 weights' grids, and the plan to deploy them with (`--plan OUT/plan.json`).
 Biases stay float (their int32 grid is far finer than the weights').
 Dropout is not applied (the graph is the inference graph).
@@ -468,7 +468,8 @@ def _resume(out: Path, module, ident: dict) -> State:
         raise InputError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it "
                          "to start over") from None
     if identity != ident:
-        differ = sorted(k for k in ident if identity.get(k) != ident[k])
+        differ = sorted(k for k in ident.keys() | identity.keys()
+                        if identity.get(k) != ident.get(k))
         raise InputError(f"{path} was written by other settings (different {', '.join(differ)}"
                          "); use another --out, or delete it to start over")
     module.load_state_dict(ck["module"])

@@ -112,6 +112,15 @@ def test_a_one_stage_checkpoint_is_not_resumed_as_two_stages(tmp_path):
         _run(tmp_path, stages=2)
 
 
+def test_a_two_stage_checkpoint_is_not_resumed_as_one_stage(tmp_path):
+    def interrupt(state):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, on_epoch=interrupt, stages=2)
+    with pytest.raises(Exception, match="different stages"):
+        _run(tmp_path)
+
+
 def test_stages_refused_before_work(tmp_path):
     """qa-ibp has no activation grids to recalibrate; a non-integer count is refused."""
     from deployq.errors import InputError
