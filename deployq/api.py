@@ -657,13 +657,19 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
            eps: float = 0.03, beta: float = 3e-4, session: Session | None = None,
            targets_dir=None, on_epoch=None, activation_bits: int | None = None,
            weight_bits: int | None = None, calibration: str | None = None,
-           **options) -> dict:
+           stages: int = 1, **options) -> dict:
     """Quantization-aware training of the session's model for TARGET's plan with
     METHOD (deployq.hardening.METHODS: dq, pgd, dq+pgd); writes OUT/weights.safetensors,
     OUT/plan.json and OUT/harden.json, checkpoints in OUT and resumes from them.
+    stages: `epochs` epochs in each stage, the activation grids recalibrated for the
+    current weights before each stage after the first (hardening.train).
     options: hardening.Config fields (steps, lr, batch, val_fraction, ...) and, without
     `session`, open_session's arguments."""
     from . import hardening as H
+    H.check_stages(stages)
+    if method == H.QAIBP and stages != 1:
+        raise InputError("--stages applies to dq, pgd and dq+pgd (qa-ibp has no "
+                         "calibrated activation grids); drop --stages")
     if method == H.QAIBP:
         return _harden_qaibp(target, out, epochs, eps, session, targets_dir, **options)
     fields = set(H.Config.__dataclass_fields__)
@@ -678,7 +684,7 @@ def harden(target: str, method: str = "dq", out: str | Path = DEFAULT_OUT, epoch
     ds = session.dataset
     config = bits_config(tgt, activation_bits, weight_bits, calibration, session.graph.output)
     return H.train(session.model.module, session.graph, tgt, ds.x_train, ds.y_train, cfg,
-                   Path(out), on_epoch, config)
+                   Path(out), on_epoch, config, stages)
 
 
 def _check_trainable(session: Session, out) -> None:

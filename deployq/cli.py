@@ -711,7 +711,12 @@ def _results(path) -> dict:
               help="The target whose plan the model is trained for.")
 @_model_options
 @click.option("--epochs", default=3, show_default=True, type=int,
-              help="Training epochs.")
+              help="Training epochs (per stage with --stages).")
+@click.option("--stages", default=1, show_default=True, type=int,
+              help="Train in N stages of --epochs each; each stage after the first "
+                   "recalibrates the activation grids for the current weights and starts "
+                   "a new optimizer and schedule, as `harden -w OUT/weights.safetensors` "
+                   "would.")
 @click.option("--eps", default=0.03, show_default=True, type=float,
               help="L-inf radius of PGD training and of the robust validation accuracy.")
 @click.option("--beta", default=3e-4, show_default=True, type=float,
@@ -729,15 +734,15 @@ def _results(path) -> dict:
 @click.option("--weight-bits", default=None, type=int,
               help="Bits of every weight (default: the target's).")
 def harden_(method, target, model, weights, data, out, calibration, calib_samples, seed,
-            targets_dir, epochs, eps, beta, steps, lr, batch, val_fraction, val_samples,
-            activation_bits, weight_bits):
+            targets_dir, epochs, stages, eps, beta, steps, lr, batch, val_fraction,
+            val_samples, activation_bits, weight_bits):
     """Quantization-aware training for TARGET's plan with Defensive Quantization's
     Lipschitz penalty and/or PGD adversarial training: OUT/weights.safetensors (for -w),
     OUT/plan.json (for --plan), OUT/harden.json. Resumes from OUT/checkpoint.pt."""
     from . import api
     r = api.harden(target, method, out, epochs, eps, beta, targets_dir=targets_dir,
                    activation_bits=activation_bits, weight_bits=weight_bits,
-                   calibration=calibration, steps=steps, lr=lr, batch=batch,
+                   calibration=calibration, stages=stages, steps=steps, lr=lr, batch=batch,
                    val_fraction=val_fraction, val_samples=val_samples, seed=seed,
                    calib_samples=calib_samples, model=model, weights=weights, data=data)
     f = r["final"]

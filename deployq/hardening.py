@@ -11,10 +11,10 @@ pow2 or float scale, narrow range), every activation tensor fake-quantized on th
 plan's grid with the target's rounding mode, straight-through (identity inside the
 range, zero where it saturates: the clamp at the calibrated range is DQ's bounded
 ReLU). The activation grids are calibrated once, on training samples, before the first
-epoch, and stay fixed: the network learns to fit them. (Re-calibrating every epoch
-failed: trained activations outgrow the clamp, a fresh min-max range then widens the
-4-bit grid until most values round to zero; on Fashion-MNIST, validation accuracy
-fell to 11% after one epoch.) OUT/plan.json is that plan with the final
+epoch (of each stage: train's `stages`), and stay fixed: the network learns to fit
+them. (Re-calibrating every epoch failed: trained activations outgrow the clamp, a
+fresh min-max range then widens the 4-bit grid until most values round to zero; on
+Fashion-MNIST, validation accuracy fell to 11% after one epoch.) OUT/plan.json is that plan with the final
 weights' grids, and the plan to deploy them with (`--plan OUT/plan.json`).
 Biases stay float (their int32 grid is far finer than the weights').
 Dropout is not applied (the graph is the inference graph).
@@ -324,45 +324,80 @@ def accuracy(net: QatNet, x: np.ndarray, y: np.ndarray, cfg: Config,
 @dataclass
 class State:
     """Everything a checkpoint restores."""
-    epoch: int = 0
-    curves: list = field(default_factory=list)
+    epoch: int = 0                           # epochs done in the current stage
+    curves: list = field(default_factory=list)   # the current stage's
     plan: P.QuantPlan | None = None          # the training plan (activation grids)
+    stage: int = 0                           # the current stage, from 0
+    done: list = field(default_factory=list)     # finished stages: {curves, plan}
+    optimizer: dict | None = None            # a resumed stage's optimizer and scheduler
+    scheduler: dict | None = None
+
+
+def check_stages(stages) -> None:
+    if not isinstance(stages, int) or stages < 1:
+        raise InputError(f"--stages must be an integer of at least 1, got {stages}")
 
 
 def train(module: nn.Module, graph: G.Graph, target: T.Target, x: np.ndarray,
           y: np.ndarray, cfg: Config, out: Path, on_epoch=None,
-          plan_config: P.PlanConfig | None = None) -> dict:
+          plan_config: P.PlanConfig | None = None, stages: int = 1) -> dict:
     """Harden `module` in place for `target` on training data (x, y); checkpoints in
     `out` after every epoch and resumes from one written by the same settings.
     `on_epoch(state)` is called after each checkpoint (progress, tests). Returns the
-    harden.json contents."""
+    harden.json contents.
+
+    stages: cfg.epochs epochs in each of `stages` stages. Each stage is what a separate
+    run from the previous stage's weights would do (`harden -w OUT/weights.safetensors`,
+    same settings): activation grids calibrated afresh for the current weights (the
+    penalty shrinks activations under fixed grids), a new optimizer and cosine schedule,
+    the seeds of epoch e and step b restarting with the stage. stages=1 is one run."""
     cfg.check()
+    check_stages(stages)
     out = Path(out)
     data = split(x, y, cfg.val_fraction, cfg.seed)
     calib = data.x_train[np.sort(np.random.default_rng(cfg.seed).permutation(
         len(data.x_train))[:cfg.calib_samples])]
     net = QatNet(module, graph, target, plan_config)
-    ident = _identity(cfg, target.name, net.config, module)
-    params = [p for p in module.parameters() if p.requires_grad]
+    ident = _identity(cfg, target.name, net.config, module, stages)
+    state = _resume(out, module, ident)
+    while True:
+        _stage(net, calib, data, cfg, out, ident, state, stages, on_epoch)
+        if state.stage + 1 >= stages:
+            return _finish(out, net, ident, state, data)
+        state.done = state.done + [{"curves": state.curves,
+                                    "plan": net.deploy_plan().to_json()}]
+        state.stage, state.epoch, state.curves, state.plan = state.stage + 1, 0, [], None
+
+
+def _stage(net: QatNet, calib: np.ndarray, data: Split, cfg: Config, out: Path,
+           ident: dict, state: State, stages: int, on_epoch) -> None:
+    """The epochs of state.stage left to do: grids calibrated for the current weights
+    (or the resumed stage's), a fresh Adam and cosine schedule (or the resumed ones)."""
+    params = [p for p in net.module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
-    state = _resume(out, module, opt, sched, ident)
+    if state.optimizer is not None:
+        opt.load_state_dict(state.optimizer)
+        sched.load_state_dict(state.scheduler)
+        state.optimizer = state.scheduler = None
     net.plan = state.plan or net.calibrate(calib)
     state.plan = net.plan
     loss_fn = METHODS[cfg.method]
     batches = math.ceil(len(data.x_train) / cfg.batch)
+    where = f"stage {state.stage + 1}/{stages}, " if stages > 1 else ""
     for epoch in range(state.epoch, cfg.epochs):
         row = _epoch(net, loss_fn, opt, data, cfg, epoch, batches)
+        if stages > 1:
+            row = {"stage": state.stage + 1} | row
         sched.step()
         state.epoch, state.curves = epoch + 1, state.curves + [row]
-        log.info("epoch %d/%d: loss %.4f, validation clean %.2f%%, robust %s "
-                 "(PGD-%d, eps %g), %.0f s", epoch + 1, cfg.epochs, row["loss"],
+        log.info("%sepoch %d/%d: loss %.4f, validation clean %.2f%%, robust %s "
+                 "(PGD-%d, eps %g), %.0f s", where, epoch + 1, cfg.epochs, row["loss"],
                  100 * row["val_clean"], _percent(row["val_robust"]), cfg.val_steps,
                  cfg.eps, row["seconds"])
-        _checkpoint(out, module, opt, sched, ident, state)
+        _checkpoint(out, net.module, opt, sched, ident, state)
         if on_epoch is not None:
             on_epoch(state)
-    return _finish(out, net, ident, state, data)
 
 
 def _percent(v: float | None) -> str:
@@ -396,14 +431,17 @@ def _epoch(net: QatNet, loss_fn, opt, data: Split, cfg: Config, epoch: int,
 
 # --- checkpoints and outputs -------------------------------------------------------
 
-def _identity(cfg: Config, target: str, plan_config: P.PlanConfig, module) -> dict:
+def _identity(cfg: Config, target: str, plan_config: P.PlanConfig, module,
+              stages: int = 1) -> dict:
     """What a checkpoint must match to be resumed: the settings, the plan settings and
-    the starting weights (sha256)."""
+    the starting weights (sha256); the number of stages when more than one (so a
+    one-stage run's checkpoint and harden.json are as before stages existed)."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode() + t.detach().contiguous().numpy().tobytes())
     return {"format": FORMAT, "version": VERSION, "target": target, "config": asdict(cfg),
-            "plan_config": plan_config.to_json(), "start_weights": h.hexdigest()[:16]}
+            "plan_config": plan_config.to_json(), "start_weights": h.hexdigest()[:16],
+            **({"stages": stages} if stages > 1 else {})}
 
 
 def _checkpoint(out: Path, module, opt, sched, ident: dict, state: State) -> None:
@@ -412,12 +450,14 @@ def _checkpoint(out: Path, module, opt, sched, ident: dict, state: State) -> Non
     torch.save({"identity": json.dumps(ident), "module": module.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "epoch": state.epoch, "curves": json.dumps(state.curves),
-                "plan": json.dumps(state.plan.to_json())}, buf)
+                "plan": json.dumps(state.plan.to_json()), "stage": state.stage,
+                "done": json.dumps(state.done)}, buf)
     atomic_write(out / CHECKPOINT, buf.getvalue())
 
 
-def _resume(out: Path, module, opt, sched, ident: dict) -> State:
-    """The state of OUT/checkpoint.pt when it was written by the same settings."""
+def _resume(out: Path, module, ident: dict) -> State:
+    """The state of OUT/checkpoint.pt when it was written by the same settings (the
+    module's weights loaded; the optimizer's and scheduler's kept for _stage)."""
     path = out / CHECKPOINT
     if not path.is_file():
         return State()
@@ -428,26 +468,32 @@ def _resume(out: Path, module, opt, sched, ident: dict) -> State:
         raise InputError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it "
                          "to start over") from None
     if identity != ident:
-        differ = sorted(k for k in ident if identity.get(k) != ident[k])
+        differ = sorted(k for k in ident.keys() | identity.keys()
+                        if identity.get(k) != ident.get(k))
         raise InputError(f"{path} was written by other settings (different {', '.join(differ)}"
                          "); use another --out, or delete it to start over")
     module.load_state_dict(ck["module"])
-    opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(ck["scheduler"])
-    log.info("resuming from %s after epoch %d", path, ck["epoch"])
+    stage = int(ck.get("stage", 0))
+    where = f"stage {stage + 1}, " if ident.get("stages", 1) > 1 else ""
+    log.info("resuming from %s after %sepoch %d", path, where, ck["epoch"])
     return State(int(ck["epoch"]), json.loads(ck["curves"]),
-                 P.QuantPlan.from_json(json.loads(ck["plan"])))
+                 P.QuantPlan.from_json(json.loads(ck["plan"])), stage,
+                 json.loads(ck.get("done", "[]")), ck["optimizer"], ck["scheduler"])
 
 
 def _finish(out: Path, net: QatNet, ident: dict, state: State, data: Split) -> dict:
     from safetensors.torch import save
     state_dict = {k: v.detach().contiguous() for k, v in net.module.state_dict().items()}
+    plan = net.deploy_plan()
+    curves = [r for d in state.done for r in d["curves"]] + state.curves
     report = ident | {
-        "curves": state.curves,
+        "curves": curves,
         "train_samples": int(len(data.x_train)), "val_samples": int(len(data.x_val)),
-        "final": state.curves[-1] if state.curves else None,
-        "epoch_seconds": float(np.mean([r["seconds"] for r in state.curves]))}
+        "final": curves[-1] if curves else None,
+        "epoch_seconds": float(np.mean([r["seconds"] for r in curves]))}
+    if state.done:          # per stage: its curves and its plan (the grids it trained on)
+        report["per_stage"] = state.done + [{"curves": state.curves, "plan": plan.to_json()}]
     atomic_write(out / WEIGHTS, save(state_dict))
-    net.deploy_plan().save(out / PLAN)
+    plan.save(out / PLAN)
     atomic_write(out / REPORT, json.dumps(report, indent=1).encode())
     return report
