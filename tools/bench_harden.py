@@ -10,6 +10,8 @@
         accuracy of runs A and B; --merge FILE: add the runs of an earlier --json
         --start S: test samples S .. S+n-1 (a piece of a larger set, run apart); --merge
         joins the pieces of a run (the same NAME, adjacent ranges) into one row
+        --merge-eval NAME=FILE: the runtimes' rows of a `deployq eval --json` file
+        (NAME@mcu-int8, ...), to --compare models on the int8 targets
     python tools/bench_harden.py time [--train-samples 3000]
         one harden epoch of plain QAT, dq, pgd and dq+pgd side by side on a slice of
         Fashion-MNIST (order alternated over the repeats), and the ratios
@@ -179,14 +181,40 @@ def compare(rows: list[dict], pairs: list[str], key: str = "robust_mask") -> lis
     return found
 
 
+def rows_of_deployq_eval(name: str, doc: dict) -> list[dict]:
+    """The robust rows of a `deployq eval --json` document (one eps), one per runtime
+    target, as rows named NAME@TARGET (their float copy: NAME@TARGET/float), so that
+    --compare pairs them: e.g. a zoo model against another on mcu-int8."""
+    rob = doc.get("robustness")
+    if not rob or len(rob["eps"]) != 1:
+        raise SystemExit(f"bench_harden: error: --merge-eval {name}: the document has no "
+                         "robustness results at one eps (run deployq eval with --strength "
+                         "or --attacks and a single --eps)")
+    by_target = {t["target"]: t for t in rob["targets"]}
+    flt = by_target["float"]["eps"][0]
+    return [{"run": f"{name}@{t}", "model": doc.get("model"), "weights": None,
+             "float_clean": by_target["float"]["clean"], "float_robust": flt["robust"],
+             "float_robust_mask": flt["robust_mask"], "clean": entry["clean"],
+             "robust": entry["eps"][0]["robust"], "robust_mask": entry["eps"][0]["robust_mask"],
+             "by": {f"{b['source']}/{b['attack']}": b["accuracy"]
+                    for b in entry["eps"][0]["by"]},
+             "attack": rob["description"], "samples": entry["eps"][0]["samples"],
+             "rounding": None, "start": 0}
+            for t, entry in by_target.items() if t != "float"]
+
+
 def cmd_eval(args) -> None:
     rows = [row for path in args.merge for row in json.loads(Path(path).read_text())["runs"]]
+    for spec in args.merge_eval:
+        name, _, path = spec.partition("=")
+        rows += rows_of_deployq_eval(name, json.loads(Path(path).read_text()))
     rows = join_pieces(rows + [evaluate_run(*r.split("=", 1), args) | {"start": args.start}
                                for r in args.run])
     n = rows[0]["samples"] if rows else args.samples
     start = rows[0].get("start", 0) if rows else args.start
-    print(f"{TARGET}, {args.activation_bits}-bit activations, {args.weight_bits}-bit weights; "
-          f"eps {args.eps}; {rows[0]['attack'] if rows else ''}; robust accuracy on the "
+    setting = (f"{TARGET}, {args.activation_bits}-bit activations, {args.weight_bits}-bit "
+               "weights" if args.run or args.merge else "the targets of --merge-eval")
+    print(f"{setting}; eps {args.eps}; {rows[0]['attack'] if rows else ''}; robust accuracy on the "
           f"C runtime; test samples {start}-{start + n - 1}; 95% Wilson intervals")
     print(f"{'run':<10} {'float clean':>11} {'float robust':>20} {'clean':>7} {'robust':>20}")
     for r in rows:
@@ -303,6 +331,9 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=None)
     ap.add_argument("--merge", action="append", default=[], help="an earlier eval's "
                     "--json: its runs join the table (runs measured apart, in parallel)")
+    ap.add_argument("--merge-eval", action="append", default=[], help="NAME=FILE: the "
+                    "robust rows of a `deployq eval --json` file, one per target, named "
+                    "NAME@TARGET")
     ap.add_argument("--compare", action="append", default=[], help="FIRST:SECOND runs, "
                     "McNemar on their per-sample robust accuracy")
     ap.add_argument("--rounding", default=None, help="fpga-fixed rounding of the "
