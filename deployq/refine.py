@@ -49,6 +49,9 @@ SOURCES = ("transfer", "bpda", "blackbox")     # the objective's attack sources
 QUERIES = 100          # Square queries on the mirror (the gradient-free check)
 SQUARE_P = 0.8         # Square's p_init (robustness.PRESETS' standard value)
 PENALTY = 1.0          # weight of the samples only the Square attack broke (Objective)
+MAX_WORKERS = 4        # default worker processes at most: the local search measures up
+                       # to `workers` neighbours ahead, and all but one are wasted when
+                       # the first is better (refine's record: `unused`)
 
 
 def validation(ds, n: int, seed: int, calib_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,8 +221,8 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
     the black-box attack, whose gradient attacks' worst case) already fall below the
     best score (it cannot be chosen, so the answer is the same; its record says
     'pruned'). workers: processes measuring plans at once (default: torch's thread
-    count, so the cores torch would use go to whole evaluations; 1 = in this
-    process); the plans, their records and the answer are those of one process
+    count, at most MAX_WORKERS, so the cores torch would use go to whole evaluations;
+    1 = in this process); the plans, their records and the answer are those of one process
     (`_Runner`)."""
     if penalty < 0:
         raise InputError(f"the refinement penalty must be >= 0, got {penalty}")
@@ -287,13 +290,13 @@ def _children_cpu() -> float:
 
 
 def _workers(n: int | None) -> int:
-    """Worker processes: n, or torch's thread count; 1 where this process cannot fork
-    workers (no 'fork' start method; a daemonic process such as a sweep's local-pool
-    worker, which already has its one core)."""
+    """Worker processes: n, or torch's thread count (at most MAX_WORKERS); 1 where this
+    process cannot fork workers (no 'fork' start method; a daemonic process such as a
+    sweep's local-pool worker, which already has its one core)."""
     import multiprocessing as mp
     if n is None:
         import torch
-        n = torch.get_num_threads()
+        n = min(torch.get_num_threads(), MAX_WORKERS)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"refinement workers must be a whole number >= 1, got {n!r}")
     if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:

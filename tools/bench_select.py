@@ -583,6 +583,17 @@ TIMED = ["select", "-m", "zoo:lenet-fmnist-adv", "-t", "fpga-fixed", "-b", "4bit
          "--activation-budget", "4bits", "--refine", "6", "--rounding", "rnd",
          "--eps", "0.1"]
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+API_TIMED = """
+import logging, pathlib, torch
+torch.set_num_threads(1)
+logging.basicConfig(format="deployq: %(message)s", level=logging.INFO)
+from deployq import api, selection as S
+s = api.open_session(model="zoo:lenet-fmnist-adv")
+s.stats
+plan = S.select(s, "fpga-fixed", "4bits", "adversarial", 0.1, {{"rounding": "rnd"}},
+                activation_budget="4bits", refine=6, refine_options={{"workers": {workers}}})
+plan.save(pathlib.Path({out!r}) / "fpga-fixed" / "plan.json")
+"""
 
 
 def time_main(argv: list[str]) -> int:
@@ -604,6 +615,11 @@ def time_main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="set OMP/MKL/OPENBLAS_NUM_THREADS (1: the refinement runs in "
                          "one process, one thread); default: unset, as a user runs it")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="instead of the CLI, run the default command's selection through "
+                         "deployq.selection.select with refine_options workers=N and one "
+                         "torch thread per process (the parallel version's CPU seconds, "
+                         "load-independent)")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("args", nargs="*", help="replace the select arguments (after --)")
     args = ap.parse_args(argv)
@@ -613,9 +629,13 @@ def time_main(argv: list[str]) -> int:
         env |= {v: str(args.threads) for v in THREAD_VARS}
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "deployq", *(args.args or TIMED), "-o", out, "-v"]
-        shown = " ".join(f"{k}={env[k]}" for k in THREAD_VARS if args.threads) + " "
-        print("command:", shown.strip(), "PYTHONPATH=" + str(root), " ".join(cmd[1:]),
-              flush=True)
+        if args.workers:
+            env |= {v: "1" for v in THREAD_VARS}
+            cmd = [sys.executable, "-c", API_TIMED.format(workers=args.workers, out=out)]
+        shown = " ".join(f"{k}={env[k]}" for k in THREAD_VARS if k in env and (
+            args.threads or args.workers))
+        print("command:", shown, "PYTHONPATH=" + str(root), "python",
+              " ".join(repr(c) if "\n" in c else c for c in cmd[1:]), flush=True)
         load0, before = os.getloadavg(), resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -624,7 +644,8 @@ def time_main(argv: list[str]) -> int:
         plans = list(Path(out).glob("*/plan.json"))
         ref = (json.loads(plans[0].read_text())["provenance"]["selection"]
                .get("refinement", {}) if plans else {})
-    result = {"command": cmd[1:-3], "threads": args.threads, "exit": done.returncode,
+    result = {"command": cmd[1:-3] if not args.workers else "API, workers "
+              f"{args.workers}", "threads": args.threads, "exit": done.returncode,
               "wall_s": round(wall, 1),
               "cpu_s": round(after.ru_utime - before.ru_utime
                              + after.ru_stime - before.ru_stime, 1),
