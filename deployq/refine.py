@@ -311,6 +311,15 @@ def _evaluate(a, floor):
     return _EVALUATE(a, floor)
 
 
+def _worker_start() -> None:
+    """A worker: one thread (sweep.one_thread); Ctrl-C is the main process's to handle
+    (it stops the search; a worker ends after the plan it is measuring)."""
+    import signal
+    from .sweep import one_thread
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    one_thread()
+
+
 class _Runner:
     """Measures assignments for refine, in this process (workers 1) or in `workers`
     forked processes of one thread each (sweep.one_thread: workers, not threads, share
@@ -335,16 +344,15 @@ class _Runner:
         if self.workers > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
-            from .sweep import one_thread
             _EVALUATE = self.evaluate
             self.pool = ProcessPoolExecutor(self.workers, mp.get_context("fork"),
-                                            initializer=one_thread)
+                                            initializer=_worker_start)
         return self
 
     def __exit__(self, *exc) -> None:
         global _EVALUATE
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:           # after an error, do not wait for the workers
+            self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
             for a, f in self.running.items():
                 if f.done() and not f.cancelled() and f.exception() is None:
                     self.done[a] = f.result()
