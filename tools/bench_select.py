@@ -4,7 +4,7 @@ target's runtime, of the plan each selection method chooses at each budget.
     python tools/bench_select.py         # digits LeNet, plain and -adv: fpga-fixed at
                                          # 3, 4, 5, 6 bits; tflite-int8 at 4 bits
     python tools/bench_select.py --models lenet-digits --targets fpga-fixed --budgets 4
-    python tools/bench_select.py time    # how long the issue-22 LeNet select takes (time_main)
+    python tools/bench_select.py time    # how long the issue-22 LeNet select takes
 
 On fpga-fixed every plan uses rounding 'rnd' (AP_RND; 'trn', the target's default,
 loses much more at low bits); tflite-int8 holds the chosen bits on its int8 grid
