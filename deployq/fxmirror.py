@@ -80,7 +80,12 @@ class _Ste(torch.autograd.Function):
         return grad * ctx.scale, None, None, None
 
 
-def _inside(x: torch.Tensor, lo, hi) -> torch.Tensor:
+def _inside(x: torch.Tensor, lo, hi) -> torch.Tensor | None:
+    """The gradient mask of _ste: 1 where lo <= x <= hi. None where x needs no gradient
+    (_ste then ignores the mask; a mirror's forward without gradients, e.g. a black-box
+    attack's queries, spent a fifth of its time on these masks)."""
+    if not x.requires_grad:
+        return None
     return ((x >= lo) & (x <= hi)).to(x.dtype).detach()
 
 

@@ -39,7 +39,7 @@ from . import mirror as M
 from . import plan as P
 from . import robustness as R
 from . import stats
-from .errors import InputError
+from .errors import DeployqError, InputError
 
 log = logging.getLogger("deployq")
 SAMPLES = 200          # validation samples
@@ -49,6 +49,9 @@ SOURCES = ("transfer", "bpda", "blackbox")     # the objective's attack sources
 QUERIES = 100          # Square queries on the mirror (the gradient-free check)
 SQUARE_P = 0.8         # Square's p_init (robustness.PRESETS' standard value)
 PENALTY = 1.0          # weight of the samples only the Square attack broke (Objective)
+MAX_WORKERS = 4        # default worker processes at most: the local search measures up
+                       # to `workers` neighbours ahead, and all but one are wasted when
+                       # the first is better (refine's record: `unused`)
 
 
 def validation(ds, n: int, seed: int, calib_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,31 +94,105 @@ class Objective:
             f"; score = worst case - {self.penalty:g} x samples only the black-box "
             "attack broke" if "blackbox" in self.cfg.sources and self.penalty else "")
 
+    def prepare(self) -> None:
+        """Compute the float model's transfer examples now (once; shared by every
+        candidate and by the worker processes forked after this)."""
+        if (self.cfg is None or "transfer" not in self.cfg.sources
+                or ("transfer", self.eps) in self.cache):
+            return
+        import torch
+        module = self.session.model.module
+
+        def run(x):
+            with torch.no_grad():
+                return module(torch.from_numpy(x)).numpy()
+        R.evaluate(R.Subject("float model", run, {"transfer": module}), self.x, self.y,
+                   replace(self.cfg, sources=["transfer"]), self.cache)
+
     def __call__(self, plan: P.QuantPlan, floor: float | None = None) -> dict:
-        """The plan's record. floor: a score to beat; when clean and transfer accuracy
-        alone (an upper bound of the score, computed in two forward passes) fall below
-        it, the attacks are skipped and the record says 'pruned' (it cannot win)."""
+        """The plan's record. floor: a score to beat; when an upper bound of the score
+        falls below it the plan cannot win, the remaining attacks are skipped and the
+        record says 'pruned' (robust_at_most: the bound). Bounds, cheapest first: clean
+        and transfer accuracy (two forward passes, once the transfer examples exist),
+        then the worst case of the gradient attacks (before the black-box attack, the
+        costly part)."""
+        return self.measure(plan, floor)[0]
+
+    def measure(self, plan: P.QuantPlan, floor: float | None = None) -> tuple[dict, dict]:
+        """(record, bounds): the record as __call__'s; bounds {'transfer', 'gradient'}
+        the two upper bounds of the score (None where not computed), which let a record
+        measured at a lower floor be re-judged at a higher one (`at_floor`)."""
         m = self.build(self.target, self.session.graph, plan)
         if self.cfg is None:
             clean = float(np.mean(m.logits(self.x).argmax(1) == self.y))
-            return {"robust": clean, "clean": clean, "hidden": 0.0, "score": clean}
+            return ({"robust": clean, "clean": clean, "hidden": 0.0, "score": clean},
+                    {"transfer": None, "gradient": None})
+        bounds = {"transfer": None, "gradient": None}
         found = self.cache.get(("transfer", self.eps))
         if floor is not None and found is not None:
             ok = m.logits(self.x).argmax(1) == self.y
             clean = float(np.mean(ok))
             for adv in found.values():
                 ok &= m.logits(adv).argmax(1) == self.y
-            if float(np.mean(ok)) < floor:
-                return {"pruned": True, "robust_at_most": float(np.mean(ok)),
-                        "clean": clean, "robust": None, "score": None}
+            bounds["transfer"] = float(np.mean(ok))
+            if bounds["transfer"] < floor:
+                return _pruned(bounds["transfer"], clean), bounds
         subject = R.Subject("candidate", m.logits,
                             {"transfer": self.session.model.module, "bpda": m})
-        entry = R.evaluate(subject, self.x, self.y, self.cfg, self.cache)
+        white = [s for s in self.cfg.sources if s != "blackbox"]
+        entry = R.evaluate(subject, self.x, self.y, replace(self.cfg, sources=white),
+                           self.cache)
         row = entry["eps"][0]
+        if bounds["transfer"] is None and "transfer" in white:
+            bounds["transfer"] = _accuracy(row, "transfer")   # the same mask as above
+        if "blackbox" in self.cfg.sources:
+            bounds["gradient"] = row["robust"]
+            if floor is not None and row["robust"] < floor:
+                return _pruned(row["robust"], entry["clean"]), bounds
+            box = R.evaluate(subject, self.x, self.y,
+                             replace(self.cfg, sources=["blackbox"]), self.cache)
+            row = _merged(row, box["eps"][0])
         hidden = _hidden(row)
-        return {"robust": row["robust"], "clean": entry["clean"], "hidden": hidden,
-                "score": row["robust"] - self.penalty * hidden,
-                "by": {f"{b['source']}/{b['attack']}": b["accuracy"] for b in row["by"]}}
+        return ({"robust": row["robust"], "clean": entry["clean"], "hidden": hidden,
+                 "score": row["robust"] - self.penalty * hidden,
+                 "by": {f"{b['source']}/{b['attack']}": b["accuracy"] for b in row["by"]}},
+                bounds)
+
+
+def _pruned(bound: float, clean: float) -> dict:
+    return {"pruned": True, "robust_at_most": bound, "clean": clean, "robust": None,
+            "score": None}
+
+
+def _accuracy(row: dict, source: str) -> float:
+    """Accuracy of one eps row's samples every attack of `source` left correct."""
+    n = row["samples"]
+    return float(np.mean(np.logical_and.reduce(
+        [np.array(stats.unpack(b["accuracy_mask"], n)) for b in row["by"]
+         if b["source"] == source])))
+
+
+def _merged(white: dict, box: dict) -> dict:
+    """One eps row of robustness.evaluate from two: the gradient sources' and the
+    black-box attack's (each mask already ANDed with the clean mask), as one call with
+    every source would give it."""
+    n = white["samples"]
+    masks = [np.array(stats.unpack(b["accuracy_mask"], n)) for b in white["by"] + box["by"]]
+    robust = np.logical_and.reduce(masks)
+    return {"eps": white["eps"], "samples": n, "robust": float(np.mean(robust)),
+            "by": white["by"] + box["by"]}
+
+
+def at_floor(record: dict, bounds: dict, floor: float | None) -> dict | None:
+    """The record the plan would have got had it been measured at `floor` (None when
+    it needs measuring again: a record pruned at a higher floor). A bound below the
+    floor prunes; a full record is the same at every floor it is not pruned at."""
+    if floor is not None:
+        for key in ("transfer", "gradient"):
+            if bounds.get(key) is not None and bounds[key] < floor:
+                clean = record["clean"]
+                return _pruned(bounds[key], clean)
+    return None if record.get("pruned") else record
 
 
 def _hidden(row: dict) -> float:
@@ -134,57 +211,182 @@ def _hidden(row: dict) -> float:
 def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: float,
            samples: int = SAMPLES, steps: int = STEPS, evals: int = EVALS,
            origins: list[str] | None = None, sources=SOURCES, queries: int = QUERIES,
-           penalty: float = PENALTY, prune: bool = True):
+           penalty: float = PENALTY, prune: bool = True, workers: int | None = None):
     """(best Assignment, provenance record). candidates: the DP's assignments, best
     first; every one is measured, then local search from the best measured. origins:
     each candidate's label in provenance (default dp-0, dp-1, ...). sources, queries:
     the objective's attacks (Objective; without 'blackbox' no gradient-free check);
     penalty: Objective's weight of the samples only the black-box attack broke.
-    prune: skip the attacks on a plan whose clean and transfer accuracy already fall
-    below the best score (it cannot be chosen, so the answer is the same; its record
-    says 'pruned')."""
+    prune: skip the attacks on a plan whose clean and transfer accuracy (then, before
+    the black-box attack, whose gradient attacks' worst case) already fall below the
+    best score (it cannot be chosen, so the answer is the same; its record says
+    'pruned'). workers: processes measuring plans at once (default: torch's thread
+    count, at most MAX_WORKERS, so the cores torch would use go to whole evaluations;
+    1 = in this process); the plans, their records and the answer are those of one process
+    (`_Runner`)."""
+    if penalty < 0:
+        raise InputError(f"the refinement penalty must be >= 0, got {penalty}")
     origins = origins or [f"dp-{i}" for i in range(len(candidates))]
-    t0, cpu0 = time.time(), time.process_time()
+    t0, cpu0, children0 = time.time(), time.process_time(), _children_cpu()
     x, y = validation(session.dataset, samples, session.seed, session.calib_samples)
     objective = Objective(session, target, x, y, eps, steps, sources, queries,
                           penalty=penalty)
+    objective.prepare()
+
+    def evaluate(a, floor):
+        plan = P.make(session.graph, session.stats, target,
+                      P.PlanConfig(config.default, {}, space.settings(a)))
+        return objective.measure(plan, floor)
+
     seen: dict = {}
+    with _Runner(evaluate, _workers(workers)) as runner:
+        def measure(a, origin, floor):
+            if a not in seen:
+                seen[a] = (runner.get(a, floor if prune else None)
+                           | {"origin": origin, "predicted": space.predict(a)})
+            return seen[a]
 
-    def measure(a, origin, floor=None):
-        if a not in seen:
-            plan = P.make(session.graph, session.stats, target,
-                          P.PlanConfig(config.default, {}, space.settings(a)))
-            seen[a] = (objective(plan, floor if prune else None)
-                       | {"origin": origin, "predicted": space.predict(a)})
-        return seen[a]
+        def floor():
+            return seen[best]["score"] if seen and prune else None
 
-    best = candidates[0]
-    for a, origin in zip(candidates, origins):
-        if _key(measure(a, origin, seen[best]["score"] if seen else None)) > _key(seen[best]):
-            best = a
-    budget = evals
-    improved = True
-    while improved and budget > 0:
-        improved = False
-        for a in neighbours(space, best):
-            if a in seen:
-                continue
-            budget -= 1
-            if _key(measure(a, "local", seen[best]["score"])) > _key(seen[best]):
-                best, improved = a, True
-                break
-            if budget <= 0:
-                break
+        best = candidates[0]
+        for i, (a, origin) in enumerate(zip(candidates, origins)):
+            runner.ahead([c for c in candidates[i:] if c not in seen], floor())
+            if _key(measure(a, origin, floor())) > _key(seen[best]):
+                best = a
+        budget = evals
+        improved = True
+        while improved and budget > 0:
+            improved = False
+            todo = [a for a in dict.fromkeys(neighbours(space, best)) if a not in seen]
+            for j, a in enumerate(todo):
+                runner.ahead(todo[j:j + budget], floor())
+                budget -= 1
+                if _key(measure(a, "local", floor())) > _key(seen[best]):
+                    best, improved = a, True
+                    break
+                if budget <= 0:
+                    break
     record = {"validation_samples": int(len(y)), "split": "train (disjoint from "
               "calibration)", "attack": objective.describe(),
               "eps": eps, "candidates_from_dp": len(candidates), "evaluations": len(seen),
               "pruned": sum(bool(r.get("pruned")) for r in seen.values()),
+              "workers": runner.workers, "unused": runner.unused(seen),
               "seconds": round(time.time() - t0, 1),
-              "cpu_seconds": round(time.process_time() - cpu0, 1), "chosen": _label(space, best),
+              "cpu_seconds": round(time.process_time() - cpu0
+                                   + _children_cpu() - children0, 1),
+              "chosen": _label(space, best),
               "candidates": [{"assignment": _label(space, a)} | r for a, r in seen.items()]}
     log.info("refinement: %d evaluations in %.0f s, validation robust %.3f -> %.3f",
              len(seen), time.time() - t0, seen[candidates[0]]["robust"], seen[best]["robust"])
     return best, record
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished (joined) child processes."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _workers(n: int | None) -> int:
+    """Worker processes: n, or torch's thread count (at most MAX_WORKERS); 1 where this
+    process cannot fork workers (no 'fork' start method; a daemonic process such as a
+    sweep's local-pool worker, which already has its one core)."""
+    import multiprocessing as mp
+    if n is None:
+        import torch
+        n = min(torch.get_num_threads(), MAX_WORKERS)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"refinement workers must be a whole number >= 1, got {n!r}")
+    if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+        return 1
+    return n
+
+
+_EVALUATE = None        # the refinement's evaluate(a, floor), inherited by forked workers
+
+
+def _evaluate(a, floor):
+    return _EVALUATE(a, floor)
+
+
+def _worker_start() -> None:
+    """A worker: one thread (sweep.one_thread); Ctrl-C is the main process's to handle
+    (it stops the search; a worker ends after the plan it is measuring)."""
+    import signal
+    from .sweep import one_thread
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    one_thread()
+
+
+class _Runner:
+    """Measures assignments for refine, in this process (workers 1) or in `workers`
+    forked processes of one thread each (sweep.one_thread: workers, not threads, share
+    the cores). Forked, not spawned: the workers inherit the session, the calibration
+    and the transfer examples instead of rebuilding them. Every evaluation is seeded
+    and independent of the others (robustness.Config.seed; the transfer examples are
+    computed before the fork), so where it runs does not change its record. The
+    search asks for plans one at a time in its serial order (get) and announces the
+    ones it will ask for next (ahead), which start on idle workers; a plan measured
+    ahead at a lower floor than the one it is asked at is re-judged there (at_floor:
+    the record one process would have made). Plans measured ahead and never asked
+    for (the rest of a scan that found a better neighbour) are the price: `unused`."""
+
+    def __init__(self, evaluate, workers: int):
+        self.evaluate, self.workers = evaluate, workers
+        self.done: dict = {}            # assignment -> (record, bounds)
+        self.running: dict = {}         # assignment -> Future
+        self.pool = None
+
+    def __enter__(self):
+        global _EVALUATE
+        if self.workers > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            _EVALUATE = self.evaluate
+            self.pool = ProcessPoolExecutor(self.workers, mp.get_context("fork"),
+                                            initializer=_worker_start)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _EVALUATE
+        if self.pool is not None:           # after an error, do not wait for the workers
+            self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+            for a, f in self.running.items():
+                if f.done() and not f.cancelled() and f.exception() is None:
+                    self.done[a] = f.result()
+            self.pool, self.running, _EVALUATE = None, {}, None
+
+    def ahead(self, assignments: list, floor: float | None) -> None:
+        """Start the first `workers` of assignments not started yet (no-op in one
+        process)."""
+        if self.pool is None:
+            return
+        for a in assignments[:self.workers]:
+            if a not in self.running and a not in self.done:
+                self.running[a] = self.pool.submit(_evaluate, a, floor)
+
+    def get(self, a, floor: float | None) -> dict:
+        """a's record at `floor`, as one process measuring a now would make it."""
+        from concurrent.futures.process import BrokenProcessPool
+        if a in self.running:
+            try:
+                self.done[a] = self.running.pop(a).result()
+            except BrokenProcessPool as e:
+                raise DeployqError(f"a refinement worker process died ({e}); refine in "
+                                   "one process (refine_options workers=1, or "
+                                   "OMP_NUM_THREADS=1)") from None
+        if a in self.done:
+            record = at_floor(*self.done[a], floor)
+            if record is not None:
+                return dict(record)
+        self.done[a] = self.evaluate(a, floor)
+        return dict(self.done[a][0])
+
+    def unused(self, seen: dict) -> int:
+        """Plans measured (ahead) that the search never asked for."""
+        return sum(a not in seen for a in self.done)
 
 
 def _key(r: dict) -> tuple:

@@ -4,6 +4,7 @@ target's runtime, of the plan each selection method chooses at each budget.
     python tools/bench_select.py         # digits LeNet, plain and -adv: fpga-fixed at
                                          # 3, 4, 5, 6 bits; tflite-int8 at 4 bits
     python tools/bench_select.py --models lenet-digits --targets fpga-fixed --budgets 4
+    python tools/bench_select.py time    # how long the issue-22 LeNet select takes
 
 On fpga-fixed every plan uses rounding 'rnd' (AP_RND; 'trn', the target's default,
 loses much more at low bits); tflite-int8 holds the chosen bits on its int8 grid
@@ -325,6 +326,8 @@ def plot(rows: list[dict], model: str, target: str, eps: float) -> str:
 def main() -> int:
     if sys.argv[1:2] == ["acts"]:              # activation bits on fpga-fixed (below)
         return acts_main(sys.argv[2:])
+    if sys.argv[1:2] == ["time"]:              # selection time of one command (below)
+        return time_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="lenet-digits,lenet-digits-adv")
     ap.add_argument("--targets", default=",".join(BUDGETS))
@@ -575,6 +578,87 @@ def acts_main(argv: list[str]) -> int:
                              Path(out), candidates, rows, save, args.rounding)
     print(act_table(rows, eps) + "\n\n" + act_significance(rows, eps))
     return 0
+
+
+TIMED = ["select", "-m", "zoo:lenet-fmnist-adv", "-t", "fpga-fixed", "-b", "4bits",
+         "--activation-budget", "4bits", "--refine", "6", "--rounding", "rnd",
+         "--eps", "0.1"]
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+API_TIMED = """
+import logging, pathlib, torch
+torch.set_num_threads(1)
+logging.basicConfig(format="deployq: %(message)s", level=logging.INFO)
+from deployq import api, selection as S
+s = api.open_session(model="zoo:lenet-fmnist-adv")
+s.stats
+plan = S.select(s, "fpga-fixed", "4bits", "adversarial", 0.1, {{"rounding": "rnd"}},
+                activation_budget="4bits", refine=6, refine_options={{"workers": {workers}}})
+plan.save(pathlib.Path({out!r}) / "fpga-fixed" / "plan.json")
+"""
+
+
+def time_main(argv: list[str]) -> int:
+    """Selection time (docs/selection.md, "Selection time"): runs `deployq select` with
+    refinement (default: the issue-22 LeNet command) as a child process and prints its
+    wall time and the CPU seconds of it and its worker processes (getrusage of the
+    reaped children), the machine's load average before and after, and the
+    refinement's own record (evaluations, pruned, workers, unused).
+
+        python tools/bench_select.py time                 # as a user runs it
+        python tools/bench_select.py time --threads 1     # one thread, one process:
+                                                          # load-independent CPU s
+    """
+    import os
+    import resource
+    import subprocess
+    ap = argparse.ArgumentParser(prog="bench_select.py time",
+                                 description="Time one deployq select with refinement.")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="set OMP/MKL/OPENBLAS_NUM_THREADS (1: the refinement runs in "
+                         "one process, one thread); default: unset, as a user runs it")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="instead of the CLI, run the default command's selection through "
+                         "deployq.selection.select with refine_options workers=N and one "
+                         "torch thread per process (the parallel version's CPU seconds, "
+                         "load-independent)")
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("args", nargs="*", help="replace the select arguments (after --)")
+    args = ap.parse_args(argv)
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    if args.threads:
+        env |= {v: str(args.threads) for v in THREAD_VARS}
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", "deployq", *(args.args or TIMED), "-o", out, "-v"]
+        if args.workers:
+            env |= {v: "1" for v in THREAD_VARS}
+            cmd = [sys.executable, "-c", API_TIMED.format(workers=args.workers, out=out)]
+        shown = " ".join(f"{k}={env[k]}" for k in THREAD_VARS if k in env and (
+            args.threads or args.workers))
+        print("command:", shown, "PYTHONPATH=" + str(root), "python",
+              " ".join(repr(c) if "\n" in c else c for c in cmd[1:]), flush=True)
+        load0, before = os.getloadavg(), resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - t0
+        after, load1 = resource.getrusage(resource.RUSAGE_CHILDREN), os.getloadavg()
+        plans = list(Path(out).glob("*/plan.json"))
+        ref = (json.loads(plans[0].read_text())["provenance"]["selection"]
+               .get("refinement", {}) if plans else {})
+    result = {"command": cmd[1:-3] if not args.workers else "API, workers "
+              f"{args.workers}", "threads": args.threads, "exit": done.returncode,
+              "wall_s": round(wall, 1),
+              "cpu_s": round(after.ru_utime - before.ru_utime
+                             + after.ru_stime - before.ru_stime, 1),
+              "load_before": [round(v, 2) for v in load0],
+              "load_after": [round(v, 2) for v in load1],
+              "refinement": {k: ref.get(k) for k in ("evaluations", "pruned", "workers",
+                                                     "unused", "seconds", "cpu_seconds",
+                                                     "chosen")}}
+    print(json.dumps(result, indent=1))
+    if args.json:
+        atomic_write(Path(args.json), json.dumps(result, indent=1).encode())
+    return done.returncode
 
 
 if __name__ == "__main__":

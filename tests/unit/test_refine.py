@@ -191,6 +191,49 @@ def test_pruning_hopeless_candidates_keeps_the_answer(digits_session):
     assert obj(plan, 1.01)["pruned"] and obj(plan, 0.0) == first
 
 
+def test_parallel_refinement_equals_one_process(digits_session, monkeypatch):
+    """Two worker processes measure the same plans, with the same records, in the same
+    order, and choose the same plan as one process. Negative control: each record also
+    carries per-process state (how many plans its process had measured), which differs
+    between the two runs, so the comparison sees where the evaluations ran."""
+    measure, count = RF.Objective.measure, []
+
+    def counted(self, plan, floor=None):
+        record, bounds = measure(self, plan, floor)
+        count.append(1)
+        return record | {"nth": len(count)}, bounds
+    monkeypatch.setattr(RF.Objective, "measure", counted)
+
+    def run(workers):
+        count.clear()                              # the workers fork with an empty count
+        plan = S.select(digits_session, "fpga-fixed", "4bits", "adversarial", 0.1, RND,
+                        refine=3, refine_options=CHEAP | {"evals": 3, "workers": workers},
+                        activation_budget="4bits")
+        ref = plan.provenance["selection"]["refinement"]
+        nth = [c.pop("nth") for c in ref["candidates"]]
+        return ref, {k: v for k, v in plan.to_json().items() if k != "provenance"}, nth
+    (one, plan1, nth1), (two, plan2, nth2) = run(1), run(2)
+    assert two["workers"] == 2 and one["workers"] == 1 and one["unused"] == 0
+    assert two["chosen"] == one["chosen"] and plan2 == plan1
+    assert two["candidates"] == one["candidates"] and len(one["candidates"]) >= 4
+    assert any("by" in c for c in one["candidates"])          # attacked in full
+    assert nth1 == list(range(1, len(nth1) + 1)) and nth2 != nth1
+
+
+def test_a_record_measured_at_a_lower_floor_is_rejudged():
+    """at_floor gives the record one process would have made at the higher floor: the
+    cheapest bound below it prunes; a full record stands where no bound prunes it."""
+    full = {"robust": 0.4, "clean": 0.9, "hidden": 0.1, "score": 0.3, "by": {}}
+    bounds = {"transfer": 0.6, "gradient": 0.5}
+    assert RF.at_floor(full, bounds, None) == full == RF.at_floor(full, bounds, 0.5)
+    assert RF.at_floor(full, bounds, 0.55) == RF._pruned(0.5, 0.9)
+    assert RF.at_floor(full, bounds, 0.7) == RF._pruned(0.6, 0.9)
+    pruned = RF._pruned(0.5, 0.9)
+    assert RF.at_floor(pruned, {"transfer": 0.6, "gradient": 0.5}, 0.4) is None
+    with pytest.raises(InputError, match="workers"):
+        RF._workers(0)
+
+
 def test_activation_bits_only_where_the_target_allows_them(digits_session, run_cli, tmp_path):
     with pytest.raises(InputError, match="8-bit activations only"):
         S.select(digits_session, "tflite-int8", "4bits", activation_budget="4bits")
