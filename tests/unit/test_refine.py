@@ -207,16 +207,18 @@ def test_parallel_refinement_equals_one_process(digits_session, monkeypatch):
     def run(workers):
         count.clear()                              # the workers fork with an empty count
         plan = S.select(digits_session, "fpga-fixed", "4bits", "adversarial", 0.1, RND,
-                        refine=3, refine_options=CHEAP | {"evals": 3, "workers": workers},
+                        refine=3, refine_options=CHEAP | {"evals": 3, "queries": 20,
+                                                          "workers": workers},
                         activation_budget="4bits")
         ref = plan.provenance["selection"]["refinement"]
-        nth = [c.pop("nth") for c in ref["candidates"]]
+        nth = [c.pop("nth", None) for c in ref["candidates"]]   # None: re-judged
         return ref, {k: v for k, v in plan.to_json().items() if k != "provenance"}, nth
     (one, plan1, nth1), (two, plan2, nth2) = run(1), run(2)
     assert two["workers"] == 2 and one["workers"] == 1 and one["unused"] == 0
     assert two["chosen"] == one["chosen"] and plan2 == plan1
     assert two["candidates"] == one["candidates"] and len(one["candidates"]) >= 4
     assert any("by" in c for c in one["candidates"])          # attacked in full
+    assert any(c.get("pruned") for c in one["candidates"])    # and pruned (at_floor)
     assert nth1 == list(range(1, len(nth1) + 1)) and nth2 != nth1
 
 
