@@ -312,17 +312,17 @@ def _evaluate(a, floor):
 
 
 def _worker_start() -> None:
-    """A worker: one thread (sweep.one_thread); Ctrl-C is the main process's to handle
+    """A worker: one thread (runenv.one_thread); Ctrl-C is the main process's to handle
     (it stops the search; a worker ends after the plan it is measuring)."""
     import signal
-    from .sweep import one_thread
+    from .runenv import one_thread
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     one_thread()
 
 
 class _Runner:
     """Measures assignments for refine, in this process (workers 1) or in `workers`
-    forked processes of one thread each (sweep.one_thread: workers, not threads, share
+    forked processes of one thread each (runenv.one_thread: workers, not threads, share
     the cores). Forked, not spawned: the workers inherit the session, the calibration
     and the transfer examples instead of rebuilding them. Every evaluation is seeded
     and independent of the others (robustness.Config.seed; the transfer examples are

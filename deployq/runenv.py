@@ -77,3 +77,15 @@ def _native_stderr_to(log_path: str | None):
         sys.stderr = old_stderr
         os.dup2(saved, 2)
         os.close(saved)
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def one_thread() -> None:
+    """A worker process uses one thread per runtime: workers, not threads, share the
+    cores (the sweep's workers, the refinement's)."""
+    for var in THREAD_VARS:
+        os.environ[var] = "1"
+    import torch
+    torch.set_num_threads(1)

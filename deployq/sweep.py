@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runenv
+from .runenv import THREAD_VARS, one_thread
 from .errors import DeployqError, InputError
 
 log = logging.getLogger("deployq")
 FORMAT, VERSION = "deployq-sweep", 1
 DEFAULT = "default"         # an axis value meaning "the target's default"
 RETRIES = 2                 # reruns of a cell whose worker died (killed, out of memory)
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 SWEEP_DEFAULTS = {
     "models": ["zoo:lenet-digits"], "targets": ["fpga-fixed"], "weight_bits": [DEFAULT],
     "activation_bits": [DEFAULT], "plans": [], "eps": [0.05, 0.1, 0.2],
@@ -321,14 +321,6 @@ def _selected(job: dict, session, folder: Path) -> Path:
     plan, relative = _PLANS[key]
     plan.save(folder / relative)
     return folder / relative
-
-
-def one_thread() -> None:
-    """A worker uses one thread per runtime: workers, not threads, share the cores."""
-    for var in THREAD_VARS:
-        os.environ[var] = "1"
-    import torch
-    torch.set_num_threads(1)
 
 
 # --- running the sweep ---------------------------------------------------------------

@@ -39,6 +39,7 @@ from deployq import api, mirror, plots, refine as RF, robustness as R  # noqa: E
 from deployq import selection as S  # noqa: E402
 from deployq import plan as P, stats, targets as T  # noqa: E402
 from deployq.io import atomic_write  # noqa: E402
+from deployq.runenv import THREAD_VARS  # noqa: E402
 
 BUDGETS = {"fpga-fixed": "3,4,5,6", "tflite-int8": "4"}     # default budgets per target
 SETTINGS = {"fpga-fixed": {"rounding": "rnd"}}
@@ -583,7 +584,6 @@ def acts_main(argv: list[str]) -> int:
 TIMED = ["select", "-m", "zoo:lenet-fmnist-adv", "-t", "fpga-fixed", "-b", "4bits",
          "--activation-budget", "4bits", "--refine", "6", "--rounding", "rnd",
          "--eps", "0.1"]
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 API_TIMED = """
 import logging, pathlib, torch
 torch.set_num_threads(1)
