@@ -180,12 +180,22 @@ def test_valsplit_is_hardens_validation_split(bench, tmp_path):
         assert len(f["x_test"]) == 144 and len(f["x"]) + 144 == len(ds.x_train)
 
 
+def _untrained_fmnist_accuracy(plan, x, y, tmp_path) -> float:
+    """The negative control of the shipped Fashion-MNIST plans: the same architecture
+    untrained (seeded), through the same fpga-fixed plan."""
+    import torch
+    from deployq import api, zoo
+    torch.manual_seed(0)
+    untrained = api.open_session(zoo.build("lenet-fmnist").eval(), data="fashion-mnist")
+    ex = api.export("fpga-fixed", untrained, tmp_path / "raw", plan_path=plan)
+    return float((api.load_runner(ex).run(x).argmax(1) == y).mean())
+
+
 def test_zoo_fmnist_dq8_runs_on_fpga_fixed_and_int8(tmp_path):
     """zoo:lenet-fmnist-dq8 (8-bit activations) with its shipped plan on fpga-fixed and
     with a calibrated plan on mcu-int8: accurate on both runtimes. Negative control: the
     same architecture untrained, through the same plan, is near chance."""
-    import torch
-    from deployq import api, zoo
+    from deployq import api
     plan = ROOT / "deployq" / "weights" / "lenet-fmnist-dq8.plan.json"
     dq = api.open_session("zoo:lenet-fmnist-dq8")
     x, y = dq.dataset.test(200)
@@ -194,10 +204,7 @@ def test_zoo_fmnist_dq8_runs_on_fpga_fixed_and_int8(tmp_path):
     int8 = api.export("mcu-int8", dq, tmp_path / "int8")
     for ex in (fx, int8):
         assert (api.load_runner(ex).run(x).argmax(1) == y).mean() >= 0.85
-    torch.manual_seed(0)
-    untrained = api.open_session(zoo.build("lenet-fmnist").eval(), data="fashion-mnist")
-    ex = api.export("fpga-fixed", untrained, tmp_path / "raw", plan_path=plan)
-    assert (api.load_runner(ex).run(x).argmax(1) == y).mean() < 0.3
+    assert _untrained_fmnist_accuracy(plan, x, y, tmp_path) < 0.3
 
 
 def test_zoo_fmnist_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
@@ -205,8 +212,7 @@ def test_zoo_fmnist_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
     runtime: accurate (89.0% on the first 200 test samples, 90.7% on 300, when it was
     trained), the input's rounding pinned in the plan. Negative control: the same
     architecture untrained, through the same plan, is near chance."""
-    import torch
-    from deployq import api, zoo
+    from deployq import api
     plan = ROOT / "deployq" / "weights" / "lenet-fmnist-dq.plan.json"
     dq = api.open_session("zoo:lenet-fmnist-dq")
     ex = api.export("fpga-fixed", dq, tmp_path / "dq", plan_path=plan)
@@ -214,10 +220,7 @@ def test_zoo_fmnist_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
     assert ex.plan.config.by_type["input"]["rounding"] == "rnd_conv"
     x, y = dq.dataset.test(200)
     assert (api.load_runner(ex).run(x).argmax(1) == y).mean() >= 0.87
-    torch.manual_seed(0)
-    untrained = api.open_session(zoo.build("lenet-fmnist").eval(), data="fashion-mnist")
-    ex = api.export("fpga-fixed", untrained, tmp_path / "raw", plan_path=plan)
-    assert (api.load_runner(ex).run(x).argmax(1) == y).mean() < 0.3
+    assert _untrained_fmnist_accuracy(plan, x, y, tmp_path) < 0.3
 
 
 def test_a_piece_starts_at_its_sample_and_stays_inside_the_test_split(bench):
