@@ -21,6 +21,7 @@ from .errors import DeployqError, InputError, TargetError
 from . import validate
 from .io import StagedDir, atomic_write, out_lock, write_manifest
 from .results import EvalResult, RunResult, Selection
+from .targets import plan_settings, targets_or_fail  # noqa: F401 (callers use api.*)
 
 log = logging.getLogger("deployq")
 DEFAULT_OUT = Path(defaults.OUT)
@@ -140,22 +141,10 @@ def plan_config(tgt: T.Target, settings: dict | None, output: str | None = None,
     PlanConfig's default. hidden_only (harden's DQ): the input and the logits (layer
     `output`) keep the target's default activation bits: DQ quantizes the hidden
     activations, not the image, and 4-bit logits tie on argmax."""
-    default = {k: v for k, v in (settings or {}).items() if v is not None
-               and not (k == "rounding" and v not in tgt.allowed.get("rounding", ()))}
-    # (a rounding mode applies to the targets that offer it, as in run's select stage:
-    # eval --rounding trn sets fpga-fixed's; the int8 targets round as their runtimes do)
-    for key, value in default.items():
-        if key not in T.SETTINGS:
-            raise InputError(f"unknown plan setting {key!r}; known: {', '.join(T.SETTINGS)}")
-        tgt.check(key, value, f"{key} for {tgt.name}")
     keep = {"activation_bits": tgt.defaults["activation_bits"]}
-    return P.PlanConfig(default=default, by_type={"input": keep} if hidden_only else {},
+    return P.PlanConfig(default=plan_settings(tgt, settings),
+                        by_type={"input": keep} if hidden_only else {},
                         by_name={output: keep} if hidden_only and output else {})
-
-
-def plan_settings(tgt: T.Target, settings: dict | None) -> dict:
-    """plan_config's checked settings as a dict (export, eval, sweep)."""
-    return plan_config(tgt, settings).default
 
 
 def provenance(session: Session) -> dict:
@@ -448,16 +437,6 @@ def plans_by_target(paths: list[str | Path]) -> dict[str, Path]:
 def with_plan_targets(names: list[str], plans: dict) -> list[str]:
     """The target list with every planned target added (in the plans' order)."""
     return names + [t for t in plans if t not in names]
-
-
-def targets_or_fail(names: list[str], targets_dir=None) -> list[T.Target]:
-    """Check target names before any slow work starts."""
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise InputError(f"targets listed more than once: {', '.join(twice)}")
-    found = [T.get(n, targets_dir) for n in names]
-    validate.c_runtime(found)
-    return found
 
 
 def robust_config(cfg: dict):

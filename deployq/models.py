@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import zoo
+from . import fingerprint, zoo
 from .errors import InputError
 
 DEFAULT_MODEL = "zoo:lenet-digits"
@@ -44,12 +44,9 @@ class Model:
 
     def fingerprint(self) -> str:
         """sha256 of the weights: identifies the model a plan was made for."""
-        h = hashlib.sha256()
         module = self.module.inner if isinstance(self.module, SqueezedHead) else self.module
-        for name, t in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return fingerprint.of_arrays({name: t.detach().cpu().numpy()
+                                      for name, t in module.state_dict().items()})
 
 
 def load(spec=DEFAULT_MODEL, weights: str | None = None) -> Model:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,10 +39,10 @@ import torch.nn.functional as F
 from . import graph as G
 from . import plan as P
 from . import targets as T
+from .budget import METHODS, Budget, parse_budget  # noqa: F401 (S.METHODS, S.parse_budget)
 from .errors import InputError
 
 log = logging.getLogger("deployq")
-METHODS = ("adversarial", "noise", "hessian", "uniform")
 MAX_STATES = 200_000          # budget cells of the DP; above, costs round up (safe)
 POWER_ITERS = 100
 HUTCHINSON_ITERS = 32
@@ -52,38 +51,6 @@ MIN_BITS = 3                  # 2-bit (ternary) weights: opt in with min_bits=2
 CLIPS = (1.0, 0.75, 0.5)      # candidate weight_clip fractions of the searched methods
 MIN_ACT_BITS = 3              # activation floor where the budget allows it: a signed 2-bit
                               # grid leaves a ReLU output one positive level (binary)
-
-
-# --- budget --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Budget:
-    """At most `bits` packed weight bits in total (what either unit says)."""
-    text: str
-    unit: str            # 'bits' (average per weight) or 'bytes'
-    value: float
-
-    def capacity(self, n_weights: int) -> int:
-        if self.unit == "bits":
-            return math.floor(self.value * n_weights + 1e-9)
-        return math.floor(self.value * 8 + 1e-9)
-
-
-_BUDGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(bits?|b|bytes?|kb|kib)\s*$", re.I)
-_BYTES = {"b": 1, "byte": 1, "bytes": 1, "kb": 1024, "kib": 1024}
-
-
-def parse_budget(text: str) -> Budget:
-    """'4.0bits' (average bits per weight) or '12KB' / '3000B' (packed weight bytes,
-    1 KB = 1024 bytes)."""
-    m = _BUDGET.match(str(text))
-    if not m:
-        raise InputError(f"--budget {text!r} is not a budget; give average weight bits "
-                         "like '4bits' or packed weight bytes like '12KB' or '3000B'")
-    value, unit = float(m.group(1)), m.group(2).lower()
-    if unit.startswith("bit"):
-        return Budget(text, "bits", value)
-    return Budget(text, "bytes", value * _BYTES[unit])
 
 
 # --- the exact solver ----------------------------------------------------------------

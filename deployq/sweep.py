@@ -87,13 +87,15 @@ class Sweep:
         return cells
 
     def _invalid(self, cell: Cell) -> str | None:
-        from . import api, backends
+        from . import backends, targets as T
         from .errors import TargetError
         tgt = self.targets[cell.target]
         settings = {"weight_bits": cell.weight_bits, "activation_bits": cell.activation_bits}
+        missing = backends.missing_package(tgt.backend)
+        if missing:
+            return missing
         try:
-            backends.get(tgt.backend)
-            api.plan_settings(tgt, settings)
+            T.plan_settings(tgt, settings)
         except TargetError as e:
             return str(e)
         if cell.plan and len(tgt.allowed.get("weight_bits", [])) < 2:
@@ -155,8 +157,9 @@ def read_config(path) -> dict:
 
 def prepare(config: dict) -> Sweep:
     """Check every axis and setting (one InputError/TargetError before any work) and
-    load each model once for its fingerprint."""
-    from . import api
+    fingerprint each model. Without torch for zoo models (the workers import it
+    meanwhile: this process should not compete with them for the cores)."""
+    from . import targets as T
     cfg = SWEEP_DEFAULTS | config
     for key in ("models", "targets", "weight_bits", "activation_bits", "eps", "strength",
                 "attacks", "sources", "plans"):
@@ -164,8 +167,8 @@ def prepare(config: dict) -> Sweep:
     if not cfg["weight_bits"] and not cfg["plans"]:
         raise InputError("weight_bits is empty and no plans are given: nothing to run; "
                          "e.g. weight_bits = [8, 4]")
-    sweep = Sweep(cfg, {t.name: t for t in api.targets_or_fail(cfg["targets"],
-                                                                cfg["targets_dir"])})
+    sweep = Sweep(cfg, {t.name: t for t in T.targets_or_fail(cfg["targets"],
+                                                              cfg["targets_dir"])})
     _check_bits(sweep, "weight_bits")
     _check_bits(sweep, "activation_bits")
     cfg["plans"] = [_check_plan(p) for p in cfg["plans"]]
@@ -206,7 +209,7 @@ def _check_bits(sweep: Sweep, key: str) -> None:
 
 
 def _check_plan(plan) -> dict:
-    from . import selection as S
+    from . import budget as S
     if not isinstance(plan, dict) or set(plan) - {"method", "budget", "eps"} or \
             "budget" not in plan:
         raise InputError(f"a plans entry is a table with budget (and method, eps), e.g. "
@@ -239,6 +242,10 @@ def robust_config(cfg: dict, eps: list, strength: dict):
 
 
 def _fingerprint(spec: str) -> str:
+    """models.Model.fingerprint; a zoo model's from its shipped file."""
+    from . import fingerprint
+    if spec.startswith("zoo:") and (sha := fingerprint.of_zoo(spec[4:])):
+        return sha
     from . import models
     return models.load(spec).fingerprint()
 

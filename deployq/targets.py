@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import TargetError
+from .errors import InputError, TargetError
 
 SETTINGS = ("weight_bits", "activation_bits", "granularity", "weight_scheme",
             "activation_scheme", "scale", "calibration", "rounding")
@@ -99,6 +99,32 @@ def get(name: str, targets_dir=None) -> Target:
         raise broken[0]
     raise TargetError(f"unknown target '{name}'; known: {', '.join(sorted(targets))} "
                       "(see 'deployq targets'; add one with a TOML file in --targets-dir)")
+
+
+def targets_or_fail(names: list[str], targets_dir=None) -> list[Target]:
+    """Check target names before any slow work starts (and build the C runtime when a
+    target needs it: a missing compiler fails here)."""
+    from . import validate
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"targets listed more than once: {', '.join(twice)}")
+    found = [get(n, targets_dir) for n in names]
+    validate.c_runtime(found)
+    return found
+
+
+def plan_settings(tgt: Target, settings: dict | None) -> dict:
+    """Model-wide plan settings ({"weight_bits": 4, ...}; None values dropped), each
+    checked against the target (api.plan_config's default)."""
+    default = {k: v for k, v in (settings or {}).items() if v is not None
+               and not (k == "rounding" and v not in tgt.allowed.get("rounding", ()))}
+    # (a rounding mode applies to the targets that offer it, as in run's select stage:
+    # eval --rounding trn sets fpga-fixed's; the int8 targets round as their runtimes do)
+    for key, value in default.items():
+        if key not in SETTINGS:
+            raise InputError(f"unknown plan setting {key!r}; known: {', '.join(SETTINGS)}")
+        tgt.check(key, value, f"{key} for {tgt.name}")
+    return default
 
 
 def _rank(order: list[Path], path: Path | None) -> int:

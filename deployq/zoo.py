@@ -3,13 +3,12 @@ WEIGHTS ship with the package (trained by tools/train_zoo.py). NAME-DATASET-adv 
 same architecture adversarially trained (tools/train_zoo.py --adversarial)."""
 from __future__ import annotations
 
-from importlib import resources
-
 import numpy as np
 import torch
 from torch import nn
 
 from . import tinyzoo
+from .fingerprint import weights_file
 from .errors import InputError
 
 DATASETS = {"digits": (1, 8, 8), "fmnist": (1, 28, 28)}
@@ -96,10 +95,6 @@ def build(name: str) -> nn.Module:
                          f"NAME{QAIBP}: certifiably trained)")
     ch, hw, _ = DATASETS[data]
     return {**ARCHS, **FMNIST_ARCHS}[arch](ch, hw, 10)
-
-
-def weights_file(name: str):
-    return resources.files("deployq") / "weights" / f"{name}.npz"
 
 
 def load(name: str) -> nn.Module:

@@ -82,6 +82,22 @@ def test_grid_lists_invalid_cells_and_hashes_the_settings():
     assert not {c.id for c in other} & {c.id for c in cells}   # samples changes every id
 
 
+def test_checking_a_zoo_grid_imports_no_torch():
+    """The sweep process checks the grid while its workers import torch: it leaves the
+    cores to them (docs/sweep.md). Negative control: loading the model does import it."""
+    check = ("import sys; from deployq import sweep as S; "
+             "s = S.prepare({'models': ['zoo:lenet-digits'], 'targets': ['fpga-fixed', "
+             "'onnx-int8', 'tflite-int8'], 'weight_bits': [8, 4], 'eps': [0.1], "
+             "'plans': [{'budget': '4bits'}]}); assert len(s.cells()) == 9; THEN; "
+             "print('torch' in sys.modules)")
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    for then, imported in (("pass", "False"),
+                           ("import deployq.models as M; M.load('zoo:lenet-digits')", "True")):
+        out = subprocess.run([sys.executable, "-c", check.replace("THEN", then)], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == imported, out.stderr
+
+
 @pytest.mark.parametrize("args, config, words", [
     ((), "eps = []", "eps"),
     (("-m", "zoo:nope"), "", "unknown zoo model"),

@@ -24,7 +24,7 @@ test (tests/backends/test_conformance.py) checks that each module declares exact
 what it has."""
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -39,6 +39,11 @@ EXECUTED_BITS = {"onnx": (range(2, 9), (8,), 8), "tflite": (range(2, 9), (8,), 8
                  "mcu": (range(2, 9), (8,), 8), "qemu": (range(2, 9), (8,), 8),
                  "fpga": (range(2, 9), range(2, 9), None)}
 HOOKS = ("mirror", "extras", "c_project", "hls4ml_project", "semantics")
+# the packages each backend module imports besides numpy and torch, read by
+# missing_package() without importing the module (a sweep checks its grid before torch
+# is imported); tests/backends/test_seams.py checks them against the modules' imports
+PACKAGES = {"onnx": ("onnx", "onnxruntime"), "tflite": ("ai_edge_litert",),
+            "mcu": ("ai_edge_litert",), "qemu": ("ai_edge_litert",), "fpga": ()}
 
 
 @runtime_checkable
@@ -86,8 +91,18 @@ def get(name: str):
     except ModuleNotFoundError as e:
         if e.name == f"{__name__}.{name}":
             raise TargetError(f"no backend module '{name}'") from None
-        raise TargetError(f"backend '{name}' needs the package '{e.name}': "
-                          f"pip install {e.name}") from None
+        raise TargetError(_needs(name, e.name)) from None
+
+
+def _needs(name: str, package: str) -> str:
+    return f"backend '{name}' needs the package '{package}': pip install {package}"
+
+
+def missing_package(name: str) -> str | None:
+    """Why backend `name` cannot be imported for want of a package (get()'s message),
+    found without importing it, or None."""
+    missing = [p for p in PACKAGES.get(name, ()) if importlib.util.find_spec(p) is None]
+    return _needs(name, missing[0]) if missing else None
 
 
 def unavailable(name: str) -> str | None:

@@ -5,9 +5,12 @@ getattr probes, imports of a backend module other than through backends.get, and
 file names of backend artifacts. A capability is asked with backends.supports; a
 backend's extra figures come from backends.extras."""
 import ast
+import sys
 from pathlib import Path
 
 import pytest
+
+from deployq import backends, targets as T
 
 ROOT = Path(__file__).resolve().parents[2] / "deployq"
 BACKENDS = ROOT / "backends"
@@ -212,3 +215,48 @@ def test_one_module_imports_tensorflow_and_one_reads_tflite_files():
     private = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py")
                if "_get_ops_details" in p.read_text()]
     assert private == []
+
+
+def _module_level_imports(name: str) -> tuple[set[str], set[str]]:
+    """(deployq modules, other top-level packages) a module imports at module level."""
+    paths = {_module(p): p for p in ROOT.rglob("*.py")}
+    path = paths[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    body = [n for n in ast.parse(path.read_text()).body
+            if isinstance(n, (ast.Import, ast.ImportFrom))]
+    tree = ast.Module(body=body, type_ignores=[])
+    outside = {a.name.partition(".")[0] for n in body if isinstance(n, ast.Import)
+               for a in n.names}
+    outside |= {n.module.partition(".")[0] for n in body
+                if isinstance(n, ast.ImportFrom) and not n.level}
+    return _imported(tree, name, package, set(paths)), outside - {"deployq", "__future__"}
+
+
+def packages_needed(name: str) -> set[str]:
+    """Third-party packages (besides numpy and torch) importing module `name` needs,
+    through the deployq modules it imports at module level."""
+    seen, todo, found = set(), [name], set()
+    while todo:
+        inner, outside = _module_level_imports(todo.pop())
+        found |= outside
+        todo += [m for m in inner - seen]
+        seen |= inner
+    return found - set(sys.stdlib_module_names) - {"numpy", "torch"}
+
+
+@pytest.mark.parametrize("name", sorted(backends.PACKAGES))
+def test_declared_packages_are_what_each_backend_imports(name):
+    """backends.PACKAGES, which the sweep checks without importing a backend, lists
+    exactly the packages importing the backend module needs."""
+    assert set(backends.PACKAGES[name]) == packages_needed(f"deployq.backends.{name}")
+
+
+def test_every_backend_declares_its_packages():
+    modules = {n for n in T.backend_names() if n not in ("crunner", "tfgraph")}
+    assert set(backends.PACKAGES) == modules
+
+
+def test_the_package_scan_follows_deployq_imports():
+    """Negative control: mcu imports ai_edge_litert only through backends.tflite."""
+    assert "ai_edge_litert" not in _module_level_imports("deployq.backends.mcu")[1]
+    assert "ai_edge_litert" in packages_needed("deployq.backends.mcu")

@@ -1,5 +1,6 @@
 """Model input: zoo, file.py:factory + weights, .pt2; nothing unpickled."""
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,21 @@ def test_zoo_model_loads_shipped_weights():
     m = models.load("zoo:lenet-digits")
     assert m.default_data == "digits" and not m.module.training
     assert m.fingerprint() == models.load("zoo:lenet-digits").fingerprint()
+
+
+def test_fingerprint_of_a_shipped_file_is_the_loaded_models():
+    """sweep fingerprints zoo models from their files, without torch: the value must be
+    the loaded model's (cell ids and results carry it), unchanged since it was pinned."""
+    from deployq import fingerprint
+    shipped = sorted(p.stem for p in Path(str(fingerprint.weights_file("x"))).parent.glob("*.npz"))
+    assert len(shipped) >= 15
+    for name in shipped:
+        assert fingerprint.of_zoo(name) == models.load(f"zoo:{name}").fingerprint(), name
+    assert fingerprint.of_zoo("lenet-digits") == "73dceb65d6691522"
+    assert fingerprint.of_zoo("nope") is None
+    a = {"w": np.zeros(3, np.float32), "b": np.ones(1, np.float32)}
+    assert fingerprint.of_arrays(a) != fingerprint.of_arrays(a | {"b": np.zeros(1, np.float32)})
+    assert fingerprint.of_arrays(a) != fingerprint.of_arrays({"v": a["w"], "b": a["b"]})
 
 
 def test_factory_with_torch_weights(tmp_path, factory_file):
