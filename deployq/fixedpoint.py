@@ -255,6 +255,8 @@ def is_unsigned(fx: FxModel, node: G.Node, qp) -> bool:
     return True
 
 
+# ops that move, max or average their inputs on the inputs' grid: plan.SHARED_PARAMS
+# (not imported: deployq.plan pulls in torch through calibrate)
 SHARES = ("maxpool", "avgpool", "reshape", "clamp", "concat", "pad", "upsample")
 
 
