@@ -219,7 +219,6 @@ def test_zoo_fmnist_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
     dq = api.open_session("zoo:lenet-fmnist-dq")
     ex = api.export("fpga-fixed", dq, tmp_path / "dq", plan_path=plan)
     assert ex.plan.layers["features.0"].output.bits == 4
-    assert ex.plan.layers["features.0"].output.zero_point[0] == -8     # unsigned 4-bit
     assert ex.plan.config.by_type["input"]["rounding"] == "rnd_conv"
     x, y = dq.dataset.test(200)
     assert (api.load_runner(ex).run(x).argmax(1) == y).mean() >= 0.87
