@@ -42,11 +42,15 @@ class Options:
     sum_order: str = "hwc"
     pool_division: str = "divide"
     pool_guard_bits: int = 0
+    relu_unsigned: bool = False        # read by plan.make (deployq.plan.relu_unsigned)
 
     @classmethod
     def from_target(cls, target) -> "Options":
         opts = {k: v for k, v in target.options.items() if k in cls.__dataclass_fields__}
         o = cls(**opts)
+        if not isinstance(o.relu_unsigned, bool):
+            raise TargetError(f"target {target.name}: relu_unsigned={o.relu_unsigned!r}; "
+                              "choose true or false")
         for key, (lo, hi) in LIMITS.items():
             if not lo <= getattr(o, key) <= hi:
                 raise TargetError(f"target {target.name}: {key}={getattr(o, key)}; "
@@ -115,6 +119,7 @@ class FxLayer:
     bias: np.ndarray | None = None       # int64 (O,), units 2^-(frac_in + frac_w[o])
     shift: np.ndarray | None = None      # int64 (O,) or (1,): accumulator -> output
     extra: dict = field(default_factory=dict)   # add: common/in shifts; pools: reciprocal
+    unsigned: bool = False         # an unsigned (bits-1)-bit tensor held in `bits` bits
 
 
 @dataclass
@@ -186,10 +191,15 @@ def lower(graph: G.Graph, plan, options: Options, input_quant: str) -> FxModel:
 
 def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
     bits, frac = lp.output.bits, int(frac_bits(lp.output.scale, f"layer '{node.name}'")[0])
+    unsigned = is_unsigned(fx, node, lp.output)
+    bits += unsigned
     quant = lp.settings.get("rounding", "trn")
-    layer = FxLayer(node, bits, frac, quant, act_range(node.attrs.get("act"), frac, bits))
+    layer = FxLayer(node, bits, frac, quant, act_range(node.attrs.get("act"), frac, bits),
+                    unsigned=unsigned)
     if node.op == "clamp":
         layer.act = act_range((node.attrs["lo"], node.attrs["hi"]), frac, bits)
+    if unsigned:                  # the ReLU into ap_ufixed<b>: [0, 2^b - 1]
+        layer.act = (max(layer.act[0], 0), min(layer.act[1], (1 << (bits - 1)) - 1))
     if node.op in G.WEIGHTED:
         _lower_weighted(fx, layer, lp)
         if node.op == "linear":
@@ -217,6 +227,37 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
             layer.shift = np.array([fx.frac(node.inputs[0]) - frac], np.int64)
 
     return layer
+
+
+def is_unsigned(fx: FxModel, node: G.Node, qp) -> bool:
+    """The plan stores this output as an unsigned b-bit tensor (zero point -2^(b-1):
+    deployq.plan's relu_unsigned); its integers u = q - zp are then held in b + 1 signed
+    bits and clamped to [0, 2^b - 1]. Allowed only where the tensor is >= 0 by
+    construction (a fused ReLU, or a pool/reshape/clamp/concat/pad/upsample of unsigned
+    inputs), since the clamp at 0 must change nothing; any other zero point is refused."""
+    zp = np.asarray(qp.zero_point)
+    if not zp.any():
+        return False
+    where = f"layer '{node.name}'"
+    if len(zp) != 1 or int(zp[0]) != -(1 << (qp.bits - 1)):
+        raise TargetError(f"{where}: zero point {zp.tolist()[:4]}; the fixed-point target "
+                          "takes 0 (signed) or -2^(bits-1) (unsigned, relu_unsigned)")
+    act = node.attrs.get("act")
+    relu = act is not None and act[0] >= 0
+    moved = node.op in SHARES and all(i != G.INPUT and fx.layers[i].unsigned
+                                      for i in node.inputs)
+    if not (relu or moved):
+        raise TargetError(f"{where}: an unsigned output (zero point -2^(bits-1)) on a "
+                          "tensor that can be negative; make the plan with deployq")
+    if qp.bits + 1 > 8:
+        raise TargetError(f"{where}: an unsigned {qp.bits}-bit output needs {qp.bits + 1} "
+                          "bits in the runtime (at most 8); use activation_bits <= 7")
+    return True
+
+
+# ops that move, max or average their inputs on the inputs' grid: plan.SHARED_PARAMS
+# (not imported: deployq.plan pulls in torch through calibrate)
+SHARES = ("maxpool", "avgpool", "reshape", "clamp", "concat", "pad", "upsample")
 
 
 # Pointwise activations are ROMs (Hardsigmoid is captured as a depthwise conv) (docs/fpga-fixed.md): one entry per input code, the

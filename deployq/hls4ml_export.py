@@ -11,6 +11,8 @@ ap_fixed type per layer field (docs/fpga-fixed.md, "hls4ml"):
   bias, accum            ap_fixed<A, A - (f_x + F), AP_TRN, O_acc>
   ReLU                   a separate layer with the producer's result type (a ReLU
                          after a pool: the IR's clamp [0, inf), its own type)
+  unsigned (relu_unsigned) the producer's result ap_fixed<b+1, b+1-f, Q, O_out>, its
+                         ReLU's and every later pool's/flatten's ap_ufixed<b, b-f, Q, O_out>
   avg pool accum         ap_fixed<A, A - (f_x + g), AP_TRN, O_acc>   (g: pool_guard_bits)
   max pool, flatten      the input's type (values move unchanged)
 
@@ -46,6 +48,18 @@ PROJECT = "project"
 
 def ap_fixed(bits: int, frac: int, quant: str = "trn", overflow: str = "wrap") -> str:
     return f"ap_fixed<{bits},{bits - frac},{Q_MODES[quant]},{O_MODES[overflow]}>"
+
+
+def ap_ufixed(bits: int, frac: int, quant: str = "trn", overflow: str = "wrap") -> str:
+    return f"ap_ufixed<{bits},{bits - frac},{Q_MODES[quant]},{O_MODES[overflow]}>"
+
+
+def stored_type(layer: FX.FxLayer, overflow: str) -> str:
+    """A layer's output as stored: ap_fixed<b>, or ap_ufixed<b> for an unsigned tensor
+    (fixedpoint.is_unsigned: its integers are held in b + 1 = layer.bits signed bits)."""
+    if layer.unsigned:
+        return ap_ufixed(layer.bits - 1, layer.frac, layer.quant, overflow)
+    return ap_fixed(layer.bits, layer.frac, layer.quant, overflow)
 
 
 def name_of(ir_name: str) -> str:
@@ -133,7 +147,7 @@ def layer_types(fx: FX.FxModel) -> dict[str, dict[str, str]]:
     for node in fx.graph.nodes:
         layer, name = fx.layers[node.name], name_of(node.name)
         f_x = fx.frac(node.inputs[0])
-        result = ap_fixed(layer.bits, layer.frac, layer.quant, o.out_overflow)
+        result = stored_type(layer, o.out_overflow)
         t = {"result": result}
         if node.op in G.WEIGHTED:
             f0, f1 = int(_f_w(layer).min()), int(_f_w(layer).max())
@@ -142,10 +156,14 @@ def layer_types(fx: FX.FxModel) -> dict[str, dict[str, str]]:
             t.update(weight=f"ap_fixed<{b_w + f1 - f0},{b_w - f0}>", bias=acc, accum=acc)
             if node.attrs.get("act"):
                 types[name + "_relu"] = {"result": result}
+                # unsigned: the conv's result is ap_fixed<b+1>, its ReLU's ap_ufixed<b>
+                t["result"] = ap_fixed(layer.bits, layer.frac, layer.quant, o.out_overflow)
         elif node.op == "avgpool":
             t["accum"] = ap_fixed(o.acc_bits, f_x + o.pool_guard_bits, "trn", o.acc_overflow)
         elif node.op == "maxpool":
-            t["accum"] = ap_fixed(fx.bits(node.inputs[0]), f_x)
+            src = fx.layers.get(node.inputs[0])
+            t["accum"] = (ap_ufixed(src.bits - 1, f_x) if src is not None and src.unsigned
+                          else ap_fixed(fx.bits(node.inputs[0]), f_x))
         types[name] = t
     return types
 

@@ -271,11 +271,16 @@ def make(graph: G.Graph, stats: dict[str, calibrate.TensorStats], target: Target
               if ops.get(name) in FIXED_RANGES else _range(stats[name], s)
               for name, s in settings.items()}
     acts = {}
+    unsigned = relu_unsigned(target)
     for members in _shared_classes(graph):
         head = members[0]
-        lo = min(ranges[m][0] for m in members)
-        hi = max(ranges[m][1] for m in members)
-        qp = activation_params(lo, hi, settings[head])
+        if unsigned and nonnegative(graph, members):
+            hi = max(_range(stats[m], settings[m], symmetric=False)[1] for m in members)
+            qp = unsigned_params(hi, settings[head], f"layer '{head}'")
+        else:
+            lo = min(ranges[m][0] for m in members)
+            hi = max(ranges[m][1] for m in members)
+            qp = activation_params(lo, hi, settings[head])
         acts.update({m: qp for m in members})
     layers = {n.name: LayerPlan(n.op, settings[n.name], acts[n.name],
                                 weight_params(n.weight, settings[n.name],
@@ -301,12 +306,63 @@ FIXED_RANGES = {"sigmoid": lambda bits: (0.0, 1.0 - 2.0 ** -bits),
                 "tanh": lambda bits: (-1.0, 1.0 - 2.0 ** (1 - bits))}
 
 
-def _range(stats: calibrate.TensorStats, s: dict) -> tuple[float, float]:
+def _range(stats: calibrate.TensorStats, s: dict,
+           symmetric: bool | None = None) -> tuple[float, float]:
     # 'converter': the target calibrates itself and its backend replaces these ranges
     method = "minmax" if s["calibration"] == "converter" else s["calibration"]
-    return calibrate.tensor_range(stats, method, s["activation_bits"],
-                                  s["activation_scheme"] == "symmetric",
+    if symmetric is None:
+        symmetric = s["activation_scheme"] == "symmetric"
+    return calibrate.tensor_range(stats, method, s["activation_bits"], symmetric,
                                   s.get("percentile", 99.99))
+
+
+# --- unsigned post-ReLU activations (fpga-fixed option relu_unsigned) ----------------
+# A tensor that is >= 0 by construction is stored as an unsigned b-bit value
+# u in [0, 2^b - 1] meaning u * scale (HLS ap_ufixed<b, I>). In the plan it is the
+# b-bit QParams with zero point -2^(b-1): real = scale * (q - zp), q in [qmin, qmax],
+# which is exactly that grid, so everything that reads plans (bits, bytes, fake
+# quantization in harden) sees b bits and the unsigned grid. deployq.fixedpoint lowers
+# it to integers u held in b+1 signed bits, clamped to [0, 2^b - 1].
+UNSIGNED_MAX_BITS = 7        # u fits the C runtime's <= 8-bit signed storage as b+1 bits
+
+
+def relu_unsigned(target: Target) -> bool:
+    """The target's [options] relu_unsigned (default false); TargetError if not a bool
+    or on a backend other than fpga."""
+    v = target.options.get("relu_unsigned", False)
+    if not isinstance(v, bool):
+        raise TargetError(f"target {target.name}: relu_unsigned={v!r}; choose true or false")
+    if v and target.backend != "fpga":
+        raise TargetError(f"target {target.name}: relu_unsigned is an option of the fpga "
+                          f"backend, not of '{target.backend}'; remove it")
+    return v
+
+
+def nonnegative(graph: G.Graph, members: list[str]) -> bool:
+    """Every tensor of a shared-parameter class is >= 0 by construction: its producer
+    ends in a clamp to [lo >= 0, ...] (a fused ReLU/ReLU6), or it is a pool, reshape,
+    clamp, concat, pad or upsample, whose inputs are members of the same class. The
+    graph input never is (its grid is the user's data's)."""
+    for m in members:
+        if m == G.INPUT:
+            return False
+        node = graph.node(m)
+        act = node.attrs.get("act")
+        if node.op not in SHARED_PARAMS and (act is None or act[0] < 0):
+            return False
+    return True
+
+
+def unsigned_params(hi: float, s: dict, where: str) -> QParams:
+    """The unsigned b-bit grid [0, (2^b - 1) * scale] covering [0, hi] (see above)."""
+    bits = s["activation_bits"]
+    if bits > UNSIGNED_MAX_BITS:
+        raise TargetError(f"{where}: relu_unsigned with activation_bits={bits}: an unsigned "
+                          f"{bits}-bit value needs {bits + 1} signed bits in the runtime, "
+                          f"which holds at most 8; use activation_bits <= "
+                          f"{UNSIGNED_MAX_BITS} or relu_unsigned = false")
+    scale = _scale(max(hi, 1e-8) / (2 ** bits - 1), s)
+    return QParams(bits, np.array([scale], np.float32), np.array([-(2 ** (bits - 1))]))
 
 
 def _shared_classes(graph: G.Graph) -> list[list[str]]:

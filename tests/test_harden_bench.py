@@ -121,15 +121,17 @@ def test_a_deployq_eval_document_without_robustness_is_refused(bench):
 
 
 def test_zoo_digits_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
-    """zoo:lenet-digits-dq with its shipped 4-bit plan on the C runtime: accurate
-    (95.0% on the whole test split when it was trained); the plain zoo model on a
-    4-bit plan calibrated after training with the same rounding (`trn`; post-training
-    quantization, the negative control) is far less so (64.5% on the first 200)."""
+    """zoo:lenet-digits-dq with its shipped 4-bit plan (unsigned post-ReLU activations)
+    on the C runtime: accurate (97.8% on the whole test split when it was trained); the
+    plain zoo model on a 4-bit plan calibrated after training with the same rounding
+    (`trn`; post-training quantization, the negative control) is far less so (64.5% on
+    the first 200)."""
     from deployq import api, plan as P, targets as T
     plan = ROOT / "deployq" / "weights" / "lenet-digits-dq.plan.json"
     dq = api.open_session("zoo:lenet-digits-dq")
     ex = api.export("fpga-fixed", dq, tmp_path / "dq", plan_path=plan)
     assert ex.plan.layers["features.0"].output.bits == 4
+    assert ex.plan.layers["features.0"].output.zero_point[0] == -8     # unsigned 4-bit
     x, y = dq.dataset.test(200)
     dq_acc = (api.load_runner(ex).run(x).argmax(1) == y).mean()
     plain = api.open_session("zoo:lenet-digits")

@@ -53,14 +53,14 @@ def run(work: Path, label: str, beta: float, args) -> dict:
     session = api.open_session(args.base, None, args.data)
     report = api.harden(args.target, "dq", work / label, args.epochs, beta=beta,
                         session=session, activation_bits=args.activation_bits,
-                        weight_bits=8, eps=args.eps)
+                        weight_bits=8, eps=args.eps, targets_dir=args.targets_dir)
     if not args.stage2_epochs:
         return report
     session = api.open_session(args.base, str(work / label / "weights.safetensors"),
                                args.data)
     return api.harden(args.target, "dq", work / f"{label}-s2", args.stage2_epochs,
                       beta=beta, session=session, activation_bits=args.activation_bits,
-                      weight_bits=8, eps=args.eps)
+                      weight_bits=8, eps=args.eps, targets_dir=args.targets_dir)
 
 
 def folder(label: str, args) -> str:
@@ -92,6 +92,8 @@ def main() -> int:
     ap.add_argument("--base", default="zoo:lenet-fmnist")
     ap.add_argument("--target", default="fpga-fixed")
     ap.add_argument("--activation-bits", type=int, default=4)
+    ap.add_argument("--targets-dir", default=None, help="a folder of target TOML files "
+                    "(e.g. a copy of fpga-fixed.toml with relu_unsigned = true)")
     ap.add_argument("--eps", type=float, default=0.03)
     ap.add_argument("--stage2-epochs", type=int, default=0, help="then harden again "
                     "for this many epochs on grids calibrated for the trained weights")

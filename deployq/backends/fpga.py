@@ -140,6 +140,12 @@ class Runner(crunner.CRunner):
         none: their elements are not in the IR's order."""
         return None if tensor.endswith(("/chw", "/chw_out", "/hwc")) else tensor
 
+    def zero_point(self, layer: str) -> int:
+        """What to subtract from a dumped tensor's integers to get value / scale: 0, as
+        fixed point has no zero point (an unsigned tensor's plan zero point -2^(b-1) is
+        already taken out: fixedpoint.is_unsigned)."""
+        return 0
+
 
 def _grid(bits: int, frac: int) -> QParams:
     return QParams(bits, np.array([2.0 ** -frac], np.float32), np.zeros(1, np.int64))
