@@ -13,7 +13,9 @@ loses much more at low bits); tflite-int8 holds the chosen bits on its int8 grid
 model's gradients (transfer) and from the target's mirror (bpda), all scored on the
 runtime (deployq.robustness), at each --eps, with Wilson 95% intervals; the adversarial
 method guards against the first eps. Methods: adversarial (the DP refined on a
-validation split, --refine K), adversarial-dp (the DP alone), noise, hessian, uniform;
+validation split, --refine K), adversarial+uniform (the same with the uniform plan at
+each clip among the refinement's candidates), adversarial-dp (the DP alone), noise,
+hessian, uniform;
 with --act-budgets on targets allowing several activation bits, also the joint
 weight+activation selection and 'uniform-act' (the weight-only adversarial plan with
 every hidden tensor at the budget's bits). Prints markdown tables and the adversarial
@@ -126,10 +128,17 @@ def masks(entry: dict) -> dict:
     return {e["eps"]: e["robust_mask"] for e in entry["eps"]}
 
 
+SUBJECTS = ("adversarial", "adversarial+uniform")   # rows tested against the others
+
+
 def method_args(method: str, refine: int) -> tuple[str, int]:
-    """'adversarial-dp' is the DP alone; 'adversarial' the DP refined (K = refine)."""
+    """'adversarial-dp' is the DP alone; 'adversarial' the DP refined (K = refine);
+    'adversarial+uniform' the same with the uniform plan at each clip among the
+    refinement's candidates (refine_options uniform_candidates)."""
     if method == "adversarial-dp":
         return "adversarial", 0
+    if method == "adversarial+uniform":
+        return "adversarial", refine
     return method, refine if method == "adversarial" else 0
 
 
@@ -150,6 +159,8 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
     t0 = time.time()
     cand = dict(candidates)
     name, refine = method_args(method, cand.pop("refine"))
+    if method == "adversarial+uniform":
+        cand["refine_options"] = dict(cand["refine_options"], uniform_candidates=True)
     if plan is None:
         plan = S.select(session, tgt, f"{budget}bits", name, eps, SETTINGS.get(tgt.name),
                         activation_budget=None if act is None else f"{act}bits",
@@ -251,14 +262,14 @@ def fix_keys(row: dict) -> dict:
 
 
 def significance(rows: list[dict], eps: list[float]) -> str:
-    """Per (model, target, budget, act): the adversarial plan against each other row,
-    robust accuracy difference and McNemar's p on the same test samples."""
-    lines = ["| model | target | budget | act | vs | eps | adversarial % [95% CI] "
-             "| other % | diff (pts) | McNemar p | clean diff (pts) | discordant (only adv / "
-             "only other) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Per (model, target, budget, act): each adversarial plan (SUBJECTS) against each
+    other row, robust accuracy difference and McNemar's p on the same test samples."""
+    lines = ["| model | target | budget | act | method | vs | eps | method % [95% CI] "
+             "| other % | diff (pts) | McNemar p | clean diff (pts) | discordant (only "
+             "method / only other) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["method"] != "adversarial":
+        if r["method"] not in SUBJECTS:
             continue
         for o in rows:
             same = all(o[k] == r[k] for k in ("model", "target", "budget", "act"))
@@ -266,8 +277,8 @@ def significance(rows: list[dict], eps: list[float]) -> str:
                 continue
             for e in eps:
                 lines.append(f"| {r['model']} | {r['target']} | {r['budget']} | "
-                             f"{r['act'] or '-'} | {o['method']} | {e:g} | "
-                             + versus(r, o, e))
+                             f"{r['act'] or '-'} | {r['method']} | {o['method']} | "
+                             f"{e:g} | " + versus(r, o, e))
     return "\n".join(lines)
 
 
