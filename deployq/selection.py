@@ -522,12 +522,19 @@ def select(session, target: str | T.Target, budget: str | Budget,
               "measurements": info}
     if refine:
         from . import refine as R
+        options = dict(refine_options or {})
+        with_uniform = options.pop("uniform_candidates", False)
         origins = [f"dp-{i}" for i in range(len(found))]
         if method in ("adversarial", "noise"):
-            extra = [(a, o) for a, o in diverse(space, found[0].acts) if a not in found]
+            extra: dict = {}                          # assignment -> its first origin
+            for a, o in diverse(space, found[0].acts) + (
+                    uniform_candidates(space, found[0].acts) if with_uniform else []):
+                if a not in found:
+                    extra.setdefault(a, o)
+            extra = list(extra.items())
             found, origins = found + [a for a, _ in extra], origins + [o for _, o in extra]
         best, record["refinement"] = R.refine(session, tgt, space, found, config, eps,
-                                              origins=origins, **(refine_options or {}))
+                                              origins=origins, **options)
     else:
         best = found[0]
     record |= _describe(space, best, n_total, activation_budget)
@@ -664,6 +671,23 @@ def diverse(space: Space, acts: tuple) -> list[tuple[Assignment, str]]:
         if found:
             b, c = key
             out.append((found[0], f"largest-{b}" + (f"@{c:g}" if c != 1 else "")))
+    return out
+
+
+def uniform_candidates(space: Space, acts: tuple) -> list[tuple[Assignment, str]]:
+    """(assignment, origin) for each clip: every layer at the uniform plan's bits with
+    that clip (refine_options 'uniform_candidates'). On a model whose weights spread
+    over many layers the chain's ranking (it over-weights early layers, "How loose")
+    can put the uniform plan far below its K best; as a candidate the measurement
+    compares the DP's plans with it, so the refined plan is never worse than uniform
+    on the validation objective."""
+    bits = _uniform(space.layers, space.capacity)[0][0]
+    clips = sorted({c for l in space.layers for b, c in l.choices if b == bits}, reverse=True)
+    out = []
+    for c in clips:
+        if all((bits, c) in l.choices for l in space.layers):
+            out.append((Assignment(tuple((bits, c) for _ in space.layers), acts),
+                        f"uniform-{bits}" + (f"@{c:g}" if c != 1 else "")))
     return out
 
 

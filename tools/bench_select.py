@@ -13,7 +13,9 @@ loses much more at low bits); tflite-int8 holds the chosen bits on its int8 grid
 model's gradients (transfer) and from the target's mirror (bpda), all scored on the
 runtime (deployq.robustness), at each --eps, with Wilson 95% intervals; the adversarial
 method guards against the first eps. Methods: adversarial (the DP refined on a
-validation split, --refine K), adversarial-dp (the DP alone), noise, hessian, uniform;
+validation split, --refine K), adversarial+uniform (the same with the uniform plan at
+each clip among the refinement's candidates), adversarial-dp (the DP alone), noise,
+hessian, uniform;
 with --act-budgets on targets allowing several activation bits, also the joint
 weight+activation selection and 'uniform-act' (the weight-only adversarial plan with
 every hidden tensor at the budget's bits). Prints markdown tables and the adversarial
@@ -126,10 +128,17 @@ def masks(entry: dict) -> dict:
     return {e["eps"]: e["robust_mask"] for e in entry["eps"]}
 
 
+SUBJECTS = ("adversarial", "adversarial+uniform")   # rows tested against the others
+
+
 def method_args(method: str, refine: int) -> tuple[str, int]:
-    """'adversarial-dp' is the DP alone; 'adversarial' the DP refined (K = refine)."""
+    """'adversarial-dp' is the DP alone; 'adversarial' the DP refined (K = refine);
+    'adversarial+uniform' the same with the uniform plan at each clip among the
+    refinement's candidates (refine_options uniform_candidates)."""
     if method == "adversarial-dp":
         return "adversarial", 0
+    if method == "adversarial+uniform":
+        return "adversarial", refine
     return method, refine if method == "adversarial" else 0
 
 
@@ -150,6 +159,8 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
     t0 = time.time()
     cand = dict(candidates)
     name, refine = method_args(method, cand.pop("refine"))
+    if method == "adversarial+uniform":
+        cand["refine_options"] = dict(cand["refine_options"], uniform_candidates=True)
     if plan is None:
         plan = S.select(session, tgt, f"{budget}bits", name, eps, SETTINGS.get(tgt.name),
                         activation_budget=None if act is None else f"{act}bits",
@@ -169,7 +180,7 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
     row = {"model": model, "target": tgt.name, "method": method, "budget": budget,
             "act": act, "bits": sel["bits"], "weight_clip": sel["weight_clip"],
             "activation_bits": sel.get("activation_bits"),
-            "average_bits": sel["average_bits"],
+            "average_bits": sel["average_bits"], "weight_bytes": sel.get("weight_bytes"),
             "average_activation_bits": sel.get("average_activation_bits"),
             "clean": entry["clean"], "robust": robust(entry), "masks": masks(entry),
             "robust_ci95": {e["eps"]: e["robust_ci95"] for e in entry["eps"]},
@@ -229,6 +240,21 @@ def saved_rows(path: Path) -> list[dict]:
     return [json.loads(line[4:]) for line in text.splitlines() if line.startswith("ROW ")]
 
 
+def with_bytes(rows: list[dict]) -> list[dict]:
+    """Rows saved before rows kept 'weight_bytes': it computed from the average bits and
+    the model's weight count (the packed weights, as provenance's weight_bytes)."""
+    counts: dict = {}
+    for r in rows:
+        if r.get("weight_bytes") is None and r.get("average_bits"):
+            if r["model"] not in counts:
+                g = api.open_session(f"zoo:{r['model']}").graph
+                counts[r["model"]] = sum(l.weight.size for l in g.nodes
+                                         if l.op in ("conv2d", "linear"))
+            r["weight_bytes"] = int(np.ceil(round(r["average_bits"] * counts[r["model"]])
+                                            / 8))
+    return rows
+
+
 def fix_keys(row: dict) -> dict:
     """A row read back from JSON: its per-eps dicts keyed by float again."""
     return row | {k: {float(e): v for e, v in row[k].items()}
@@ -236,13 +262,14 @@ def fix_keys(row: dict) -> dict:
 
 
 def significance(rows: list[dict], eps: list[float]) -> str:
-    """Per (model, target, budget, act): the adversarial plan against each other row,
-    robust accuracy difference and McNemar's p on the same test samples."""
-    lines = ["| model | target | budget | act | vs | eps | adversarial % [95% CI] "
-             "| other % | diff (pts) | McNemar p | clean diff (pts) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Per (model, target, budget, act): each adversarial plan (SUBJECTS) against each
+    other row, robust accuracy difference and McNemar's p on the same test samples."""
+    lines = ["| model | target | budget | act | method | vs | eps | method % [95% CI] "
+             "| other % | diff (pts) | McNemar p | clean diff (pts) | discordant (only "
+             "method / only other) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["method"] != "adversarial":
+        if r["method"] not in SUBJECTS:
             continue
         for o in rows:
             same = all(o[k] == r[k] for k in ("model", "target", "budget", "act"))
@@ -250,27 +277,30 @@ def significance(rows: list[dict], eps: list[float]) -> str:
                 continue
             for e in eps:
                 lines.append(f"| {r['model']} | {r['target']} | {r['budget']} | "
-                             f"{r['act'] or '-'} | {o['method']} | {e:g} | "
-                             + versus(r, o, e))
+                             f"{r['act'] or '-'} | {r['method']} | {o['method']} | "
+                             f"{e:g} | " + versus(r, o, e))
     return "\n".join(lines)
 
 
 def versus(r: dict, o: dict, e: float) -> str:
     """The table cells of row r against row o at eps e, paired on the same samples:
-    r's robust % [95% CI], o's, the difference, McNemar's p, the clean difference."""
+    r's robust % [95% CI], o's, the difference, McNemar's p, the clean difference, and
+    the discordant counts McNemar's p comes from (robust in r only / in o only)."""
     n = r["samples"]
     test = stats.paired(stats.unpack(r["masks"][e], n), stats.unpack(o["masks"][e], n))
     lo, hi = r["robust_ci95"][e]
     return (f"{100 * r['robust'][e]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | "
             f"{100 * o['robust'][e]:.1f} | {100 * (r['robust'][e] - o['robust'][e]):+.1f} | "
-            f"{test['p']:.2g} | {100 * (r['clean'] - o['clean']):+.1f} |")
+            f"{test['p']:.2g} | {100 * (r['clean'] - o['clean']):+.1f} | "
+            f"{test['first_only']} / {test['second_only']} |")
 
 
 def table(rows: list[dict], eps: list[float]) -> str:
     lines = ["| model | target | budget (avg bits) | act budget | method | bits per layer "
              "| act bits | avg bits | clean % | " + " | ".join(f"robust % (eps {e:g})"
-                                                         for e in eps) + " | select s |",
-             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(eps) + "---|"]
+                                                         for e in eps) + " | select s | "
+             "weight bytes |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(eps) + "---|---|"]
     for r in rows:
         bits = "/".join(f"{b}" + (f"@{r['weight_clip'][k]:g}" if r["weight_clip"][k] != 1 else "")
                         for k, b in r["bits"].items()) if r["bits"] else "float"
@@ -280,9 +310,15 @@ def table(rows: list[dict], eps: list[float]) -> str:
         lines.append(f"| {r['model']} | {r['target']} | {r['budget'] or '-'} | "
                      f"{r.get('act') or '-'} | {r['method']} | {bits} | {acts} | {avg} | "
                      f"{100 * r['clean']:.1f} | "
-                     + " | ".join(f"{100 * r['robust'][e]:.1f}" for e in eps)
-                     + f" | {secs} |")
+                     + " | ".join(f"{100 * r['robust'][e]:.1f}" + ci(r, e) for e in eps)
+                     + f" | {secs} | {r.get('weight_bytes') or '-'} |")
     return "\n".join(lines)
+
+
+def ci(row: dict, e: float) -> str:
+    """' [lo, hi]': the row's Wilson 95% interval at eps e, in % ('' if not saved)."""
+    lo_hi = (row.get("robust_ci95") or {}).get(e)
+    return f" [{100 * lo_hi[0]:.1f}, {100 * lo_hi[1]:.1f}]" if lo_hi else ""
 
 
 def loss_table(rows: list[dict], eps: list[float]) -> str:
@@ -385,7 +421,7 @@ def main() -> int:
                                      "sources": tuple(args.val_sources.split(","))}}
     rows = []
     if args.tables:
-        rows = [fix_keys(r) for f in args.tables for r in saved_rows(Path(f))]
+        rows = with_bytes([fix_keys(r) for f in args.tables for r in saved_rows(Path(f))])
         print(table(rows, eps) + "\n\n" + significance(rows, eps))
         return 0
     with tempfile.TemporaryDirectory() as out:
@@ -495,7 +531,8 @@ def act_rows(name: str, weights: list[int], act: int, methods: list[str], cfg, e
 def act_significance(rows: list[dict], eps: list[float]) -> str:
     """Each selected row against uniform, noise and a8 of its model and weight bits."""
     lines = ["| model | weights | method | vs | eps | method % [95% CI] | other % | diff (pts) "
-             "| McNemar p | clean diff (pts) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| McNemar p | clean diff (pts) | discordant (only method / only other) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] not in ("adversarial", "adversarial-dp", "noise") \
                 and not r["method"].startswith("acts:"):

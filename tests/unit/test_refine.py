@@ -70,6 +70,20 @@ def test_diverse_candidates_are_the_best_per_choice_of_the_largest_layer(capacit
         assert len(fits) < len(space.layers[big].choices)
 
 
+@pytest.mark.parametrize("capacity,bits", [(60, 4), (75, 5), (45, 3)])
+def test_uniform_candidates_are_the_uniform_plan_at_each_clip(capacity, bits):
+    """refine_options uniform_candidates: every layer at the uniform plan's bits (the
+    largest that fit; 15 weights), one candidate per clip, each within the budget."""
+    space = _tiny_space(capacity)
+    found = S.uniform_candidates(space, ())
+    assert [o for _, o in found] == [f"uniform-{bits}", f"uniform-{bits}@0.5"]
+    assert {a for a, _ in found} <= _all(space)
+    for a, _ in found:
+        assert {b for b, _ in a.weights} == {bits}
+    # negative control: one bit more everywhere breaks the budget
+    assert not space.fits(S.Assignment(tuple((bits + 1, 1.0) for _ in space.layers)))
+
+
 def test_activation_coordinate_descent_beats_uniform_activations():
     space = _tiny_space(60, 30)
     best = S._choose(space, "adversarial", 1)[0]
