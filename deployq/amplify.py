@@ -68,8 +68,7 @@ def target_tensors(runner, exported, graph: G.Graph, x: np.ndarray) -> dict[str,
             if layer in layers:
                 by_layer[layer] = codes.astype(np.int64)
         for layer, codes in by_layer.items():
-            zp = (runner.zero_point(layer) if hasattr(runner, "zero_point")
-                  else int(exported.plan.tensor(layer).zero_point[0]))
+            zp = int(exported.plan.tensor(layer).zero_point[0])
             rows.setdefault(layer, []).append(codes - zp)
     return {k: np.stack(v) for k, v in rows.items()}
 

@@ -328,13 +328,15 @@ UNSIGNED_MAX_BITS = 7        # u fits the C runtime's <= 8-bit signed storage as
 
 def relu_unsigned(target: Target) -> bool:
     """The target's [options] relu_unsigned (default false); TargetError if not a bool
-    or on a backend other than fpga."""
+    or on a backend whose runtime has no unsigned activations (backends.UNSIGNED_RELU)."""
+    from .backends import UNSIGNED_RELU
     v = target.options.get("relu_unsigned", False)
     if not isinstance(v, bool):
         raise TargetError(f"target {target.name}: relu_unsigned={v!r}; choose true or false")
-    if v and target.backend != "fpga":
-        raise TargetError(f"target {target.name}: relu_unsigned is an option of the fpga "
-                          f"backend, not of '{target.backend}'; remove it")
+    if v and target.backend not in UNSIGNED_RELU:
+        raise TargetError(f"target {target.name}: relu_unsigned is an option of the "
+                          f"{', '.join(sorted(UNSIGNED_RELU))} backend, not of "
+                          f"'{target.backend}'; remove it")
     return v
 
 

@@ -151,9 +151,9 @@ def test_zoo_lenet_bit_exact_and_off_by_one_caught(tmp_path, digits_session):
     assert m is not None
 
 
-def test_amplify_codes_have_no_zero_point(tmp_path, digits_session):
-    """The runtime's dumps are value / scale already (amplify must not subtract the
-    plan's zero point -2^(b-1))."""
+def test_dumps_are_on_the_plans_grid(tmp_path, digits_session):
+    """A dump minus the plan's zero point -2^(b-1) is value / scale, as on every other
+    runtime (amplify subtracts it): the runtime's u, shifted back."""
     s = digits_session
     target = _target(True)
     plan = _plan(s.graph, s.stats, target)
@@ -163,8 +163,9 @@ def test_amplify_codes_have_no_zero_point(tmp_path, digits_session):
     fx = fpga.lower(s.graph, plan, target)
     ref = FX.run_all(fx, FX.quantize_input(x, fx.input_frac, fx.input_bits, fx.input_quant))
     dump = runner.dump(x[0])
-    assert runner.zero_point("features.0") == 0
-    np.testing.assert_array_equal(np.sort(dump["features.0"].ravel()),
+    zp = int(plan.tensor("features.0").zero_point[0])
+    assert zp == -8 and dump["features.0"].min() < 0      # 4-bit codes, not u in [0, 15]
+    np.testing.assert_array_equal(np.sort(dump["features.0"].ravel() - zp),
                                   np.sort(ref["features.0"][0].ravel()))
 
 

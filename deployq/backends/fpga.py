@@ -36,7 +36,8 @@ def export(graph: G.Graph, plan: QuantPlan, target, out_dir: Path, calib=None):
     meta = {"input_quant": fx.input_quant, "input_bits": fx.input_bits,
             "input_frac": fx.input_frac, "output_frac": fx.layers[graph.output].frac,
             "output_bits": fx.bits(graph.output),
-            "output_shape": list(graph.node(graph.output).shape), "tensors": names}
+            "output_shape": list(graph.node(graph.output).shape), "tensors": names,
+            "unsigned_zero_points": _unsigned_zero_points(fx, plan, names)}
     atomic_write(out_dir / TENSORS, json.dumps(meta, indent=1).encode())
     atomic_write(path, blob)
     from .. import runtime
@@ -59,6 +60,13 @@ def lower(graph: G.Graph, plan: QuantPlan, target) -> FX.FxModel:
                               f"choose one of {', '.join(FX.QUANT)}")
     FX.check_ranges(fx)
     return fx
+
+
+def _unsigned_zero_points(fx: FX.FxModel, plan: QuantPlan, names: list[str]) -> dict:
+    """Runtime tensor -> the plan's zero point, for the tensors of unsigned layers (also
+    a reshape's extra '<layer>/chw' copies: the same integers, reordered)."""
+    zps = {n: int(plan.tensor(n).zero_point[0]) for n, l in fx.layers.items() if l.unsigned}
+    return {t: zps[t.split("/")[0]] for t in names if t.split("/")[0] in zps}
 
 
 def mirror(graph: G.Graph, plan: QuantPlan, target, temperature: float = 1.0):
@@ -140,11 +148,14 @@ class Runner(crunner.CRunner):
         none: their elements are not in the IR's order."""
         return None if tensor.endswith(("/chw", "/chw_out", "/hwc")) else tensor
 
-    def zero_point(self, layer: str) -> int:
-        """What to subtract from a dumped tensor's integers to get value / scale: 0, as
-        fixed point has no zero point (an unsigned tensor's plan zero point -2^(b-1) is
-        already taken out: fixedpoint.is_unsigned)."""
-        return 0
+    def dump(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every tensor for one float sample on its plan's grid (value = scale * (q -
+        zero point)): the runtime holds an unsigned tensor's integers u = q - zero point
+        (fixedpoint.is_unsigned), so those are shifted back by the plan's -2^(b-1)."""
+        tensors = super().dump(x)
+        for name, zp in self.meta.get("unsigned_zero_points", {}).items():
+            tensors[name] = tensors[name].astype(np.int16) + zp
+        return tensors
 
 
 def _grid(bits: int, frac: int) -> QParams:
