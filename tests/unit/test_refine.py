@@ -117,6 +117,17 @@ def test_refinement_is_never_worse_than_the_dps_best(refined, digits_session):
         assert refined.layers[name].weight.bits == b
 
 
+def test_select_measures_the_uniform_candidates_when_asked(digits_session, refined):
+    plan = S.select(digits_session, "fpga-fixed", "4bits", "adversarial", 0.1, RND,
+                    refine=1, refine_options=CHEAP | {"evals": 1, "uniform_candidates": True})
+    found = {c["origin"]: c for c in plan.provenance["selection"]["refinement"]["candidates"]}
+    assert {"uniform-4", "uniform-4@0.5"} <= set(found)
+    assert found["uniform-4"]["assignment"] == "4/4/4/4"
+    # negative control: without the option no uniform candidate is measured
+    assert not any(c["origin"].startswith("uniform")
+                   for c in refined.provenance["selection"]["refinement"]["candidates"])
+
+
 def test_the_validation_split_is_training_data_disjoint_from_calibration(digits_session):
     ds = digits_session.dataset
     x, _ = RF.validation(ds, 40, 0, digits_session.calib_samples)
