@@ -23,6 +23,7 @@ import numpy as np
 
 from . import graph as G
 from .errors import ExportError, TargetError, UnsupportedOpError
+from .targets import relu_unsigned
 
 QUANT = {"trn": 0, "rnd": 1, "rnd_conv": 2}        # dq_fx_quant
 OVERFLOW = {"wrap": 0, "sat": 1}                   # dq_fx_overflow
@@ -42,15 +43,12 @@ class Options:
     sum_order: str = "hwc"
     pool_division: str = "divide"
     pool_guard_bits: int = 0
-    relu_unsigned: bool = False        # read by plan.make (deployq.plan.relu_unsigned)
 
     @classmethod
     def from_target(cls, target) -> "Options":
         opts = {k: v for k, v in target.options.items() if k in cls.__dataclass_fields__}
         o = cls(**opts)
-        if not isinstance(o.relu_unsigned, bool):
-            raise TargetError(f"target {target.name}: relu_unsigned={o.relu_unsigned!r}; "
-                              "choose true or false")
+        relu_unsigned(target)          # checked here too: a given plan skips plan.make
         for key, (lo, hi) in LIMITS.items():
             if not lo <= getattr(o, key) <= hi:
                 raise TargetError(f"target {target.name}: {key}={getattr(o, key)}; "
@@ -231,7 +229,7 @@ def _lower_node(fx: FxModel, node: G.Node, lp) -> FxLayer:
 
 def is_unsigned(fx: FxModel, node: G.Node, qp) -> bool:
     """The plan stores this output as an unsigned b-bit tensor (zero point -2^(b-1):
-    deployq.plan's relu_unsigned); its integers u = q - zp are then held in b + 1 signed
+    targets.relu_unsigned); its integers u = q - zp are then held in b + 1 signed
     bits and clamped to [0, 2^b - 1]. Allowed only where the tensor is >= 0 by
     construction (a fused ReLU, or a pool/reshape/clamp/concat/pad/upsample of unsigned
     inputs), since the clamp at 0 must change nothing; any other zero point is refused."""

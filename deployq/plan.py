@@ -37,7 +37,7 @@ import numpy as np
 
 from . import calibrate, graph as G
 from .errors import InputError, TargetError
-from .targets import SETTINGS, Target
+from .targets import SETTINGS, Target, relu_unsigned
 
 FORMAT, VERSION = "deployq-plan", 1
 # Settings an op type takes unless by_type / by_name say otherwise. TRANSPOSE_CONV's
@@ -324,20 +324,6 @@ def _range(stats: calibrate.TensorStats, s: dict,
 # quantization in harden) sees b bits and the unsigned grid. deployq.fixedpoint lowers
 # it to integers u held in b+1 signed bits, clamped to [0, 2^b - 1].
 UNSIGNED_MAX_BITS = 7        # u fits the C runtime's <= 8-bit signed storage as b+1 bits
-
-
-def relu_unsigned(target: Target) -> bool:
-    """The target's [options] relu_unsigned (default false); TargetError if not a bool
-    or on a backend whose runtime has no unsigned activations (backends.UNSIGNED_RELU)."""
-    from .backends import UNSIGNED_RELU
-    v = target.options.get("relu_unsigned", False)
-    if not isinstance(v, bool):
-        raise TargetError(f"target {target.name}: relu_unsigned={v!r}; choose true or false")
-    if v and target.backend not in UNSIGNED_RELU:
-        raise TargetError(f"target {target.name}: relu_unsigned is an option of the "
-                          f"{', '.join(sorted(UNSIGNED_RELU))} backend, not of "
-                          f"'{target.backend}'; remove it")
-    return v
 
 
 def nonnegative(graph: G.Graph, members: list[str]) -> bool:

@@ -127,6 +127,21 @@ def plan_settings(tgt: Target, settings: dict | None) -> dict:
     return default
 
 
+def relu_unsigned(target: Target) -> bool:
+    """The target's [options] relu_unsigned (default false: plan.make stores ReLU outputs
+    unsigned when true); TargetError if not a bool or on a backend whose runtime has no
+    unsigned activations (backends.UNSIGNED_RELU)."""
+    from .backends import UNSIGNED_RELU
+    v = target.options.get("relu_unsigned", False)
+    if not isinstance(v, bool):
+        raise TargetError(f"target {target.name}: relu_unsigned={v!r}; choose true or false")
+    if v and target.backend not in UNSIGNED_RELU:
+        raise TargetError(f"target {target.name}: relu_unsigned is an option of the "
+                          f"{', '.join(sorted(UNSIGNED_RELU))} backend, not of "
+                          f"'{target.backend}'; remove it")
+    return v
+
+
 def _rank(order: list[Path], path: Path | None) -> int:
     for i, folder in enumerate(order):
         if path is not None and path.parent.resolve() == folder.resolve():

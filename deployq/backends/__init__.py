@@ -40,7 +40,7 @@ EXECUTED_BITS = {"onnx": (range(2, 9), (8,), 8), "tflite": (range(2, 9), (8,), 8
                  "fpga": (range(2, 9), range(2, 9), None)}
 HOOKS = ("mirror", "extras", "c_project", "hls4ml_project", "semantics")
 # the backends whose runtimes hold a ReLU's output unsigned (the target option
-# relu_unsigned; ap_ufixed on the FPGA), read by plan.make
+# relu_unsigned; ap_ufixed on the FPGA), read by targets.relu_unsigned
 UNSIGNED_RELU = frozenset({"fpga"})
 # the packages each backend module imports besides numpy and torch, read by
 # missing_package() without importing the module (a sweep checks its grid before torch
