@@ -209,16 +209,16 @@ def _check_bits(sweep: Sweep, key: str) -> None:
 
 
 def _check_plan(plan) -> dict:
-    from . import budget as S
+    from .budget import METHODS, parse_budget
     if not isinstance(plan, dict) or set(plan) - {"method", "budget", "eps"} or \
             "budget" not in plan:
         raise InputError(f"a plans entry is a table with budget (and method, eps), e.g. "
                          f"{{method = \"adversarial\", budget = \"4bits\"}}; got {plan!r}")
     plan = {"method": "adversarial", "eps": 0.1} | plan
-    if plan["method"] not in S.METHODS:
+    if plan["method"] not in METHODS:
         raise InputError(f"plans: method {plan['method']!r} is unknown; choose one of "
-                         f"{', '.join(S.METHODS)}")
-    S.parse_budget(str(plan["budget"]))
+                         f"{', '.join(METHODS)}")
+    parse_budget(str(plan["budget"]))
     return plan
 
 
