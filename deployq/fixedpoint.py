@@ -23,6 +23,7 @@ import numpy as np
 
 from . import graph as G
 from .errors import ExportError, TargetError, UnsupportedOpError
+from .plan import SHARED_PARAMS
 from .targets import relu_unsigned
 
 QUANT = {"trn": 0, "rnd": 1, "rnd_conv": 2}        # dq_fx_quant
@@ -242,7 +243,7 @@ def is_unsigned(fx: FxModel, node: G.Node, qp) -> bool:
                           "takes 0 (signed) or -2^(bits-1) (unsigned, relu_unsigned)")
     act = node.attrs.get("act")
     relu = act is not None and act[0] >= 0
-    moved = node.op in SHARES and all(i != G.INPUT and fx.layers[i].unsigned
+    moved = node.op in SHARED_PARAMS and all(i != G.INPUT and fx.layers[i].unsigned
                                       for i in node.inputs)
     if not (relu or moved):
         raise TargetError(f"{where}: an unsigned output (zero point -2^(bits-1)) on a "
@@ -251,11 +252,6 @@ def is_unsigned(fx: FxModel, node: G.Node, qp) -> bool:
         raise TargetError(f"{where}: an unsigned {qp.bits}-bit output needs {qp.bits + 1} "
                           "bits in the runtime (at most 8); use activation_bits <= 7")
     return True
-
-
-# ops that move, max or average their inputs on the inputs' grid: plan.SHARED_PARAMS
-# (not imported: deployq.plan pulls in torch through calibrate)
-SHARES = ("maxpool", "avgpool", "reshape", "clamp", "concat", "pad", "upsample")
 
 
 # Pointwise activations are ROMs (Hardsigmoid is captured as a depthwise conv) (docs/fpga-fixed.md): one entry per input code, the
