@@ -858,7 +858,8 @@ def certify_(target_list, eps, model, weights, data, out, calibration, calib_sam
               type=click.Choice(["local", "ray"]),
               help="Where cells run: local worker processes or Ray.")
 @click.option("--workers", "-j", default=None, type=click.IntRange(1),
-              help="Worker processes (local) or CPUs of a local Ray (default: all cores).")
+              help="Worker processes (local), CPUs of a local Ray, or cells at once on a "
+                   "Ray cluster (default: all cores; on a cluster all its CPUs).")
 @click.option("--address", default=None, help="Ray cluster address (host:port).")
 @click.pass_context
 def sweep(ctx, config, models, target_list, weight_bits, activation_bits, eps, samples, out,

@@ -363,9 +363,10 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
     from . import sweepreport
     if executor not in ("local", "ray"):
         raise InputError(f"--executor {executor!r} is unknown; choose local or ray")
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    if not (executor == "ray" and address):     # a cluster's default: all its CPUs
+        workers = workers or os.cpu_count() or 1
     # workers start first: their imports (torch, graph capture) overlap this process's
     # checks and fingerprints; they write nothing, and stop if a check fails
     pool = None
@@ -380,6 +381,9 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
         if todo:
             pool = pool or (RayPool(workers, address) if executor == "ray"
                             else LocalPool(workers))
+        workers = getattr(pool, "workers", workers)
+        _announce(sweep, cells, done, todo, executor, workers or 0)
+        if todo:
             _execute(sweep, cells, done, todo, pool)
     finally:
         if pool is not None:
@@ -424,7 +428,7 @@ def _ray_early(config: dict, workers: int, address: str | None):
     with ThreadPoolExecutor(1) as ex:
         planned = ex.submit(_plan, config, "ray", workers, address)
         pool = RayPool(workers, address)
-        pool.warm(workers)
+        pool.warm()
         return pool, planned.result()
 
 
@@ -434,14 +438,20 @@ def _plan(config: dict, executor: str, workers: int, address: str | None):
     if executor == "ray":
         check_address(address)
     cells = sweep.cells()
-    for s in sweep.skipped:
-        log.warning("sweep: skipping %s: %s", _label(s["axes"]), s["reason"])
     start = time.perf_counter()
     done = {c.id: o for c in cells if (o := _cached(sweep, c)) is not None}
     todo = [c for c in cells if c.id not in done]
+    return sweep, cells, done, todo, start
+
+
+def _announce(sweep: Sweep, cells: list, done: dict, todo: list, executor: str,
+              workers: int) -> None:
+    """Log the skipped cells and the counts, once the checks and the pool's start have
+    passed (an error before is the only line printed)."""
+    for s in sweep.skipped:
+        log.warning("sweep: skipping %s: %s", _label(s["axes"]), s["reason"])
     log.info("sweep: %d cells (%d cached, %d to run, %d skipped), %s executor, %d workers",
              len(cells), len(done), len(todo), len(sweep.skipped), executor, workers)
-    return sweep, cells, done, todo, start
 
 
 def _execute(sweep: Sweep, cells: list[Cell], done: dict, todo: list[Cell], pool) -> None:
@@ -631,19 +641,21 @@ def _stop(proc, grace: float) -> None:
 
 
 class RayPool:
-    """Ray tasks (one CPU each) running run_cell; Ray re-runs a task whose worker died
+    """Ray tasks (one CPU each) running run_cell, at most `workers` at a time (on a
+    cluster without -j: as many as it has CPUs); Ray re-runs a task whose worker died
     (max_retries). Connects on construction: an unreachable address fails here, before
     any cell runs."""
 
-    def __init__(self, workers: int, address: str | None):
+    def __init__(self, workers: int | None, address: str | None):
         self.owned = not _import_ray().is_initialized()   # close() ends only its own
         self.ray = connect_ray(workers, address)
+        self.workers = workers or max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
-    def warm(self, workers: int) -> None:
+    def warm(self) -> None:
         """One task per worker that imports what cells need (`warm`), queued before
         the cells: Ray's worker processes start on it while the grid is checked."""
         task = self.ray.remote(num_cpus=1)(_ray_warm)
-        self.warming = [task.remote() for _ in range(workers)]
+        self.warming = [task.remote() for _ in range(self.workers)]
 
     def close(self) -> None:
         """Shut down the Ray this pool started (a local instance's processes, or the
@@ -656,8 +668,11 @@ class RayPool:
     def run(self, jobs: list[dict], finished) -> None:
         ray = self.ray
         task = ray.remote(num_cpus=1, max_retries=RETRIES)(_ray_cell)
-        pending = {task.remote(job): job for job in jobs}
-        while pending:
+        queue, pending = list(reversed(jobs)), {}
+        while queue or pending:
+            while queue and len(pending) < self.workers:    # in grid order
+                job = queue.pop()
+                pending[task.remote(job)] = job
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 job = pending.pop(ref)
@@ -725,7 +740,9 @@ def connect_ray(workers: int, address: str | None):
     runtime_env with env_vars would make every task need a worker with that runtime
     env: Ray would start `workers` more processes and leave the prestarted ones idle.
     On a cluster (address) the other nodes' raylets are not ours, so there the job's
-    runtime_env carries the variables."""
+    runtime_env carries the variables. Without an address the instance is always a new
+    one (`address="local"`): ray.init() alone would join a `ray start` cluster running
+    on this machine, and refuse num_cpus there."""
     ray = _import_ray()
     if ray.is_initialized():
         return ray
@@ -736,14 +753,29 @@ def connect_ray(workers: int, address: str | None):
                      **quiet)
         else:
             with runenv.environ({v: "1" for v in THREAD_VARS} | RAY_LOCAL_ENV):
-                ray.init(num_cpus=workers, include_dashboard=False,
+                ray.init(address="local", num_cpus=workers, include_dashboard=False,
                          _system_config=RAY_LOCAL_CONFIG, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as e:
+        if _auth_refused(e):
+            raise InputError(f"Ray at {address} refused the connection: it wants its "
+                             "authentication token (`ray start` turns token authentication "
+                             "on); set RAY_AUTH_MODE=token, with the cluster's token in "
+                             "~/.ray/auth_token or RAY_AUTH_TOKEN") from None
         raise InputError(f"cannot start or reach Ray"
                          f"{' at ' + address if address else ''}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; "
                          "check --address (host:port of a running 'ray start --head')") from None
     return ray
+
+
+def _auth_refused(e: BaseException) -> bool:
+    """Whether a failed ray.init came from the cluster's token authentication (Ray
+    wraps the AuthenticationError's text in a RuntimeError under its ConnectionError)."""
+    while e is not None:
+        if "AuthenticationError" in type(e).__name__ or "InvalidAuthToken" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _import_ray():

@@ -6,9 +6,11 @@ fpga-fixed target (the C runtime: no TensorFlow start-up)."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,8 +60,8 @@ def local_out(tmp_path_factory):
     return out, cfg
 
 
-def _cli(*args, **kw):
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
+def _cli(*args, env=None, **kw):
+    env = (env or os.environ) | {"PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "deployq", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=600, **kw)
 
@@ -267,6 +269,65 @@ def test_ray_and_local_give_the_same_sweep_json(local_out, tmp_path):
     masks = {t["eps"][0]["robust_mask"] for c in local["cells"]
              for t in c["result"]["robustness"]["targets"]}
     assert len(masks) > 2
+
+
+@pytest.fixture
+def ray_cluster():
+    """A one-node Ray cluster as `ray start --head` makes it, with token authentication
+    (its own token, not the user's), in a session of its own so that exactly its
+    processes end afterwards, and its own temp dir (a short path: Ray's sockets are in
+    it; not /tmp/ray, where ray.init() would find it). Yields (address, the environment
+    without the token, the environment with it)."""
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'deployq[ray]')")
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token, temp = os.urandom(16).hex(), tempfile.mkdtemp(prefix="dqray-", dir="/tmp")
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    auth = plain | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head",
+                             "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats",
+                             f"--temp-dir={temp}"], env=auth,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                assert head.poll() is None and time.time() < deadline, "ray start failed"
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}", plain, auth
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)     # SIGTERM: `ray start` drains for 30 s
+        head.wait(30)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_cluster_wants_its_token_then_gives_the_local_sweep_json(local_out, tmp_path,
+                                                                     ray_cluster):
+    """--address of a running cluster: without the cluster's token one line, exit 2,
+    nothing written; with it (RAY_AUTH_MODE=token) and -j 1 the same sweep.json as the
+    local pool. (That -j 1 runs one cell at a time of the cluster's 2 CPUs is measured
+    by tools/bench_sweep.py --ray-cluster: 1 worker against 2.)"""
+    address, plain, auth = ray_cluster
+    out, cfg = local_out
+    refused = tmp_path / "refused"
+    p = _cli("sweep", "-c", cfg, "-o", refused, "--executor", "ray", "--address", address,
+             env=plain)
+    assert p.returncode == 2 and "RAY_AUTH_MODE=token" in _one_error_line(p.stderr)
+    assert not refused.exists()
+    ray_out = tmp_path / "cluster"
+    p = _cli("sweep", "-c", cfg, "-o", ray_out, "--executor", "ray", "--address", address,
+             "-j", "1", env=auth)
+    assert p.returncode == 0, p.stderr
+    doc = _doc(ray_out)
+    assert doc["run"]["workers"] == 1 and doc["run"]["computed"] == 4
+    assert S.without_timings(doc) == S.without_timings(_doc(out))
 
 
 def test_killed_ray_worker_cell_is_rerun_by_ray_and_counted_once(tmp_path):

@@ -6,7 +6,8 @@ against a full run.
 
     PYTHONPATH=$PWD python tools/bench_sweep.py [--rounds 1] [--out /tmp/bench-sweep]
         [--samples 200] [--steps 10] [--queries 100] [--realistic | --only-realistic]
-        [--skip-local] [--skip-ray] [--skip-resume] [--own-sessions] [--tree DIR]
+        [--skip-local] [--skip-ray] [--ray-cluster] [--skip-resume] [--own-sessions]
+        [--tree DIR]
 
 (--skip-local --skip-ray: the resume measurement only.)
 
@@ -30,8 +31,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,8 +54,50 @@ TREE = ROOT                 # the deployq that runs (--tree: another checkout, t
 
 
 def sweep_cmd(cfg: Path, out: Path, executor: str, workers: int) -> list[str]:
+    """executor `ray-cluster`: `--executor ray --address` of the head start_ray_head started."""
+    where = (["--executor", "ray", "--address", CLUSTER["address"]]
+             if executor == "ray-cluster" else ["--executor", executor])
     return [sys.executable, "-m", "deployq", "-q", "sweep", "-c", str(cfg), "-o", str(out),
-            "--executor", executor, "-j", str(workers)]
+            *where, "-j", str(workers)]
+
+
+CLUSTER: dict = {}          # the Ray head of --ray-cluster: address, process
+
+
+def start_ray_head(cpus: int = 2, port: int = 6399, settle: float = 10.0) -> None:
+    """A one-node Ray cluster as `ray start --head` sets it up (Ray's defaults, no
+    dashboard), kept in the foreground (--block) in a session of its own so that
+    stop_ray_head ends exactly its processes (never `ray stop`, which ends every Ray
+    on the machine). Started before any timed run, like a cluster that is already
+    up when sweeps are submitted to it; `settle` s for its start-up to finish."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    temp = tempfile.mkdtemp(prefix="dqray-", dir="/tmp")  # not /tmp/ray: ray.init() finds that
+    proc = subprocess.Popen([str(ray_cli), "start", "--head", "--block", f"--port={port}",
+                             f"--num-cpus={cpus}", "--include-dashboard=false",
+                             "--disable-usage-stats", f"--temp-dir={temp}"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"ray start --head exited with {proc.returncode}")
+            time.sleep(0.5)
+    else:
+        sys.exit("ray start --head did not answer within 120 s")
+    time.sleep(settle)
+    CLUSTER.update(address=f"127.0.0.1:{port}", proc=proc, temp=temp)
+
+
+def stop_ray_head() -> None:
+    proc = CLUSTER.pop("proc", None)
+    if proc is not None:                # on SIGTERM `ray start --block` drains for 30 s
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        shutil.rmtree(CLUSTER.pop("temp"), ignore_errors=True)
 
 
 class CpuSampler(threading.Thread):
@@ -60,10 +105,15 @@ class CpuSampler(threading.Thread):
     /proc every `period` s; a process's last reading counts (what it used in its last
     period before exiting is missed: at most `period` s each)."""
 
-    def __init__(self, root: int, period: float = 0.2):
+    def __init__(self, root: int, period: float = 0.2, cluster: int | None = None):
+        """cluster: also count the processes of a Ray head (`ray start --block`, pid
+        `cluster`) and its workers, from their CPU time at this moment on."""
         super().__init__(daemon=True)
         self.root, self.period, self.cpu, self.kinds = root, period, {}, {}
+        self.roots = {root} | ({cluster} if cluster else set())
         self.stopped = threading.Event()
+        self.sample()
+        self.base = {pid: cpu for pid, cpu in self.cpu.items() if pid != root}
 
     def run(self) -> None:
         while not self.stopped.wait(self.period):
@@ -85,9 +135,9 @@ class CpuSampler(threading.Thread):
             stats[pid] = (name, (int(fields[11]) + int(fields[12])) / TICK)
         for pid in stats:
             p = pid
-            while p not in (self.root, 0, 1) and p in parents:
+            while p not in self.roots and p not in (0, 1) and p in parents:
                 p = parents[p]
-            if p == self.root:
+            if p in self.roots:
                 self.cpu[pid] = stats[pid][1]
                 # a process that has exited has no command line: keep what it was
                 self.kinds[pid] = process_kind(pid) or self.kinds.get(pid) or stats[pid][0]
@@ -95,6 +145,7 @@ class CpuSampler(threading.Thread):
     def stop(self) -> dict:
         self.stopped.set()
         self.join()
+        self.cpu = {pid: cpu - self.base.get(pid, 0.0) for pid, cpu in self.cpu.items()}
         total = sum(self.cpu.values())
         main = self.cpu.get(self.root, 0.0)
         by_kind: dict = {}
@@ -136,10 +187,13 @@ def timed(cmd: list[str], kill_after: int | None = None, out: Path | None = None
     """Run cmd; with kill_after, SIGKILL its process group once that many cells are
     stored under out/cells. Returns wall seconds, CPU seconds, exit code, load."""
     env = os.environ | {"PYTHONPATH": str(TREE)}
+    if "--address" in cmd:      # `ray start` turns token authentication on
+        env["RAY_AUTH_MODE"] = "token"
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, cwd=TREE)   # -m: cwd first
-    sampler = CpuSampler(proc.pid)
+    head = CLUSTER.get("proc")
+    sampler = CpuSampler(proc.pid, cluster=head.pid if head and "--address" in cmd else None)
     sampler.start()
     if kill_after is not None:
         while proc.poll() is None and len(list(out.glob("cells/*/cell.json"))) < kill_after:
@@ -232,6 +286,9 @@ def main() -> None:
                     help="also the realistic row (zoo:lenet-fmnist cells, about 6x the cost)")
     ap.add_argument("--only-realistic", action="store_true", help="the realistic row only")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--ray-cluster", action="store_true",
+                    help="also Ray on a running one-node cluster (`ray start --head "
+                         "--num-cpus 2`, started before the timed runs; --address)")
     ap.add_argument("--skip-local", action="store_true")
     ap.add_argument("--skip-resume", action="store_true")
     ap.add_argument("--own-sessions", action="store_true",
@@ -254,9 +311,15 @@ def main() -> None:
         configs[row] = base / f"{row}.toml"
         configs[row].write_text(GRID.format(model=ROWS[row], samples=args.samples,
                                             steps=args.steps, queries=args.queries))
-    executors = ([] if args.skip_local else ["local"]) + ([] if args.skip_ray else ["ray"])
-    result = {"cpus": os.cpu_count(), "tree": str(TREE), "load_at_start": os.getloadavg(),
-              "speedup_runs": speedup(configs, base, executors, args.rounds)}
+    executors = (([] if args.skip_local else ["local"]) + ([] if args.skip_ray else ["ray"])
+                 + (["ray-cluster"] if args.ray_cluster else []))
+    result = {"cpus": os.cpu_count(), "tree": str(TREE), "load_at_start": os.getloadavg()}
+    if args.ray_cluster:
+        start_ray_head()
+    try:
+        result["speedup_runs"] = speedup(configs, base, executors, args.rounds)
+    finally:
+        stop_ray_head()
     for row in rows:
         for executor in executors:
             s = result[f"{row}_{executor}"] = summary(result["speedup_runs"], row, executor)
