@@ -381,7 +381,7 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
         if todo:
             pool = pool or (RayPool(workers, address) if executor == "ray"
                             else LocalPool(workers))
-        workers = getattr(pool, "workers", workers)
+        workers = pool.workers if pool is not None else workers
         _announce(sweep, cells, done, todo, executor, workers or 0)
         if todo:
             _execute(sweep, cells, done, todo, pool)
