@@ -236,6 +236,7 @@ def _select(target, budget, method, eps, session, out, calibration, rounding, ta
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(S.METHODS)}")
     session = session or open_session(**session_args)
     settings = {k: v for k, v in (("calibration", calibration), ("rounding", rounding)) if v}
+    S.check_unsigned(session.graph, tgt, settings, activation_budget)   # before calibrating
     PG.stage("calibrating")
     session.stats                               # noqa: B018 - the slow part, staged
     PG.stage(f"choosing bits for {tgt.name} by {method}")

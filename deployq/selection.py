@@ -399,6 +399,8 @@ def _act_space(session, tgt: T.Target, config: P.PlanConfig, budget: Budget | No
         raise InputError(f"{tgt.name} executes {allowed[0]}-bit activations only; "
                          "--activation-budget needs a target that allows several "
                          "activation_bits (e.g. fpga-fixed)")
+    if T.relu_unsigned(tgt):        # an unsigned b-bit tensor needs b + 1 runtime bits
+        allowed = [b for b in allowed if b <= P.UNSIGNED_MAX_BITS]
     groups = act_groups(session.graph, session.stats, tgt, config, allowed)
     if not groups:
         raise InputError("the model has no hidden activation to choose bits for")
@@ -499,6 +501,7 @@ def select(session, target: str | T.Target, budget: str | Budget,
     budget = budget if isinstance(budget, Budget) else parse_budget(budget)
     if isinstance(activation_budget, str):
         activation_budget = parse_budget(activation_budget)
+    check_unsigned(session.graph, tgt, settings, activation_budget)
     allowed = sorted(tgt.allowed.get("weight_bits", [tgt.defaults["weight_bits"]]))
     bits = [b for b in allowed if b >= min_bits]
     if not bits:
@@ -547,6 +550,25 @@ def select(session, target: str | T.Target, budget: str | Budget,
     plan_config = P.PlanConfig(dict(settings or {}), {}, space.settings(best))
     prov = dict(provenance or {}) | {"selection": record}
     return P.make(session.graph, session.stats, tgt, plan_config, prov)
+
+
+def check_unsigned(graph: G.Graph, tgt: T.Target, settings: dict | None,
+                   activation_budget) -> None:
+    """With relu_unsigned, a plan's unsigned tensors hold at most P.UNSIGNED_MAX_BITS
+    (7) bits. With an activation budget the choices stop there (_act_space); without
+    one every tensor gets the default activation_bits, refused here (before any
+    measuring) when that is more and the model has a tensor that would be unsigned."""
+    if not T.relu_unsigned(tgt) or activation_budget is not None:
+        return
+    bits = (settings or {}).get("activation_bits") or tgt.defaults["activation_bits"]
+    if bits <= P.UNSIGNED_MAX_BITS or not any(
+            P.nonnegative(graph, c) for c in P._shared_classes(graph)):
+        return
+    raise InputError(f"{tgt.name} has relu_unsigned = true and {bits}-bit activations: "
+                     f"an unsigned tensor holds at most {P.UNSIGNED_MAX_BITS} bits; give "
+                     f"--activation-budget (e.g. 4bits: 3..{P.UNSIGNED_MAX_BITS} bits per "
+                     f"tensor) or set [defaults] activation_bits <= {P.UNSIGNED_MAX_BITS} "
+                     "in the target's TOML")
 
 
 def check_refine(refine, max_clean_drop=None) -> None:
