@@ -210,35 +210,41 @@ def select(target: str, budget: str, method: str = "adversarial", eps: float = 0
            calibration: str | None = None, rounding: str | None = None,
            targets_dir=None, min_bits: int | None = None,
            clips: tuple[float, ...] | None = None, activation_budget: str | None = None,
-           refine: int = 0, progress=None, **session_args) -> Selection:
+           refine: int = 0, progress=None, max_clean_drop: float | None = None,
+           **session_args) -> Selection:
     """Choose per-layer weight bits (and clipping) for TARGET under BUDGET
     (deployq.selection) and write the plan to OUT/TARGET/plan.json; returns (path, plan)
     as a Selection. min_bits, clips: the candidates (default selection.MIN_BITS,
     selection.CLIPS); activation_budget: also choose activation bits (targets allowing
-    several); refine = K > 0: measure the DP's K best on a validation split and refine.
-    progress: a callable given every deployq.progress.Progress event."""
+    several); refine = K > 0: measure the DP's K best on a validation split and refine;
+    max_clean_drop (points, with refine): exclude plans whose validation clean accuracy
+    is more than that below the uniform plan's. progress: a callable given every deployq.progress.Progress event."""
     with PG.reporting(progress), PG.stages(2 + (session is None)):
         return _select(target, budget, method, eps, session, out, calibration, rounding,
                        targets_dir, min_bits, clips, activation_budget, refine,
-                       **session_args)
+                       max_clean_drop, **session_args)
 
 
 def _select(target, budget, method, eps, session, out, calibration, rounding, targets_dir,
-            min_bits, clips, activation_budget, refine, **session_args) -> Selection:
+            min_bits, clips, activation_budget, refine, max_clean_drop=None,
+            **session_args) -> Selection:
     from . import selection as S
     tgt = T.get(target, targets_dir)
     budget = S.parse_budget(budget)             # bad input fails before slow work
+    S.check_refine(refine, max_clean_drop)
     if method not in S.METHODS:
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(S.METHODS)}")
     session = session or open_session(**session_args)
     settings = {k: v for k, v in (("calibration", calibration), ("rounding", rounding)) if v}
+    S.check_unsigned(session.graph, tgt, settings, activation_budget)   # before calibrating
     PG.stage("calibrating")
     session.stats                               # noqa: B018 - the slow part, staged
     PG.stage(f"choosing bits for {tgt.name} by {method}")
     plan = S.select(session, tgt, budget, method, eps, settings, provenance=provenance(session),
                     min_bits=S.MIN_BITS if min_bits is None else min_bits,
                     clips=S.CLIPS if clips is None else clips,
-                    activation_budget=activation_budget, refine=refine)
+                    activation_budget=activation_budget, refine=refine,
+                    max_clean_drop=max_clean_drop)
     path = Path(out) / tgt.name / "plan.json"
     if any(_same(path, f) for f in session.model.files):
         raise InputError(f"{path} is an input; choose another --out")
@@ -552,7 +558,8 @@ def _select_stage(cfg: dict, names: list[str], session: Session, plans: dict) ->
         plan = S.select(session, tgt, table["budget"], table.get("method", "adversarial"),
                         table.get("eps", 0.1), settings, provenance=provenance(session),
                         activation_budget=table.get("activation_budget") if several else None,
-                        refine=table.get("refine", 0))
+                        refine=table.get("refine", 0),
+                        max_clean_drop=table.get("max_clean_drop"))
         path = Path(cfg["out"]) / "selected" / tgt.name / "plan.json"
         plan.save(path)
         found[tgt.name] = path

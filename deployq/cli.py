@@ -407,21 +407,25 @@ def export(target, model, weights, data, out, calibration, calib_samples, seed, 
               help="K > 0: measure the DP's K best plans (robust accuracy through the "
                    "target's mirror on a validation split of the training data) and "
                    "improve the best by local search (docs/selection.md).")
+@click.option("--max-clean-drop", default=None,
+              help="With --refine: no plan whose validation clean accuracy is more than "
+                   "this many points below the uniform plan's may be chosen.")
 @_model_options
 def select_(target, budget, method, eps, rounding, min_bits, clips, activation_budget,
-            refine, model, weights, data, out, calibration, calib_samples, seed,
-            targets_dir):
+            refine, max_clean_drop, model, weights, data, out, calibration, calib_samples,
+            seed, targets_dir):
     """Choose per-layer weight bits and clipping under BUDGET and write
     OUT/TARGET/plan.json (export it with 'deployq export --plan' or run it with
     'deployq run --plan')."""
     from . import api, progress, report
     api.targets_or_fail([target], targets_dir)
     clip_values = tuple(_floats(clips, "--clips"))
+    drop = None if max_clean_drop is None else _number(max_clean_drop, "--max-clean-drop")
     with progress.stages(3):                # loading, calibrating, choosing
         session = _session(model, weights, data, seed, calib_samples)
         path, plan = api.select(target, budget, method, eps, session, out, calibration,
                                 rounding, targets_dir, min_bits, clip_values,
-                                activation_budget, refine)
+                                activation_budget, refine, max_clean_drop=drop)
     sel = plan.provenance["selection"]
     rows = [("layer", "weights", "bits", "clip")] + [
         (name, str(plan_weights(session, name)), str(bits), f"{sel['weight_clip'][name]:g}")
@@ -907,6 +911,19 @@ def _floats(text: str, option: str) -> list[float]:
     except ValueError:
         from .errors import InputError
         raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def _number(text: str, option: str) -> float:
+    """A finite number >= 0 (e.g. points of accuracy)."""
+    import math
+    from .errors import InputError
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0:
+        raise InputError(f"{option} takes a number >= 0 (points), got {text!r}")
+    return value
 
 
 def _split(text: str) -> list[str]:

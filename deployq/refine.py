@@ -13,6 +13,14 @@ Only a strictly better measured objective (score, then robust, then clean accura
 accepted, so the answer is never worse on the validation objective than the DP's best
 (which is the first candidate measured).
 
+Clean-accuracy constraint (max_clean_drop = P points): a plan whose validation clean
+accuracy is more than P points below the reference plan's (the uniform plan: every
+layer at the largest weight bits that fit the budget, unclipped, every activation group
+at the largest activation bits that fit; measured through the same mirror on the same
+validation samples) cannot be chosen: its record says 'excluded' and why, and its
+attacks are skipped (clean accuracy is measured first). The reference is itself a
+candidate, so one plan is always admissible.
+
 Objective per sample (deployq.robustness.evaluate's per-sample worst case): correct on
 the clean input, on the float model's APGD-CE examples (transfer; computed once), on
 APGD-CE through the candidate's mirror (bpda) and, by default, on a Square attack with a
@@ -29,6 +37,7 @@ Square attack broke: an estimate of the failures a blind gradient attack hides, 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 
@@ -86,6 +95,23 @@ class Objective:
                              steps=steps, restarts=1, queries=queries, samples=len(y),
                              square_p=SQUARE_P, strength="fast") if eps > 0 else None)
         self.cache: dict = {}          # the float model's (transfer) examples, once
+        self.min_clean: float | None = None   # set_reference: the constraint's floor
+        self.rule = ""
+
+    def clean(self, plan: P.QuantPlan) -> float:
+        """The plan's clean accuracy on the validation samples (its mirror's argmax)."""
+        m = self.build(self.target, self.session.graph, plan)
+        return float(np.mean(m.logits(self.x).argmax(1) == self.y))
+
+    def set_reference(self, clean: float, max_drop: float) -> None:
+        """Exclude plans whose clean accuracy is more than max_drop points below
+        `clean` (the reference plan's). Compared in whole samples: a plan is excluded
+        when it gets more than max_drop% of the samples fewer right."""
+        n = len(self.y)
+        ref = round(clean * n)
+        self.min_clean = (ref - math.floor(max_drop * n / 100 + 1e-9)) / n
+        self.rule = (f"more than {max_drop:g} points below the uniform plan's "
+                     f"validation clean accuracy {100 * clean:.1f}% (max_clean_drop)")
 
     def describe(self) -> str:
         if self.cfg is None:
@@ -123,6 +149,11 @@ class Objective:
         the two upper bounds of the score (None where not computed), which let a record
         measured at a lower floor be re-judged at a higher one (`at_floor`)."""
         m = self.build(self.target, self.session.graph, plan)
+        if self.min_clean is not None:
+            clean = float(np.mean(m.logits(self.x).argmax(1) == self.y))
+            if clean < self.min_clean - 1e-12:
+                return (_excluded(clean, self.rule),
+                        {"transfer": None, "gradient": None})
         if self.cfg is None:
             clean = float(np.mean(m.logits(self.x).argmax(1) == self.y))
             return ({"robust": clean, "clean": clean, "hidden": 0.0, "score": clean},
@@ -157,6 +188,11 @@ class Objective:
                  "score": row["robust"] - self.penalty * hidden,
                  "by": {f"{b['source']}/{b['attack']}": b["accuracy"] for b in row["by"]}},
                 bounds)
+
+
+def _excluded(clean: float, rule: str) -> dict:
+    return {"excluded": f"validation clean accuracy {100 * clean:.1f}% is {rule}",
+            "clean": clean, "robust": None, "score": None}
 
 
 def _pruned(bound: float, clean: float) -> dict:
@@ -211,7 +247,8 @@ def _hidden(row: dict) -> float:
 def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: float,
            samples: int = SAMPLES, steps: int = STEPS, evals: int = EVALS,
            origins: list[str] | None = None, sources=SOURCES, queries: int = QUERIES,
-           penalty: float = PENALTY, prune: bool = True, workers: int | None = None):
+           penalty: float = PENALTY, prune: bool = True, workers: int | None = None,
+           max_clean_drop: float | None = None, reference=None):
     """(best Assignment, provenance record). candidates: the DP's assignments, best
     first; every one is measured, then local search from the best measured. origins:
     each candidate's label in provenance (default dp-0, dp-1, ...). sources, queries:
@@ -223,27 +260,47 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
     'pruned'). workers: processes measuring plans at once (default: torch's thread
     count, at most MAX_WORKERS, so the cores torch would use go to whole evaluations;
     1 = in this process); the plans, their records and the answer are those of one process
-    (`_Runner`)."""
+    (`_Runner`). max_clean_drop (points, >= 0), reference (the uniform Assignment):
+    the clean-accuracy constraint (module docstring); the reference is measured first
+    and added as the last candidate (origin 'uniform') when not among them."""
     if penalty < 0:
         raise InputError(f"the refinement penalty must be >= 0, got {penalty}")
-    origins = origins or [f"dp-{i}" for i in range(len(candidates))]
+    check_max_clean_drop(max_clean_drop)
+    if max_clean_drop is not None and reference is None:
+        raise InputError("a clean-accuracy constraint needs the reference (uniform) plan")
+    origins = list(origins or [f"dp-{i}" for i in range(len(candidates))])
+    candidates = list(candidates)
     t0, cpu0, children0 = time.time(), time.process_time(), _children_cpu()
     x, y = validation(session.dataset, samples, session.seed, session.calib_samples)
     objective = Objective(session, target, x, y, eps, steps, sources, queries,
                           penalty=penalty)
     objective.prepare()
 
-    def evaluate(a, floor):
-        plan = P.make(session.graph, session.stats, target,
+    def plan_of(a):
+        return P.make(session.graph, session.stats, target,
                       P.PlanConfig(config.default, {}, space.settings(a)))
-        return objective.measure(plan, floor)
+
+    def evaluate(a, floor):
+        return objective.measure(plan_of(a), floor)
+
+    constraint = None
+    if max_clean_drop is not None:
+        ref_clean = objective.clean(plan_of(reference))
+        objective.set_reference(ref_clean, max_clean_drop)
+        constraint = {"max_clean_drop": max_clean_drop,
+                      "reference": _label(space, reference),
+                      "reference_clean": ref_clean,
+                      "min_clean": objective.min_clean}
+        if reference not in candidates:
+            candidates.append(reference)
+            origins.append("uniform")
 
     seen: dict = {}
     with _Runner(evaluate, _workers(workers)) as runner:
         def measure(a, origin, floor):
             if a not in seen:
                 seen[a] = (runner.get(a, floor if prune else None)
-                           | {"origin": origin, "predicted": space.predict(a)})
+                           | {"origin": origin, "predicted": _predict(space, a)})
             return seen[a]
 
         def floor():
@@ -277,9 +334,31 @@ def refine(session, target, space, candidates: list, config: P.PlanConfig, eps: 
                                    + _children_cpu() - children0, 1),
               "chosen": _label(space, best),
               "candidates": [{"assignment": _label(space, a)} | r for a, r in seen.items()]}
-    log.info("refinement: %d evaluations in %.0f s, validation robust %.3f -> %.3f",
+    if constraint:
+        record["clean_constraint"] = constraint | {
+            "excluded": sum(bool(r.get("excluded")) for r in seen.values())}
+    log.info("refinement: %d evaluations in %.0f s, validation robust %s -> %.3f",
              len(seen), time.time() - t0, seen[candidates[0]]["robust"], seen[best]["robust"])
     return best, record
+
+
+def check_max_clean_drop(value) -> None:
+    """max_clean_drop: None (no constraint) or a finite number of points >= 0."""
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise InputError(f"--max-clean-drop must be a number of points >= 0 (e.g. 1), "
+                         f"got {value!r}")
+
+
+def _predict(space, a):
+    """The chain's D_L, or None for a plan outside the table (the uniform reference
+    when the clips leave out 1)."""
+    try:
+        return space.predict(a)
+    except KeyError:
+        return None
 
 
 def _children_cpu() -> float:
@@ -390,8 +469,11 @@ class _Runner:
 
 
 def _key(r: dict) -> tuple:
-    """Order of records: score, then robust, then clean accuracy; pruned ones last."""
-    return (float("-inf"),) if r.get("pruned") else (r["score"], r["robust"], r["clean"])
+    """Order of records: score, then robust, then clean accuracy; pruned and excluded
+    ones last (never chosen over a measured one)."""
+    if r.get("pruned") or r.get("excluded"):
+        return (float("-inf"),)
+    return (r["score"], r["robust"], r["clean"])
 
 
 def _label(space, a) -> str:

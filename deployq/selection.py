@@ -399,6 +399,8 @@ def _act_space(session, tgt: T.Target, config: P.PlanConfig, budget: Budget | No
         raise InputError(f"{tgt.name} executes {allowed[0]}-bit activations only; "
                          "--activation-budget needs a target that allows several "
                          "activation_bits (e.g. fpga-fixed)")
+    if T.relu_unsigned(tgt):        # an unsigned b-bit tensor needs b + 1 runtime bits
+        allowed = [b for b in allowed if b <= P.UNSIGNED_MAX_BITS]
     groups = act_groups(session.graph, session.stats, tgt, config, allowed)
     if not groups:
         raise InputError("the model has no hidden activation to choose bits for")
@@ -475,7 +477,8 @@ def select(session, target: str | T.Target, budget: str | Budget,
            targets_dir=None, samples: int = SAMPLES, provenance: dict | None = None,
            min_bits: int = MIN_BITS, clips: tuple[float, ...] = CLIPS,
            activation_budget: str | Budget | None = None, refine: int = 0,
-           refine_options: dict | None = None) -> P.QuantPlan:
+           refine_options: dict | None = None,
+           max_clean_drop: float | None = None) -> P.QuantPlan:
     """A plan for `target` whose per-layer weight bits fit `budget`, chosen by `method`
     among the allowed bits >= min_bits and (except 'uniform') the weight_clip
     fractions `clips`. `settings`: extra default settings for every layer (e.g.
@@ -483,19 +486,22 @@ def select(session, target: str | T.Target, budget: str | Budget,
     activation_bits): also choose each hidden tensor's bits under it. `refine` = K > 0:
     measure the DP's K best on a validation split and improve the best by local search
     (deployq.refine; `refine_options`: its samples, steps, evals, and the objective's
-    sources, queries and penalty: by default a Square check on the mirror)."""
+    sources, queries and penalty: by default a Square check on the mirror).
+    max_clean_drop (points; refine only): no plan whose validation clean accuracy is
+    more than this many points below the uniform plan's may be chosen
+    (deployq.refine)."""
     if method not in METHODS:
         raise InputError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     if not 0 <= eps <= 1:
         raise InputError(f"--eps must lie in [0, 1] (input units), got {eps}")
     if not clips or not all(0 < c <= 1 for c in clips):
         raise InputError(f"--clips must be fractions in (0, 1], e.g. '1,0.75,0.5'; got {clips}")
-    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-        raise InputError(f"--refine must be a whole number >= 0 (candidates), got {refine!r}")
+    check_refine(refine, max_clean_drop)
     tgt = target if isinstance(target, T.Target) else T.get(target, targets_dir)
     budget = budget if isinstance(budget, Budget) else parse_budget(budget)
     if isinstance(activation_budget, str):
         activation_budget = parse_budget(activation_budget)
+    check_unsigned(session.graph, tgt, settings, activation_budget)
     allowed = sorted(tgt.allowed.get("weight_bits", [tgt.defaults["weight_bits"]]))
     bits = [b for b in allowed if b >= min_bits]
     if not bits:
@@ -533,6 +539,9 @@ def select(session, target: str | T.Target, budget: str | Budget,
                     extra.setdefault(a, o)
             extra = list(extra.items())
             found, origins = found + [a for a, _ in extra], origins + [o for _, o in extra]
+        if max_clean_drop is not None:
+            options |= {"max_clean_drop": max_clean_drop, "reference": Assignment(
+                _uniform(space.layers, space.capacity), _uniform_acts(space))}
         best, record["refinement"] = R.refine(session, tgt, space, found, config, eps,
                                               origins=origins, **options)
     else:
@@ -541,6 +550,37 @@ def select(session, target: str | T.Target, budget: str | Budget,
     plan_config = P.PlanConfig(dict(settings or {}), {}, space.settings(best))
     prov = dict(provenance or {}) | {"selection": record}
     return P.make(session.graph, session.stats, tgt, plan_config, prov)
+
+
+def check_unsigned(graph: G.Graph, tgt: T.Target, settings: dict | None,
+                   activation_budget) -> None:
+    """With relu_unsigned, a plan's unsigned tensors hold at most P.UNSIGNED_MAX_BITS
+    (7) bits. With an activation budget the choices stop there (_act_space); without
+    one every tensor gets the default activation_bits, refused here (before any
+    measuring) when that is more and the model has a tensor that would be unsigned."""
+    if not T.relu_unsigned(tgt) or activation_budget is not None:
+        return
+    bits = (settings or {}).get("activation_bits") or tgt.defaults["activation_bits"]
+    if bits <= P.UNSIGNED_MAX_BITS or not any(
+            P.nonnegative(graph, c) for c in P._shared_classes(graph)):
+        return
+    raise InputError(f"{tgt.name} has relu_unsigned = true and {bits}-bit activations: "
+                     f"an unsigned tensor holds at most {P.UNSIGNED_MAX_BITS} bits; give "
+                     f"--activation-budget (e.g. 4bits: 3..{P.UNSIGNED_MAX_BITS} bits per "
+                     f"tensor) or set [defaults] activation_bits <= {P.UNSIGNED_MAX_BITS} "
+                     "in the target's TOML")
+
+
+def check_refine(refine, max_clean_drop=None) -> None:
+    """The refinement's arguments: K a whole number >= 0; max_clean_drop None or a
+    number of points >= 0, and only with K > 0."""
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise InputError(f"--refine must be a whole number >= 0 (candidates), got {refine!r}")
+    from .refine import check_max_clean_drop
+    check_max_clean_drop(max_clean_drop)
+    if max_clean_drop is not None and not refine:
+        raise InputError("--max-clean-drop constrains the refinement's measured plans; "
+                         "give --refine K > 0 with it")
 
 
 def _describe(space: Space, a: Assignment, n_total: int, act_budget) -> dict:

@@ -208,7 +208,8 @@ CONFIG = {
     "activation_bits": (_int_at_least(1), "a whole number of bits"),
     "select": (lambda v: _select_table(v), "a table {budget = \"4bits\", method = "
                "\"adversarial\"} with optional eps (0..1), refine (whole number >= 0), "
-               "activation_budget (\"4bits\"), rounding"),
+               "activation_budget (\"4bits\"), rounding, max_clean_drop (points >= 0, "
+               "with refine)"),
 }
 SELECT_METHODS = ("adversarial", "noise", "hessian", "uniform")   # = selection.METHODS
 SELECT_KEYS = {"budget": lambda v: isinstance(v, str) and v != "",
@@ -216,7 +217,8 @@ SELECT_KEYS = {"budget": lambda v: isinstance(v, str) and v != "",
                "eps": lambda v: _is_num(v) and 0 <= v <= 1,
                "refine": lambda v: _is_int(v) and v >= 0,
                "activation_budget": lambda v: isinstance(v, str) and v != "",
-               "rounding": lambda v: isinstance(v, str) and v != ""}
+               "rounding": lambda v: isinstance(v, str) and v != "",
+               "max_clean_drop": lambda v: _is_num(v) and 0 <= v < float("inf")}
 
 
 def _select_table(v) -> bool:

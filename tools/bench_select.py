@@ -169,7 +169,8 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
     key = plan_key(tgt.name, plan)
     if measured is not None and key in measured:
         return same_plan(measured[key], method, budget, act, seconds, plan)
-    exported = api.export(tgt.name, session, out, plan=plan)
+    exported = api.export(tgt.name, session, out, plan=plan,
+                          targets_dir=tgt.path.parent)   # the target bench uses
     runner = api.load_runner(exported)
     entry = R.evaluate(subject(session, exported, runner, x), x, y, cfg, cache)
     sel = plan.provenance["selection"]
@@ -459,7 +460,11 @@ def act_plans(session, tgt, weights: int, act: int, method: str, eps: float,
     fixed = {"min_bits": 8, "clips": (1.0,)} if weights >= 8 else {
         "min_bits": candidates["min_bits"], "clips": candidates["clips"]}
     if method in ("a8", "uniform") or method.startswith("acts:"):
-        base = S.select(session, tgt, f"{weights}bits", "adversarial", eps, settings, **fixed)
+        # the weight plan; with relu_unsigned its (unused) default activations at `act`
+        # bits, since 8-bit unsigned tensors are refused
+        unsigned = {"activation_bits": act} if T.relu_unsigned(tgt) else {}
+        base = S.select(session, tgt, f"{weights}bits", "adversarial", eps,
+                        settings | unsigned, **fixed)
         if method == "a8":
             return base
         by_name = dict(base.config.by_name)
@@ -479,7 +484,9 @@ def act_plans(session, tgt, weights: int, act: int, method: str, eps: float,
     name, refine = method_args(method, candidates["refine"])
     return S.select(session, tgt, f"{weights}bits", name, eps, settings,
                     activation_budget=f"{act}bits", refine=refine,
-                    refine_options=candidates["refine_options"], **fixed)
+                    refine_options=candidates["refine_options"],
+                    max_clean_drop=candidates.get("max_clean_drop") if refine else None,
+                    **fixed)
 
 
 def fixed_acts(method: str, groups: int) -> list[int]:
@@ -497,11 +504,12 @@ def fixed_acts(method: str, groups: int) -> list[int]:
 
 def act_rows(name: str, weights: list[int], act: int, methods: list[str], cfg, eps: float,
              out: Path, candidates: dict, done: list[dict], save,
-             rounding: str = "rnd") -> list[dict]:
+             rounding: str = "rnd", targets_dir=None) -> list[dict]:
     """Rows of every (weight bits, method) of one model at `act` activation bits; a plan
-    already measured (same settings) is not measured again (its row says 'same as')."""
+    already measured (same settings) is not measured again (its row says 'same as').
+    targets_dir: where fpga-fixed.toml is read (e.g. a copy with relu_unsigned = true)."""
     session = api.open_session(f"zoo:{name}")
-    tgt = T.get("fpga-fixed")
+    tgt = T.get("fpga-fixed", targets_dir)
     x, y = session.dataset.test(cfg.samples)
     cache: dict = {}
     measured: dict = {}
@@ -522,7 +530,8 @@ def act_rows(name: str, weights: list[int], act: int, methods: list[str], cfg, e
             row = row | {"select_seconds": seconds, "refinement": sel.get("refinement"),
                          "activation_bits": sel.get("activation_bits"),
                          "predicted": sel.get("predicted_objective"), "weights": w,
-                         "rounding": rounding}
+                         "rounding": rounding,
+                         "relu_unsigned": T.relu_unsigned(tgt)}
             rows.append(row)
             save(done + rows)
     return rows
@@ -594,6 +603,11 @@ def acts_main(argv: list[str]) -> int:
                     help="attack sources of the test rows; add 'blackbox' for the Square "
                          "attack on the runtime (the preset's queries)")
     ap.add_argument("--json", default=None, help="rows, rewritten after each one")
+    ap.add_argument("--targets-dir", default=None, help="a folder with an fpga-fixed.toml "
+                    "(e.g. a copy with relu_unsigned = true: unsigned activations)")
+    ap.add_argument("--max-clean-drop", type=float, default=None,
+                    help="the refined rows' clean-accuracy constraint (points below the "
+                         "uniform plan's validation clean accuracy; docs/selection.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     eps = [float(e) for e in args.eps.split(",")]
@@ -601,6 +615,7 @@ def acts_main(argv: list[str]) -> int:
                    target_classes=args.target_classes, samples=args.samples)
     print(cfg.describe(), file=sys.stderr)
     candidates = {"min_bits": S.MIN_BITS, "clips": S.CLIPS, "refine": args.refine,
+                  "max_clean_drop": args.max_clean_drop,
                   "refine_options": {"evals": args.evals, "samples": args.val_samples,
                                      "sources": tuple(args.val_sources.split(","))}}
 
@@ -613,7 +628,8 @@ def acts_main(argv: list[str]) -> int:
         for name in args.models.split(","):
             rows += act_rows(name, [int(w) for w in args.weights.split(",")],
                              args.act_budget, args.methods.split(","), cfg, eps[0],
-                             Path(out), candidates, rows, save, args.rounding)
+                             Path(out), candidates, rows, save, args.rounding,
+                             args.targets_dir)
     print(act_table(rows, eps) + "\n\n" + act_significance(rows, eps))
     return 0
 

@@ -327,3 +327,120 @@ def test_benchmark_measures_each_distinct_plan_once(digits_session):
     row = bench.same_plan(first, "hessian", 4.0, None, 1.0, a)
     assert row["method"] == "hessian" and row["same_plan_as"] == "noise"
     assert row["robust"] == first["robust"]
+
+
+# --- the clean-accuracy constraint (max_clean_drop) ---------------------------------
+
+def _distance(plan) -> int:
+    """How far a digits plan is from the uniform 4-bit one: bit steps of every layer's
+    weights and activations away from 4, plus one per clipped layer."""
+    d = 0
+    for s in plan.config.by_name.values():
+        d += abs(s.get("weight_bits", 4) - 4) + abs(s.get("activation_bits", 4) - 4)
+        d += "weight_clip" in s
+    return d
+
+
+def _trade(self, plan, floor=None):
+    """A made-up objective with the trade-off the constraint is for: every step away
+    from the uniform plan buys 5 points of robust accuracy and costs 2 of clean."""
+    d = _distance(plan)
+    clean = 0.9 - 0.02 * d
+    if self.min_clean is not None and clean < self.min_clean - 1e-12:
+        return RF._excluded(clean, self.rule), {"transfer": None, "gradient": None}
+    robust = min(0.3 + 0.05 * d, clean)
+    return ({"robust": robust, "clean": clean, "hidden": 0.0, "score": robust},
+            {"transfer": None, "gradient": None})
+
+
+def test_the_clean_constraint_excludes_the_more_robust_less_accurate_plans(
+        digits_session, monkeypatch):
+    """The rule, on a made-up objective (_trade) so the trade-off is certain: without
+    the option a plan with lower clean accuracy wins (negative control); with 1 point
+    only the uniform plan itself is admissible and is chosen; with 3 points (one sample
+    of 40 may be lost) the chosen plan is one step from uniform."""
+    from deployq import plan as P, targets as T
+    monkeypatch.setattr(RF.Objective, "measure", _trade)
+    monkeypatch.setattr(RF.Objective, "prepare", lambda self: None)
+    monkeypatch.setattr(RF.Objective, "clean", lambda self, plan: _trade(self, plan)[0]["clean"])
+    tgt, config = T.get("fpga-fixed"), P.PlanConfig(dict(RND))
+    layers = S._layers(digits_session.graph, tgt, config, [3, 4, 5], (1.0, 0.5))
+    acts = S._act_space(digits_session, tgt, config, S.parse_budget("4bits"))
+    space, _ = S._space(digits_session, layers, 4 * sum(l.n for l in layers), acts,
+                        "uniform", 0.1, 40)             # the table only: no measurement
+    uniform = S.Assignment(S._uniform(layers, space.capacity), S._uniform_acts(space))
+    one = S.Assignment(((4, 0.5),) + uniform.weights[1:], uniform.acts)   # one clip
+    far = next(a for a in RF.neighbours(space, uniform) if a.acts != uniform.acts)
+
+    def run(drop):
+        _, ref = RF.refine(digits_session, tgt, space, [far, one], config, 0.1,
+                           samples=40, evals=4, workers=1, max_clean_drop=drop,
+                           reference=uniform)
+        return ref, {c["assignment"]: c for c in ref["candidates"]}
+    ref, by = run(None)
+    assert by[ref["chosen"]]["clean"] < 0.9 and ref["chosen"] != RF._label(space, uniform)
+    assert "clean_constraint" not in ref and not any("excluded" in c for c in by.values())
+
+    ref, by = run(1)
+    con = ref["clean_constraint"]
+    assert ref["chosen"] == con["reference"] == RF._label(space, uniform) == "4/4/4/4 a4/4/4"
+    assert by[ref["chosen"]]["origin"] == "uniform"
+    assert con["reference_clean"] == pytest.approx(0.9) and con["max_clean_drop"] == 1
+    excluded = [c for c in by.values() if c.get("excluded")]
+    assert excluded and con["excluded"] == len(excluded) == len(by) - 1
+    assert all(c["score"] is None and "below the uniform plan's validation clean "
+               "accuracy 90.0%" in c["excluded"] for c in excluded)
+
+    ref, by = run(3)
+    assert by[ref["chosen"]]["clean"] == pytest.approx(0.88)       # one step away
+    assert all(c.get("excluded") for c in by.values() if c["clean"] < 0.875)
+    assert not by[RF._label(space, one)].get("excluded")
+
+
+def test_the_clean_constraint_on_the_real_objective(digits_session, refined):
+    """The reference is the uniform plan's clean accuracy through the same mirror on the
+    same validation samples; with a drop of 0 the chosen plan is at least as accurate;
+    excluded plans skip the attacks."""
+    from deployq import targets as T
+    plan = S.select(digits_session, "fpga-fixed", "4bits", "adversarial", 0.1, RND,
+                    refine=2, refine_options=CHEAP, activation_budget="4bits",
+                    max_clean_drop=0)
+    ref = plan.provenance["selection"]["refinement"]
+    con, by = ref["clean_constraint"], {c["assignment"]: c for c in ref["candidates"]}
+    uniform = S.select(digits_session, "fpga-fixed", "4bits", "uniform", 0.1, RND,
+                       activation_budget="4bits")
+    x, y = RF.validation(digits_session.dataset, CHEAP["samples"], digits_session.seed,
+                         digits_session.calib_samples)
+    clean = RF.Objective(digits_session, T.get("fpga-fixed"), x, y, 0.1).clean(uniform)
+    assert con["reference_clean"] == clean and con["reference"] in by
+    assert by[ref["chosen"]]["clean"] >= clean
+    for c in by.values():
+        assert bool(c.get("excluded")) == (c["clean"] < clean)
+        assert not c.get("excluded") or "by" not in c
+    assert set(by) >= {c["assignment"] for c in refined.provenance["selection"]
+                       ["refinement"]["candidates"] if c["origin"].startswith("dp-")}
+
+
+@pytest.mark.parametrize("value,match", [(-1, "number of points >= 0"),
+                                         ("1", "number of points >= 0"),
+                                         (True, "number of points >= 0"),
+                                         (float("nan"), "number of points >= 0"),
+                                         (1, "give --refine K > 0")])
+def test_max_clean_drop_is_checked(digits_session, value, match):
+    with pytest.raises(InputError, match=match):
+        S.select(digits_session, "fpga-fixed", "4bits", max_clean_drop=value)
+
+
+def test_max_clean_drop_cli_and_config_errors(run_cli, tmp_path):
+    for args in (("--refine", "1", "--max-clean-drop", "-1"),
+                 ("--refine", "1", "--max-clean-drop", "one"),
+                 ("--max-clean-drop", "1")):
+        code, _, err = run_cli("-q", "select", "-b", "4bits", *args, "-o", tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "--max-clean-drop" in err and err.startswith("deployq: error:")
+    assert not any(tmp_path.iterdir())
+    for bad in (-1, "1", float("inf")):
+        with pytest.raises(InputError, match="select must be"):
+            validate.config({"select": {"budget": "4bits", "refine": 2,
+                                        "max_clean_drop": bad}}, "deployq.toml")
+    validate.config({"select": {"budget": "4bits", "refine": 2, "max_clean_drop": 1}}, "x")
