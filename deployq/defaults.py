@@ -19,7 +19,7 @@ RUN_DEFAULTS = {"model": MODEL, "weights": None, "data": None,
                 "plans": [],
                 # bit selection inside run (deployq.selection), for every target without
                 # a plan: {budget = "4bits", method = "adversarial", eps, refine,
-                # activation_budget, rounding}; None: no selection
+                # activation_budget, rounding, max_clean_drop}; None: no selection
                 "select": None,
                 # robustness stage (attacks = [] turns it off): a strength preset
                 # (robustness.PRESETS: fast, standard, thorough) whose attacks, steps,

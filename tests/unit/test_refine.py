@@ -397,28 +397,26 @@ def test_the_clean_constraint_excludes_the_more_robust_less_accurate_plans(
     assert not by[RF._label(space, one)].get("excluded")
 
 
-def test_the_clean_constraint_on_the_real_objective(digits_session, refined):
+def test_the_clean_constraint_on_the_real_objective(digits_session):
     """The reference is the uniform plan's clean accuracy through the same mirror on the
     same validation samples; with a drop of 0 the chosen plan is at least as accurate;
     excluded plans skip the attacks."""
     from deployq import targets as T
-    plan = S.select(digits_session, "fpga-fixed", "4bits", "adversarial", 0.1, RND,
-                    refine=2, refine_options=CHEAP, activation_budget="4bits",
-                    max_clean_drop=0)
+    fixed = {"min_bits": 8, "clips": (1.0,), "activation_budget": "4bits"}  # acts only
+    plan = S.select(digits_session, "fpga-fixed", "8bits", "noise", 0.1, RND, refine=1,
+                    refine_options=CHEAP | {"queries": 20}, max_clean_drop=0, **fixed)
     ref = plan.provenance["selection"]["refinement"]
     con, by = ref["clean_constraint"], {c["assignment"]: c for c in ref["candidates"]}
-    uniform = S.select(digits_session, "fpga-fixed", "4bits", "uniform", 0.1, RND,
-                       activation_budget="4bits")
+    uniform = S.select(digits_session, "fpga-fixed", "8bits", "uniform", 0.1, RND, **fixed)
     x, y = RF.validation(digits_session.dataset, CHEAP["samples"], digits_session.seed,
                          digits_session.calib_samples)
     clean = RF.Objective(digits_session, T.get("fpga-fixed"), x, y, 0.1).clean(uniform)
     assert con["reference_clean"] == clean and con["reference"] in by
+    assert con["excluded"] >= 1                   # a3/5/4 here (seeded)
     assert by[ref["chosen"]]["clean"] >= clean
     for c in by.values():
         assert bool(c.get("excluded")) == (c["clean"] < clean)
         assert not c.get("excluded") or "by" not in c
-    assert set(by) >= {c["assignment"] for c in refined.provenance["selection"]
-                       ["refinement"]["candidates"] if c["origin"].startswith("dp-")}
 
 
 @pytest.mark.parametrize("value,match", [(-1, "number of points >= 0"),
