@@ -210,15 +210,16 @@ def test_zoo_fmnist_dq8_runs_on_fpga_fixed_and_int8(tmp_path):
 
 
 def test_zoo_fmnist_dq_runs_accurately_on_fpga_fixed_with_its_plan(tmp_path):
-    """zoo:lenet-fmnist-dq (two stages, rnd_conv) with its shipped 4-bit plan on the C
-    runtime: accurate (89.0% on the first 200 test samples, 90.7% on 300, when it was
-    trained), the input's rounding pinned in the plan. Negative control: the same
-    architecture untrained, through the same plan, is near chance."""
+    """zoo:lenet-fmnist-dq (two stages, rnd_conv, unsigned post-ReLU activations) with
+    its shipped 4-bit plan on the C runtime: accurate (91.7% on the first 300 test
+    samples when it was trained), the input's rounding pinned in the plan. Negative
+    control: the same architecture untrained, through the same plan, is near chance."""
     from deployq import api
     plan = ROOT / "deployq" / "weights" / "lenet-fmnist-dq.plan.json"
     dq = api.open_session("zoo:lenet-fmnist-dq")
     ex = api.export("fpga-fixed", dq, tmp_path / "dq", plan_path=plan)
     assert ex.plan.layers["features.0"].output.bits == 4
+    assert ex.plan.layers["features.0"].output.zero_point[0] == -8     # unsigned 4-bit
     assert ex.plan.config.by_type["input"]["rounding"] == "rnd_conv"
     x, y = dq.dataset.test(200)
     assert (api.load_runner(ex).run(x).argmax(1) == y).mean() >= 0.87

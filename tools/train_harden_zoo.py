@@ -9,6 +9,12 @@ split carved from the training data (never the test split).
         slice (tools/bench_harden.py subset --train-samples 12000); no beta is within 2
         points of plain QAT's validation clean accuracy, so the best robust one (1e-3,
         -2.5 points) is chosen with a note (docs/harden.md, "Two stages")
+    python tools/train_harden_zoo.py --data fashion-mnist --epochs 3 --stages 2 \
+        --betas 4e-3 --targets-dir tgt [--work harden-runs]
+        lenet-fmnist-dq (now): the same with unsigned post-ReLU activations (tgt/ holds
+        fpga-fixed.toml with relu_unsigned = true), on the whole training split, beta
+        4e-3 chosen on the validation split by its amplification (docs/harden.md,
+        "One model for (b), (c) and clean accuracy")
     python tools/train_harden_zoo.py --name lenet-digits-dq --base zoo:lenet-digits \
         --data digits --eps 0.1 --epochs 30 --stage2-epochs 10 --betas 1e-2
         lenet-digits-dq: the same for digits at eps 0.1, in two stages (the second on
@@ -53,7 +59,8 @@ def run(work: Path, label: str, beta: float, args) -> dict:
     session = api.open_session(args.base, None, args.data)
     report = api.harden(args.target, "dq", work / label, args.epochs, beta=beta,
                         session=session, activation_bits=args.activation_bits,
-                        weight_bits=8, eps=args.eps, targets_dir=args.targets_dir)
+                        weight_bits=8, eps=args.eps, targets_dir=args.targets_dir,
+                        stages=args.stages)
     if not args.stage2_epochs:
         return report
     session = api.open_session(args.base, str(work / label / "weights.safetensors"),
@@ -97,6 +104,9 @@ def main() -> int:
     ap.add_argument("--eps", type=float, default=0.03)
     ap.add_argument("--stage2-epochs", type=int, default=0, help="then harden again "
                     "for this many epochs on grids calibrated for the trained weights")
+    ap.add_argument("--stages", type=int, default=1, help="stage 1 as `harden --stages "
+                    "N`: N stages of --epochs in WORK/LABEL, the activation grids "
+                    "recalibrated before each stage after the first")
     ap.add_argument("--max-clean-drop", type=float, default=None,
                     help="choose among the betas at most this many points of validation "
                          "clean accuracy below plain QAT's (default: any)")
