@@ -376,7 +376,7 @@ def run(config: dict, executor: str = "local", workers: int | None = None,
         else:
             pool = None if _all_stored(config) else LocalPool(min(workers,
                                                                    _grid_size(config)))
-            planned = _plan(config, executor, workers, address)
+            planned = _plan(config, executor, address)
         sweep, cells, done, todo, start = planned
         if todo:
             pool = pool or (RayPool(workers, address) if executor == "ray"
@@ -414,25 +414,25 @@ def _all_stored(config: dict) -> bool:
     return len(list(out.glob("cells/*/cell.json"))) >= _grid_size(config)
 
 
-def _ray_early(config: dict, workers: int, address: str | None):
+def _ray_early(config: dict, workers: int | None, address: str | None):
     """Ray starts, and its workers import torch and deployq (`warm` tasks), while a
     thread of this process checks the grid and fingerprints the models. The address is
     checked first (an unreachable one is exit 2 at once); a failing grid check is
     exit 2 once Ray is up, with nothing written. Returns (pool or None, _plan's tuple)."""
     check_address(address)
     if _all_stored(config):
-        return None, _plan(config, "ray", workers, address)
+        return None, _plan(config, "ray", address)
     from concurrent.futures import ThreadPoolExecutor
     _import_ray()       # before the thread: Ray's start-up, not the checks, is the longer
                         # way to the first cell, and imports in two threads share one GIL
     with ThreadPoolExecutor(1) as ex:
-        planned = ex.submit(_plan, config, "ray", workers, address)
+        planned = ex.submit(_plan, config, "ray", address)
         pool = RayPool(workers, address)
         pool.warm()
         return pool, planned.result()
 
 
-def _plan(config: dict, executor: str, workers: int, address: str | None):
+def _plan(config: dict, executor: str, address: str | None):
     """The checked sweep, its cells, the stored outcomes and the cells still to run."""
     sweep = prepare(config)
     if executor == "ray":
@@ -730,7 +730,7 @@ RAY_LOCAL_CONFIG = {
 RAY_LOCAL_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "LOG_NAME_UPDATE_INTERVAL_S": "60"}
 
 
-def connect_ray(workers: int, address: str | None):
+def connect_ray(workers: int | None, address: str | None):
     """ray, initialised: a local instance with `workers` CPUs, or the cluster at address.
 
     One thread per runtime: a local instance's raylet inherits THREAD_VARS from this
