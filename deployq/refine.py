@@ -100,8 +100,12 @@ class Objective:
 
     def clean(self, plan: P.QuantPlan) -> float:
         """The plan's clean accuracy on the validation samples (its mirror's argmax)."""
-        m = self.build(self.target, self.session.graph, plan)
-        return float(np.mean(m.logits(self.x).argmax(1) == self.y))
+        return float(np.mean(self._correct(self.build(self.target, self.session.graph,
+                                                      plan))))
+
+    def _correct(self, m) -> np.ndarray:
+        """Which validation samples mirror m classifies right (clean inputs)."""
+        return m.logits(self.x).argmax(1) == self.y
 
     def set_reference(self, clean: float, max_drop: float) -> None:
         """Exclude plans whose clean accuracy is more than max_drop points below
@@ -150,18 +154,18 @@ class Objective:
         measured at a lower floor be re-judged at a higher one (`at_floor`)."""
         m = self.build(self.target, self.session.graph, plan)
         if self.min_clean is not None:
-            clean = float(np.mean(m.logits(self.x).argmax(1) == self.y))
+            clean = float(np.mean(self._correct(m)))
             if clean < self.min_clean - 1e-12:
                 return (_excluded(clean, self.rule),
                         {"transfer": None, "gradient": None})
         if self.cfg is None:
-            clean = float(np.mean(m.logits(self.x).argmax(1) == self.y))
+            clean = float(np.mean(self._correct(m)))
             return ({"robust": clean, "clean": clean, "hidden": 0.0, "score": clean},
                     {"transfer": None, "gradient": None})
         bounds = {"transfer": None, "gradient": None}
         found = self.cache.get(("transfer", self.eps))
         if floor is not None and found is not None:
-            ok = m.logits(self.x).argmax(1) == self.y
+            ok = self._correct(m)
             clean = float(np.mean(ok))
             for adv in found.values():
                 ok &= m.logits(adv).argmax(1) == self.y
