@@ -84,8 +84,13 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 def one_thread() -> None:
     """A worker process uses one thread per runtime: workers, not threads, share the
-    cores (the sweep's workers, the refinement's)."""
+    cores (the sweep's workers, the refinement's). The variables bind the thread pools
+    of libraries loaded from now on (OpenMP and BLAS read them when they load);
+    threadpoolctl resizes those already loaded, such as numpy's BLAS in a Ray worker
+    that a cluster started before the task arrived."""
     for var in THREAD_VARS:
         os.environ[var] = "1"
     import torch
+    from threadpoolctl import threadpool_limits
     torch.set_num_threads(1)
+    threadpool_limits(1)

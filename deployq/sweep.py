@@ -733,24 +733,24 @@ RAY_LOCAL_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "LOG_NAME_UPDATE_I
 def connect_ray(workers: int | None, address: str | None):
     """ray, initialised: a local instance with `workers` CPUs, or the cluster at address.
 
-    One thread per runtime: a local instance's raylet inherits THREAD_VARS from this
-    process's environment (set around ray.init only, with RAY_LOCAL_ENV for the log
-    monitor ray.init starts) and passes them to its workers, so
-    the workers it prestarts at start-up (one per CPU) run the cells. A job-level
-    runtime_env with env_vars would make every task need a worker with that runtime
-    env: Ray would start `workers` more processes and leave the prestarted ones idle.
-    On a cluster (address) the other nodes' raylets are not ours, so there the job's
-    runtime_env carries the variables. Without an address the instance is always a new
-    one (`address="local"`): ray.init() alone would join a `ray start` cluster running
-    on this machine, and refuse num_cpus there."""
+    One thread per runtime without a job-level runtime_env: env_vars there would make
+    every task need a worker started with that runtime env, so Ray would start
+    `workers` more processes (each importing Ray, torch and deployq again) and leave
+    the ones it prestarted (one per CPU) idle. A local instance's raylet inherits
+    THREAD_VARS from this process's environment (set around ray.init only, with
+    RAY_LOCAL_ENV for the log monitor ray.init starts) and passes them to its workers;
+    on a cluster the tasks set them themselves (`one_thread` in `_ray_warm` and
+    `_ray_cell`, which also resizes thread pools loaded before the task). Without an
+    address the instance is always a new one (`address="local"`): ray.init() alone
+    would join a `ray start` cluster running on this machine, and refuse num_cpus
+    there."""
     ray = _import_ray()
     if ray.is_initialized():
         return ray
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": {v: "1" for v in THREAD_VARS}},
-                     **quiet)
+            ray.init(address=address, **quiet)
         else:
             with runenv.environ({v: "1" for v in THREAD_VARS} | RAY_LOCAL_ENV):
                 ray.init(address="local", num_cpus=workers, include_dashboard=False,

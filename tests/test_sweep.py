@@ -328,6 +328,49 @@ def test_ray_cluster_wants_its_token_then_gives_the_local_sweep_json(local_out, 
     doc = _doc(ray_out)
     assert doc["run"]["workers"] == 1 and doc["run"]["computed"] == 4
     assert S.without_timings(doc) == S.without_timings(_doc(out))
+    # the tasks run in the cluster's own workers (no job runtime_env, which would start
+    # new ones), with one thread in every thread pool once one_thread has run
+    probe = subprocess.run([sys.executable, "-c", CLUSTER_PROBE, address], env=auth,
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    for runtime_env, pools in json.loads(probe.stdout):
+        assert not runtime_env and pools and all(n == 1 for _, n in pools), pools
+
+
+CLUSTER_PROBE = """
+import json, sys
+import ray
+from deployq import sweep as S
+S.connect_ray(None, sys.argv[1])
+def probe():
+    import numpy                                  # noqa: F401  (its BLAS)
+    from threadpoolctl import threadpool_info
+    S.one_thread()
+    return (dict(ray.get_runtime_context().runtime_env),
+            [(p["internal_api"], p["num_threads"]) for p in threadpool_info()])
+print(json.dumps(ray.get([ray.remote(num_cpus=1)(probe).remote() for _ in range(2)])))
+"""
+
+
+def test_one_thread_resizes_thread_pools_loaded_before_it():
+    """A process that loaded numpy's BLAS (and torch's OpenMP) with several threads: after
+    one_thread every pool has one (the control: before it, more than one where the
+    machine has more than one CPU)."""
+    script = ("import json\n"
+              "from threadpoolctl import threadpool_info\n"
+              "import numpy, torch\n"
+              "from deployq.runenv import one_thread\n"
+              "before = [p['num_threads'] for p in threadpool_info()]\n"
+              "one_thread()\n"
+              "print(json.dumps([before, [p['num_threads'] for p in threadpool_info()]]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in S.THREAD_VARS}
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    before, after = json.loads(p.stdout)
+    assert after and all(n == 1 for n in after)
+    if (os.cpu_count() or 1) > 1:
+        assert max(before) > 1
 
 
 def test_killed_ray_worker_cell_is_rerun_by_ray_and_counted_once(tmp_path):
