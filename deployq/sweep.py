@@ -650,6 +650,7 @@ class RayPool:
         self.owned = not _import_ray().is_initialized()   # close() ends only its own
         self.ray = connect_ray(workers, address)
         self.workers = workers or max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        self.warming: list = []             # refs of the warm tasks (warm)
 
     def warm(self) -> None:
         """One task per worker that imports what cells need (`warm`), queued before
@@ -666,9 +667,14 @@ class RayPool:
             self.ray.shutdown()
 
     def run(self, jobs: list[dict], finished) -> None:
+        """A warm task still running holds its worker's place: a cell submitted beside
+        it would go to another of the cluster's idle workers (when -j is below its
+        CPUs), which would import torch in the cell and leave the warmed one idle.
+        Submitted after it, the cell goes to the worker Ray has just used."""
         ray = self.ray
         task = ray.remote(num_cpus=1, max_retries=RETRIES)(_ray_cell)
-        queue, pending = list(reversed(jobs)), {}
+        queue = list(reversed(jobs))
+        pending = dict.fromkeys(self.warming)       # ref -> job (None: a warm task)
         while queue or pending:
             while queue and len(pending) < self.workers:    # in grid order
                 job = queue.pop()
@@ -676,6 +682,8 @@ class RayPool:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 job = pending.pop(ref)
+                if job is None:             # a warm task: its failure shows in the cells
+                    continue
                 try:
                     finished(ray.get(ref))
                 except ray.exceptions.RayError as e:

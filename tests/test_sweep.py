@@ -352,6 +352,53 @@ print(json.dumps(ray.get([ray.remote(num_cpus=1)(probe).remote() for _ in range(
 """
 
 
+def test_ray_cells_go_to_the_warmed_worker_when_j_is_below_the_cpus(tmp_path):
+    """-j 1 on a 2-CPU Ray: the cell runs in the worker the warm task prepared, so one
+    worker process imports torch, not two (a cell submitted beside the warm task would
+    take the other idle worker and import torch itself)."""
+    pytest.importorskip("ray", reason="Ray not installed (pip install 'deployq[ray]')")
+    p = subprocess.run([sys.executable, "-c", WARM_PROBE, str(tmp_path)], capture_output=True,
+                       text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr
+    outcomes, with_torch = json.loads(p.stdout)
+    assert [o["id"] for o in outcomes] == ["a", "b"]    # (jobs without axes: errors)
+    assert with_torch == 1
+
+
+WARM_PROBE = """
+import json, os, sys
+from pathlib import Path
+import ray
+from deployq import sweep as S
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+pool = S.RayPool(1, None)
+pool.warm()
+outcomes = []
+pool.run([{"id": i, "dir": str(Path(sys.argv[1]) / i)} for i in "ab"], outcomes.append)
+def descendants(root):
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(d))
+    todo, seen = [root], []
+    while todo:
+        seen += (kids := children.get(todo.pop(), []))
+        todo += kids
+    return seen
+def has_torch(pid):
+    try:
+        return "libtorch" in open(f"/proc/{pid}/maps").read()
+    except OSError:
+        return False
+print(json.dumps([outcomes, sum(map(has_torch, descendants(os.getpid())))]))
+ray.shutdown()
+"""
+
+
 def test_one_thread_resizes_thread_pools_loaded_before_it():
     """A process that loaded numpy's BLAS (and torch's OpenMP) with several threads: after
     one_thread every pool has one (the control: before it, more than one where the
