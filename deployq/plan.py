@@ -272,7 +272,7 @@ def make(graph: G.Graph, stats: dict[str, calibrate.TensorStats], target: Target
               for name, s in settings.items()}
     acts = {}
     unsigned = relu_unsigned(target)
-    for members in _shared_classes(graph):
+    for members in shared_classes(graph):
         head = members[0]
         if unsigned and nonnegative(graph, members):
             hi = max(_range(stats[m], settings[m], symmetric=False)[1] for m in members)
@@ -353,7 +353,7 @@ def unsigned_params(hi: float, s: dict, where: str) -> QParams:
     return QParams(bits, np.array([scale], np.float32), np.array([-(2 ** (bits - 1))]))
 
 
-def _shared_classes(graph: G.Graph) -> list[list[str]]:
+def shared_classes(graph: G.Graph) -> list[list[str]]:
     """Tensors that must share parameters, as lists headed by their first producer."""
     parent = {G.INPUT: G.INPUT} | {n.name: n.name for n in graph.nodes}
 

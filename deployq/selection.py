@@ -562,7 +562,7 @@ def check_unsigned(graph: G.Graph, tgt: T.Target, settings: dict | None,
         return
     bits = (settings or {}).get("activation_bits") or tgt.defaults["activation_bits"]
     if bits <= P.UNSIGNED_MAX_BITS or not any(
-            P.nonnegative(graph, c) for c in P._shared_classes(graph)):
+            P.nonnegative(graph, c) for c in P.shared_classes(graph)):
         return
     raise InputError(f"{tgt.name} has relu_unsigned = true and {bits}-bit activations: "
                      f"an unsigned tensor holds at most {P.UNSIGNED_MAX_BITS} bits; give "
