@@ -100,8 +100,8 @@ class Objective:
 
     def clean(self, plan: P.QuantPlan) -> float:
         """The plan's clean accuracy on the validation samples (its mirror's argmax)."""
-        return float(np.mean(self._correct(self.build(self.target, self.session.graph,
-                                                      plan))))
+        m = self.build(self.target, self.session.graph, plan)
+        return float(np.mean(self._correct(m)))
 
     def _correct(self, m) -> np.ndarray:
         """Which validation samples mirror m classifies right (clean inputs)."""
