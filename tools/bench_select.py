@@ -11,8 +11,10 @@ loses much more at low bits); tflite-int8 holds the chosen bits on its int8 grid
 (plan.py) with its own defaults. Robust accuracy is the per-sample worst case over the
 --strength preset's attacks (default standard: FGSM, APGD-CE, APGD-T) from the float
 model's gradients (transfer) and from the target's mirror (bpda), all scored on the
-runtime (deployq.robustness), at each --eps, with Wilson 95% intervals; the adversarial
-method guards against the first eps. Methods: adversarial (the DP refined on a
+runtime (deployq.robustness), at each --eps, with Wilson 95% intervals (--sources
+transfer,bpda,blackbox adds the preset's Square attack on the runtime); the adversarial
+method guards against the first eps (--max-clean-drop P: its refinement's clean-accuracy
+constraint). Methods: adversarial (the DP refined on a
 validation split, --refine K), adversarial+uniform (the same with the uniform plan at
 each clip among the refinement's candidates), adversarial-dp (the DP alone), noise,
 hessian, uniform;
@@ -25,6 +27,7 @@ Each row is also printed to stderr as 'ROW {json}' as soon as it is measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -65,6 +68,11 @@ def transfer_file(cache_dir, name: str, cfg: R.Config) -> Path | None:
     configuration are kept between runs (None: not kept)."""
     if not cache_dir:
         return None
+    # the float model's examples do not depend on the Square attack on the runtime: a
+    # run adding 'blackbox' to the sources uses the examples of the run without it
+    white = [s for s in cfg.sources if s != "blackbox"]
+    if white != cfg.sources:
+        cfg = dataclasses.replace(cfg, sources=white)
     what = json.dumps([name, cfg.to_json(), cfg.describe()], sort_keys=True, default=str)
     return Path(cache_dir) / f"transfer-{name}-{hashlib.sha256(what.encode()).hexdigest()[:16]}.npz"
 
@@ -159,12 +167,14 @@ def bench_one(session, tgt, budget, method, eps, x, y, cfg, cache, out, candidat
     t0 = time.time()
     cand = dict(candidates)
     name, refine = method_args(method, cand.pop("refine"))
+    max_clean_drop = cand.pop("max_clean_drop", None)    # the refined rows' constraint
     if method == "adversarial+uniform":
         cand["refine_options"] = dict(cand["refine_options"], uniform_candidates=True)
     if plan is None:
         plan = S.select(session, tgt, f"{budget}bits", name, eps, SETTINGS.get(tgt.name),
                         activation_budget=None if act is None else f"{act}bits",
-                        refine=refine, **cand)
+                        refine=refine, max_clean_drop=max_clean_drop if refine else None,
+                        **cand)
     seconds = time.time() - t0
     key = plan_key(tgt.name, plan)
     if measured is not None and key in measured:
@@ -396,6 +406,12 @@ def main() -> int:
     ap.add_argument("--act-budgets", default="",
                     help="average activation bits, e.g. '4' (targets allowing several "
                          "activation bits only)")
+    ap.add_argument("--max-clean-drop", type=float, default=None,
+                    help="the refined rows' clean-accuracy constraint (points below the "
+                         "uniform plan's validation clean accuracy; docs/selection.md)")
+    ap.add_argument("--sources", default="transfer,bpda",
+                    help="attack sources of the test rows; add 'blackbox' for the Square "
+                         "attack on the runtime (the preset's queries)")
     ap.add_argument("--transfer-cache", default=None,
                     help="directory keeping the float model's adversarial examples "
                          "between runs (same model, samples and attack settings)")
@@ -408,7 +424,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     eps = [float(e) for e in args.eps.split(",")]
-    cfg = R.Config(strength=args.strength, eps=eps, sources=["transfer", "bpda"],
+    cfg = R.Config(strength=args.strength, eps=eps, sources=args.sources.split(","),
                    steps=args.steps, target_classes=args.target_classes,
                    samples=args.samples)
     print(cfg.describe(), file=sys.stderr)
@@ -417,7 +433,7 @@ def main() -> int:
     acts = [float(a) for a in args.act_budgets.split(",") if a]
     candidates = {"min_bits": args.min_bits,
                   "clips": tuple(float(c) for c in args.clips.split(",")),
-                  "refine": args.refine,
+                  "refine": args.refine, "max_clean_drop": args.max_clean_drop,
                   "refine_options": {"evals": args.evals, "samples": args.val_samples,
                                      "sources": tuple(args.val_sources.split(","))}}
     rows = []

@@ -329,6 +329,22 @@ def test_benchmark_measures_each_distinct_plan_once(digits_session):
     assert row["robust"] == first["robust"]
 
 
+def test_benchmark_transfer_cache_ignores_the_square_attack():
+    """A run adding 'blackbox' (Square on the runtime) reuses the float model's examples
+    of the same run without it; a setting the examples depend on changes the file."""
+    from deployq import robustness as R
+    bench = _bench()
+
+    def path(**kw):
+        cfg = R.Config(**({"strength": "standard", "eps": [0.03], "samples": 300,
+                           "sources": ["transfer", "bpda"]} | kw))
+        return bench.transfer_file("tc", "lenet-fmnist", cfg)
+    white = path()
+    assert path(sources=["transfer", "bpda", "blackbox"]) == white
+    assert path(samples=200) != white and path(eps=[0.1]) != white
+    assert bench.transfer_file(None, "lenet-fmnist", R.Config()) is None
+
+
 # --- the clean-accuracy constraint (max_clean_drop) ---------------------------------
 
 def _distance(plan) -> int:
