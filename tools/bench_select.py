@@ -70,9 +70,7 @@ def transfer_file(cache_dir, name: str, cfg: R.Config) -> Path | None:
         return None
     # the float model's examples do not depend on the Square attack on the runtime: a
     # run adding 'blackbox' to the sources uses the examples of the run without it
-    white = [s for s in cfg.sources if s != "blackbox"]
-    if white != cfg.sources:
-        cfg = dataclasses.replace(cfg, sources=white)
+    cfg = dataclasses.replace(cfg, sources=[s for s in cfg.sources if s != "blackbox"])
     what = json.dumps([name, cfg.to_json(), cfg.describe()], sort_keys=True, default=str)
     return Path(cache_dir) / f"transfer-{name}-{hashlib.sha256(what.encode()).hexdigest()[:16]}.npz"
 
